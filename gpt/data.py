@@ -1,0 +1,187 @@
+"""Text loading and token windows for training: files -> texts -> ids -> (x, y) batches."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from gpt.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+TokenIds = Union[torch.Tensor, np.ndarray, Sequence[int]]
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+def read_texts(source: PathLike | Iterable[PathLike]) -> list[str]:
+    """Read UTF-8 text files: a file, a directory (recursive, .txt and .md, sorted) or a list of paths.
+
+    Empty files are skipped; an input with no text at all is an error.
+    """
+    paths = [p for item in _as_path_list(source) for p in _expand(Path(item))]
+    texts = [_read_file(p) for p in paths]
+    for path, text in zip(paths, texts):
+        if not text:
+            logger.warning("skipping empty file %s", path)
+    nonempty = [t for t in texts if t]
+    if not nonempty:
+        names = ", ".join(map(str, paths)) or "an empty list of paths"
+        raise ValueError(f"no text to read in {names} (empty input)")
+    return nonempty
+
+
+def _as_path_list(source: PathLike | Iterable[PathLike]) -> list[PathLike]:
+    return [source] if isinstance(source, (str, os.PathLike)) else list(source)
+
+
+def _expand(path: Path) -> list[Path]:
+    """A file as itself, a directory as its text files (recursive, sorted)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise ValueError(f"no {' or '.join(TEXT_SUFFIXES)} files in directory {path}")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    return [path]
+
+
+def _read_file(path: Path) -> str:
+    """Strict UTF-8 read; binary (NUL bytes) or non-UTF-8 content is a ValueError naming the file."""
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ValueError(f"{path} looks binary (contains NUL bytes); expected UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid UTF-8 (byte {e.start}: {e.reason}); save it as UTF-8") from e
+
+
+class GetData(Dataset):
+    """`(x, y)` windows over 1-D token ids: x = data[s : s+seq_len], y = data[s+1 : s+seq_len+1], s = i*stride.
+
+    There are `(len(data) - seq_len - 1) // stride + 1` windows (`len(data) - seq_len` for stride 1).
+    Items are int64 views into one stored tensor; `__getitems__` gathers a whole batch at once.
+    """
+
+    def __init__(self, data: TokenIds, seq_len: int, stride: int = 1) -> None:
+        _check_positive("seq_len", seq_len)
+        _check_positive("stride", stride)
+        ids = as_ids(data)
+        if len(ids) < seq_len + 1:
+            raise ValueError(f"data has {len(ids)} tokens, need at least seq_len + 1 = {seq_len + 1}")
+        self.data = ids
+        self.seq_len = seq_len
+        self.stride = stride
+        self._inputs = ids[:-1].unfold(0, seq_len, stride)  # (n_windows, seq_len) view
+        self._targets = ids[1:].unfold(0, seq_len, stride)  # (n_windows, seq_len) view
+
+    def __len__(self) -> int:
+        return self._inputs.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._inputs[index], self._targets[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch `(x, y)`, each `[len(indices), seq_len]`; pair with `collate_batch` in a DataLoader."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self._inputs[index], self._targets[index]
+
+
+def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """DataLoader `collate_fn` for `GetData`: the batch from `__getitems__` is already collated."""
+    return batch
+
+
+def as_ids(data: TokenIds) -> torch.Tensor:
+    """Token ids as a 1-D int64 tensor (no copy when `data` already is one)."""
+    ids = torch.as_tensor(data, dtype=torch.long)
+    if ids.dim() != 1:
+        raise ValueError(f"token ids must be 1-D, got shape {tuple(ids.shape)}")
+    return ids
+
+
+def encode_corpus(texts: str | Iterable[str], tokenizer: Tokenizer) -> torch.Tensor:
+    """Encode documents into one 1-D int64 tensor, with the EOS token id between documents."""
+    docs = [texts] if isinstance(texts, str) else list(texts)
+    if not docs:
+        raise ValueError("no texts to encode")
+    ids: list[int] = []
+    for doc_ids in tokenizer.encode_batch(docs):
+        ids += doc_ids
+        ids.append(tokenizer.eos_token_id)
+    return torch.tensor(ids[:-1], dtype=torch.long)
+
+
+def split_ids(
+    ids: TokenIds, valid_fraction: float = 0.1, min_tokens: int = 2
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Contiguous split: the first part trains, the last `valid_fraction` validates (None when 0).
+
+    Each part must hold at least `min_tokens` tokens (a window needs seq_len + 1).
+    """
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    ids = as_ids(ids)
+    n_train = int(len(ids) * (1.0 - valid_fraction))
+    train, valid = ids[:n_train], ids[n_train:]
+    _check_part("train", train, min_tokens)
+    if valid_fraction == 0.0:
+        return train, None
+    _check_part("valid", valid, min_tokens)
+    return train, valid
+
+
+def _check_part(name: str, part: torch.Tensor, min_tokens: int) -> None:
+    if len(part) < min_tokens:
+        raise ValueError(
+            f"{name} split has {len(part)} tokens, need at least {min_tokens}; "
+            "use more text, a shorter seq_len or a different valid_fraction"
+        )
+
+
+def make_loaders(
+    ids: TokenIds,
+    seq_len: int,
+    batch_size: int,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> tuple[DataLoader, DataLoader | None]:
+    """Train and validation loaders of `(x, y)` int64 `[batch, seq_len]` batches.
+
+    Train windows (stride 1) are shuffled by a `torch.Generator` seeded with `seed` (the loader's
+    `generator`, so its state can be saved for an exact resume) and incomplete batches dropped.
+    Validation windows do not overlap (stride seq_len), are not shuffled and keep the last batch.
+    """
+    _check_positive("seq_len", seq_len)
+    _check_positive("batch_size", batch_size)
+    train_ids, valid_ids = split_ids(ids, valid_fraction, min_tokens=seq_len + 1)
+    train_set = GetData(train_ids, seq_len)
+    if len(train_set) < batch_size:
+        raise ValueError(
+            f"train split has {len(train_set)} windows, fewer than batch_size = {batch_size}; "
+            "use more text or a smaller batch_size"
+        )
+    common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_batch)
+    train = DataLoader(
+        train_set, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed), **common
+    )
+    if valid_ids is None:
+        return train, None
+    valid = DataLoader(GetData(valid_ids, seq_len, stride=seq_len), shuffle=False, drop_last=False, **common)
+    return train, valid
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")

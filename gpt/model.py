@@ -1,0 +1,293 @@
+"""The GPT model: pre-norm GPT-2-style blocks with an explicit key/value cache.
+
+Parameter names follow GPT-2 (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...), so a
+Hugging Face `GPT2LMHeadModel` state dict maps onto this model (see `load_gpt2_state_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gpt import checkpoint
+from gpt.config import GPTConfig
+from gpt.generation import GenerationMixin
+
+if TYPE_CHECKING:
+    from gpt.tokenizer import Tokenizer
+
+KVCache = tuple[tuple[Tensor, Tensor], ...]
+"""One `(key, value)` pair per layer, each `[batch, heads, seq, head_size]`."""
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_size = config.head_size
+        self.c_attn = nn.Linear(config.emb_size, 3 * config.attn_size, bias=config.bias)  # fused QKV
+        self.c_proj = nn.Linear(config.attn_size, config.emb_size, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: Tensor, past: tuple[Tensor, Tensor] | None, mask: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`mask` as built by `attention_bias`; None means plain causal attention."""
+        B, T, _ = x.shape
+        q, k, v = self.c_attn(x).split(self.num_heads * self.head_size, dim=2)
+        q = q.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)  # (B, nh, P+T, hs)
+            v = torch.cat((past[1], v), dim=2)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and T > 1,  # attention_bias returns None only when this is right
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        hidden = config.mlp_ratio * config.emb_size
+        self.c_fc = nn.Linear(config.emb_size, hidden, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new
+        self.c_proj = nn.Linear(hidden, config.emb_size, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.emb_size, eps=config.layer_norm_eps, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.emb_size, eps=config.layer_norm_eps, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: Tensor, past: tuple[Tensor, Tensor] | None, mask: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        attn_out, present = self.attn(self.ln_1(x), past, mask)
+        x = x + attn_out
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT(GenerationMixin, nn.Module):
+    """A decoder-only transformer language model.
+
+    `GPT(vocab_size=..., max_seq_len=..., emb_size=..., num_heads=..., head_size=..., num_layers=...)`
+    as in the original design, or `GPT.from_config(config)`.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_seq_len: int,
+        emb_size: int = 128,
+        num_heads: int = 4,
+        head_size: int | None = None,
+        num_layers: int = 4,
+        dropout: float = 0.1,
+        device: str | torch.device | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        self.config = GPTConfig(
+            vocab_size=vocab_size,
+            max_seq_len=max_seq_len,
+            emb_size=emb_size,
+            num_heads=num_heads,
+            head_size=head_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            **options,
+        )
+        config = self.config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.emb_size),
+                wpe=nn.Embedding(config.max_seq_len, config.emb_size),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.num_layers)),
+                ln_f=nn.LayerNorm(config.emb_size, eps=config.layer_norm_eps, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.emb_size, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.num_layers))
+        self.tokenizer: Tokenizer | None = None
+        self.train_loss: list[float] = []
+        self.validation_loss: list[float] | None = None
+        if device is not None:
+            self.to(device)
+
+    @classmethod
+    def from_config(cls, config: GPTConfig, device: str | torch.device | None = None) -> GPT:
+        values = config.to_dict()
+        return cls(**values, device=device)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.wte.weight.device
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    def num_parameters(self) -> int:
+        """Distinct trainable parameters (a tied head counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        past_key_values: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        use_cache: bool = False,
+        *,
+        last_logits_only: bool = False,
+    ) -> Tensor | tuple[Tensor, KVCache]:
+        """Logits for `input_ids` `[batch, seq]`, continuing `past_key_values` if given.
+
+        `attention_mask` `[batch, past + seq]` marks real tokens with 1 and padding with 0.
+        `position_ids` `[batch, seq]` default to the count of real tokens before each position.
+        Returns logits `[batch, seq, vocab]` (`[batch, 1, vocab]` with `last_logits_only`), plus the
+        present key/value cache when `use_cache` is set or a past is given.
+        """
+        B, T = input_ids.shape
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        if not torch.compiler.is_exporting():
+            if past_len + T > self.config.max_seq_len:
+                raise ValueError(
+                    f"sequence length {past_len + T} (past {past_len} + new {T}) exceeds "
+                    f"max_seq_len {self.config.max_seq_len}"
+                )
+            if past_key_values is not None and len(past_key_values) != self.config.num_layers:
+                raise ValueError(
+                    f"past_key_values has {len(past_key_values)} layers, the model has {self.config.num_layers}"
+                )
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, past_len, T, input_ids.device)
+        mask = attention_bias(attention_mask, past_len, T, input_ids.device)
+
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))
+        presents = []
+        for i, block in enumerate(self.transformer.h):
+            x, present = block(x, None if past_key_values is None else past_key_values[i], mask)
+            presents.append(present)
+        x = self.transformer.ln_f(x)
+        if last_logits_only:
+            x = x[:, -1:, :]  # (B, 1, C): the LM head on the last position only
+        logits = self.lm_head(x)
+        if use_cache or past_key_values is not None:
+            return logits, tuple(presents)
+        return logits
+
+    @torch.inference_mode()
+    def decode_step(
+        self, input_ids: Tensor, past: KVCache | None, attention_mask: Tensor, position_ids: Tensor
+    ) -> tuple[Tensor, KVCache]:
+        """One step of the shared decoding loop: last-position logits `[batch, vocab]` and the cache."""
+        logits, presents = self(
+            input_ids,
+            past_key_values=past,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            last_logits_only=True,
+        )
+        return logits[:, -1, :], presents
+
+    def fit(self, train_loader: Any, valid_loader: Any = None, num_epoch: int = 1, **options: Any) -> Any:
+        """Train the model; see `gpt.training.fit` for every option."""
+        from gpt.training import fit
+
+        return fit(self, train_loader, valid_loader, num_epoch=num_epoch, **options)
+
+    def save(self, path: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+        """Write `config.json`, `model.safetensors` and `tokenizer.json` (if any) into folder `path`."""
+        return checkpoint.save_model(self, path, tokenizer=tokenizer or self.tokenizer)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> GPT:
+        """Load a model saved by `save` (with its tokenizer when the folder has one)."""
+        config = checkpoint.read_config(path)
+        model = cls.from_config(config, device=device)
+        checkpoint.read_weights(model, path)
+        model.tokenizer = checkpoint.read_tokenizer(path)
+        return model.eval()
+
+    def load_gpt2_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Copy weights from a Hugging Face `GPT2LMHeadModel` state dict (its Conv1D weights are transposed)."""
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        own = self.state_dict()
+        with torch.no_grad():
+            for name, tensor in _gpt2_parameters(state_dict):
+                if name not in own:
+                    raise KeyError(f"GPT-2 parameter {name!r} has no counterpart in this model")
+                value = tensor.t() if name.endswith(transposed) else tensor
+                if value.shape != own[name].shape:
+                    raise ValueError(f"{name}: GPT-2 shape {tuple(value.shape)} != ours {tuple(own[name].shape)}")
+                own[name].copy_(value)
+
+
+def _gpt2_parameters(state_dict: Mapping[str, Tensor]) -> Iterator[tuple[str, Tensor]]:
+    for name, tensor in state_dict.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old versions
+            continue
+        yield name, tensor
+
+
+def default_position_ids(attention_mask: Tensor | None, past_len: int, seq_len: int, device: torch.device) -> Tensor:
+    """Positions `[batch or 1, seq]`: count of real tokens before each position (left padding aware)."""
+    if attention_mask is None:
+        return torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
+
+
+def attention_bias(attention_mask: Tensor | None, past_len: int, seq_len: int, device: torch.device) -> Tensor | None:
+    """Boolean mask `[batch, 1, seq, past + seq]` (True = may attend), or None when plain causal works.
+
+    Causality is bottom-right aligned: query i sits at absolute position past_len + i
+    (SDPA's `is_causal=True` is top-left aligned and wrong once there is a cache). Padding keys are
+    hidden, but every query always sees itself so no row is fully masked.
+    """
+    if attention_mask is None and (past_len == 0 or seq_len == 1):
+        return None  # is_causal (no past) or nothing to hide (one new token sees everything)
+    total = past_len + seq_len
+    key_pos = torch.arange(total, device=device)
+    query_pos = key_pos[past_len:, None]  # (T, 1)
+    allowed = key_pos <= query_pos  # (T, P+T)
+    if attention_mask is None:
+        return allowed
+    return allowed & (attention_mask.bool()[:, None, None, :] | (key_pos == query_pos))  # (B, 1, T, P+T)

@@ -1,0 +1,158 @@
+"""The model: validation, shapes, causality, the KV cache, and parity with Hugging Face GPT-2."""
+
+import json
+
+import pytest
+import torch
+
+from gpt import GPT, GPTConfig
+
+TINY = dict(vocab_size=97, max_seq_len=64, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(**{**TINY, **overrides}).eval()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(vocab_size=0), "vocab_size must be a positive integer"),
+        (dict(max_seq_len=-1), "max_seq_len must be a positive integer"),
+        (dict(emb_size=30, num_heads=4), "divisible by num_heads"),
+        (dict(num_heads=0), "num_heads must be a positive integer"),
+        (dict(num_layers=1.5), "num_layers must be a positive integer"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(dropout="x"), "dropout must be a number"),
+        (dict(head_size=0), "head_size must be a positive integer"),
+        (dict(bias="yes"), "bias must be True or False"),
+    ],
+)
+def test_constructor_validates(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        GPT(**{**TINY, **overrides})
+
+
+def test_config_json_round_trip_and_unknown_fields():
+    config = GPTConfig(vocab_size=10, max_seq_len=8, emb_size=12, num_heads=3, head_size=5, tie_embeddings=False)
+    assert GPTConfig.from_json(config.to_json()) == config
+    assert config.attn_size == 15
+    with pytest.raises(ValueError, match="unknown GPTConfig fields: colour"):
+        GPTConfig.from_dict({**json.loads(config.to_json()), "colour": "red"})
+
+
+def test_from_config_builds_the_same_shape():
+    config = GPTConfig(**TINY)
+    model = GPT.from_config(config)
+    assert model.config == config
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied head
+
+
+def test_head_size_may_differ_from_emb_size():
+    model = tiny(head_size=6)  # attention width 24, residual width 32
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (3 * 24, 32)
+    assert model(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 97)
+
+
+def test_forward_shapes_and_cache_layout():
+    model = tiny()
+    ids = torch.randint(0, 97, (3, 7))
+    assert model(ids).shape == (3, 7, 97)  # the original call returns plain logits
+    logits, presents = model(ids, use_cache=True)
+    assert logits.shape == (3, 7, 97)
+    assert len(presents) == 2
+    assert all(k.shape == v.shape == (3, 4, 7, 8) for k, v in presents)  # [batch, heads, seq, head_size]
+
+
+def test_too_long_sequence_raises():
+    model = tiny(max_seq_len=8)
+    with pytest.raises(ValueError, match="exceeds max_seq_len 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    _, past = model(torch.zeros(1, 6, dtype=torch.long), use_cache=True)
+    with pytest.raises(ValueError, match=r"past 6 \+ new 3"):
+        model(torch.zeros(1, 3, dtype=torch.long), past_key_values=past)
+
+
+def test_future_tokens_never_change_earlier_logits():
+    model = tiny()
+    ids = torch.randint(0, 97, (2, 12))
+    changed = ids.clone()
+    changed[:, 6:] = torch.randint(0, 97, (2, 6))
+    torch.testing.assert_close(model(ids)[:, :6], model(changed)[:, :6], atol=1e-6, rtol=0)
+
+
+def test_cached_decoding_matches_full_forward():
+    model = tiny()
+    ids = torch.randint(0, 97, (2, 20))
+    full = model(ids)
+    logits, past = model(ids[:, :5], use_cache=True)
+    pieces = [logits]
+    for chunk in (ids[:, 5:6], ids[:, 6:13], ids[:, 13:14], ids[:, 14:]):  # single tokens and chunks
+        logits, past = model(chunk, past_key_values=past)
+        pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_zero_length_past_is_a_prefill():
+    model = tiny()
+    ids = torch.randint(0, 97, (2, 9))
+    empty = tuple((torch.zeros(2, 4, 0, 8), torch.zeros(2, 4, 0, 8)) for _ in range(2))
+    logits, presents = model(ids, past_key_values=empty, attention_mask=torch.ones(2, 9, dtype=torch.long))
+    torch.testing.assert_close(logits, model(ids), atol=1e-5, rtol=0)
+    assert presents[0][0].shape == (2, 4, 9, 8)
+
+
+def test_left_padding_gives_the_unpadded_logits():
+    model = tiny()
+    short = torch.randint(0, 97, (1, 6))
+    padded = torch.cat([torch.full((1, 4), 5), short], dim=1)
+    mask = torch.tensor([[0] * 4 + [1] * 6])
+    expected = model(short)
+    got, past = model(padded, attention_mask=mask, use_cache=True)
+    torch.testing.assert_close(got[:, 4:], expected, atol=1e-5, rtol=0)
+    step = torch.randint(0, 97, (1, 1))
+    got_next, _ = model(step, past_key_values=past, attention_mask=torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1))
+    torch.testing.assert_close(got_next, model(torch.cat([short, step], 1))[:, -1:], atol=1e-5, rtol=0)
+
+
+def test_last_logits_only():
+    model = tiny()
+    ids = torch.randint(0, 97, (2, 5))
+    torch.testing.assert_close(model(ids, last_logits_only=True), model(ids)[:, -1:])
+
+
+def test_device_places_weights():
+    model = GPT(**TINY, device="cpu")
+    assert model.device == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_device_places_weights_on_cuda():
+    model = GPT(**TINY, device="cuda")
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    assert model(torch.zeros(1, 3, dtype=torch.long, device="cuda")).device.type == "cuda"
+
+
+def test_matches_hugging_face_gpt2():
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.GPT2Config(
+        vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
+    )
+    torch.manual_seed(1)
+    reference = transformers.GPT2LMHeadModel(hf_config).eval()
+    ours = tiny()
+    ours.load_gpt2_state_dict(reference.state_dict())
+    ids = torch.randint(0, 97, (3, 33))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        torch.testing.assert_close(ours(ids), expected, atol=1e-5, rtol=0)
+        # and with the cache, one token at a time after a prefill
+        out = reference(ids[:, :20], use_cache=True)
+        logits, past = ours(ids[:, :20], use_cache=True)
+        torch.testing.assert_close(logits, out.logits, atol=1e-5, rtol=0)
+        for i in range(20, 33):
+            logits, past = ours(ids[:, i : i + 1], past_key_values=past)
+            torch.testing.assert_close(logits[:, 0], expected[:, i], atol=1e-5, rtol=0)
