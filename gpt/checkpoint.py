@@ -1,7 +1,11 @@
 """The one checkpoint format: a folder with `config.json`, `model.safetensors`, `tokenizer.json`.
 
-No pickle anywhere. Every file is written under a temporary name and renamed into place, so an
-interrupted save never leaves a half-written file where a good one was. Reading a missing,
+A training checkpoint (`step-00000123/` under a checkpoint folder) is the same folder plus what a
+resume needs: `optimizer.safetensors`, `trainer_state.json` and `rng.safetensors`.
+
+No pickle anywhere. Every file is written under a temporary name and renamed into place, and a
+training checkpoint folder is written whole under a temporary name and renamed too, so an
+interrupted save never leaves a half-written file or folder where a good one was. Reading a missing,
 truncated or mismatched file raises `CheckpointError` naming the file and the problem.
 """
 
@@ -9,24 +13,33 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model as save_safetensors
+from safetensors.torch import load_file, load_model, save_file, save_model as save_safetensors
 
 from gpt.config import GPTConfig
 
 if TYPE_CHECKING:
-    from torch import nn
+    from torch import Tensor, nn
+    from torch.optim import Optimizer
 
     from gpt.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_STATE_FILE = "trainer_state.json"
+RNG_FILE = "rng.safetensors"
+BEST_DIR = "best"
+_STEP_DIR = re.compile(r"step-(\d{8,})")
+_DEVICE_OPTIONS = ("foreach", "fused", "capturable")  # optimizer settings that follow the device, not the file
 
 
 class CheckpointError(ValueError):
@@ -46,6 +59,27 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_folder(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a new temporary folder beside `path`, then rename it to `path`.
+
+    An existing `path` is moved aside only once the new folder is complete, then deleted.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            old = tmp.with_suffix(".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None = None) -> Path:
@@ -99,3 +133,107 @@ def _existing(folder: Path, name: str) -> Path:
     if not file.is_file():
         raise CheckpointError(f"{file}: missing from the checkpoint folder")
     return file
+
+
+def step_dir_name(step: int) -> str:
+    """Folder name of the training checkpoint after `step` optimizer steps: `step-00000123`."""
+    return f"step-{step:08d}"
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """The `step-*` folders of `checkpoint_dir`, oldest first (none when it does not exist)."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in folder.iterdir() if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest `step-*` folder of `checkpoint_dir`, or None."""
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(checkpoint_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` `step-*` folders."""
+    for old in list_checkpoints(checkpoint_dir)[:-keep_last]:
+        shutil.rmtree(old)
+
+
+def save_training_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: Optimizer, state: dict[str, Any], rng: dict[str, Tensor]
+) -> Path:
+    """Write folder `path` atomically: the model files, the optimizer state, `state` as JSON and `rng` tensors."""
+    tensors, groups = _flatten_optimizer(optimizer)
+    text = json.dumps({**state, "optimizer_param_groups": groups}, indent=1) + "\n"
+
+    def write(tmp: Path) -> None:
+        save_model(model, tmp, tokenizer=getattr(model, "tokenizer", None))
+        atomic_write(tmp / OPTIMIZER_FILE, lambda f: save_file(tensors, str(f)))
+        atomic_write(tmp / RNG_FILE, lambda f: save_file(rng, str(f)))
+        atomic_write(tmp / TRAINER_STATE_FILE, lambda f: f.write_text(text, encoding="utf-8"))
+
+    return atomic_folder(Path(path), write)
+
+
+def read_training_state(path: str | Path, optimizer: Optimizer) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Load the optimizer state of checkpoint folder `path` into `optimizer`; return its trainer state and RNG."""
+    folder = Path(path)
+    state_file = _existing(folder, TRAINER_STATE_FILE)
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        groups = state.pop("optimizer_param_groups")
+        params = _saved_param_indices(groups, optimizer)
+    except (ValueError, AttributeError, TypeError, KeyError) as err:  # JSON and Unicode errors are ValueErrors
+        raise CheckpointError(f"{state_file}: not a valid trainer state for this model ({err!r})") from err
+    _load_optimizer(optimizer, groups, params, folder)
+    return state, _read_tensors(folder, RNG_FILE)
+
+
+def _flatten_optimizer(optimizer: Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """Optimizer tensors named `<param index>.<key>` (e.g. `3.exp_avg`), and its param groups."""
+    saved = optimizer.state_dict()
+    tensors = {
+        f"{index}.{key}": value.contiguous()
+        for index, values in saved["state"].items()
+        for key, value in values.items()
+    }
+    return tensors, saved["param_groups"]
+
+
+def _saved_param_indices(groups: list[dict[str, Any]], optimizer: Optimizer) -> dict[int, Tensor]:
+    """The parameter behind each index of the saved param groups, which must have the optimizer's sizes."""
+    return {
+        index: param
+        for saved, group in zip(groups, optimizer.param_groups, strict=True)
+        for index, param in zip(saved["params"], group["params"], strict=True)
+    }
+
+
+def _load_optimizer(
+    optimizer: Optimizer, groups: list[dict[str, Any]], params: dict[int, Tensor], folder: Path
+) -> None:
+    """Inverse of `_flatten_optimizer`; every tensor of the folder's optimizer file must fit its parameter."""
+    tensors = _read_tensors(folder, OPTIMIZER_FILE)
+    state: dict[int, dict[str, Tensor]] = {}
+    try:
+        for name, tensor in tensors.items():
+            index, key = name.split(".", 1)
+            shape = params[int(index)].shape
+            if tensor.dim() and tensor.shape != shape:
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}, its parameter {tuple(shape)}")
+            state.setdefault(int(index), {})[key] = tensor
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{folder / OPTIMIZER_FILE}: optimizer state does not fit the model ({err!r})") from err
+    current = optimizer.state_dict()["param_groups"]
+    merged = [{**saved, **{k: now[k] for k in _DEVICE_OPTIONS if k in now}} for saved, now in zip(groups, current)]
+    optimizer.load_state_dict({"state": state, "param_groups": merged})
+
+
+def _read_tensors(folder: Path, name: str) -> dict[str, Tensor]:
+    file = _existing(folder, name)
+    try:
+        return load_file(str(file))
+    except SafetensorError as err:
+        raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({err})") from err

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from gpt.checkpoint import CheckpointError
+from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.data import encode_corpus, make_loaders, read_texts
 from gpt.generation import PRESETS
 from gpt.model import GPT
@@ -117,8 +117,6 @@ def cmd_tokenizer(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from gpt.training import latest_checkpoint
-
     out = Path(args.out)
     checkpoints = out / "checkpoints"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

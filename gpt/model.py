@@ -21,6 +21,7 @@ from gpt.generation import GenerationMixin
 
 if TYPE_CHECKING:
     from gpt.tokenizer import Tokenizer
+    from gpt.training import TrainingHistory
 
 KVCache = tuple[tuple[Tensor, Tensor], ...]
 """One `(key, value)` pair per layer, each `[batch, heads, seq, head_size]`."""
@@ -140,6 +141,7 @@ class GPT(GenerationMixin, nn.Module):
         self.tokenizer: Tokenizer | None = None
         self.train_loss: list[float] = []
         self.validation_loss: list[float] | None = None
+        self.history: TrainingHistory | None = None  # per-step history of the last `fit`
         if device is not None:
             self.to(device)
 

@@ -1,0 +1,163 @@
+"""Callbacks observe `fit` and may stop it: early stopping, checkpoints, a progress bar.
+
+Every hook receives the running `gpt.training.Trainer`, which exposes the step, epoch, last loss,
+learning rate, throughput, history and model, and stops training when `stop_training` is set.
+Hooks run on every rank; the ones that write files or the terminal do so on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from gpt import checkpoint
+
+if TYPE_CHECKING:
+    from gpt.training import Trainer, TrainingHistory
+
+logger = logging.getLogger(__name__)
+
+
+class Callback:
+    """Base class: every hook does nothing; override the ones you need."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first step (after a resume has restored the state)."""
+
+    def on_epoch_begin(self, trainer: Trainer) -> None:
+        """Before the first step of an epoch (a resumed epoch included)."""
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        """After each optimizer step (`grad_accum_steps` batches); `trainer.loss` is its loss."""
+
+    def on_evaluate(self, trainer: Trainer) -> None:
+        """After each evaluation; `trainer.validation_loss` is its result."""
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        """After each epoch that made a step (a stopped one too), its means already in `trainer.history`."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last step; `trainer.stop_reason` says why training stopped (None: it ran every epoch)."""
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` checks in a row.
+
+    "validation_loss" is checked after every evaluation, "train_loss" (the epoch mean) at every epoch end.
+    """
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0, monitor: str = "validation_loss") -> None:
+        if monitor not in ("validation_loss", "train_loss"):
+            raise ValueError(f"monitor must be 'validation_loss' or 'train_loss', got {monitor!r}")
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        if min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        self.patience = patience
+        self.min_delta = min_delta
+        self.monitor = monitor
+        self.best = math.inf
+        self.wait = 0
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if self.monitor == "validation_loss" and trainer.valid_loader is None:
+            raise ValueError("EarlyStopping(monitor='validation_loss') needs a valid_loader")
+        self.best = min(self._values(trainer.history), default=math.inf)  # a resume keeps its best
+        self.wait = 0
+
+    def on_evaluate(self, trainer: Trainer) -> None:
+        if self.monitor == "validation_loss":
+            self._check(trainer, trainer.validation_loss)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if self.monitor == "train_loss":
+            self._check(trainer, trainer.history.train_loss[-1])
+
+    def _values(self, history: TrainingHistory) -> list[float]:
+        if self.monitor == "train_loss":
+            return history.train_loss
+        return [loss for _, loss in history.evaluations]
+
+    def _check(self, trainer: Trainer, value: float) -> None:
+        if value < self.best - self.min_delta:
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            logger.info("early stopping at step %d: %s has not improved on %.4f", trainer.step, self.monitor, self.best)
+            trainer.request_stop("early_stopping")
+
+
+class ModelCheckpoint(Callback):
+    """Resumable checkpoints in `fit(checkpoint_dir=...)`: a `step-00000123/` folder at every epoch end,
+    every `every_n_steps` steps (if set) and when training ends, keeping the newest `keep_last`
+    (None keeps all). With `save_best`, `best/` holds the checkpoint of the lowest validation loss.
+    """
+
+    def __init__(self, every_n_steps: int | None = None, keep_last: int | None = 3, save_best: bool = True) -> None:
+        for name, value in (("every_n_steps", every_n_steps), ("keep_last", keep_last)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be None or >= 1, got {value}")
+        self.every_n_steps = every_n_steps
+        self.keep_last = keep_last
+        self.save_best = save_best
+        self._saved_step = 0
+        self._best = math.inf
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if trainer.checkpoint_dir is None:
+            raise ValueError("ModelCheckpoint needs fit(..., checkpoint_dir=...)")
+        self._saved_step = trainer.step  # a resumed step is on disk already
+        self._best = min((loss for _, loss in trainer.history.evaluations), default=math.inf)
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        if self.every_n_steps and trainer.step % self.every_n_steps == 0:
+            self._save_step(trainer)
+
+    def on_evaluate(self, trainer: Trainer) -> None:
+        if self.save_best and trainer.validation_loss < self._best:
+            self._best = trainer.validation_loss
+            if trainer.is_main:
+                trainer.save_checkpoint(trainer.checkpoint_dir / checkpoint.BEST_DIR)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        self._save_step(trainer)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self._save_step(trainer)
+
+    def _save_step(self, trainer: Trainer) -> None:
+        if trainer.step == self._saved_step:
+            return
+        self._saved_step = trainer.step
+        if trainer.is_main:
+            trainer.save_checkpoint(trainer.checkpoint_dir / checkpoint.step_dir_name(trainer.step))
+            if self.keep_last is not None:
+                checkpoint.prune_checkpoints(trainer.checkpoint_dir, self.keep_last)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the optimizer steps showing loss, learning rate and tokens/s (rank 0 only)."""
+
+    def __init__(self) -> None:
+        self._bar: tqdm | None = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self._bar = tqdm(
+            total=trainer.total_steps,
+            initial=trainer.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not trainer.is_main,
+        )
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        postfix = dict(loss=f"{trainer.loss:.4f}", lr=f"{trainer.lr:.2e}", tokens_s=f"{trainer.tokens_per_second:.0f}")
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update()
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self._bar.close()

@@ -1,0 +1,623 @@
+"""Training: `fit` runs AdamW with warmup + cosine decay, gradient accumulation and clipping,
+periodic evaluation, callbacks, resumable checkpoints, and DistributedDataParallel under `torchrun`.
+
+One `Trainer` runs one `fit` call and is what callbacks receive. Training stops cleanly, after the
+last completed optimizer step, when `max_steps` or `max_time` is reached, when `stop_training` is
+set (by a callback or by another thread), or on Ctrl-C; a checkpoint is written if there is a
+checkpoint folder, and `fit` returns normally with the reason in `stop_reason`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from gpt import checkpoint
+from gpt.callbacks import Callback, ModelCheckpoint, ProgressBar
+from gpt.checkpoint import CheckpointError, latest_checkpoint
+
+if TYPE_CHECKING:
+    from gpt.model import GPT
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[Tensor, Tensor]
+"""`(inputs, targets)`, int64 `[batch, seq]`, targets shifted by one token."""
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainingOptions:
+    """Every setting of `fit` besides the model, loaders, callbacks and checkpoint folder."""
+
+    num_epoch: int = 1  # passes over the training data
+    learning_rate: float = 1e-3  # peak learning rate, reached at the end of the warmup
+    weight_decay: float = 0.1  # AdamW weight decay, on 2-D weights only
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW moment decay rates
+    warmup_steps: int | None = None  # linear warmup; None -> min(100, 5% of the optimizer steps)
+    min_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * min_lr_ratio
+    grad_clip: float | None = 1.0  # largest global gradient norm; None: no clipping
+    grad_accum_steps: int = 1  # batches per optimizer step
+    max_steps: int | None = None  # stop after this many optimizer steps (resumed ones included)
+    max_time: float | None = None  # stop after this many seconds of this call
+    eval_interval: int | None = None  # evaluate every N steps, besides at every epoch end
+    eval_batches: int | None = None  # validation batches per evaluation; None: all
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA when supported, else fp32), "fp32" or "bf16"
+    resume: bool = False  # continue from the newest checkpoint in checkpoint_dir (fresh start if none)
+    progress: bool = True  # tqdm progress bar (rank 0)
+    log_every: int | None = 100  # log loss, learning rate and tokens/s every N steps; None: never
+
+    def __post_init__(self) -> None:
+        _check_int("num_epoch", self.num_epoch, minimum=1)
+        _check_int("grad_accum_steps", self.grad_accum_steps, minimum=1)
+        _check_int("warmup_steps", self.warmup_steps, minimum=0, optional=True)
+        for name in ("max_steps", "eval_interval", "eval_batches", "log_every"):
+            _check_int(name, getattr(self, name), minimum=1, optional=True)
+        _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1): {self.betas}")
+        _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be None or > 0, got {self.grad_clip}")
+        _check(self.max_time is None or self.max_time > 0, f"max_time must be None or > 0 seconds, got {self.max_time}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Linear warmup to `peak_lr`, then cosine decay to `peak_lr * min_lr_ratio` at `total_steps`."""
+
+    peak_lr: float
+    warmup_steps: int
+    total_steps: int
+    min_lr_ratio: float
+
+    def __call__(self, step: int) -> float:
+        """Learning rate of optimizer step `step` (0-based)."""
+        if step < self.warmup_steps:
+            return self.peak_lr * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        min_lr = self.peak_lr * self.min_lr_ratio
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.peak_lr - min_lr)
+
+
+@dataclass
+class TrainingHistory:
+    """What `fit` recorded, per optimizer step, per evaluation and per epoch (for plots and resumes)."""
+
+    steps: list[int] = field(default_factory=list)  # optimizer step numbers (1-based), the x axis of the next three
+    loss: list[float] = field(default_factory=list)  # train loss of each step (mean over ranks)
+    learning_rate: list[float] = field(default_factory=list)  # learning rate of each step
+    tokens: list[int] = field(default_factory=list)  # tokens seen after each step, all ranks together
+    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    train_loss: list[float] = field(default_factory=list)  # mean train loss of each epoch
+    validation_loss: list[float] = field(default_factory=list)  # validation loss at each epoch end
+    stop_reason: str | None = None  # why training stopped early; None when it ran every epoch
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.tokens[-1] if self.tokens else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingHistory:
+        return cls(**{**values, "evaluations": [(int(step), float(loss)) for step, loss in values["evaluations"]]})
+
+
+def fit(
+    model: GPT,
+    train_loader: DataLoader,
+    valid_loader: Iterable[Batch] | None = None,
+    num_epoch: int = 1,
+    learning_rate: float = 1e-3,
+    callbacks: Sequence[Callback] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    **options: Any,
+) -> TrainingHistory:
+    """Train `model` on its own device; every keyword option is a field of `TrainingOptions`.
+
+    Sets `model.train_loss`, `model.validation_loss` (None without `valid_loader`) and `model.history`,
+    and returns the history. With `checkpoint_dir`, a `ModelCheckpoint` is added unless one is given,
+    and `resume=True` continues from its newest checkpoint. Under `torchrun` it trains with DDP.
+    """
+    if train_loader is None:
+        raise ValueError("train_loader is required")
+    settings = TrainingOptions(num_epoch=num_epoch, learning_rate=learning_rate, **options)
+    if settings.resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
+    return Trainer(model, train_loader, valid_loader, settings, callbacks, checkpoint_dir).run()
+
+
+@torch.no_grad()
+def evaluate(model: GPT, loader: Iterable[Batch], max_batches: int | None = None, precision: str = "fp32") -> float:
+    """Mean cross-entropy per token of `model` over the first `max_batches` batches of `loader`.
+
+    Runs in eval mode and leaves the model's mode and the random number generators as they were.
+    """
+    device = model.device
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), _autocast(device, _use_bf16(precision, device)):
+        for inputs, targets in islice(loader, max_batches):
+            inputs, targets = inputs.to(device), targets.to(device)
+            total += _lm_loss(model(inputs), targets, reduction="sum")
+            count += targets.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("the validation loader yielded no batches")
+    return total.item() / count
+
+
+class Trainer:
+    """One `fit` call; callbacks receive it.
+
+    Read: `model`, `options`, `step` (optimizer steps done), `epoch` (0-based), `loss` (of the last
+    step), `lr`, `tokens_per_second`, `validation_loss` (of the last evaluation), `history`,
+    `total_steps`, `checkpoint_dir`, `valid_loader`, `is_main` (rank 0), `world_size`.
+    Write: `stop_training = True` from any thread (checked before every optimizer step), or
+    `request_stop(reason)`; `stop_reason` then says why.
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        train_loader: DataLoader,
+        valid_loader: Iterable[Batch] | None,
+        options: TrainingOptions,
+        callbacks: Sequence[Callback] | None = None,
+        checkpoint_dir: str | Path | None = None,
+    ) -> None:
+        self.model = model
+        self.options = options
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.device = _training_device(model.device)
+        self.bf16 = _use_bf16(options.precision, self.device)  # autocast; the weights stay fp32
+        self.dist = _join_process_group(self.device)
+        self.is_main = self.dist is None or self.dist.rank == 0
+        self.world_size = 1 if self.dist is None else self.dist.world_size
+        model.to(self.device)
+        self.train_loader = train_loader if self.dist is None else _shard(train_loader, self.dist)
+        self.valid_loader = valid_loader
+        steps_per_epoch = _steps_per_epoch(self.train_loader, options.grad_accum_steps)
+        self.batches_per_epoch = steps_per_epoch * options.grad_accum_steps  # a last incomplete step is skipped
+        self.total_steps = options.num_epoch * steps_per_epoch
+        if options.max_steps is not None:
+            self.total_steps = min(self.total_steps, options.max_steps)
+        warmup = min(100, self.total_steps // 20) if options.warmup_steps is None else options.warmup_steps
+        self.schedule = CosineSchedule(options.learning_rate, warmup, self.total_steps, options.min_lr_ratio)
+        self.optimizer = _adamw(model, options, self.device)
+        self.module: torch.nn.Module = model  # what the forward pass runs: the model, or its DDP wrapper
+        if self.dist is not None:
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.module = DistributedDataParallel(model, device_ids=device_ids)
+        self.callbacks = _with_defaults(list(callbacks or []), options, self.checkpoint_dir, self.is_main)
+
+        self.step = 0
+        self.epoch = 0
+        self.batch = 0  # batches of the current epoch consumed by completed steps
+        self.loss = math.nan
+        self.lr = self.schedule(0)
+        self.tokens_per_second = 0.0
+        self.validation_loss: float | None = None
+        self.history = TrainingHistory()
+        self.stop_training = False
+        self.stop_reason: str | None = None
+        self._epoch_loss = [0.0, 0]  # sum and count of this epoch's step losses
+        self._epoch_rng: dict[str, Tensor] = {}  # RNG states when this epoch's loader iterator was made
+        self._resume_rng: dict[str, Tensor] | None = None  # RNG states to restore once a resumed epoch is skipped
+        self._last_eval_step = -1
+        self._started = time.monotonic()
+
+    def run(self) -> TrainingHistory:
+        """Train until every epoch has run or training stops; see `fit`."""
+        try:
+            if self.options.resume:
+                self._resume()
+            elif self.checkpoint_dir is not None and latest_checkpoint(self.checkpoint_dir) is not None:
+                raise ValueError(
+                    f"{self.checkpoint_dir} already holds checkpoints of another run: "
+                    "pass resume=True to continue it, or use another checkpoint_dir"
+                )
+            if self.is_main:
+                precision = "bf16" if self.bf16 else "fp32"
+                message = "training to step %d on %s (%s, world size %d)"
+                logger.info(message, self.total_steps, self.device, precision, self.world_size)
+            self._started = time.monotonic()
+            self.model.train()
+            self._call("on_train_begin")
+            while self.epoch < self.options.num_epoch and not self._should_stop():
+                self._run_epoch()
+                self._end_epoch()
+                if self.batch >= self.batches_per_epoch:
+                    self.epoch, self.batch = self.epoch + 1, 0
+            return self._finish()
+        finally:
+            if self.dist is not None and self.dist.owns_group:
+                dist.destroy_process_group()
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step; the first reason given is kept."""
+        self.stop_training = True
+        self.stop_reason = self.stop_reason or reason
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write a resumable checkpoint of the current step into folder `path` (atomically)."""
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "epoch_loss": self._epoch_loss,
+            "world_size": self.world_size,
+            "schedule": asdict(self.schedule),
+            "history": self.history.to_dict(),
+        }
+        rng = {**_prefixed("now.", self._capture_rng()), **_prefixed("epoch_start.", self._epoch_rng)}
+        path = checkpoint.save_training_checkpoint(path, self.model, self.optimizer, state, rng)
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    def _run_epoch(self) -> None:
+        batches = self._epoch_batches()
+        if self.batch == 0:
+            self._epoch_loss = [0.0, 0]
+        self._call("on_epoch_begin")
+        try:
+            while self.batch < self.batches_per_epoch and not self._should_stop():
+                self._train_step(batches)
+                self._after_step()
+        except KeyboardInterrupt:
+            logger.warning("interrupted: stopping after step %d", self.step)
+            self.request_stop("interrupted")
+
+    def _epoch_batches(self) -> Iterator[Batch]:
+        """This epoch's batches, after the `self.batch` ones a resumed checkpoint has trained on."""
+        if self._resume_rng is None:
+            self._epoch_rng = self._capture_rng()  # a resume has restored this epoch's start states instead
+        if isinstance(self.train_loader.sampler, DistributedSampler):
+            self.train_loader.sampler.set_epoch(self.epoch)
+        batches = iter(self.train_loader)
+        for _ in range(self.batch):
+            next(batches)
+        if self._resume_rng is not None and self.batch:
+            self._restore_rng(self._resume_rng)
+        self._resume_rng = None
+        return batches
+
+    def _train_step(self, batches: Iterator[Batch]) -> None:
+        """One optimizer step over `grad_accum_steps` batches."""
+        started = time.perf_counter()
+        accum = self.options.grad_accum_steps
+        loss_sum, tokens = torch.zeros((), device=self.device), 0
+        for i in range(accum):
+            inputs, targets = (t.to(self.device, non_blocking=True) for t in next(batches))
+            with self._gradient_sync(i == accum - 1):
+                with _autocast(self.device, self.bf16):
+                    loss = _lm_loss(self.module(inputs), targets)
+                (loss / accum).backward()
+            loss_sum += loss.detach()
+            tokens += targets.numel()
+        if self.options.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_value = self._mean_over_ranks(loss_sum / accum)
+        with _deferred_interrupt():  # never leave a step half applied
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self._record_step(loss_value, lr, tokens * self.world_size, time.perf_counter() - started)
+
+    def _record_step(self, loss: float, lr: float, tokens: int, seconds: float) -> None:
+        self.step += 1
+        self.batch += self.options.grad_accum_steps
+        self.loss, self.lr = loss, lr
+        self.tokens_per_second = tokens / max(seconds, 1e-9)
+        self._epoch_loss = [self._epoch_loss[0] + loss, self._epoch_loss[1] + 1]
+        history = self.history
+        history.steps.append(self.step)
+        history.loss.append(loss)
+        history.learning_rate.append(lr)
+        history.tokens.append(history.tokens_seen + tokens)
+
+    def _after_step(self) -> None:
+        every = self.options.log_every
+        if self.is_main and every and self.step % every == 0:
+            logger.info(
+                "step %d/%d | loss %.4f | lr %.2e | %.0f tokens/s",
+                self.step,
+                self.total_steps,
+                self.loss,
+                self.lr,
+                self.tokens_per_second,
+            )
+        interval = self.options.eval_interval
+        if self.valid_loader is not None and interval and self.step % interval == 0:
+            self._evaluate()
+        self._call("on_batch_end")
+
+    def _evaluate(self) -> None:
+        options = self.options
+        self.validation_loss = evaluate(self.model, self.valid_loader, options.eval_batches, options.precision)
+        self._last_eval_step = self.step
+        self.history.evaluations.append((self.step, self.validation_loss))
+        if self.is_main:
+            logger.info("step %d | validation loss %.4f", self.step, self.validation_loss)
+        self._call("on_evaluate")
+
+    def _end_epoch(self) -> None:
+        """Record the epoch's means (a stopped epoch too, if it made a step) and call `on_epoch_end`."""
+        total, count = self._epoch_loss
+        if count == 0:
+            return
+        if self.valid_loader is not None and self._last_eval_step != self.step:
+            self._evaluate()
+        self.history.train_loss.append(total / count)
+        if self.valid_loader is not None:
+            self.history.validation_loss.append(self.validation_loss)
+        if self.is_main:
+            logger.info("epoch %d | train loss %.4f", self.epoch + 1, total / count)
+        self._call("on_epoch_end")
+
+    def _should_stop(self) -> bool:
+        """Check the limits and the stop flag; under DDP every rank gets the same answer."""
+        if self.options.max_steps is not None and self.step >= self.options.max_steps:
+            self.request_stop("max_steps")
+        if self.options.max_time is not None and time.monotonic() - self._started >= self.options.max_time:
+            self.request_stop("max_time")
+        if self.dist is not None:
+            flag = torch.tensor(float(self.stop_training), device=self.device)
+            dist.all_reduce(flag)
+            if flag.item():
+                self.request_stop("stopped on another rank")
+        return self.stop_training
+
+    def _finish(self) -> TrainingHistory:
+        self.optimizer.zero_grad(set_to_none=True)  # an interrupted step may have left gradients
+        self.model.eval()
+        if self.stop_training:
+            self.stop_reason = self.stop_reason or "requested"
+            logger.info("training stopped at step %d: %s", self.step, self.stop_reason)
+        self.history.stop_reason = self.stop_reason
+        self.model.train_loss = list(self.history.train_loss)
+        self.model.validation_loss = None if self.valid_loader is None else list(self.history.validation_loss)
+        self.model.history = self.history
+        self._call("on_train_end")
+        if self.dist is not None:
+            dist.barrier()  # rank 0's last checkpoint is on disk when fit returns on any rank
+        return self.history
+
+    def _resume(self) -> None:
+        folder = latest_checkpoint(self.checkpoint_dir)
+        if folder is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.checkpoint_dir)
+            return
+        if checkpoint.read_config(folder) != self.model.config:
+            raise CheckpointError(f"{folder / checkpoint.CONFIG_FILE}: does not match the model being trained")
+        checkpoint.read_weights(self.model, folder)
+        state, rng = checkpoint.read_training_state(folder, self.optimizer)
+        with _reading(folder / checkpoint.TRAINER_STATE_FILE):
+            epoch_finished = self._load_state(state)
+        with _reading(folder / checkpoint.RNG_FILE):
+            self._resume_rng = _unprefixed("now.", rng)
+            self._epoch_rng = self._resume_rng if epoch_finished else _unprefixed("epoch_start.", rng)
+            for states in (self._resume_rng, self._epoch_rng):  # the last is where the next epoch starts
+                self._restore_rng(states)
+        logger.info("resumed from %s (epoch %d, step %d)", folder, self.epoch + 1, self.step)
+
+    def _load_state(self, state: dict[str, Any]) -> bool:
+        """Restore the progress and history; True when the checkpoint was saved at the end of an epoch."""
+        self.step, self.epoch, self.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+        self._epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
+        self.history = TrainingHistory.from_dict(state["history"])
+        self.history.stop_reason = None
+        epoch_finished = self.batch >= self.batches_per_epoch
+        if epoch_finished:
+            self.epoch, self.batch = self.epoch + 1, 0
+        del self.history.train_loss[self.epoch :]  # a stopped epoch's means are recorded again at its end
+        del self.history.validation_loss[self.epoch :]
+        if self.history.loss:
+            self.loss, self.lr = self.history.loss[-1], self.history.learning_rate[-1]
+        if self.history.evaluations:
+            self._last_eval_step, self.validation_loss = self.history.evaluations[-1]
+        return epoch_finished
+
+    def _capture_rng(self) -> dict[str, Tensor]:
+        states = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.train_loader.generator is not None:
+            states["loader"] = self.train_loader.generator.get_state()
+        return states
+
+    def _restore_rng(self, states: dict[str, Tensor]) -> None:
+        """Inverse of `_capture_rng`; a CUDA state is skipped on the CPU (and missing from a CPU run)."""
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and self.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"], self.device)
+        if "loader" in states and self.train_loader.generator is not None:
+            self.train_loader.generator.set_state(states["loader"])
+
+    def _gradient_sync(self, sync: bool) -> AbstractContextManager:
+        """DDP all-reduces gradients on the last batch of an accumulated step only."""
+        return nullcontext() if sync or self.dist is None else self.module.no_sync()
+
+    def _mean_over_ranks(self, value: Tensor) -> float:
+        if self.dist is not None:
+            dist.all_reduce(value)
+            value /= self.world_size
+        return value.item()
+
+    def _call(self, hook: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self)
+
+
+@dataclass(frozen=True)
+class _Distributed:
+    rank: int
+    world_size: int
+    owns_group: bool  # fit initialised the process group, so it also destroys it
+
+
+def _join_process_group(device: torch.device) -> _Distributed | None:
+    """The process group `torchrun` describes (initialised here if needed); None for a single process."""
+    owns_group = False
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            return None
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        owns_group = True
+    if dist.get_world_size() < 2:
+        return None
+    return _Distributed(dist.get_rank(), dist.get_world_size(), owns_group)
+
+
+def _training_device(device: torch.device) -> torch.device:
+    """The model's device; under `torchrun` on CUDA, this process's GPU (`LOCAL_RANK`)."""
+    if device.type != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(device)
+    return device
+
+
+def _shard(loader: DataLoader, group: _Distributed) -> DataLoader:
+    """`loader` over this rank's share of its dataset, with the same batch size, shuffle and drop_last."""
+    if isinstance(loader.sampler, DistributedSampler):
+        return loader
+    if loader.batch_size is None:
+        raise ValueError("distributed training needs a DataLoader built with batch_size")
+    sampler = DistributedSampler(
+        loader.dataset,
+        num_replicas=group.world_size,
+        rank=group.rank,
+        shuffle=isinstance(loader.sampler, RandomSampler),
+        seed=0 if loader.generator is None else loader.generator.initial_seed(),
+        drop_last=loader.drop_last,
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        drop_last=loader.drop_last,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        generator=loader.generator,
+    )
+
+
+def _steps_per_epoch(loader: DataLoader, grad_accum_steps: int) -> int:
+    steps = len(loader) // grad_accum_steps
+    if steps == 0:
+        raise ValueError(f"train_loader has {len(loader)} batches, fewer than grad_accum_steps = {grad_accum_steps}")
+    return steps
+
+
+def _adamw(model: GPT, options: TrainingOptions, device: torch.device) -> torch.optim.AdamW:
+    """AdamW that decays 2-D weights only; `model.parameters()` yields a tied embedding once."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": options.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=options.learning_rate, betas=options.betas, **fast)
+
+
+def _with_defaults(
+    callbacks: list[Callback], options: TrainingOptions, checkpoint_dir: Path | None, is_main: bool
+) -> list[Callback]:
+    """The user's callbacks, plus a `ModelCheckpoint` (with a checkpoint folder) and a `ProgressBar`."""
+    if checkpoint_dir is not None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        callbacks.append(ModelCheckpoint())
+    if options.progress and is_main and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(ProgressBar())
+    return callbacks
+
+
+def _use_bf16(precision: str, device: torch.device) -> bool:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device.type != "cuda" or precision == "fp32":
+        return precision == "bf16"
+    if not torch.cuda.is_bf16_supported():
+        if precision == "bf16":
+            raise ValueError(f"{device} does not support bf16; use precision='fp32'")
+        return False
+    return True
+
+
+def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
+
+
+@contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold back Ctrl-C until the block has run (main thread only; others never get SIGINT)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    received: list[tuple[int, Any]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(*received[0])
+
+
+@contextmanager
+def _reading(file: Path) -> Iterator[None]:
+    """Turn a malformed value read from `file` into a `CheckpointError` naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise CheckpointError(f"{file}: unexpected content ({err!r})") from err
+
+
+def _prefixed(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {prefix + name: tensor for name, tensor in tensors.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}an integer >= {minimum}, got {value!r}")

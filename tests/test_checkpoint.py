@@ -1,0 +1,172 @@
+"""Training checkpoints: layout, atomic folders, keep_last, corrupt files, exact resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_training import StopAt, assert_same_weights, byte_loaders, made_text, tiny_model
+
+from gpt import GPT, CheckpointError, Tokenizer, checkpoint
+from gpt.callbacks import ModelCheckpoint
+
+torch.set_num_threads(1)
+
+TEXT = made_text(60)  # 24 training batches of 8 x 16 bytes
+TRAINING_FILES = {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json", "rng.safetensors"}
+
+
+def trained(tmp_path: Path, steps: int = 5, **options) -> GPT:
+    """A tiny model trained `steps` steps with checkpoints in `tmp_path`."""
+    model = tiny_model()
+    train, valid = byte_loaders(TEXT)
+    model.fit(train, valid, max_steps=steps, checkpoint_dir=tmp_path, progress=False, **options)
+    return model
+
+
+def test_checkpoint_folder_layout(tmp_path):
+    model = tiny_model()
+    model.tokenizer = Tokenizer()
+    train, valid = byte_loaders(TEXT)
+    model.fit(train, valid, max_steps=5, checkpoint_dir=tmp_path, progress=False)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step-00000005"]
+    folder = tmp_path / "step-00000005"
+    assert {p.name for p in folder.iterdir()} == TRAINING_FILES | {"tokenizer.json"}
+    state = json.loads((folder / "trainer_state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch"]) == (5, 0, 5)
+    assert state["history"]["loss"] == model.history.loss
+    assert len(state["optimizer_param_groups"]) == 2
+    assert GPT.load(folder).tokenizer.encode("hé") == model.tokenizer.encode("hé")
+
+
+def test_saved_and_loaded_models_give_identical_logits(tmp_path):
+    model = trained(tmp_path / "run")
+    ids = torch.tensor([list(b"the cat sat on")])
+    expected = model(ids)
+    model.save(tmp_path / "saved")
+    for folder in (tmp_path / "saved", checkpoint.latest_checkpoint(tmp_path / "run")):
+        assert torch.equal(GPT.load(folder)(ids), expected)
+
+
+def test_latest_checkpoint_picks_the_highest_step_and_ignores_the_rest(tmp_path):
+    assert checkpoint.latest_checkpoint(tmp_path / "missing") is None
+    assert checkpoint.latest_checkpoint(tmp_path) is None
+    for name in ("step-00000009", "step-00000010", ".step-00000099.abc.tmp", "best", "step-12"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "step-00000011").write_text("a file, not a folder")
+    assert checkpoint.latest_checkpoint(tmp_path) == tmp_path / "step-00000010"
+
+
+def test_keep_last_keeps_the_newest_checkpoints(tmp_path):
+    trained(tmp_path, steps=9, callbacks=[ModelCheckpoint(every_n_steps=2, keep_last=2)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step-00000008", "step-00000009"]
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    model = trained(tmp_path, steps=4)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "step-00000004").iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)  # fails midway: the model files are written
+    train, valid = byte_loaders(TEXT)
+    with pytest.raises(OSError, match="disk full"):
+        model.fit(train, valid, max_steps=8, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step-00000004"]  # no temporary folder left
+    assert {p.name: p.read_bytes() for p in (tmp_path / "step-00000004").iterdir()} == before
+    assert TRAINING_FILES <= {p.name for p in (tmp_path / "best").iterdir()}
+
+
+def test_atomic_folder_replaces_an_existing_folder_only_when_complete(tmp_path):
+    target = tmp_path / "best"
+    checkpoint.atomic_folder(target, lambda tmp: (tmp / "a.txt").write_text("old"))
+
+    def broken(tmp: Path) -> None:
+        (tmp / "a.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_folder(target, broken)
+    assert [p.name for p in tmp_path.iterdir()] == ["best"] and (target / "a.txt").read_text() == "old"
+    checkpoint.atomic_folder(target, lambda tmp: (tmp / "b.txt").write_text("new"))
+    assert [p.name for p in tmp_path.iterdir()] == ["best"] and [p.name for p in target.iterdir()] == ["b.txt"]
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _change_emb_size(file: Path) -> None:
+    config = json.loads(file.read_text())
+    file.write_text(json.dumps({**config, "emb_size": 64, "head_size": 16}))
+
+
+@pytest.mark.parametrize(
+    "damaged, damage, named",
+    [
+        ("model.safetensors", _truncate, "model.safetensors"),
+        ("config.json", Path.unlink, "config.json"),
+        ("config.json", _change_emb_size, "model.safetensors"),  # the config no longer fits the weights
+    ],
+)
+def test_loading_a_damaged_model_names_the_file(tmp_path, damaged, damage, named):
+    trained(tmp_path)
+    folder = tmp_path / "step-00000005"
+    damage(folder / damaged)
+    with pytest.raises(CheckpointError, match=named):
+        GPT.load(folder)
+
+
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("trainer_state.json", lambda f: f.write_text("{not json")),
+        ("trainer_state.json", lambda f: f.write_text(json.dumps({"optimizer_param_groups": [], "step": 1}))),
+        ("trainer_state.json", lambda f: f.write_text(json.dumps({**json.loads(f.read_text()), "history": 3}))),
+        ("optimizer.safetensors", _truncate),
+        ("rng.safetensors", Path.unlink),
+        ("config.json", _change_emb_size),  # the model being trained differs from the checkpoint
+    ],
+)
+def test_resuming_from_a_damaged_checkpoint_names_the_file(tmp_path, name, damage):
+    trained(tmp_path)
+    damage(tmp_path / "step-00000005" / name)
+    train, valid = byte_loaders(TEXT)
+    with pytest.raises(CheckpointError, match=name):
+        tiny_model().fit(train, valid, max_steps=8, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch_and_a_fresh_start_needs_an_empty_folder(tmp_path):
+    model = trained(tmp_path, steps=3, resume=True)
+    assert len(model.history.loss) == 3
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        trained(tmp_path, steps=3)
+
+
+@pytest.mark.parametrize(
+    "dropout, stop_step, grad_accum_steps",
+    [
+        (0.0, 10, 1),  # mid-epoch
+        (0.2, 24, 1),  # at the end of the first epoch, with dropout
+        (0.2, 7, 2),  # mid-epoch, accumulating gradients, with dropout
+    ],
+)
+def test_stopping_and_resuming_trains_exactly_like_one_run(tmp_path, dropout, stop_step, grad_accum_steps):
+    options = dict(num_epoch=2, eval_interval=5, grad_accum_steps=grad_accum_steps, progress=False)
+
+    def run(seed: int, **extra) -> GPT:
+        model = tiny_model(dropout, seed=seed)
+        train, valid = byte_loaders(TEXT)
+        model.fit(train, valid, **options, **extra)
+        return model
+
+    straight = run(seed=0)
+    run(seed=0, checkpoint_dir=tmp_path, callbacks=[StopAt(stop_step)])
+    resumed = run(seed=1, checkpoint_dir=tmp_path, resume=True)  # every weight comes from the checkpoint
+
+    assert_same_weights(straight, resumed)
+    for name in ("steps", "loss", "learning_rate", "tokens", "train_loss", "validation_loss"):
+        assert getattr(resumed.history, name) == getattr(straight.history, name), name

@@ -1,0 +1,276 @@
+"""`fit`: validation, learning, histories, the schedule, callbacks and every way training stops."""
+
+import logging
+import math
+import signal
+import threading
+
+import pytest
+import torch
+from tiny_training import SHAKESPEARE, StopAt, assert_same_weights, byte_loaders, made_text, tiny_model
+
+from gpt import GPT, checkpoint
+from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from gpt.training import CosineSchedule, Trainer, TrainingOptions, evaluate, fit
+
+torch.set_num_threads(1)
+
+SMALL_TEXT = made_text(60)  # 24 training batches of 8 x 16 bytes
+
+
+class Recorder(Callback):
+    """Records every hook call as (hook, step)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.calls.append(("on_train_begin", trainer.step))
+
+    def on_epoch_begin(self, trainer: Trainer) -> None:
+        self.calls.append(("on_epoch_begin", trainer.step))
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        self.calls.append(("on_batch_end", trainer.step))
+
+    def on_evaluate(self, trainer: Trainer) -> None:
+        self.calls.append(("on_evaluate", trainer.step))
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        self.calls.append(("on_epoch_end", trainer.step))
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self.calls.append(("on_train_end", trainer.step))
+
+
+@pytest.mark.parametrize(
+    "args, options, error, message",
+    [
+        ((None,), {}, ValueError, "train_loader is required"),
+        ((), dict(num_epoch=0), ValueError, "num_epoch must be an integer >= 1"),
+        ((), dict(learning_rate=0), ValueError, "learning_rate must be > 0"),
+        ((), dict(learning_rate=-1e-3), ValueError, "learning_rate must be > 0"),
+        ((), dict(grad_accum_steps=0), ValueError, "grad_accum_steps must be an integer >= 1"),
+        ((), dict(max_steps=0), ValueError, "max_steps must be None or an integer >= 1"),
+        ((), dict(warmup_steps=-1), ValueError, "warmup_steps must be None or an integer >= 0"),
+        ((), dict(betas=(1.0, 0.9)), ValueError, "betas must be in"),
+        ((), dict(precision="fp16"), ValueError, "precision must be one of"),
+        ((), dict(grad_accum_steps=100), ValueError, "fewer than grad_accum_steps"),
+        ((), dict(resume=True), ValueError, "resume=True needs a checkpoint_dir"),
+        ((), dict(epochs=2), TypeError, "epochs"),
+    ],
+)
+def test_fit_validates_arguments(args, options, error, message):
+    train, _ = byte_loaders(SMALL_TEXT)
+    with pytest.raises(error, match=message):
+        fit(tiny_model(), *(args or (train,)), progress=False, **options)
+
+
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} is not there")
+def test_fit_lowers_validation_loss_on_shakespeare():
+    text = SHAKESPEARE.read_text(encoding="utf-8")[:20_000]
+    model = tiny_model()
+    train, valid = byte_loaders(text, seq_len=32, batch_size=16)
+    initial = evaluate(model, valid, max_batches=8)
+    history = model.fit(train, valid, learning_rate=3e-3, max_steps=150, eval_batches=8, progress=False)
+    assert history.validation_loss[-1] < initial - 2.0  # about 5.5 -> 2.8 nats per byte
+    assert model.training is False
+
+
+def test_histories_per_step_and_per_epoch(caplog):
+    model = tiny_model()
+    train, valid = byte_loaders(SMALL_TEXT)
+    steps_per_epoch = len(train)
+    assert steps_per_epoch == 24
+    with caplog.at_level(logging.INFO, logger="gpt.training"):
+        history = model.fit(train, valid, num_epoch=2, eval_interval=10, log_every=5, progress=True)
+
+    assert model.history is history and history.stop_reason is None
+    steps = 2 * steps_per_epoch
+    assert history.steps == list(range(1, steps + 1))
+    assert len(history.loss) == len(history.learning_rate) == len(history.tokens) == steps
+    assert history.tokens == [8 * 16 * step for step in history.steps] and history.tokens_seen == 8 * 16 * steps
+    epochs = [history.loss[:steps_per_epoch], history.loss[steps_per_epoch:]]
+    assert history.train_loss == pytest.approx([sum(e) / len(e) for e in epochs])
+    assert model.train_loss == history.train_loss
+    assert [step for step, _ in history.evaluations] == [10, 20, 24, 30, 40, 48]
+    assert model.validation_loss == history.validation_loss == [history.evaluations[2][1], history.evaluations[5][1]]
+    assert history.train_loss[1] < history.train_loss[0]
+    assert any("step 5/48" in r.message for r in caplog.records)
+
+
+def test_validation_loss_is_none_without_a_valid_loader():
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    model.fit(train, max_steps=3, progress=False)
+    assert model.validation_loss is None and len(model.train_loss) == 1
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine():
+    schedule = CosineSchedule(peak_lr=1.0, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    assert schedule(0) == pytest.approx(0.1) and schedule(9) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.55) and schedule(110) == pytest.approx(0.1)
+    decay = [schedule(s) for s in range(10, 111)]
+    assert decay == sorted(decay, reverse=True)
+
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    history = model.fit(train, num_epoch=2, learning_rate=1e-2, progress=False)
+    assert history.learning_rate[1] == pytest.approx(1e-2)  # default warmup: 5% of 48 steps = 2
+    assert history.learning_rate[-1] == pytest.approx(1e-3, rel=0.05)
+
+
+def test_weight_decay_only_on_2d_weights_and_tied_embedding_once():
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    trainer = Trainer(model, train, None, TrainingOptions(weight_decay=0.1))
+    assert trainer.bf16 is False  # precision "auto" is fp32 on the CPU
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+    params = decay["params"] + no_decay["params"]
+    assert len({id(p) for p in params}) == len(params) == len(list(model.parameters()))
+    assert any(p is model.lm_head.weight for p in params)
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    models = []
+    for batch_size, accum in ((8, 1), (4, 2)):
+        model = tiny_model()
+        train, _ = byte_loaders(SMALL_TEXT, batch_size=batch_size)
+        model.fit(train, max_steps=5, grad_accum_steps=accum, progress=False)
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_callbacks_are_called_in_order():
+    recorder = Recorder()
+    model = tiny_model()
+    train, valid = byte_loaders(SMALL_TEXT)
+    n = len(train)
+    model.fit(train, valid, num_epoch=2, callbacks=[recorder], progress=False)
+    names = [name for name, _ in recorder.calls]
+    epoch = ["on_epoch_begin"] + ["on_batch_end"] * n + ["on_evaluate", "on_epoch_end"]
+    assert names == ["on_train_begin", *epoch, *epoch, "on_train_end"]
+    assert [step for name, step in recorder.calls if name == "on_batch_end"] == list(range(1, 2 * n + 1))
+
+
+def test_a_callback_stops_training_after_its_step():
+    model = tiny_model()
+    train, valid = byte_loaders(SMALL_TEXT)
+    history = model.fit(train, valid, num_epoch=3, callbacks=[StopAt(5)], progress=False)
+    assert len(history.loss) == 5 and history.stop_reason == "test"
+    assert len(model.train_loss) == len(model.validation_loss) == 1  # the stopped epoch is recorded
+    assert model.train_loss[0] == pytest.approx(sum(history.loss) / 5)
+
+
+def test_stop_training_set_from_another_thread_stops_within_a_step():
+    paused, resume = threading.Event(), threading.Event()
+
+    class Pause(Callback):
+        def on_batch_end(self, trainer: Trainer) -> None:
+            if trainer.step == 4:
+                self.trainer = trainer
+                paused.set()
+                resume.wait(timeout=10)
+
+    pause = Pause()
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    worker = threading.Thread(target=model.fit, args=(train,), kwargs=dict(callbacks=[pause], progress=False))
+    worker.start()
+    assert paused.wait(timeout=30)
+    pause.trainer.stop_training = True
+    resume.set()
+    worker.join(timeout=30)
+    assert model.history.loss and len(model.history.loss) == 4
+    assert model.history.stop_reason == "requested"
+
+
+def test_early_stopping_stops_when_validation_loss_stalls():
+    model = tiny_model()
+    train, valid = byte_loaders(SMALL_TEXT)
+    stopper = EarlyStopping(patience=2, min_delta=10.0)  # no evaluation improves by 10 nats
+    history = model.fit(train, valid, num_epoch=5, eval_interval=1, callbacks=[stopper], progress=False)
+    assert history.stop_reason == "early_stopping" and len(history.loss) == 3
+
+
+def test_early_stopping_on_train_loss_and_its_validation():
+    model = tiny_model()
+    train, valid = byte_loaders(SMALL_TEXT)
+    history = model.fit(train, num_epoch=10, callbacks=[EarlyStopping(1, 10.0, monitor="train_loss")], progress=False)
+    assert history.stop_reason == "early_stopping" and len(history.train_loss) == 2
+    with pytest.raises(ValueError, match="monitor must be"):
+        EarlyStopping(monitor="accuracy")
+    with pytest.raises(ValueError, match="needs a valid_loader"):
+        model.fit(train, callbacks=[EarlyStopping()], progress=False)
+
+
+def test_max_steps_and_max_time_are_honoured():
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    history = model.fit(train, num_epoch=10, max_steps=30, progress=False)
+    assert len(history.loss) == 30 and history.stop_reason == "max_steps"
+    assert len(history.train_loss) == 2  # one full epoch of 24 steps, then 6 steps
+
+    history = tiny_model().fit(train, num_epoch=10_000, max_time=0.3, progress=False)
+    assert history.stop_reason == "max_time" and 0 < len(history.loss) < 10_000 * len(train)
+
+
+def test_keyboard_interrupt_at_step_k_leaves_a_checkpoint_of_step_k(tmp_path):
+    model = tiny_model()
+    train, valid = byte_loaders(SMALL_TEXT)
+    history = model.fit(
+        train, valid, num_epoch=2, checkpoint_dir=tmp_path, callbacks=[StopAt(7, KeyboardInterrupt)], progress=False
+    )
+    assert history.stop_reason == "interrupted" and len(history.loss) == 7
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest.name == "step-00000007"
+    assert_same_weights(GPT.load(latest), model)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_ctrl_c_during_an_optimizer_step_completes_the_step_then_stops(tmp_path):
+    class CtrlCInThirdStep(Callback):
+        def on_train_begin(self, trainer: Trainer) -> None:
+            step = trainer.optimizer.step
+
+            def interrupted_step(*args, **kwargs):
+                if trainer.step == 2:
+                    signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C right now
+                return step(*args, **kwargs)
+
+            trainer.optimizer.step = interrupted_step
+
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    history = model.fit(train, checkpoint_dir=tmp_path, callbacks=[CtrlCInThirdStep()], progress=False)
+    assert history.stop_reason == "interrupted" and len(history.loss) == 3
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step-00000003"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_model_checkpoint_needs_a_checkpoint_dir():
+    train, _ = byte_loaders(SMALL_TEXT)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        tiny_model().fit(train, callbacks=[ModelCheckpoint()], progress=False)
+
+
+def test_bf16_on_cpu_runs_and_lowers_the_loss():
+    model = tiny_model()
+    train, valid = byte_loaders(SMALL_TEXT)
+    initial = evaluate(model, valid)
+    model.fit(train, valid, learning_rate=3e-3, precision="bf16", progress=False)
+    assert model.validation_loss[-1] < initial - 1.0
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_uses_bf16_autocast_when_supported():
+    model = tiny_model().to("cuda")
+    train, valid = byte_loaders(SMALL_TEXT)
+    initial = evaluate(model, valid)
+    history = model.fit(train, valid, learning_rate=3e-3, progress=False)
+    assert model.device.type == "cuda" and all(p.dtype == torch.float32 for p in model.parameters())
+    assert history.validation_loss[-1] < initial - 1.0 and not math.isnan(history.loss[-1])
