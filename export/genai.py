@@ -1,0 +1,83 @@
+"""The files onnxruntime-genai reads beside `model.onnx`: `genai_config.json` and `tokenizer_config.json`.
+
+The model type is "decoder", genai's generic decoder-only model with one key and one value
+cache tensor per layer; its "gpt2" type expects the older combined `past_{i}` layout instead.
+The cache is not shared between past and present ("past_present_share_buffer": false): our
+graph concatenates, so each present is one token longer than its past.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from export import signature
+from gpt.config import GPTConfig
+from gpt.tokenizer import EOS_TOKEN, Tokenizer
+
+GENAI_CONFIG_FILE = "genai_config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+def genai_config(config: GPTConfig, tokenizer: Tokenizer, model_file: str) -> dict[str, Any]:
+    """`genai_config.json` for the graph `model_file` exported from a model of `config`."""
+    eos = tokenizer.eos_token_id
+    return {
+        "model": {
+            "type": "decoder",
+            "vocab_size": config.vocab_size,
+            "context_length": config.max_seq_len,
+            "bos_token_id": eos,  # GPT-2 convention: one end-of-text token for everything
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+            "decoder": {
+                "filename": model_file,
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "head_size": config.head_size,
+                "hidden_size": config.emb_size,
+                "num_attention_heads": config.num_heads,
+                "num_key_value_heads": config.num_heads,
+                "num_hidden_layers": config.num_layers,
+                "inputs": {
+                    "input_ids": signature.INPUT_IDS,
+                    "attention_mask": signature.ATTENTION_MASK,
+                    "position_ids": signature.POSITION_IDS,
+                    "past_key_names": signature.PAST_KEY,
+                    "past_value_names": signature.PAST_VALUE,
+                },
+                "outputs": {
+                    "logits": signature.LOGITS,
+                    "present_key_names": signature.PRESENT_KEY,
+                    "present_value_names": signature.PRESENT_VALUE,
+                },
+            },
+        },
+        "search": {
+            "max_length": config.max_seq_len,
+            "min_length": 0,
+            "do_sample": False,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+            "repetition_penalty": 1.0,
+            "length_penalty": 1.0,
+            "diversity_penalty": 0.0,
+            "no_repeat_ngram_size": 0,
+            "early_stopping": True,
+            "past_present_share_buffer": False,
+        },
+    }
+
+
+def tokenizer_config(config: GPTConfig) -> dict[str, Any]:
+    """`tokenizer_config.json`: tells genai's tokenizer to read `tokenizer.json` as GPT-2-style byte-level BPE."""
+    return {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": config.max_seq_len,
+        "bos_token": EOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "unk_token": EOS_TOKEN,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+    }

@@ -1,0 +1,311 @@
+"""`to_onnx`: export a GPT to one ONNX graph with an explicit key/value cache, check it, prove parity.
+
+One graph serves prefill and decode: the first step feeds zero-length pasts `[batch, heads, 0,
+head_size]`. Batch, sequence and past lengths are dynamic. The torch.onnx dynamo exporter does the
+work; the TorchScript exporter is a fallback used only when the dynamo exporter fails (it gives
+the same parity here but is deprecated). The folder is built beside `out_dir` and renamed into
+place only after the graph checks and the parity run pass, so a failed export leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+from export import genai, signature, verify
+from export import precision as precisions
+from export.runtime import MODEL_FILE, OnnxGPT, create_session, session_options
+from gpt import checkpoint
+from gpt.model import GPT
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 20
+SUPPORTED_OPSETS = range(18, 25)  # the dynamo exporter needs >= 18; onnxruntime 1.31 ran 18-24 here
+REPORT_FILE = "export_report.json"
+_FP32_FILE = "model.fp32.onnx"  # the exported graph before an fp16/int8 conversion (staging folder only)
+
+
+class ExportError(RuntimeError):
+    """An export could not be written or did not pass its checks; nothing was left in `out_dir`."""
+
+
+def to_onnx(
+    model_or_dir: GPT | str | Path,
+    out_dir: str | Path,
+    *,
+    precision: str = "fp32",
+    opset: int | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Export a `GPT` (or a checkpoint folder) to `out_dir` and return that folder.
+
+    Writes `model.onnx`, `config.json`, `tokenizer.json`, `genai_config.json`,
+    `tokenizer_config.json` and `export_report.json`. `precision` is "fp32", "fp16" (for the CUDA
+    provider) or "int8" (dynamic quantization, for the CPU provider); `opset` defaults to
+    `DEFAULT_OPSET`; `threads` are onnxruntime's intra-op threads for the parity run.
+    Raises ValueError for bad arguments, `gpt.CheckpointError` for a bad checkpoint folder and
+    `ExportError` when the folder cannot be written or the export fails its checks.
+    """
+    if precision not in precisions.PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(precisions.PRECISIONS)}, got {precision!r}")
+    opset = DEFAULT_OPSET if opset is None else opset
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
+        raise ValueError(f"opset must be an integer from {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]}, got {opset!r}")
+    options = session_options(threads)  # checked now, before the slow part
+    model = GPT.load(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
+    if model.tokenizer is None:
+        raise ExportError(
+            f"{model_or_dir if isinstance(model_or_dir, (str, Path)) else 'the model'} has no tokenizer: "
+            "save the model with its tokenizer (model.save(dir, tokenizer=...)) before exporting"
+        )
+    out = Path(out_dir)
+    log.info("exporting to %s (%s, opset %d)", out, precision, opset)
+    started = time.perf_counter()
+    with _staging(out) as stage, _eval_mode(model):
+        graph = stage / (MODEL_FILE if precision == "fp32" else _FP32_FILE)
+        exporter = export_graph(model, graph, opset)
+        strip_metadata(graph)
+        if precision != "fp32":
+            precisions.convert(graph, stage / MODEL_FILE, precision)
+        check_graph(stage / MODEL_FILE)
+        _write_metadata(model, stage)
+        log.info("checking parity with the torch model")
+        onnx_model = OnnxGPT(create_session(stage / MODEL_FILE, "cpu", options), model.config, model.tokenizer)
+        probe = verify.probe_inputs(model.config)
+        parity = verify.compare(model, onnx_model, *probe, tolerance=verify.TOLERANCES[precision])
+        if not parity.passed:
+            raise ExportError(f"the {precision} export does not match the torch model:\n{parity.format()}")
+        report = _report(model, stage, precision, opset, exporter, parity, time.perf_counter() - started)
+        _write_json(stage / REPORT_FILE, report)
+    return out
+
+
+class _ExportWrapper(nn.Module):
+    """`GPT.forward` with flat inputs and outputs, in the order of `signature.input_names`."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, past: tuple[Tensor, ...]
+    ) -> tuple[Tensor, ...]:
+        pairs = tuple(zip(past[0::2], past[1::2]))
+        logits, presents = self.model(input_ids, pairs, attention_mask, position_ids, use_cache=True)
+        return (logits, *(tensor for pair in presents for tensor in pair))
+
+
+def export_graph(model: GPT, path: Path, opset: int) -> str:
+    """Write the fp32 graph of `model` to `path`; return the exporter used ("dynamo" or "torchscript")."""
+    wrapper = _ExportWrapper(model).eval()
+    args = _example_inputs(model)
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > precisions.WEIGHTS_LIMIT
+    try:
+        _export_dynamo(wrapper, args, path, opset, external)
+        return "dynamo"
+    except Exception as err:  # noqa: BLE001 - the exporter raises many types; the fallback is documented
+        log.warning("the dynamo exporter failed (%s: %s); falling back to the TorchScript exporter", type(err).__name__, err)
+        for partial in precisions.files(path):
+            partial.unlink()
+    _export_torchscript(wrapper, args, path, opset)
+    return "torchscript"
+
+
+def _example_inputs(model: GPT) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """Sizes >= 2 everywhere (so no dynamic dimension is specialised to 0 or 1), distinct from each
+    other; values do not matter, and position 0 fits every context length."""
+    config, device = model.config, model.device
+    batch, seq, past = 2, 3, 4
+    input_ids = torch.zeros(batch, seq, dtype=torch.long, device=device)
+    attention_mask = torch.ones(batch, past + seq, dtype=torch.long, device=device)
+    position_ids = torch.zeros(batch, seq, dtype=torch.long, device=device)
+    shape = (batch, config.num_heads, past, config.head_size)
+    cache = tuple(torch.zeros(shape, device=device) for _ in range(2 * config.num_layers))  # distinct: no aliasing
+    return input_ids, attention_mask, position_ids, cache
+
+
+def _export_dynamo(wrapper: nn.Module, args: tuple, path: Path, opset: int, external: bool) -> None:
+    from torch.export import Dim
+
+    batch, seq = Dim(signature.BATCH), Dim(signature.SEQUENCE)
+    past, total = Dim(signature.PAST_SEQUENCE, min=0), Dim(signature.TOTAL_SEQUENCE)
+    num_layers = len(args[3]) // 2
+    dynamic_shapes = (
+        {0: batch, 1: seq},
+        {0: batch, 1: total},  # its own dimension: past + seq cannot be one expression here
+        {0: batch, 1: seq},
+        tuple({0: batch, 2: past} for _ in range(2 * num_layers)),
+    )
+    with _quiet_exporter():
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=signature.input_names(num_layers),
+            output_names=signature.output_names(num_layers),
+            opset_version=opset,
+            external_data=external,
+            optimize=True,
+            verbose=False,
+        )
+
+
+def _export_torchscript(wrapper: nn.Module, args: tuple, path: Path, opset: int) -> None:
+    """The fallback. Above 2 GB it would write one external file per tensor, not `model.onnx.data`."""
+    num_layers = len(args[3]) // 2
+    axes = {
+        signature.INPUT_IDS: {0: signature.BATCH, 1: signature.SEQUENCE},
+        signature.ATTENTION_MASK: {0: signature.BATCH, 1: signature.TOTAL_SEQUENCE},
+        signature.POSITION_IDS: {0: signature.BATCH, 1: signature.SEQUENCE},
+        signature.LOGITS: {0: signature.BATCH, 1: signature.SEQUENCE},
+        **{name: {0: signature.BATCH, 2: signature.PAST_SEQUENCE} for name in signature.past_names(num_layers)},
+        **{name: {0: signature.BATCH, 2: signature.TOTAL_SEQUENCE} for name in signature.present_names(num_layers)},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation notice; the fallback is logged already
+        torch.onnx.export(
+            wrapper,
+            args,  # the nested past tuple becomes one input per tensor
+            str(path),
+            dynamo=False,
+            dynamic_axes=axes,
+            input_names=signature.input_names(num_layers),
+            output_names=signature.output_names(num_layers),
+            opset_version=opset,
+        )
+
+
+def strip_metadata(path: Path) -> None:
+    """Drop the exporter's debugging metadata (source stack traces with local paths, FX node dumps):
+    it is most of a small graph's size and nothing a runtime reads. Weights stay where they are."""
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    for item in (graph, *graph.node, *graph.value_info, *graph.input, *graph.output):
+        del item.metadata_props[:]
+    onnx.save_model(model, str(path))
+
+
+def check_graph(path: Path) -> None:
+    """ONNX checker with `full_check`, then strict shape inference with type checks; raises `ExportError`."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        onnx.shape_inference.infer_shapes(
+            onnx.load(str(path), load_external_data=False), check_type=True, strict_mode=True, data_prop=True
+        )
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise ExportError(f"{path.name} failed the ONNX checks: {err}") from err
+
+
+def _write_metadata(model: GPT, folder: Path) -> None:
+    """config.json, tokenizer.json and the onnxruntime-genai files."""
+    model.config.save(folder / checkpoint.CONFIG_FILE)
+    model.tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
+    _write_json(folder / genai.GENAI_CONFIG_FILE, genai.genai_config(model.config, model.tokenizer, MODEL_FILE))
+    _write_json(folder / genai.TOKENIZER_CONFIG_FILE, genai.tokenizer_config(model.config))
+
+
+def _report(
+    model: GPT, folder: Path, precision: str, opset: int, exporter: str, parity: verify.ParityReport, seconds: float
+) -> dict[str, Any]:
+    return {
+        "precision": precision,
+        "opset": opset,
+        "exporter": exporter,
+        "export_seconds": round(seconds, 2),
+        "model": {**model.config.to_dict(), "parameters": model.num_parameters()},
+        "files": {f.name: f.stat().st_size for f in sorted(folder.iterdir())},
+        "signature": signature.describe(folder / MODEL_FILE),
+        "parity": parity.to_dict(),
+        "versions": {
+            "python": platform.python_version(),
+            "simple-llm": _version("simple-llm"),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxscript": _version("onnxscript"),
+            "onnxruntime": ort.__version__,
+        },
+    }
+
+
+def _version(package: str) -> str | None:
+    """An installed distribution's version; None when it is not installed (e.g. simple-llm run from a clone)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out`, renamed to `out` when the block succeeds, removed when it fails.
+
+    An existing `out` is replaced only when it is empty or an earlier export (it has a report).
+    """
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / REPORT_FILE).is_file())):
+        raise ExportError(f"{out} exists and is not an export folder: choose another output folder or remove it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as err:
+        raise ExportError(f"cannot write the export folder {out}: {err}") from err
+    try:
+        yield stage
+        for file in stage.iterdir():  # mkdtemp/mkstemp make owner-only entries; an export is for sharing
+            file.chmod(0o644)
+        stage.chmod(0o755)
+        if out.exists():
+            old = stage.with_suffix(".old")
+            out.rename(old)
+            stage.rename(out)
+            shutil.rmtree(old)
+        else:
+            stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the dynamo exporter's progress lines and its 'torchvision is not installed' warnings."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        registration.setLevel(level)

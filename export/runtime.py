@@ -1,0 +1,198 @@
+"""`OnnxGPT`: an exported model run by onnxruntime behind the same generation API as `gpt.GPT`.
+
+Sampling, penalties, stop tokens, streaming and the context window all come from
+`gpt.generation.GenerationMixin`; this module only runs one forward pass per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import Tensor
+
+from export import signature
+from gpt import checkpoint
+from gpt.config import GPTConfig
+from gpt.generation import GenerationMixin
+from gpt.tokenizer import Tokenizer
+
+MODEL_FILE = "model.onnx"
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+DEFAULT_THREADS = 1
+"""Intra-op threads when none are given. Batch-1 decode is a chain of small operators, so a
+thread pool mostly waits: on a busy 2-core machine 2 threads made a step 10-80x slower than 1
+(OpenMP-style spinning on a preempted core). Benchmark `threads` for large models or batches."""
+
+PastValue = np.ndarray | ort.OrtValue
+"""One past/present tensor: a numpy array on the CPU, an `OrtValue` left on the device on CUDA."""
+
+
+class ProviderError(RuntimeError):
+    """The requested onnxruntime execution provider cannot run on this machine."""
+
+
+def session_options(threads: int | None = None, optimization: str = "all") -> ort.SessionOptions:
+    """Session settings: `threads` intra-op threads (default `DEFAULT_THREADS`), graph optimisation level."""
+    threads = DEFAULT_THREADS if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    return options
+
+
+def create_session(path: str | Path, provider: str = "cpu", options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """An InferenceSession on `provider` ("cpu" or "cuda"); raises `ProviderError` unless that provider really runs."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+    wanted = PROVIDERS[provider]
+    notes = ""
+    if provider == "cuda":
+        if wanted not in ort.get_available_providers():
+            raise ProviderError(
+                f"provider 'cuda' needs an onnxruntime build with {wanted}; this one has "
+                f"{', '.join(ort.get_available_providers())} (install onnxruntime-gpu, or use provider='cpu')"
+            )
+        notes = _preload_cuda_libraries()
+    providers = list(dict.fromkeys([wanted, PROVIDERS["cpu"]]))  # CPU runs whatever CUDA cannot
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    active = session.get_providers()[0]
+    if active != wanted:  # onnxruntime-gpu lists CUDA even without a GPU, then silently falls back to CPU
+        raise ProviderError(
+            f"provider 'cuda' was requested but onnxruntime could not start {wanted} and fell back to {active}: "
+            "it needs an NVIDIA GPU with CUDA 13 and cuDNN 9 (see the onnxruntime log above"
+            + (f"; {notes}" if notes else "")
+            + "). Use provider='cpu' on this machine."
+        )
+    return session
+
+
+def _preload_cuda_libraries() -> str:
+    """Load CUDA/cuDNN from the nvidia pip wheels when present; return what it reported (it prints)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        ort.preload_dlls()
+    return " ".join(printed.getvalue().split())
+
+
+class OnnxGPT(GenerationMixin):
+    """An exported GPT run by onnxruntime: `generate`, `generate_stream`, `generate_text` and
+    `stream_text` behave exactly as on `gpt.GPT` (same loop, same sampling).
+
+    The decoding loop's tensors live on the CPU; on CUDA the key/value cache stays on the GPU
+    between steps (IOBinding) and only the last logits come back.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, session: ort.InferenceSession, config: GPTConfig, tokenizer: Tokenizer | None = None) -> None:
+        self.session = session
+        self.config = config
+        self.tokenizer = tokenizer
+        self.max_seq_len = config.max_seq_len
+        self._past_names = signature.past_names(config.num_layers)
+        self._output_names = signature.output_names(config.num_layers)
+        inputs = {value.name: value for value in session.get_inputs()}
+        missing = [name for name in signature.input_names(config.num_layers) if name not in inputs]
+        if missing:
+            raise ValueError(f"the ONNX model lacks inputs {missing}: was it exported by export.to_onnx for this config?")
+        self.past_dtype = np.dtype(_NUMPY_TYPES[inputs[self._past_names[0]].type])
+        self._on_cuda = self.provider == PROVIDERS["cuda"]
+        self._empty_pasts: dict[int, list[np.ndarray]] = {}
+
+    @classmethod
+    def load(
+        cls, path: str | Path, provider: str = "cpu", threads: int | None = None, optimization: str = "all"
+    ) -> OnnxGPT:
+        """Load an export folder (`model.onnx`, `config.json`, `tokenizer.json`) written by `export.to_onnx`."""
+        folder = Path(path)
+        config = checkpoint.read_config(folder)
+        model_file = folder / MODEL_FILE
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{model_file}: missing from the export folder (run `python -m export` first)")
+        session = create_session(model_file, provider, session_options(threads, optimization))
+        return cls(session, config, checkpoint.read_tokenizer(folder))
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that really runs the model, e.g. "CPUExecutionProvider"."""
+        return self.session.get_providers()[0]
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: Sequence[PastValue] | None = None,
+    ) -> tuple[np.ndarray, list[PastValue]]:
+        """One forward pass on int64 arrays: logits `[batch, seq, vocab]` (float32) and the presents,
+        which are the next call's `past`. `past=None` starts from an empty cache."""
+        feeds = {
+            signature.INPUT_IDS: input_ids,
+            signature.ATTENTION_MASK: attention_mask,
+            signature.POSITION_IDS: position_ids,
+        }
+        if past is None:
+            past = self._empty_past(input_ids.shape[0])
+        if self._on_cuda:
+            return self._run_bound(feeds, past)
+        feeds.update(zip(self._past_names, past))
+        logits, *presents = self.session.run(self._output_names, feeds)
+        return logits, presents
+
+    def decode_step(
+        self, input_ids: Tensor, past: list[PastValue] | None, attention_mask: Tensor, position_ids: Tensor
+    ) -> tuple[Tensor, list[PastValue]]:
+        """The shared loop's step: last-position logits `[batch, vocab]` (a zero-copy view) and the cache."""
+        logits, presents = self.run(input_ids.numpy(), attention_mask.numpy(), position_ids.numpy(), past)
+        return torch.from_numpy(logits[:, -1, :]), presents
+
+    def _empty_past(self, batch: int) -> list[np.ndarray]:
+        """Zero-length pasts `[batch, heads, 0, head_size]` for the first step, built once per batch size."""
+        if batch not in self._empty_pasts:
+            empty = np.empty((batch, self.config.num_heads, 0, self.config.head_size), dtype=self.past_dtype)
+            self._empty_pasts[batch] = [empty] * len(self._past_names)
+        return self._empty_pasts[batch]
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], past: Sequence[PastValue]) -> tuple[np.ndarray, list[Any]]:
+        """CUDA: small inputs are copied up, the cache stays on the GPU, only the logits come down."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in zip(self._past_names, past):
+            if isinstance(value, np.ndarray):  # the empty first-step cache
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output(signature.LOGITS, "cpu")
+        for name in self._output_names[1:]:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        logits, *presents = binding.get_outputs()
+        return logits.numpy(), presents
+
+
+def to_numpy(value: PastValue) -> np.ndarray:
+    """A past/present tensor as a host array (copied down from the GPU when needed)."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

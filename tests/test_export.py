@@ -1,0 +1,387 @@
+"""ONNX export: folder layout, fp32/fp16/int8 parity with torch, the shared decoding loop on
+onnxruntime, providers, onnxruntime-genai, and failures that leave nothing behind.
+
+Exports take seconds each, so the folders most tests share are session fixtures.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export import TOLERANCES, ExportError, OnnxGPT, ProviderError, Tolerance, compare, onnx_export, to_onnx
+from export.runtime import PROVIDERS, session_options
+from gpt import GPT, CheckpointError, Tokenizer
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/shakespeare.txt"
+MAX_SEQ_LEN = 72
+RANDOM = dict(max_seq_len=MAX_SEQ_LEN, emb_size=24, num_heads=4, head_size=5, num_layers=2, dropout=0.0, bias=False, tie_embeddings=False)
+TRAINED = dict(max_seq_len=MAX_SEQ_LEN, emb_size=64, num_heads=4, num_layers=2, dropout=0.0)
+
+
+def _model(tokenizer: Tokenizer, **shape) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(vocab_size=tokenizer.vocab_size, **shape).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+def _train(model: GPT, ids: torch.Tensor, steps: int = 250, batch: int = 16, seq: int = 64) -> None:
+    """A plain AdamW loop on random windows of `ids`."""
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - seq - 1, (batch, 1), generator=generator) + torch.arange(seq + 1)
+        windows = ids[starts]
+        logits = model(windows[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on 2 shared cores: a second torch thread only waits for a busy core (10-80x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Tokenizer:
+    return Tokenizer()  # byte level: 256 bytes + end-of-text
+
+
+@pytest.fixture(scope="session")
+def random_model(tokenizer):
+    """Random weights; head width != emb/heads, no biases, untied head: the less common graph shape."""
+    return _model(tokenizer, **RANDOM)
+
+
+@pytest.fixture(scope="session")
+def random_dir(random_model, tmp_path_factory) -> Path:
+    return to_onnx(random_model, tmp_path_factory.mktemp("random") / "onnx")
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tokenizer, tmp_path_factory) -> Path:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"training data not found at {SHAKESPEARE}")
+    model = _model(tokenizer, **TRAINED)
+    _train(model, torch.tensor(tokenizer.encode(SHAKESPEARE.read_text(encoding="utf-8")[:200_000])))
+    return model.save(tmp_path_factory.mktemp("trained") / "checkpoint", tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained_checkpoint) -> GPT:
+    return GPT.load(trained_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def trained_dir(trained_checkpoint, tmp_path_factory) -> Path:
+    return to_onnx(trained_checkpoint, tmp_path_factory.mktemp("trained_fp32") / "onnx")
+
+
+@pytest.fixture(scope="session", params=["fp16", "int8"])
+def reduced_dir(request, trained_checkpoint, tmp_path_factory) -> tuple[str, Path]:
+    precision = request.param
+    return precision, to_onnx(trained_checkpoint, tmp_path_factory.mktemp(precision) / "onnx", precision=precision)
+
+
+@pytest.fixture(params=["random", "trained"])
+def pair(request) -> tuple[GPT, OnnxGPT]:
+    """(torch model, its fp32 export on the CPU provider)."""
+    if request.param == "random":
+        return request.getfixturevalue("random_model"), OnnxGPT.load(request.getfixturevalue("random_dir"))
+    return request.getfixturevalue("trained_model"), OnnxGPT.load(request.getfixturevalue("trained_dir"))
+
+
+def _prompts(vocab_size: int, length: int, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts; rows after the first are left-padded by different amounts."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):
+        mask[row, : min(length - 1, 3 * row)] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def _cuda_model(folder: Path) -> OnnxGPT:
+    try:
+        return OnnxGPT.load(folder, provider="cuda")
+    except ProviderError as err:
+        pytest.skip(f"onnxruntime's CUDA provider does not run here: {err}")
+
+
+# --- the exported folder -------------------------------------------------------------------------
+
+
+def test_folder_holds_one_self_contained_graph_and_its_metadata(random_dir, random_model):
+    assert sorted(p.name for p in random_dir.iterdir()) == [
+        "config.json",
+        "export_report.json",
+        "genai_config.json",
+        "model.onnx",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]  # no model.onnx.data: weights are inside below 2 GB
+    assert not list(random_dir.parent.glob(".*partial*"))
+    assert json.loads((random_dir / "config.json").read_text()) == random_model.config.to_dict()
+    genai = json.loads((random_dir / "genai_config.json").read_text())
+    assert genai["search"]["past_present_share_buffer"] is False
+    assert genai["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
+
+    report = json.loads((random_dir / "export_report.json").read_text())
+    assert report["precision"] == "fp32" and report["opset"] == onnx_export.DEFAULT_OPSET
+    assert report["exporter"] == "dynamo"
+    assert report["versions"]["torch"] and report["versions"]["onnx"] and report["versions"]["onnxruntime"]
+    assert report["parity"]["passed"] and report["parity"]["decode_max_abs"] < 1e-4
+    inputs = {v["name"]: v for v in report["signature"]["inputs"]}
+    outputs = {v["name"]: v for v in report["signature"]["outputs"]}
+    assert list(inputs)[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs["input_ids"] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence_length"]}
+    assert inputs["attention_mask"]["shape"] == ["batch", "total_sequence_length"]
+    assert inputs["past_key_values.1.value"] == {
+        "name": "past_key_values.1.value",
+        "dtype": "float32",
+        "shape": ["batch", 4, "past_sequence_length", 5],
+    }
+    assert outputs["logits"]["dtype"] == "float32" and outputs["logits"]["shape"][2] == random_model.config.vocab_size
+    assert list(outputs) == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+
+
+def test_one_graph_runs_prefill_from_an_empty_cache_and_decode(random_dir, random_model):
+    onnx_model = OnnxGPT.load(random_dir)
+    heads, size = random_model.config.num_heads, random_model.config.head_size
+    ids = np.array([[5, 6, 7]])
+    logits, past = onnx_model.run(ids, np.ones((1, 3), np.int64), np.arange(3)[None])  # zero-length pasts
+    assert logits.shape == (1, 3, random_model.config.vocab_size)
+    assert [p.shape for p in past] == [(1, heads, 3, size)] * 4
+    logits, past = onnx_model.run(np.array([[8]]), np.ones((1, 4), np.int64), np.array([[3]]), past)
+    assert logits.shape == (1, 1, random_model.config.vocab_size) and past[0].shape == (1, heads, 4, size)
+
+
+# --- fp32 parity ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("length, steps", [(1, 60), (2, 60), (17, 50), (MAX_SEQ_LEN - 1, 1)])
+def test_fp32_parity(pair, length, steps, batch):
+    model, onnx_model = pair
+    ids, mask = _prompts(model.config.vocab_size, length, batch)
+    report = compare(model, onnx_model, ids, mask, decode_steps=steps)
+    assert report.passed, report.format()
+    assert report.prefill_max_abs < 1e-4 and report.decode_max_abs < 1e-4
+    assert report.present_max_abs < 1e-4
+    assert report.top1_agreement == 1.0
+    assert report.greedy_identical
+
+
+def test_generation_is_the_same_loop_as_torch(pair):
+    model, onnx_model = pair
+    ids, mask = _prompts(model.config.vocab_size, 9, 3, seed=1)
+    greedy = dict(attention_mask=mask)
+    assert torch.equal(onnx_model.generate(ids, 50, **greedy), model.generate(ids, 50, **greedy))
+    sampled = dict(do_sample=True, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.3, seed=7, attention_mask=mask)
+    assert torch.equal(onnx_model.generate(ids, 50, **sampled), model.generate(ids, 50, **sampled))
+    long = onnx_model.generate(ids[:1], 100)  # past max_seq_len: the window is rebuilt the same way
+    assert long.shape[1] == 9 + 100 and torch.equal(long, model.generate(ids[:1], 100))
+
+
+def test_text_generation_matches_torch(trained_model, trained_dir):
+    onnx_model = OnnxGPT.load(trained_dir)
+    for sampling in (dict(), dict(do_sample=True, temperature=0.8, top_k=50, seed=3)):
+        expected = trained_model.generate_text("ROMEO:\n", 60, stop_strings=["\n\n"], **sampling)
+        assert onnx_model.generate_text("ROMEO:\n", 60, stop_strings=["\n\n"], **sampling) == expected
+    assert "".join(onnx_model.stream_text("JULIET:", 20)) == trained_model.generate_text("JULIET:", 20)
+
+
+# --- fp16 and int8 -------------------------------------------------------------------------------
+
+
+def test_reduced_precision_parity(trained_model, reduced_dir):
+    precision, folder = reduced_dir
+    onnx_model = OnnxGPT.load(folder)
+    ids, mask = _prompts(trained_model.config.vocab_size, 8, 3, seed=2)
+    report = compare(trained_model, onnx_model, ids, mask, decode_steps=60, tolerance=TOLERANCES[precision])
+    assert report.passed, report.format()
+    assert report.top1_agreement >= 0.95
+
+
+def test_reduced_precision_graphs(reduced_dir, trained_dir):
+    precision, folder = reduced_dir
+    report = json.loads((folder / "export_report.json").read_text())
+    assert report["precision"] == precision and report["parity"]["passed"]
+    types = {v["name"]: v["dtype"] for v in report["signature"]["inputs"] + report["signature"]["outputs"]}
+    ops = {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert types["logits"] == "float32"
+    if precision == "fp16":  # for the CUDA provider: fp16 cache, fused LayerNorm, fp32 logits
+        assert types["past_key_values.0.key"] == types["present.0.key"] == "float16"
+        assert "LayerNormalization" in ops
+    else:  # dynamic quantization: int8 weights, fp32 cache
+        assert types["past_key_values.0.key"] == "float32"
+        assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+        assert (folder / "model.onnx").stat().st_size < (trained_dir / "model.onnx").stat().st_size / 2
+
+
+# --- runtime settings and providers --------------------------------------------------------------
+
+
+def test_session_settings(random_dir):
+    model = OnnxGPT.load(random_dir, threads=2, optimization="basic")
+    assert model.provider == "CPUExecutionProvider"
+    assert model.session.get_session_options().intra_op_num_threads == 2
+    assert OnnxGPT.load(random_dir).session.get_session_options().intra_op_num_threads == 1  # the default
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        session_options(threads=0)
+    with pytest.raises(ValueError, match="optimization must be one of"):
+        session_options(optimization="max")
+    with pytest.raises(ValueError, match="provider must be one of"):
+        OnnxGPT.load(random_dir, provider="tpu")
+
+
+def test_loading_a_folder_without_a_graph(random_dir, tmp_path):
+    (tmp_path / "config.json").write_text((random_dir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="model.onnx: missing from the export folder"):
+        OnnxGPT.load(tmp_path)
+
+
+def test_cuda_request_fails_clearly_without_a_working_gpu(random_dir):
+    try:
+        model = OnnxGPT.load(random_dir, provider="cuda")
+    except ProviderError as err:
+        assert "cuda" in str(err) and "provider='cpu'" in str(err)
+    else:
+        pytest.skip(f"CUDA works here ({model.provider}): nothing to refuse")
+
+
+def test_cuda_provider_runs_with_the_cache_on_the_gpu(random_dir, random_model):
+    model = _cuda_model(random_dir)
+    assert model.provider == PROVIDERS["cuda"]
+    ids, mask = _prompts(random_model.config.vocab_size, 9, 3)
+    _, past = model.run(ids.numpy(), mask.numpy(), (mask.cumsum(1) - 1).clamp(min=0).numpy())
+    assert all(p.device_name().lower() == "cuda" for p in past)  # IOBinding kept the cache on the device
+    report = compare(random_model, model, ids, mask, decode_steps=30)
+    assert report.passed and report.greedy_identical, report.format()
+
+
+def test_cuda_fp16(random_dir, trained_checkpoint, trained_model, tmp_path_factory):
+    _cuda_model(random_dir)  # skip before paying for an export where CUDA cannot run
+    fp16 = to_onnx(trained_checkpoint, tmp_path_factory.mktemp("cuda_fp16") / "onnx", precision="fp16")
+    ids, mask = _prompts(trained_model.config.vocab_size, 8, 3)
+    report = compare(trained_model, OnnxGPT.load(fp16, provider="cuda"), ids, mask, 50, TOLERANCES["fp16"])
+    assert report.passed, report.format()
+
+
+# --- onnxruntime-genai ---------------------------------------------------------------------------
+
+
+def test_onnxruntime_genai_reproduces_our_greedy_tokens(trained_dir):
+    og = pytest.importorskip("onnxruntime_genai", reason="install with: pip install --no-deps onnxruntime-genai")
+    ours = OnnxGPT.load(trained_dir)
+    prompt = ours.tokenizer.encode("ROMEO:\nWhat")
+    expected = ours.generate(prompt, 40)[0, len(prompt) :].tolist()
+
+    model = og.Model(str(trained_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 40)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    assert tokens == expected
+    tokenizer = og.Tokenizer(model)  # reads tokenizer.json + tokenizer_config.json
+    assert list(tokenizer.encode("ROMEO:\nWhat")) == prompt
+    assert tokenizer.decode(tokens) == ours.tokenizer.decode(expected)
+
+
+# --- failures leave nothing behind ---------------------------------------------------------------
+
+
+def _nothing_written(out: Path) -> None:
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.*"))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(precision="bf16"), "precision must be one of fp32, fp16, int8"),
+        (dict(opset=11), "opset must be an integer from 18 to 24"),
+        (dict(opset="20"), "opset must be an integer"),
+    ],
+)
+def test_bad_arguments(random_model, tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        to_onnx(random_model, tmp_path / "out", **options)
+    _nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_checkpoint_with_a_missing_file(random_model, tmp_path, missing):
+    checkpoint = random_model.save(tmp_path / "checkpoint")
+    (checkpoint / missing).unlink()
+    error = ExportError if missing == "tokenizer.json" else CheckpointError
+    with pytest.raises(error, match="tokenizer" if missing == "tokenizer.json" else missing):
+        to_onnx(checkpoint, tmp_path / "out")
+    _nothing_written(tmp_path / "out")
+
+
+def test_unwritable_or_foreign_output_folder(random_model, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ExportError, match="cannot write the export folder"):
+        to_onnx(random_model, blocker / "out")
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="is not an export folder"):
+        to_onnx(random_model, foreign)
+    assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
+
+
+@pytest.fixture
+def fast_exporter(monkeypatch):
+    """Make the dynamo exporter fail, so exports take the (fast) TorchScript fallback."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("dynamo unavailable in this test")
+
+    monkeypatch.setattr(onnx_export, "_export_dynamo", broken)
+
+
+def test_torchscript_fallback_and_re_export_into_the_same_folder(random_model, tmp_path, fast_exporter, caplog):
+    out = tmp_path / "onnx"
+    for _ in range(2):  # the second export replaces the first
+        to_onnx(random_model, out)
+        report = json.loads((out / "export_report.json").read_text())
+        assert report["exporter"] == "torchscript" and report["parity"]["passed"]
+    assert "falling back to the TorchScript exporter" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+def test_parity_failure_leaves_nothing(random_model, tmp_path, fast_exporter, monkeypatch):
+    monkeypatch.setitem(TOLERANCES, "fp32", Tolerance(atol=-1.0, rtol=0.0, min_top1=1.0))
+    with pytest.raises(ExportError, match="does not match the torch model"):
+        to_onnx(random_model, tmp_path / "out")
+    _nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_weights_go_to_one_data_file_above_the_protobuf_limit(random_model, tmp_path, monkeypatch, precision):
+    monkeypatch.setattr(onnx_export.precisions, "WEIGHTS_LIMIT", 1024)  # pretend the model is above 2 GB
+    out = to_onnx(random_model, tmp_path / "onnx", precision=precision)
+    assert {"model.onnx", "model.onnx.data"} <= {p.name for p in out.iterdir()}
+    assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
+    onnx_model = OnnxGPT.load(out)
+    ids, mask = _prompts(random_model.config.vocab_size, 5, 2)
+    assert compare(random_model, onnx_model, ids, mask, 10, TOLERANCES[precision]).passed
