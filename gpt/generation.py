@@ -286,20 +286,32 @@ class GenerationMixin:
         stop_strings: Sequence[str] = (),
         stop_tokens: Iterable[int] | None = None,
         tokenizer: Tokenizer | None = None,
+        on_token: Callable[[Tensor], None] | None = None,
         **sampling: Any,
     ) -> Iterator[str]:
-        """Stream the continuation of `prompt` as text pieces; ends at end-of-text or a stop string."""
+        """Stream the continuation of `prompt` as text pieces; ends at end-of-text or a stop string.
+
+        `on_token` sees every generated step `[1]` as it is chosen (e.g. to count tokens/s).
+        """
         tokenizer = tokenizer or self.tokenizer
         if tokenizer is None:
             raise ValueError("this model has no tokenizer: pass tokenizer=... or load a checkpoint that has one")
         stops = tuple(stop_tokens) if stop_tokens is not None else (tokenizer.eos_token_id,)
         ids = tokenizer.encode(prompt) or [tokenizer.eos_token_id]  # an empty prompt starts a new document
         tokens = self.generate_stream(ids, max_new_tokens, stop_tokens=stops, **sampling)
+        if on_token is not None:
+            tokens = _observed(tokens, on_token)
         yield from stream_text(tokens, tokenizer, stops, stop_strings)
 
     def generate_text(self, prompt: str, max_new_tokens: int = 100, **kwargs: Any) -> str:
         """The continuation of `prompt` as one string (see `stream_text`)."""
         return "".join(self.stream_text(prompt, max_new_tokens, **kwargs))
+
+
+def _observed(tokens: Iterator[Tensor], observer: Callable[[Tensor], None]) -> Iterator[Tensor]:
+    for token in tokens:
+        observer(token)
+        yield token
 
 
 def _as_batch(values: Tensor | Sequence[int] | Sequence[Sequence[int]], device: torch.device) -> Tensor:

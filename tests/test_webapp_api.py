@@ -1,0 +1,347 @@
+"""Web app end to end: `gradio_client` against a live server on loopback.
+
+Upload and train, generate on PyTorch and onnxruntime CPU (same greedy text), compare, export and
+download the zip and run it with plain onnxruntime, two clients isolated, a training cancelled
+(checkpoint kept, resumed), a queued training, generation served while another session trains,
+and bad input of every kind answered with a clear message while the server keeps serving.
+"""
+
+import json
+import random
+import socket
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.client import Job
+from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
+
+from webapp.app import build_demo, launch_kwargs
+from webapp.settings import Settings
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
+
+DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-api-test-downloads"
+TINY = dict(
+    num_layers=1,
+    num_heads=2,
+    emb_size=16,
+    context=16,
+    vocab_size=300,
+    learning_rate=1e-2,
+    batch_size=8,
+    dropout=0.0,
+    device="cpu",
+)
+WORDS = "the cat sat on a mat and the dog ran to the sun while birds sang кот сидел на ковре".split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    settings = Settings(
+        artifacts=tmp_path_factory.mktemp("artifacts"),
+        max_upload_mb=1,
+        max_text_mb=1,
+        max_unzip_mb=8,
+        max_steps=100_000,
+        max_params=300_000,
+        train_threads=1,
+        train_concurrency=1,
+    )
+    demo = build_demo(settings)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings, demo)
+    )
+    yield demo, url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("files")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(120)]
+    (folder / "story.txt").write_text("\n".join(lines), encoding="utf-8")
+    return folder
+
+
+def client(url: str, lang: str = "en-US") -> Client:
+    """A new browser-like session (each `Client` is its own Gradio session)."""
+    return Client(url, verbose=False, headers={"Accept-Language": lang}, download_files=str(DOWNLOADS))
+
+
+def train_args(file: Path, steps: int, **overrides) -> list:
+    values = {**TINY, "steps": steps, **overrides}
+    return [
+        "upload",
+        [handle_file(str(file))],
+        "python-stdlib",
+        *(
+            values[k]
+            for k in (
+                "num_layers",
+                "num_heads",
+                "emb_size",
+                "context",
+                "vocab_size",
+                "learning_rate",
+                "batch_size",
+                "steps",
+                "dropout",
+                "device",
+            )
+        ),
+    ]
+
+
+def generate_args(prompt: str = "the cat", backend: str = "torch", **options) -> list:
+    values = dict(
+        max_new_tokens=24,
+        mode="greedy",
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        stop_strings="",
+        seed="",
+    )
+    values.update(options)
+    return [prompt, *values.values(), backend]
+
+
+def plain(markdown: str) -> str:
+    return markdown.replace("**", "")
+
+
+def wait_for(condition, timeout: float = 120.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def trained(server, files, tmp_path_factory) -> Client:
+    _, url = server
+    c = client(url)
+    status, plot, sample, summary = c.predict(*train_args(files / "story.txt", 40), api_name="/train")
+    assert "Finished at step 40" in plain(status), status
+    return c
+
+
+def test_train_generate_on_both_backends_compare_export_and_run_the_download(trained, tmp_path):
+    assert "story.txt" in trained.predict(api_name="/model_info")
+    torch_text, torch_stats = trained.predict(*generate_args(), api_name="/generate")
+    onnx_text, onnx_stats = trained.predict(*generate_args(backend="ort-cpu"), api_name="/generate")
+    assert torch_text == onnx_text and torch_text.startswith("the cat")
+    assert "tokens/s" in torch_stats and "`CPUExecutionProvider`" in onnx_stats
+
+    report = trained.predict("the cat", 10, "ort-cpu", api_name="/compare")
+    assert "greedy tokens:** agree (10 of 10)" in report and "PASS" in report
+
+    zip_path, parity = trained.predict("fp32", api_name="/export")
+    assert "PASS" in parity
+    with zipfile.ZipFile(zip_path) as archive:
+        archive.extractall(tmp_path)
+    folder = next(tmp_path.glob("*/model.onnx")).parent
+    assert {p.name for p in folder.iterdir()} >= {
+        "model.onnx",
+        "config.json",
+        "tokenizer.json",
+        "genai_config.json",
+        "export_report.json",
+    }
+    config = json.loads((folder / "config.json").read_text())
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.array([[5, 6, 7]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(3, dtype=np.int64)[None]}
+    for value in session.get_inputs():
+        if value.name not in feeds:  # the empty key/value cache of the first step
+            feeds[value.name] = np.zeros((1, config["num_heads"], 0, config["head_size"]), dtype=np.float32)
+    logits = session.run(["logits"], feeds)[0]
+    assert logits.shape == (1, 3, config["vocab_size"]) and np.isfinite(logits).all()
+
+
+def test_models_can_be_saved_listed_downloaded_and_uploaded(server, trained, tmp_path):
+    _, url = server
+    update, summary, message = trained.predict("api model", api_name="/save_model")
+    assert message == "Saved as api-model."
+    zip_path = trained.predict("api-model", api_name="/download_model")
+    other = client(url)
+    _, summary, message = other.predict(handle_file(zip_path), api_name="/upload_checkpoint")
+    assert "api-model-2" in message and "**api-model-2**" in summary
+    assert (
+        other.predict(*generate_args(), api_name="/generate")[0]
+        == trained.predict(*generate_args(), api_name="/generate")[0]
+    )
+    summary, message = client(url).predict("api-model", api_name="/load_model")
+    assert message == "Loaded api-model."
+
+
+def test_two_clients_are_isolated(server, trained):
+    _, url = server
+    stranger = client(url)
+    assert stranger.predict(api_name="/model_info").startswith("No model yet")
+    with pytest.raises(AppError, match="no model yet"):
+        stranger.predict(*generate_args(), api_name="/generate")
+    assert not trained.predict(api_name="/model_info").startswith("No model yet")
+
+
+def test_cancelled_training_keeps_its_checkpoint_queues_others_and_resumes(server, files, trained):
+    demo, url = server
+    sessions = demo.handlers.sessions
+    long_run = client(url)
+    job: Job = long_run.submit(*train_args(files / "story.txt", 100_000), api_name="/train")
+    wait_for(
+        lambda: (
+            sessions.get(long_run.session_hash).job is not None
+            and sessions.get(long_run.session_hash).job.steps_done > 10
+        ),
+        what="training steps",
+    )
+
+    # another session's generation is answered while the training runs
+    text, stats = trained.predict(*generate_args(), api_name="/generate")
+    assert text.startswith("the cat") and "tokens/s" in stats
+    # a second training waits in the queue (concurrency 1) and sees its position
+    waiting = client(url)
+    queued = waiting.submit(*train_args(files / "story.txt", 20), api_name="/train")
+    wait_for(lambda: queued.status().code == Status.IN_QUEUE, timeout=30, what="a queued training")
+    assert queued.status().rank is not None
+    queued.cancel()
+
+    job.cancel()  # as the Stop button does: Gradio closes the handler, which stops the run at a clean step
+    session = sessions.get(long_run.session_hash)
+    wait_for(lambda: session.job.done.is_set(), what="the run to stop")
+    stopped_at = session.job.steps_done
+    assert session.job.stop_reason == "stopped" and 10 < stopped_at < 100_000
+    checkpoints = sorted(p.name for p in session.job.checkpoint_dir.iterdir() if p.name.startswith("step-"))
+    assert checkpoints[-1] == f"step-{stopped_at:08d}"
+    status, *_ = long_run.predict(api_name="/stop_training")
+    assert f"Stopped at step {stopped_at}" in plain(status)
+
+    status, plot, sample, summary = long_run.predict(stopped_at + 15, api_name="/resume")
+    assert f"Finished at step {stopped_at + 15}" in plain(status)
+    assert session.job.trainer.history.steps[-1] == stopped_at + 15 and session.job.trainer.history.steps[0] == 1
+
+
+def bad_file(folder: Path, name: str, content: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(content)
+    return path
+
+
+def zipped(folder: Path, name: str, entries: dict[str, bytes]) -> Path:
+    path = folder / name
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for entry, data in entries.items():
+            archive.writestr(entry, data)
+    return path
+
+
+def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(server, files, trained, tmp_path):
+    _, url = server
+    c = client(url)
+    cases = [
+        (train_args(bad_file(tmp_path, "empty.txt", b""), 20), "/train", "is empty"),
+        (train_args(bad_file(tmp_path, "blob.txt", b"\x7fELF\x02\x01\x01\x00\x00\x00"), 20), "/train", "binary"),
+        (train_args(bad_file(tmp_path, "cp1251.txt", "Привет, мир".encode("cp1251")), 20), "/train", "not valid UTF-8"),
+        (train_args(bad_file(tmp_path, "short.txt", b"a few words"), 20), "/train", "too short"),
+        (train_args(files / "story.txt", 20, emb_size=18, num_heads=4), "/train", "divisible by the number of heads"),
+        (train_args(files / "story.txt", 200_000), "/train", "over this server's limit"),
+        (generate_args(), "/generate", "no model yet"),
+        (
+            [handle_file(str(zipped(tmp_path, "slip.zip", {"../../config.json": b"{}"})))],
+            "/upload_checkpoint",
+            "points outside",
+        ),
+        (
+            [handle_file(str(zipped(tmp_path, "bomb.zip", {"model.safetensors": bytes(20 * 1024 * 1024)})))],
+            "/upload_checkpoint",
+            "unpacks to more than",
+        ),
+        (
+            [
+                handle_file(
+                    str(
+                        zipped(
+                            tmp_path,
+                            "corrupt.zip",
+                            {"config.json": b"{}", "model.safetensors": b"x", "tokenizer.json": b"{}"},
+                        )
+                    )
+                )
+            ],
+            "/upload_checkpoint",
+            "not a usable checkpoint",
+        ),
+        (["does-not-exist"], "/load_model", "no saved model"),
+    ]
+    for args, api_name, message in cases:
+        with pytest.raises(AppError, match=message):
+            c.predict(*args, api_name=api_name)
+    with pytest.raises(
+        Exception, match="(?i)too large|exceeds|413|size"
+    ):  # refused at the upload itself (max_file_size)
+        c.predict(*train_args(bad_file(tmp_path, "huge.txt", b"a" * (1024 * 1024 + 10)), 20), api_name="/train")
+
+    russian = client(url, "ru-RU,ru;q=0.9")
+    with pytest.raises(AppError, match="Модели ещё нет"):
+        russian.predict(*generate_args(), api_name="/generate")
+    assert trained.predict(*generate_args(), api_name="/generate")[0].startswith("the cat")  # still serving
+
+
+def test_the_app_script_serves_the_page_from_the_repository_root(tmp_path):
+    """`python webapp/app.py` as a user runs it: webapp/ (not the root) is first on sys.path."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "SIMPLE_LLM_ARTIFACTS": str(tmp_path), "PYTHONPATH": ""}
+    process = subprocess.Popen(
+        [sys.executable, "webapp/app.py"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        page = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    page = response.read().decode()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert process.poll() is None, process.stdout.read()
+        assert "<title>simple-llm</title>" in page or "simple-llm" in page
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

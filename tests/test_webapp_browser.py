@@ -1,0 +1,181 @@
+"""Web app in a real browser: Playwright for Python driving Debian's Chromium (never a downloaded one).
+
+Clicks through train -> generate (PyTorch, then onnxruntime CPU) -> compare -> export -> download,
+then opens the page in Russian. Screenshots go to $SIMPLE_LLM_SCREENSHOTS (the README's come from
+`SIMPLE_LLM_SCREENSHOTS=docs/screenshots python -m pytest tests/test_webapp_browser.py`), else to
+a temporary folder. Skips when /usr/bin/chromium or playwright is missing.
+"""
+
+import os
+import re
+import socket
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from webapp.app import build_demo, launch_kwargs
+from webapp.settings import Settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = os.environ.get("SIMPLE_LLM_SCREENSHOTS")
+TRAIN_STEPS = 1500 if SCREENSHOTS else 300  # the README's screenshots show the whole tiny preset
+TIMEOUT_MS = 180_000
+DONE = r"^(?![\s\S]*generating)[\s\S]*"  # a regex prefix: the stats line of a finished generation
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright for Python is not installed (pip install playwright)"
+)
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1)
+    demo = build_demo(settings)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _, address, _ = demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings, demo)
+    )
+    yield address.rstrip("/"), demo
+    demo.close()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(SCREENSHOTS or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def open_page(browser, url: str, locale: str):
+    context = browser.new_context(locale=locale, viewport={"width": 1360, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None)
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#train-start")
+    return context, page, outside
+
+
+def wait_text(page, selector: str, pattern: str) -> str:
+    page.wait_for_function(
+        "([s, p]) => { const e = document.querySelector(s); return e && new RegExp(p).test(e.innerText); }",
+        arg=[selector, pattern],
+        timeout=TIMEOUT_MS,
+    )
+    return page.inner_text(selector)
+
+
+def test_train_generate_compare_export_download(browser, server, shots, tmp_path):
+    url, _ = server
+    context, page, outside = open_page(browser, url, "en-US")
+    page.click("#train-advanced button, #train-advanced .label-wrap")
+    steps = page.locator("#train-steps input")
+    steps.fill(str(TRAIN_STEPS))
+    steps.press("Tab")
+    page.click("#train-start")
+    status = wait_text(page, "#train-status", f"Finished at step {TRAIN_STEPS}")
+    assert "tokens/s" in status and "Python standard library" in status
+    page.wait_for_selector("#train-plot canvas, #train-plot svg")
+    assert "[step" in page.locator("#train-sample textarea").input_value()
+    page.screenshot(path=str(shots / "train.png"), full_page=True)
+
+    page.get_by_role("tab", name="Generate").click()
+    cuda = page.locator('#gen-backend label:has(input[value="ort-cuda"])')
+    if "Unavailable here" in page.inner_text("#gen-backend"):
+        assert float(cuda.evaluate("e => getComputedStyle(e).opacity")) < 1  # greyed out with the reason shown
+    page.click("#gen-start")
+    torch_stats = wait_text(page, "#gen-stats", DONE + "tokens/s")
+    torch_text = page.locator("#gen-output textarea").input_value()
+    assert torch_text.startswith("def ") and "torch cpu" in torch_stats
+    page.locator("#gen-backend label", has_text="onnxruntime CPU").click()
+    page.click("#gen-start")
+    wait_text(page, "#gen-stats", DONE + "CPUExecutionProvider")
+    assert page.locator("#gen-output textarea").input_value() == torch_text  # greedy: same text on both backends
+    page.click("#gen-compare")
+    report = wait_text(page, "#gen-compare-report", "Max logit difference")
+    assert re.search(r"greedy tokens:\s*agree", report)
+    page.click("#gen-preset input")  # the "code" preset of the original design switches to sampling
+    page.get_by_role("option", name="Code").click()
+    page.wait_for_function("document.querySelector('#gen-temperature input[type=number]').value === '0.8'")
+    page.locator("#gen-seed input").fill("1")
+    page.click("#gen-start")
+    wait_text(page, "#gen-stats", DONE + "seed 1")
+    page.screenshot(path=str(shots / "generate.png"), full_page=True)
+
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#model-save-name input").fill("stdlib-tiny")
+    page.click("#model-save")
+    wait_text(page, "#model-message", "Saved as stdlib-tiny")
+    page.click("#model-download")
+    model_link = page.locator("#model-zip a").first
+    model_link.wait_for()
+    assert model_link.get_attribute("href").endswith("stdlib-tiny.zip")
+    page.click("#export-start")
+    wait_text(page, "#export-report", "max logit difference")
+    link = page.locator("#export-zip a").first
+    link.wait_for()
+    assert link.get_attribute("href").endswith(".zip")
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / "export.zip"
+    download.value.save_as(saved)
+    names = {Path(n).name for n in zipfile.ZipFile(saved).namelist()}
+    assert {"model.onnx", "config.json", "tokenizer.json", "genai_config.json", "export_report.json"} <= names
+    page.screenshot(path=str(shots / "models.png"), full_page=True)
+    assert outside == []  # fully offline: no fonts, CDNs or analytics
+    context.close()
+
+
+def test_russian_interface_and_messages(browser, server, shots):
+    url, demo = server
+    context, page, outside = open_page(browser, url, "ru-RU")
+    assert page.get_by_role("tab", name="Обучение").is_visible()
+    assert page.locator("#train-start").inner_text().strip() == "Обучить"
+    page.get_by_role("tab", name="Генерация").click()
+    page.click("#gen-start")  # this new session has no model yet
+    toast = page.get_by_test_id("toast-text").filter(has_text="Модели ещё нет")
+    toast.wait_for()
+    assert toast.is_visible()
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(800)  # let the toast finish sliding in
+    page.screenshot(path=str(shots / "generate-ru.png"))  # the viewport, with the error toast
+    assert outside == []
+    sessions = len(demo.handlers.sessions)
+    page.goto("about:blank")  # leaving the page ends its session: its folders are deleted
+    page.wait_for_function("1")
+    deadline = time.monotonic() + 30
+    while len(demo.handlers.sessions) >= sessions and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(demo.handlers.sessions) == sessions - 1
+    context.close()

@@ -1,0 +1,8 @@
+"""simple-llm's web app: a Gradio interface over `gpt` and `export`.
+
+`python webapp/app.py` serves it; `webapp.app.build_demo(settings)` builds it for tests and
+embedding. One job per module: `settings` (environment variables), `i18n` (English and Russian),
+`corpus` (uploads and built-in samples), `archive` (safe zips), `backends` (what runs here),
+`sessions` (per-browser state), `training` (runs in a worker thread), `generation`, `models`
+(saved models and ONNX exports) and `handlers` (the Gradio events).
+"""

@@ -1,0 +1,110 @@
+"""What can run on this machine: generation backends and training devices, each with the reason
+when it cannot. Probed once per process (the onnxruntime CUDA probe starts a real session on a
+one-node graph, because onnxruntime-gpu lists CUDA even where it then falls back to the CPU)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from webapp.i18n import Msg
+
+log = logging.getLogger(__name__)
+
+TORCH = "torch"
+ORT_CPU = "ort-cpu"
+ORT_CUDA = "ort-cuda"
+BACKENDS = {TORCH: "PyTorch", ORT_CPU: "onnxruntime CPU", ORT_CUDA: "onnxruntime CUDA"}
+ORT_PROVIDERS = {ORT_CPU: "cpu", ORT_CUDA: "cuda"}
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Availability:
+    name: str
+    label: str
+    available: bool
+    reason: Msg | None = None  # why it is unavailable, translated for each reader
+
+
+@functools.cache
+def backends() -> dict[str, Availability]:
+    """Generation backends in display order."""
+    return {
+        TORCH: Availability(TORCH, BACKENDS[TORCH], True),
+        ORT_CPU: _ort_cpu(),
+        ORT_CUDA: _ort_cuda(),
+    }
+
+
+@functools.cache
+def devices() -> dict[str, Availability]:
+    """Training devices for PyTorch."""
+    cuda = torch.cuda.is_available()
+    reason = None if cuda else Msg("reason.torch_no_cuda")
+    return {"cpu": Availability("cpu", "CPU", True), "cuda": Availability("cuda", "CUDA", cuda, reason)}
+
+
+def _ort_cpu() -> Availability:
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        log.warning("onnxruntime is not importable: %s", err)
+        return Availability(ORT_CPU, BACKENDS[ORT_CPU], False, Msg("reason.no_ort"))
+    if "CPUExecutionProvider" not in ort.get_available_providers():
+        return Availability(ORT_CPU, BACKENDS[ORT_CPU], False, Msg("reason.no_cpu_provider"))
+    return Availability(ORT_CPU, BACKENDS[ORT_CPU], True)
+
+
+def _ort_cuda() -> Availability:
+    label = BACKENDS[ORT_CUDA]
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        log.warning("onnxruntime is not importable: %s", err)
+        return Availability(ORT_CUDA, label, False, Msg("reason.no_ort"))
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return Availability(ORT_CUDA, label, False, Msg("reason.no_cuda_provider"))
+    if not (torch.cuda.is_available() or Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))):
+        return Availability(ORT_CUDA, label, False, Msg("reason.no_gpu"))
+    try:
+        _probe_cuda_session()
+    except Exception as err:  # ProviderError, or any failure to start the provider
+        detail = str(err).split(". ")[0][:300]
+        return Availability(ORT_CUDA, label, False, Msg("reason.cuda_failed", detail=detail))
+    return Availability(ORT_CUDA, label, True)
+
+
+def _probe_cuda_session() -> None:
+    """Start a CUDA session on a one-node graph; raises unless CUDA really runs it."""
+    import onnx
+    from onnx import helper
+
+    from export.runtime import create_session
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [value("x", onnx.TensorProto.FLOAT, [1])],
+        [value("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "probe.onnx"
+        onnx.save(model, str(path))
+        create_session(path, "cuda")
+
+
+def unavailable_text(items: list[Availability], lang: str) -> str | None:
+    """ "Unavailable here: X (reason); Y (reason)" in `lang`, or None when everything runs."""
+    from webapp.i18n import t
+
+    if not items:
+        return None
+    return t(lang, "gen.unavailable", items="; ".join(f"{a.label}: {a.reason.message(lang)}" for a in items))

@@ -1,0 +1,186 @@
+"""Generation for the app: validated options, a streamed continuation with its throughput, and the
+torch-versus-onnxruntime comparison. Sampling itself is `gpt`'s one decoding loop, on either backend."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gpt import PRESETS, SamplingConfig
+
+from webapp.i18n import UserError, t
+
+MODES = ("greedy", "sampling")
+CUSTOM = "custom"
+_ESCAPES = {"\\n": "\n", "\\t": "\t"}
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    repetition_penalty: float
+    stop_strings: tuple[str, ...]
+    seed: int | None
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        return dict(
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+        )
+
+
+def make_options(
+    max_new_tokens: Any,
+    mode: str,
+    temperature: Any,
+    top_k: Any,
+    top_p: Any,
+    repetition_penalty: Any,
+    stop_strings: str | None,
+    seed: Any,
+    max_allowed: int,
+) -> GenerationOptions:
+    """Options from UI values. top-k 0 and top-p 1 mean "off"; an empty seed draws one (shown to the user)."""
+    if mode not in MODES:
+        raise UserError("error.bad_value", name="mode", value=mode, rule=" / ".join(MODES))
+    try:
+        new_tokens = int(float(max_new_tokens))
+        k = int(float(top_k or 0))
+        p = float(top_p if top_p not in (None, "") else 1.0)
+        temperature, penalty = float(temperature), float(repetition_penalty)
+        seed = None if seed in (None, "") else int(float(seed))
+    except (TypeError, ValueError) as err:
+        raise UserError("error.bad_sampling", detail=str(err)) from None
+    if not 1 <= new_tokens <= max_allowed:
+        raise UserError("error.bad_value", name="max_new_tokens", value=max_new_tokens, rule=f"1..{max_allowed}")
+    do_sample = mode == "sampling"
+    if do_sample and seed is None:
+        seed = random.randrange(2**31)
+    options = GenerationOptions(
+        max_new_tokens=new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=k if k > 0 else None,
+        top_p=p if p < 1.0 else None,
+        repetition_penalty=penalty,
+        stop_strings=parse_stop_strings(stop_strings or ""),
+        seed=seed,
+    )
+    try:  # gpt's own validation: the same rules as the library and the CLI
+        SamplingConfig(max_new_tokens=new_tokens, **options.sampling_kwargs())
+    except ValueError as err:
+        raise UserError("error.bad_sampling", detail=str(err)) from None
+    return options
+
+
+def parse_stop_strings(text: str) -> tuple[str, ...]:
+    r"""One stop string per line; `\n` and `\t` stand for a newline and a tab."""
+    found = []
+    for line in text.splitlines():
+        for escape, char in _ESCAPES.items():
+            line = line.replace(escape, char)
+        if line:
+            found.append(line)
+    return tuple(dict.fromkeys(found))
+
+
+def preset_values(name: str) -> dict[str, float | int] | None:
+    """Sampling values of a preset from the original design (`gpt.PRESETS`); None for "custom"."""
+    return None if name == CUSTOM else dict(PRESETS[name])
+
+
+@dataclass
+class Stats:
+    tokens: int = 0
+    seconds: float = 0.0
+    first_token_s: float | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def stream(model: Any, prompt: str, options: GenerationOptions) -> Iterator[tuple[str, Stats]]:
+    """Yield (continuation so far, stats) as text arrives; `model` is a `GPT` or an `OnnxGPT`.
+
+    Generation ends at end-of-text or a stop string (`GenerationMixin.stream_text`); the generated
+    tokens are counted on the way for tokens/s.
+    """
+    if model.tokenizer is None:
+        raise UserError("error.no_tokenizer")
+    stats = Stats()
+    started = time.perf_counter()
+
+    def count(_token: torch.Tensor) -> None:
+        stats.tokens += 1
+        if stats.first_token_s is None:
+            stats.first_token_s = time.perf_counter() - started
+
+    text = ""
+    pieces = model.stream_text(
+        prompt, options.max_new_tokens, stop_strings=options.stop_strings, on_token=count, **options.sampling_kwargs()
+    )
+    for piece in pieces:
+        text += piece
+        stats.seconds = time.perf_counter() - started
+        yield text, stats
+    stats.seconds = time.perf_counter() - started
+    yield text, stats
+
+
+def stats_text(stats: Stats, backend: str, provider: str, options: GenerationOptions, lang: str) -> str:
+    parts = [
+        t(lang, "gen.tokens", tokens=stats.tokens),
+        t(lang, "gen.rate", rate=f"{stats.tokens_per_second:.1f}"),
+    ]
+    if stats.first_token_s is not None:
+        parts.append(t(lang, "gen.first_token", ms=f"{stats.first_token_s * 1000:.0f}"))
+    parts.append(t(lang, "gen.backend_used", backend=backend, provider=provider))
+    if options.do_sample:
+        parts.append(t(lang, "gen.seed_used", seed=options.seed))
+    return " · ".join(parts)
+
+
+def compare_prompt_ids(model: Any, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
+    """Prompt ids cropped to half the context, and how many decode steps fit after them."""
+    tokenizer = model.tokenizer
+    ids = tokenizer.encode(prompt) or [tokenizer.eos_token_id]
+    ids = ids[-max(1, model.max_seq_len // 2) :]
+    steps = max(1, min(max_new_tokens, model.max_seq_len - len(ids), 64))
+    return ids, steps
+
+
+def compare_text(report: Any, precision: str, torch_text: str, onnx_text: str, lang: str) -> str:
+    """Markdown: the headline numbers, both greedy continuations, and the full parity table."""
+    worst = max(report.prefill_max_abs, report.decode_max_abs)
+    if report.greedy_identical:
+        agree = t(lang, "cmp.agree", steps=report.decode_steps)
+    else:
+        agree = t(lang, "cmp.differ", position=report.greedy_first_difference)
+    verdict = t(lang, "cmp.pass") if report.passed else t(lang, "cmp.fail")
+    return "\n\n".join(
+        [
+            t(lang, "cmp.headline", diff=f"{worst:.3g}", agree=agree, provider=report.provider, precision=precision),
+            verdict,
+            f"**PyTorch:** `{_inline(torch_text)}`",
+            f"**onnxruntime:** `{_inline(onnx_text)}`",
+            "```text\n" + report.format() + "\n```",
+        ]
+    )
+
+
+def _inline(text: str) -> str:
+    return text.replace("`", "'").replace("\n", "⏎")

@@ -1,0 +1,429 @@
+"""The Gradio event handlers: each takes UI values, works on the caller's session through `gpt`,
+`export` and the helper modules, and returns UI values. Errors become `gr.Error`s in the caller's
+language (from the browser's Accept-Language), so a bad input costs one message, never the server.
+
+No `from __future__ import annotations` here: Gradio reads the `gr.Request` / `gr.Progress`
+annotations at runtime to inject them.
+"""
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+
+from webapp import backends, corpus, generation, models, training
+from webapp.i18n import UserError, language, t
+from webapp.sessions import Session, SessionRegistry
+from webapp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5  # how often a running job is rendered (and a cancel can land)
+STREAM_EVERY_S = 0.05  # at most 20 text updates a second while generating
+STOP_WAIT_S = 120.0
+
+
+def _lang(request: gr.Request | None) -> str:
+    if request is None:
+        return "en"
+    return language(request.headers.get("accept-language", ""))
+
+
+def _as_gr_error(err: BaseException, lang: str) -> gr.Error:
+    if isinstance(err, gr.Error):
+        return err
+    if isinstance(err, UserError):
+        return gr.Error(err.message(lang), title=t(lang, "error.title"), print_exception=False)
+    if isinstance(err, (ValueError, FileNotFoundError)):
+        return gr.Error(t(lang, "error.invalid", detail=str(err)), title=t(lang, "error.title"), print_exception=False)
+    log.exception("unexpected error in a handler")
+    return gr.Error(t(lang, "error.internal", detail=f"{type(err).__name__}: {err}"), title=t(lang, "error.title"))
+
+
+def _request_of(args: tuple, kwargs: dict) -> gr.Request | None:
+    request = kwargs.get("request")
+    if request is None:
+        request = next((a for a in args if isinstance(a, gr.Request)), None)
+    return request
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn any exception of a plain handler into a translated `gr.Error`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise _as_gr_error(err, _lang(_request_of(args, kwargs))) from err
+
+    return wrapper
+
+
+def friendly_stream(fn: Callable) -> Callable:
+    """`friendly` for generator handlers (closing the wrapper closes the handler: its `finally` runs)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        inner = fn(*args, **kwargs)
+        try:
+            yield from inner
+        except Exception as err:
+            raise _as_gr_error(err, _lang(_request_of(args, kwargs))) from err
+        finally:
+            inner.close()
+
+    return wrapper
+
+
+class Handlers:
+    """All handlers of one app; `settings` and the session registry are shared by every user."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sessions = SessionRegistry(settings)
+
+    def session(self, request: gr.Request | None) -> Session:
+        return self.sessions.get(getattr(request, "session_hash", None))
+
+    # Train ---------------------------------------------------------------------------------
+    def preset(self, name: str) -> tuple:
+        """Advanced-setting values of a model preset."""
+        c = training.PRESETS.get(name, training.PRESETS["tiny"])
+        return (
+            c.num_layers,
+            c.num_heads,
+            c.emb_size,
+            c.context,
+            c.vocab_size,
+            c.learning_rate,
+            c.batch_size,
+            min(c.steps, self.settings.max_steps),
+            c.dropout,
+        )
+
+    @friendly_stream
+    def train(
+        self,
+        source: str,
+        files: list[str] | None,
+        sample: str,
+        num_layers: float,
+        num_heads: float,
+        emb_size: float,
+        context: float,
+        vocab_size: float,
+        learning_rate: float,
+        batch_size: float,
+        steps: float,
+        dropout: float,
+        device: str,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[tuple]:
+        """Train a new model on uploaded files or a built-in sample; streams (status, loss plot, sample, model)."""
+        lang = _lang(request)
+        session = self.session(request)
+        with session.lock:
+            if session.training:
+                raise UserError("error.already_training")
+            config = training.make_config(
+                self.settings,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                emb_size=emb_size,
+                context=context,
+                vocab_size=vocab_size,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                steps=steps,
+                dropout=dropout,
+                device=device,
+            )
+            if source not in ("upload", "sample"):
+                raise UserError("error.bad_value", name="source", value=source, rule="upload / sample")
+            if source == "upload":
+                paths = [_path(f) for f in files or []]
+                texts = corpus.read_uploads(paths, self.settings.max_upload_mb, self.settings.max_text_mb)
+            else:
+                texts = corpus.sample_corpus(sample)
+            run_folder = session.new_folder("runs")
+        yield t(lang, "train.preparing"), training.empty_frame(), "", gr.skip()
+        torch.set_num_threads(self.settings.train_threads)
+        data = training.prepare_data(texts, config)
+        model = training.build_model(config, data.tokenizer, self.settings.max_params)
+        job = training.TrainingJob(
+            model,
+            data,
+            config,
+            run_folder / "checkpoints",
+            threads=self.settings.train_threads,
+            max_minutes=self.settings.max_train_minutes,
+        )
+        yield from self._run(session, job, t(lang, "model.trained_on", corpus=data.corpus_label), lang, progress)
+
+    @friendly_stream
+    def resume(self, steps: float, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+        """Continue the session's last run from its newest checkpoint, up to `steps`."""
+        lang = _lang(request)
+        session = self.session(request)
+        with session.lock:
+            last = session.job
+            if last is None:
+                raise UserError("error.nothing_to_resume")
+            if session.training:
+                raise UserError("error.already_training")
+            if last.steps_done == 0 and training.latest_checkpoint(last.checkpoint_dir) is None:
+                raise UserError("error.nothing_to_resume")
+            config = training.resume_config(last, training.integer("steps", steps, 1, 10**9), self.settings)
+            model = training.build_model(config, last.data.tokenizer, self.settings.max_params)
+            job = training.TrainingJob(
+                model,
+                last.data,
+                config,
+                last.checkpoint_dir,
+                threads=self.settings.train_threads,
+                max_minutes=self.settings.max_train_minutes,
+                resume=True,
+            )
+        yield from self._run(session, job, t(lang, "model.trained_on", corpus=last.data.corpus_label), lang, progress)
+
+    def _run(
+        self, session: Session, job: training.TrainingJob, label: str, lang: str, progress: gr.Progress
+    ) -> Iterator[tuple]:
+        """Start `job` as the session's run and render it until it ends; closing this generator stops it."""
+        with session.lock:
+            if session.training:
+                raise UserError("error.already_training")
+            session.set_model(job.model, label, f"simple-llm-{job.checkpoint_dir.parent.name}")
+            session.job = job
+            job.start()
+        try:
+            while not job.wait(POLL_S):
+                snap = job.snapshot()
+                if snap.total:
+                    rate = t(lang, "train.speed", rate=f"{snap.tokens_per_second:,.0f}".replace(",", " "))
+                    progress((snap.step, snap.total), desc=f"{t(lang, 'train.progress')} · {rate}", unit="steps")
+                yield self._train_view(session, job, snap, lang)
+            snap = job.snapshot()
+            yield self._train_view(session, job, snap, lang)
+            if job.error is not None:
+                raise job.error
+        finally:
+            if not job.done.is_set():  # cancelled (Stop button, closed page): stop at a clean step
+                job.stop(training.STOPPED)
+                job.wait(STOP_WAIT_S)
+
+    def _train_view(self, session: Session, job: training.TrainingJob, snap: training.Snapshot, lang: str) -> tuple:
+        return (
+            training.status_text(job, snap, lang),
+            training.loss_frame(snap, lang),
+            training.sample_text(job, lang),
+            models.summary(session, lang),
+        )
+
+    @friendly
+    def stop(self, request: gr.Request) -> tuple:
+        """Stop the session's training after its current step; the checkpoint of that step is kept."""
+        lang = _lang(request)
+        session = self.session(request)
+        job = session.job
+        if job is None:
+            return t(lang, "train.nothing_running"), gr.skip(), gr.skip(), models.summary(session, lang)
+        if job.running:
+            job.stop(training.STOPPED)
+            job.wait(STOP_WAIT_S)
+        return self._train_view(session, job, job.snapshot(), lang)
+
+    # Generate ------------------------------------------------------------------------------
+    def sampling_preset(self, name: str) -> tuple:
+        """(mode, temperature, top-k, top-p) of a sampling preset; "custom" leaves them as they are."""
+        values = generation.preset_values(name)
+        if values is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return "sampling", values["temperature"], values["top_k"], values["top_p"]
+
+    def _backend_model(self, session: Session, backend: str) -> tuple[Any, str, str]:
+        """(model, backend label, provider really used) for `backend`."""
+        if backend not in backends.BACKENDS:
+            raise UserError("error.bad_value", name="backend", value=backend, rule=" / ".join(backends.BACKENDS))
+        if backend == backends.TORCH:
+            model = models.require_model(session)
+            return model, backends.BACKENDS[backend], f"torch {model.device}"
+        onnx, precision = models.onnx_model(session, backend, self.settings)
+        return onnx, f"{backends.BACKENDS[backend]} ({precision})", onnx.provider
+
+    @friendly_stream
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: float,
+        mode: str,
+        temperature: float,
+        top_k: float,
+        top_p: float,
+        repetition_penalty: float,
+        stop_strings: str,
+        seed: float | None,
+        backend: str,
+        request: gr.Request,
+    ) -> Iterator[tuple[str, str]]:
+        """Stream the continuation of `prompt` (the output shows prompt + continuation) and its speed."""
+        lang = _lang(request)
+        session = self.session(request)
+        options = generation.make_options(
+            max_new_tokens,
+            mode,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            stop_strings,
+            seed,
+            self.settings.max_new_tokens,
+        )
+        prompt = prompt or ""
+        models.require_model(session)
+        if backend != backends.TORCH and not session.exports:
+            yield prompt, t(lang, "gen.exporting")
+        torch.set_num_threads(self.settings.generate_threads)
+        model, label, provider = self._backend_model(session, backend)
+        last = 0.0
+        text, stats = "", generation.Stats()
+        for text, stats in generation.stream(model, prompt, options):
+            now = time.perf_counter()
+            if now - last >= STREAM_EVERY_S:
+                last = now
+                yield (
+                    prompt + text,
+                    generation.stats_text(stats, label, provider, options, lang) + t(lang, "gen.streaming"),
+                )
+        yield prompt + text, generation.stats_text(stats, label, provider, options, lang)
+
+    @friendly
+    def compare(self, prompt: str, max_new_tokens: float, backend: str, request: gr.Request) -> str:
+        """Run the prompt through torch and onnxruntime: max logit difference and greedy agreement."""
+        from export import TOLERANCES, compare
+
+        lang = _lang(request)
+        session = self.session(request)
+        model = models.require_model(session)
+        onnx_backend = backend if backend in backends.ORT_PROVIDERS else backends.ORT_CPU
+        torch.set_num_threads(self.settings.generate_threads)
+        onnx, precision = models.onnx_model(session, onnx_backend, self.settings)
+        ids, steps = generation.compare_prompt_ids(model, prompt or "", int(float(max_new_tokens or 32)))
+        report = compare(model, onnx, torch.tensor([ids]), decode_steps=steps, tolerance=TOLERANCES[precision])
+        torch_text = model.tokenizer.decode(model.generate([ids], steps)[0, len(ids) :])
+        onnx_text = onnx.tokenizer.decode(onnx.generate([ids], steps)[0, len(ids) :])
+        return generation.compare_text(report, precision, torch_text, onnx_text, lang)
+
+    def availability(self, request: gr.Request) -> tuple:
+        """The "unavailable here" notes of the backend and device choices, in the reader's language."""
+        lang = _lang(request)
+        gen = [b for b in backends.backends().values() if not b.available]
+        dev = [d for d in backends.devices().values() if not d.available]
+        return gr.update(info=backends.unavailable_text(gen, lang)), gr.update(
+            info=backends.unavailable_text(dev, lang)
+        )
+
+    # Models --------------------------------------------------------------------------------
+    def model_choices(self) -> Any:
+        saved = models.list_saved(self.settings)
+        choices = [(m.label(), m.name) for m in saved]
+        return gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+    @friendly
+    def model_info(self, request: gr.Request) -> str:
+        return models.summary(self.session(request), _lang(request))
+
+    @friendly
+    def load_model(self, name: str | None, request: gr.Request) -> tuple[str, str]:
+        lang = _lang(request)
+        session = self.session(request)
+        if not name:
+            raise UserError("error.pick_model")
+        if session.training:
+            raise UserError("error.busy_training")
+        models.load_saved(session, name, self.settings)
+        return models.summary(session, lang), t(lang, "model.loaded", name=name)
+
+    @friendly
+    def save_model(self, name: str, request: gr.Request) -> tuple[Any, str, str]:
+        lang = _lang(request)
+        session = self.session(request)
+        saved = models.save_current(session, name, self.settings, lang)
+        update = self.model_choices()
+        update["value"] = saved
+        return update, models.summary(session, lang), t(lang, "model.saved", name=saved)
+
+    @friendly
+    def download_model(self, name: str | None, request: gr.Request) -> str:
+        if not name:
+            raise UserError("error.pick_model")
+        return str(models.zip_saved(self.session(request), name, self.settings))
+
+    @friendly
+    def upload_checkpoint(self, file: Any, request: gr.Request) -> tuple[Any, str, str]:
+        lang = _lang(request)
+        session = self.session(request)
+        if not file:
+            raise UserError("error.no_files")
+        if session.training:
+            raise UserError("error.busy_training")
+        name = models.import_zip(session, _path(file), self.settings)
+        update = self.model_choices()
+        update["value"] = name
+        return update, models.summary(session, lang), t(lang, "model.uploaded", name=name)
+
+    @friendly_stream
+    def export(self, precision: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+        """Export the current model to ONNX (with a parity check), then offer the zip; streams progress."""
+        from export import PRECISIONS
+
+        lang = _lang(request)
+        session = self.session(request)
+        if precision not in PRECISIONS:
+            raise UserError("error.bad_value", name="precision", value=precision, rule=" / ".join(PRECISIONS))
+        models.require_model(session)
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            torch.set_num_threads(self.settings.generate_threads)
+            try:
+                result["folder"] = models.export_current(session, precision, self.settings)
+            except BaseException as err:
+                result["error"] = err
+
+        worker = threading.Thread(target=work, name="simple-llm-export", daemon=True)
+        started = time.monotonic()
+        worker.start()
+        while worker.is_alive():
+            elapsed = time.monotonic() - started
+            progress(None, desc=t(lang, "export.running", seconds=f"{elapsed:.0f}"))
+            yield gr.skip(), t(lang, "export.running", seconds=f"{elapsed:.0f}")
+            worker.join(POLL_S)
+        if "error" in result:
+            raise result["error"]
+        folder = result["folder"]
+        progress(None, desc=t(lang, "export.zipping"))
+        zip_path = models.export_zip(session, folder, precision)
+        yield str(zip_path), models.report_text(models.export_report(folder), lang)
+
+    def unload(self, request: gr.Request) -> None:
+        """The page closed: stop its training and delete its session folders."""
+        self.sessions.close(getattr(request, "session_hash", None))
+
+
+def _path(file: Any) -> Path:
+    """A Gradio file value (path string, or an object with `.name` / `path`) as a Path."""
+    if isinstance(file, (str, Path)):
+        return Path(file)
+    if isinstance(file, dict) and "path" in file:
+        return Path(file["path"])
+    return Path(file.name)

@@ -1,0 +1,286 @@
+"""Models for the app: saved models in `<artifacts>/models/<name>/`, checkpoint zips in and out, and
+ONNX exports of a session's current model (made by `export.to_onnx`, run by `export.OnnxGPT`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt import GPT, CheckpointError, GPTConfig
+from gpt import checkpoint as ckpt
+
+from webapp import backends
+from webapp.archive import safe_extract, zip_folder
+from webapp.i18n import UserError, t
+from webapp.sessions import Session
+from webapp.settings import MB, Settings
+
+MODEL_FILES = (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.TOKENIZER_FILE)
+_UNSAFE = re.compile(r"[^\w.-]+")
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    name: str
+    path: Path
+    config: GPTConfig | None  # None: the folder's config is unreadable
+
+    def label(self) -> str:
+        c = self.config
+        if c is None:
+            return f"{self.name} (?)"
+        return f"{self.name} — {c.num_layers}×{c.emb_size}, ctx {c.max_seq_len}, vocab {c.vocab_size}"
+
+
+def safe_name(name: str, fallback: str = "model") -> str:
+    """A folder name from user text: letters (any script), digits, '.', '-', '_'; no leading dot."""
+    cleaned = _UNSAFE.sub("-", name.strip()).strip("-.")[:64]
+    return cleaned or fallback
+
+
+def list_saved(settings: Settings) -> list[SavedModel]:
+    folder = settings.models_dir
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
+        if path.name.startswith(".") or not (path / ckpt.CONFIG_FILE).is_file():
+            continue
+        try:
+            config = ckpt.read_config(path)
+        except CheckpointError:
+            config = None
+        found.append(SavedModel(path.name, path, config))
+    return found
+
+
+def find_saved(settings: Settings, name: str) -> SavedModel:
+    """The saved model called `name` (exactly as listed, so no path can be smuggled in)."""
+    for model in list_saved(settings):
+        if model.name == name:
+            return model
+    raise UserError("error.no_such_model", name=name)
+
+
+def count_parameters(config: GPTConfig) -> int:
+    with torch.device("meta"):
+        return GPT.from_config(config).num_parameters()
+
+
+def load_checked(folder: Path, settings: Settings, device: str = "cpu") -> GPT:
+    """`GPT.load` after checking the size cap; a bad checkpoint raises `UserError` with the reason."""
+    try:
+        config = ckpt.read_config(folder)
+        params = count_parameters(config)
+        if params > settings.max_params:
+            raise UserError("error.too_many_params", params=f"{params:,}", limit=f"{settings.max_params:,}")
+        weights = folder / ckpt.WEIGHTS_FILE
+        if weights.is_file() and weights.stat().st_size > params * 8 + 16 * MB:
+            raise UserError("error.bad_checkpoint", detail=f"{ckpt.WEIGHTS_FILE} is larger than its config allows")
+        model = GPT.load(folder, device=device)
+    except UserError:
+        raise
+    except (CheckpointError, ValueError, OSError) as err:
+        raise UserError("error.bad_checkpoint", detail=_short(err)) from None
+    if model.tokenizer is None:
+        raise UserError("error.bad_checkpoint", detail=f"{ckpt.TOKENIZER_FILE} is missing")
+    return model
+
+
+def load_saved(session: Session, name: str, settings: Settings) -> GPT:
+    saved = find_saved(settings, name)
+    model = load_checked(saved.path, settings)
+    session.set_model(model, saved.name, saved.name)
+    return model
+
+
+def save_current(session: Session, name: str, settings: Settings, lang: str) -> str:
+    """Save the session's model as `<models>/<name>/`; an existing name is never overwritten."""
+    model = require_model(session)
+    folder_name = safe_name(name or "")
+    if not name or not name.strip():
+        raise UserError("error.no_name")
+    target = settings.models_dir / folder_name
+    if target.exists():
+        raise UserError("error.name_taken", name=folder_name)
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=settings.models_dir))
+    try:
+        model.save(tmp)
+        try:
+            os.rename(tmp, target)  # atomic; fails if another session took the name meanwhile
+        except OSError:
+            raise UserError("error.name_taken", name=folder_name) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    session.model_label = session.model_name = folder_name
+    return folder_name
+
+
+def zip_saved(session: Session, name: str, settings: Settings) -> Path:
+    saved = find_saved(settings, name)
+    return zip_folder(saved.path, session.downloads / f"{saved.name}.zip", names=MODEL_FILES, root=saved.name)
+
+
+def import_zip(session: Session, zip_path: str | Path, settings: Settings) -> str:
+    """Unpack an uploaded checkpoint zip safely, check it loads, add it to the saved models and load it."""
+    path = Path(zip_path)
+    if path.suffix.lower() != ".zip":
+        raise UserError("error.file_type", name=path.name, allowed=".zip")
+    if path.stat().st_size > settings.max_upload_mb * MB:
+        raise UserError(
+            "error.file_too_big", name=path.name, size=f"{path.stat().st_size / MB:.1f}", limit=settings.max_upload_mb
+        )
+    work = session.new_folder("uploads")
+    try:
+        files = safe_extract(path, work, MODEL_FILES, settings.max_unzip_mb * MB)
+        missing = [name for name in MODEL_FILES if name not in files]
+        if missing:
+            raise UserError("error.zip_missing", names=", ".join(missing))
+        model = load_checked(work, settings)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # nothing of a refused upload stays on disk
+        raise
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    base = safe_name(path.stem, "uploaded")
+    for n in range(1, 1000):
+        name = base if n == 1 else f"{base}-{n}"
+        try:
+            os.rename(work, settings.models_dir / name)
+            break
+        except OSError:
+            continue
+    else:
+        raise UserError("error.name_taken", name=base)
+    session.set_model(model, name, name)
+    return name
+
+
+def require_model(session: Session) -> GPT:
+    if session.training:
+        raise UserError("error.busy_training")
+    if session.model is None:
+        raise UserError("error.no_model")
+    return session.model
+
+
+def summary(session: Session, lang: str) -> str:
+    model = session.model
+    if model is None:
+        return t(lang, "model.none")
+    c = model.config
+    return t(
+        lang,
+        "model.summary",
+        label=session.model_label,
+        params=f"{model.num_parameters():,}".replace(",", " "),
+        layers=c.num_layers,
+        heads=c.num_heads,
+        emb=c.emb_size,
+        context=c.max_seq_len,
+        vocab=c.vocab_size,
+        device=str(model.device),
+    )
+
+
+# ONNX ------------------------------------------------------------------------------------------
+def export_current(session: Session, precision: str, settings: Settings) -> Path:
+    """Export the current model with `export.to_onnx` into a new session folder (reused if already done)."""
+    from export import to_onnx
+
+    model = require_model(session)
+    with session.lock:
+        version = session.model_version
+        existing = session.exports.get(precision)
+        if existing is not None and existing.is_dir():
+            return existing
+    folder = session.new_folder("exports")
+    try:
+        to_onnx(model, folder, precision=precision, threads=settings.generate_threads)
+    except ValueError as err:
+        raise UserError("error.export_failed", detail=_short(err)) from None
+    except Exception as err:  # ExportError and exporter failures: the app keeps serving
+        raise UserError("error.export_failed", detail=_short(err)) from err
+    with session.lock:
+        if session.model_version == version:
+            session.exports[precision] = folder
+    return folder
+
+
+def export_zip(session: Session, folder: Path, precision: str) -> Path:
+    name = safe_name(session.model_name)
+    return zip_folder(folder, session.downloads / f"{name}-onnx-{precision}.zip", root=f"{name}-onnx-{precision}")
+
+
+def export_report(folder: Path) -> dict[str, Any]:
+    from export.onnx_export import REPORT_FILE
+
+    return json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+
+
+def report_text(report: dict[str, Any], lang: str) -> str:
+    """The export's headline numbers and its parity table (as `export.ParityReport.format` writes it)."""
+    from export import ParityReport, Tolerance
+
+    parity = dict(report["parity"])
+    parity.pop("passed", None)
+    table = ParityReport(**{**parity, "tolerance": Tolerance(**parity["tolerance"])})
+    worst = max(table.prefill_max_abs, table.decode_max_abs)
+    greedy = (
+        t(lang, "cmp.agree", steps=table.decode_steps)
+        if table.greedy_identical
+        else t(lang, "cmp.differ", position=table.greedy_first_difference)
+    )
+    head = t(
+        lang,
+        "export.report",
+        precision=report["precision"],
+        opset=report["opset"],
+        seconds=report["export_seconds"],
+        size=f"{sum(report['files'].values()) / MB:.2f}",
+        diff=f"{worst:.3g}",
+        greedy=greedy,
+        verdict=t(lang, "cmp.pass") if table.passed else t(lang, "cmp.fail"),
+    )
+    return head + "\n\n```text\n" + table.format() + "\n```"
+
+
+def onnx_model(session: Session, backend: str, settings: Settings) -> tuple[Any, str]:
+    """The current model on an onnxruntime backend: the newest export (fp32 exported on demand),
+    loaded once per provider. Returns (OnnxGPT, precision)."""
+    from export import OnnxGPT, ProviderError
+
+    available = backends.backends()[backend]
+    if not available.available:
+        raise UserError("error.backend_unavailable", backend=available.label, reason=available.reason)
+    require_model(session)
+    with session.lock:
+        precision, folder = next(reversed(session.exports.items()), (None, None))
+    if folder is None:
+        precision, folder = "fp32", export_current(session, "fp32", settings)
+    provider = backends.ORT_PROVIDERS[backend]
+    key = (str(folder), provider)
+    with session.lock:
+        cached = session.onnx_models.get(key)
+    if cached is not None:
+        return cached, precision
+    try:
+        model = OnnxGPT.load(folder, provider=provider, threads=settings.generate_threads)
+    except ProviderError as err:
+        raise UserError("error.backend_unavailable", backend=available.label, reason=_short(err)) from None
+    with session.lock:
+        session.onnx_models[key] = model
+    return model, precision
+
+
+def _short(err: BaseException, limit: int = 400) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

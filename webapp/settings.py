@@ -1,0 +1,97 @@
+"""Server settings, read once from environment variables (all optional).
+
+| variable | default | meaning |
+|---|---|---|
+| `SIMPLE_LLM_ARTIFACTS` | `<repo>/artifacts` | artifact folder: `models/<name>/` (saved models, shared by all users) and `sessions/<id>/` (each browser session's uploads, training checkpoints and ONNX exports, deleted with the session) |
+| `SIMPLE_LLM_MAX_UPLOAD_MB` | 100 | largest uploaded file (text or checkpoint zip); also `launch(max_file_size=...)` |
+| `SIMPLE_LLM_MAX_TEXT_MB` | 20 | total training text of one run |
+| `SIMPLE_LLM_MAX_UNZIP_MB` | 1024 | total unpacked size of an uploaded checkpoint zip |
+| `SIMPLE_LLM_MAX_PARAMS` | 20000000 | largest model (parameters) a user may train, load or upload |
+| `SIMPLE_LLM_MAX_STEPS` | 20000 | most optimizer steps of one training run |
+| `SIMPLE_LLM_MAX_TRAIN_MINUTES` | 60 | wall-clock limit of one training run (it stops cleanly, keeping its checkpoint) |
+| `SIMPLE_LLM_MAX_NEW_TOKENS` | 1024 | most tokens of one generation |
+| `SIMPLE_LLM_TRAIN_CONCURRENCY` | 1 | trainings and exports that run at once; later ones wait in the queue |
+| `SIMPLE_LLM_GENERATE_CONCURRENCY` | 4 | generations that run at once |
+| `SIMPLE_LLM_TRAIN_THREADS` | CPU cores - 1 (at least 1) | torch threads of a training run: a free core keeps generation responsive |
+| `SIMPLE_LLM_GENERATE_THREADS` | 1 | torch / onnxruntime threads of a generation (batch-1 decoding is latency bound) |
+| `SIMPLE_LLM_SESSION_TTL_MINUTES` | 120 | idle sessions (not training) are deleted after this long |
+
+The artifact folder defaults to `artifacts/` at the repository root (git-ignored); on a Hugging Face
+Space, whose disk is ephemeral, point it wherever you like. Downloadable zips are written under the
+system temporary folder, which Gradio serves without widening `allowed_paths`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "SIMPLE_LLM_"
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    artifacts: Path
+    max_upload_mb: int = 100
+    max_text_mb: int = 20
+    max_unzip_mb: int = 1024
+    max_params: int = 20_000_000
+    max_steps: int = 20_000
+    max_train_minutes: float = 60.0
+    max_new_tokens: int = 1024
+    train_concurrency: int = 1
+    generate_concurrency: int = 4
+    train_threads: int = 1
+    generate_threads: int = 1
+    session_ttl_minutes: float = 120.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Settings from `environ` (default `os.environ`); a malformed value raises ValueError naming it."""
+        env = os.environ if environ is None else environ
+        cores = os.cpu_count() or 1
+        return cls(
+            artifacts=Path(env.get(PREFIX + "ARTIFACTS") or REPO_ROOT / "artifacts").expanduser().resolve(),
+            max_upload_mb=_number(env, "MAX_UPLOAD_MB", 100, int),
+            max_text_mb=_number(env, "MAX_TEXT_MB", 20, int),
+            max_unzip_mb=_number(env, "MAX_UNZIP_MB", 1024, int),
+            max_params=_number(env, "MAX_PARAMS", 20_000_000, int),
+            max_steps=_number(env, "MAX_STEPS", 20_000, int),
+            max_train_minutes=_number(env, "MAX_TRAIN_MINUTES", 60.0, float),
+            max_new_tokens=_number(env, "MAX_NEW_TOKENS", 1024, int),
+            train_concurrency=_number(env, "TRAIN_CONCURRENCY", 1, int),
+            generate_concurrency=_number(env, "GENERATE_CONCURRENCY", 4, int),
+            train_threads=_number(env, "TRAIN_THREADS", max(1, cores - 1), int),
+            generate_threads=_number(env, "GENERATE_THREADS", 1, int),
+            session_ttl_minutes=_number(env, "SESSION_TTL_MINUTES", 120.0, float),
+        )
+
+    @property
+    def models_dir(self) -> Path:
+        return self.artifacts / "models"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.artifacts / "sessions"
+
+    @property
+    def downloads_dir(self) -> Path:
+        """Per-session zips offered for download live here (under the system temporary folder)."""
+        return Path(tempfile.gettempdir()) / "simple-llm-downloads"
+
+
+def _number(env: dict[str, str], name: str, default: float, kind: type) -> float:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{PREFIX}{name} must be a {kind.__name__} > 0, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"{PREFIX}{name} must be > 0, got {raw!r}")
+    return value

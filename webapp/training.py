@@ -1,0 +1,506 @@
+"""Training runs for the app: presets, validated settings, data preparation, and a `TrainingJob`
+that runs `gpt`'s `fit` in a worker thread and reports through a callback.
+
+The handler that owns a job polls it between yields, so a Gradio cancel or the Stop button lands
+between two optimizer steps: `stop()` sets the trainer's stop flag, `fit` finishes the step, writes
+a checkpoint and returns, and the model is left at that clean step. A stopped run resumes from its
+newest checkpoint with the same data and tokenizer.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from gpt import GPT, Callback, ModelCheckpoint, Tokenizer, encode_corpus, latest_checkpoint, make_loaders
+from gpt import checkpoint as ckpt
+from gpt.training import Trainer
+
+from webapp import backends
+from webapp.corpus import Corpus
+from webapp.i18n import UserError, t
+from webapp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VALID_FRACTION = 0.1
+EVAL_BATCHES = 8
+SAMPLE_TOKENS = 160
+SAMPLE_EVERY_S = 10.0
+ABANDONED_S = 120.0  # nobody polled the job for this long (the page is gone): stop it
+PLOT_POINTS = 400
+STOPPED = "stopped"
+ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the Train tab sets: model shape, tokenizer size and optimisation."""
+
+    num_layers: int = 2
+    num_heads: int = 4
+    emb_size: int = 64
+    context: int = 64
+    vocab_size: int = 512
+    learning_rate: float = 3e-3
+    batch_size: int = 16
+    steps: int = 1500
+    dropout: float = 0.0
+    device: str = "cpu"
+
+    def model_kwargs(self, vocab_size: int) -> dict[str, Any]:
+        return dict(
+            vocab_size=vocab_size,
+            max_seq_len=self.context,
+            emb_size=self.emb_size,
+            num_heads=self.num_heads,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+        )
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # 137 K parameters: recognisable Python (indentation, def, docstrings) in about a minute on 2 cores.
+    "tiny": TrainConfig(),
+    "small": TrainConfig(4, 4, 128, 128, 2048, 1e-3, 16, 3000, 0.1),
+    "medium": TrainConfig(6, 6, 192, 256, 4096, 6e-4, 16, 5000, 0.1),
+}
+
+# (minimum, maximum) of each integer setting; steps are capped by the server settings too.
+LIMITS = {
+    "num_layers": (1, 48),
+    "num_heads": (1, 64),
+    "emb_size": (8, 4096),
+    "context": (8, 4096),
+    "vocab_size": (257, 65536),
+    "batch_size": (1, 1024),
+    "steps": (1, 10**9),
+}
+
+
+def make_config(settings: Settings, **values: Any) -> TrainConfig:
+    """A validated `TrainConfig` from UI values (numbers may arrive as floats or strings)."""
+    parsed: dict[str, Any] = {}
+    for name, (low, high) in LIMITS.items():
+        parsed[name] = integer(name, values[name], low, high)
+    if parsed["steps"] > settings.max_steps:
+        raise UserError("error.too_many_steps", steps=parsed["steps"], limit=settings.max_steps)
+    if parsed["emb_size"] % parsed["num_heads"]:
+        raise UserError("error.heads_divide", emb=parsed["emb_size"], heads=parsed["num_heads"])
+    learning_rate = _real("learning_rate", values["learning_rate"])
+    if not 0 < learning_rate <= 1:
+        raise UserError("error.bad_value", name="learning_rate", value=values["learning_rate"], rule="0 < lr <= 1")
+    dropout = _real("dropout", values["dropout"])
+    if not 0 <= dropout < 1:
+        raise UserError("error.bad_value", name="dropout", value=values["dropout"], rule="0 <= dropout < 1")
+    device = str(values.get("device") or "cpu")
+    found = backends.devices().get(device)
+    if found is None:
+        raise UserError("error.bad_value", name="device", value=device, rule=" / ".join(backends.DEVICES))
+    if not found.available:
+        raise UserError("error.device_unavailable", device=device, reason=found.reason)
+    config = TrainConfig(learning_rate=learning_rate, dropout=dropout, device=device, **parsed)
+    params = count_parameters(config, config.vocab_size)  # an upper bound: the trained vocabulary may be smaller
+    if params > settings.max_params:
+        raise UserError("error.too_many_params", params=_count(params), limit=_count(settings.max_params))
+    return config
+
+
+def integer(name: str, value: Any, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError("error.bad_value", name=name, value=value, rule=f"{low}..{high}") from None
+    if not number.is_integer() or not low <= number <= high:
+        raise UserError("error.bad_value", name=name, value=value, rule=f"{low}..{high}")
+    return int(number)
+
+
+def _real(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError("error.bad_value", name=name, value=value, rule="a number") from None
+    if not math.isfinite(number):
+        raise UserError("error.bad_value", name=name, value=value, rule="a finite number")
+    return number
+
+
+def count_parameters(config: TrainConfig, vocab_size: int) -> int:
+    """Exact parameter count of the model `config` describes, without allocating it."""
+    with torch.device("meta"):
+        return GPT(**config.model_kwargs(vocab_size)).num_parameters()
+
+
+@dataclass
+class PreparedData:
+    """Everything a run (and its resume) trains on."""
+
+    tokenizer: Tokenizer
+    train_loader: Any
+    valid_loader: Any
+    tokens: int
+    train_tokens: int
+    corpus_label: Any  # str, or a translatable `Msg`
+
+
+def prepare_data(corpus: Corpus, config: TrainConfig) -> PreparedData:
+    """Train the tokenizer on the corpus, encode it and cut it into windows; too little text raises `UserError`."""
+    tokenizer = Tokenizer.train(corpus.texts, vocab_size=config.vocab_size)
+    ids = encode_corpus(corpus.texts, tokenizer)
+    needed = minimum_tokens(config)
+    if len(ids) < needed:
+        raise UserError(
+            "error.text_too_short", tokens=len(ids), needed=needed, context=config.context, batch=config.batch_size
+        )
+    train_loader, valid_loader = make_loaders(ids, config.context, config.batch_size, valid_fraction=VALID_FRACTION)
+    train_tokens = int(len(ids) * (1 - VALID_FRACTION))
+    return PreparedData(tokenizer, train_loader, valid_loader, len(ids), train_tokens, corpus.label)
+
+
+def minimum_tokens(config: TrainConfig) -> int:
+    """Fewest tokens for one batch of training windows and one validation window."""
+    for_train = math.ceil((config.context + config.batch_size) / (1 - VALID_FRACTION)) + 1
+    for_valid = math.ceil((config.context + 1) / VALID_FRACTION) + 1
+    return max(for_train, for_valid)
+
+
+def build_model(config: TrainConfig, tokenizer: Tokenizer, max_params: int, seed: int = 0) -> GPT:
+    params = count_parameters(config, tokenizer.vocab_size)
+    if params > max_params:
+        raise UserError("error.too_many_params", params=_count(params), limit=_count(max_params))
+    torch.manual_seed(seed)
+    model = GPT(**config.model_kwargs(tokenizer.vocab_size), device=config.device)
+    model.tokenizer = tokenizer
+    return model
+
+
+@dataclass
+class Snapshot:
+    """A consistent-enough view of a running job for the UI (read from another thread)."""
+
+    phase: str  # "starting", "training", "done"
+    step: int
+    total: int
+    loss: float | None
+    validation_loss: float | None
+    tokens_per_second: float
+    elapsed: float
+    eta: float | None
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    evaluations: list[tuple[int, float]] = field(default_factory=list)
+
+
+class TrainingJob:
+    """One training run of one session: `start()`, poll `snapshot()` / `samples`, `stop()`, `done`."""
+
+    def __init__(
+        self,
+        model: GPT,
+        data: PreparedData,
+        config: TrainConfig,
+        checkpoint_dir: Path,
+        *,
+        threads: int,
+        max_minutes: float,
+        resume: bool = False,
+        sample_every_s: float = SAMPLE_EVERY_S,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.config = config
+        self.checkpoint_dir = checkpoint_dir
+        self.threads = threads
+        self.max_minutes = max_minutes
+        self.resume = resume
+        self.sample_every_s = sample_every_s
+        self.samples: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+        self.last_sample: tuple[int, str] | None = None
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.trainer: Trainer | None = None
+        self.stop_reason: str | None = None
+        self.started = time.monotonic()
+        self.last_poll = time.monotonic()
+        self._stop_requested: str | None = None
+        self._rate = collections.deque(maxlen=4096)  # (time, step, tokens seen)
+        self._thread = threading.Thread(target=self._run, name="simple-llm-training", daemon=True)
+
+    # control ---------------------------------------------------------------------------------
+    def start(self) -> TrainingJob:
+        self._thread.start()
+        return self
+
+    def stop(self, reason: str = STOPPED) -> None:
+        """Ask the run to stop after its current step (safe from any thread, before or during `fit`)."""
+        self._stop_requested = self._stop_requested or reason
+        if self.trainer is not None:
+            self.trainer.request_stop(reason)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self.done.is_set()
+
+    @property
+    def steps_done(self) -> int:
+        if self.trainer is not None:
+            return self.trainer.step
+        return 0
+
+    @property
+    def completed(self) -> bool:
+        """The run reached its step target (so Resume needs a higher one)."""
+        return self.done.is_set() and self.error is None and self.steps_done >= self.config.steps
+
+    # worker ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        data = self.data
+        steps_per_epoch = max(1, len(data.train_loader))
+        try:
+            self.model.fit(
+                data.train_loader,
+                data.valid_loader,
+                num_epoch=math.ceil(self.config.steps / steps_per_epoch),
+                learning_rate=self.config.learning_rate,
+                callbacks=[
+                    _Reporter(self),
+                    ModelCheckpoint(every_n_steps=checkpoint_interval(self.config.steps), keep_last=2),
+                ],
+                checkpoint_dir=self.checkpoint_dir,
+                max_steps=self.config.steps,
+                max_time=self.max_minutes * 60,
+                eval_interval=eval_interval(self.config.steps),
+                eval_batches=EVAL_BATCHES,
+                resume=self.resume,
+                progress=False,
+                log_every=None,
+            )
+            self.stop_reason = self.trainer.stop_reason if self.trainer is not None else None
+        except BaseException as err:  # reported to the UI; the model goes back to its last checkpoint
+            log.exception("training failed")
+            self.error = err
+            self._restore_last_checkpoint()
+        finally:
+            self.model.eval()
+            self.done.set()
+
+    def _restore_last_checkpoint(self) -> None:
+        folder = latest_checkpoint(self.checkpoint_dir)
+        if folder is None:
+            return
+        try:
+            ckpt.read_weights(self.model, folder)
+        except Exception:  # the error already reported matters more
+            log.exception("could not restore %s", folder)
+
+    def _sample(self, step: int) -> None:
+        """A short sampled continuation of an empty prompt (a new document), in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            text = self.model.generate_text("", SAMPLE_TOKENS, do_sample=True, temperature=0.8, top_k=40, seed=step)
+        finally:
+            self.model.train(was_training)
+        self.last_sample = (step, text)
+        self.samples.put((step, text))
+
+    # view ------------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        self.last_poll = time.monotonic()
+        trainer = self.trainer
+        elapsed = time.monotonic() - self.started
+        if trainer is None:
+            return Snapshot("starting", 0, self.config.steps, None, None, 0.0, elapsed, None)
+        history = trainer.history
+        steps, losses = list(history.steps), list(history.loss)
+        n = min(len(steps), len(losses))
+        step = trainer.step
+        steps_per_s, tokens_per_s = self._rates()
+        remaining = max(0, trainer.total_steps - step)
+        eta = remaining / steps_per_s if steps_per_s > 0 else None
+        return Snapshot(
+            "done" if self.done.is_set() else "training",
+            step,
+            trainer.total_steps,
+            None if math.isnan(trainer.loss) else trainer.loss,
+            trainer.validation_loss,
+            tokens_per_s,
+            elapsed,
+            0.0 if self.done.is_set() else eta,
+            steps[:n],
+            losses[:n],
+            list(history.evaluations),
+        )
+
+    def _rates(self, window: float = 10.0) -> tuple[float, float]:
+        """Steps/s and tokens/s over the last `window` seconds (evaluations and samples included)."""
+        points = list(self._rate)
+        if len(points) < 2:
+            trainer = self.trainer
+            return 0.0, trainer.tokens_per_second if trainer is not None else 0.0
+        end = points[-1]
+        start = next((p for p in points if p[0] >= end[0] - window), points[0])
+        if start is end:
+            start = points[-2]
+        dt = end[0] - start[0]
+        if dt <= 0:
+            return 0.0, 0.0
+        return (end[1] - start[1]) / dt, (end[2] - start[2]) / dt
+
+
+class _Reporter(Callback):
+    """Links `fit` to its job: hands over the trainer, records throughput, samples, stops abandoned runs."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        self.job = job
+        self.next_sample = 0.0
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        job = self.job
+        job.trainer = trainer
+        job._rate.append((time.monotonic(), trainer.step, trainer.history.tokens_seen))
+        self.next_sample = time.monotonic() + job.sample_every_s / 2
+        if job._stop_requested:
+            trainer.request_stop(job._stop_requested)
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        job, now = self.job, time.monotonic()
+        job._rate.append((now, trainer.step, trainer.history.tokens_seen))
+        if now - job.last_poll > ABANDONED_S:
+            log.warning("nobody watches training run %s: stopping it", job.checkpoint_dir)
+            trainer.request_stop(ABANDONED)
+        if now >= self.next_sample and trainer.step < trainer.total_steps:
+            job._sample(trainer.step)
+            self.next_sample = time.monotonic() + job.sample_every_s
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self.job._sample(trainer.step)
+
+
+def checkpoint_interval(steps: int) -> int:
+    return max(50, steps // 10)
+
+
+def eval_interval(steps: int) -> int:
+    return max(10, steps // 30)
+
+
+# rendering ------------------------------------------------------------------------------------
+def loss_frame(snapshot: Snapshot, lang: str) -> pd.DataFrame:
+    """Rows (step, loss, split) for `gr.LinePlot`: the train loss averaged into at most
+    `PLOT_POINTS` points, plus the validation loss.
+
+    Empty until the first evaluation: Gradio's plot keeps the colour legend of the first data it
+    draws, so a first frame with train rows only would hide the validation line for good.
+    """
+    train_name, valid_name = t(lang, "plot.train"), t(lang, "plot.validation")
+    rows: list[tuple[int, float, str]] = []
+    if not snapshot.evaluations:
+        return empty_frame()
+    steps, losses = snapshot.steps, snapshot.losses
+    if steps:
+        size = max(1, math.ceil(len(steps) / PLOT_POINTS))
+        for start in range(0, len(steps), size):
+            chunk = losses[start : start + size]
+            rows.append((steps[min(start + size, len(steps)) - 1], sum(chunk) / len(chunk), train_name))
+    rows += [(step, loss, valid_name) for step, loss in snapshot.evaluations]
+    return pd.DataFrame(rows, columns=["step", "loss", "split"])
+
+
+def empty_frame() -> pd.DataFrame:
+    return pd.DataFrame([], columns=["step", "loss", "split"])
+
+
+def status_text(job: TrainingJob, snapshot: Snapshot, lang: str) -> str:
+    """Markdown status of a run: progress, losses, throughput, ETA; then the outcome when done."""
+    lines = [
+        t(
+            lang,
+            "train.header",
+            corpus=job.data.corpus_label,
+            tokens=_count(job.data.tokens),
+            params=_count(job.model.num_parameters()),
+            vocab=job.data.tokenizer.vocab_size,
+            context=job.config.context,
+        )
+    ]
+    if snapshot.phase == "starting":
+        lines.append(t(lang, "train.starting"))
+        return "\n\n".join(lines)
+    parts = [t(lang, "train.step", step=snapshot.step, total=snapshot.total)]
+    if snapshot.loss is not None:
+        parts.append(t(lang, "train.loss", loss=f"{snapshot.loss:.3f}"))
+    if snapshot.validation_loss is not None:
+        parts.append(t(lang, "train.val_loss", loss=f"{snapshot.validation_loss:.3f}"))
+    parts.append(t(lang, "train.speed", rate=f"{snapshot.tokens_per_second:,.0f}".replace(",", " ")))
+    parts.append(t(lang, "train.elapsed", time=_clock(snapshot.elapsed)))
+    if snapshot.phase == "training" and snapshot.eta is not None:
+        parts.append(t(lang, "train.eta", time=_clock(snapshot.eta)))
+    lines.append(" · ".join(parts))
+    if snapshot.phase == "done":
+        lines.append(outcome_text(job, lang))
+    return "\n\n".join(lines)
+
+
+def outcome_text(job: TrainingJob, lang: str) -> str:
+    if job.error is not None:
+        return t(lang, "train.failed", error=_error_text(job.error, lang))
+    reason = job.stop_reason
+    if reason in (None, "max_steps") or job.completed:
+        return t(lang, "train.finished", step=job.steps_done)
+    if reason == "max_time":
+        return t(lang, "train.time_limit", step=job.steps_done, minutes=f"{job.max_minutes:g}")
+    return t(lang, "train.stopped", step=job.steps_done)
+
+
+def _error_text(err: BaseException, lang: str) -> str:
+    if isinstance(err, UserError):
+        return err.message(lang)
+    return f"{type(err).__name__}: {err}"
+
+
+def sample_text(job: TrainingJob, lang: str) -> str:
+    if job.last_sample is None:
+        return ""
+    step, text = job.last_sample
+    return t(lang, "train.sample_at", step=step) + "\n" + text
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} M"
+    if n >= 1_000:
+        return f"{n / 1e3:.0f} K"
+    return str(n)
+
+
+def resume_config(job: TrainingJob, steps: int, settings: Settings) -> TrainConfig:
+    """The stopped run's settings with a new step target, which must lie beyond the steps done."""
+    if steps > settings.max_steps:
+        raise UserError("error.too_many_steps", steps=steps, limit=settings.max_steps)
+    if steps <= job.steps_done:
+        raise UserError("error.resume_done", step=job.steps_done)
+    return dataclasses.replace(job.config, steps=steps)
