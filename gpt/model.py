@@ -27,6 +27,34 @@ KVCache = tuple[tuple[Tensor, Tensor], ...]
 """One `(key, value)` pair per layer, each `[batch, heads, seq, head_size]`."""
 
 
+class KVBuffer:
+    """One layer's keys and values in storage allocated once for the whole context.
+
+    Decoding appends each step's entries in place instead of concatenating (and so copying) the
+    whole past every step. It reads as a `(key, value)` pair of views `[batch, heads, seq, head_size]`,
+    so it can stand wherever a past pair can.
+    """
+
+    def __init__(self, batch: int, heads: int, capacity: int, head_size: int, like: Tensor) -> None:
+        self.keys = like.new_empty(batch, heads, capacity, head_size)
+        self.values = like.new_empty(batch, heads, capacity, head_size)
+        self.length = 0
+
+    def append(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Store `key`/`value` `[batch, heads, new, head_size]` after the past; return everything so far."""
+        end = self.length + key.shape[2]
+        self.keys[:, :, self.length : end] = key
+        self.values[:, :, self.length : end] = value
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def __getitem__(self, index: int) -> Tensor:
+        return (self.keys, self.values)[index][:, :, : self.length]
+
+    def __len__(self) -> int:
+        return 2
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -46,7 +74,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        if past is not None:
+        if isinstance(past, KVBuffer):
+            k, v = past.append(k, v)  # (B, nh, P+T, hs), written in place
+        elif past is not None:
             k = torch.cat((past[0], k), dim=2)  # (B, nh, P+T, hs)
             v = torch.cat((past[1], v), dim=2)
         y = F.scaled_dot_product_attention(
@@ -58,7 +88,7 @@ class CausalSelfAttention(nn.Module):
             is_causal=mask is None and T > 1,  # attention_bias returns None only when this is right
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        return self.resid_dropout(self.c_proj(y)), past if isinstance(past, KVBuffer) else (k, v)
 
 
 class MLP(nn.Module):
@@ -219,7 +249,12 @@ class GPT(GenerationMixin, nn.Module):
     def decode_step(
         self, input_ids: Tensor, past: KVCache | None, attention_mask: Tensor, position_ids: Tensor
     ) -> tuple[Tensor, KVCache]:
-        """One step of the shared decoding loop: last-position logits `[batch, vocab]` and the cache."""
+        """One step of the shared decoding loop: last-position logits `[batch, vocab]` and the cache.
+
+        The cache is a `KVBuffer` per layer, sized for the whole context at the first step.
+        """
+        if past is None:
+            past = self.new_cache(input_ids.shape[0])
         logits, presents = self(
             input_ids,
             past_key_values=past,
@@ -229,6 +264,12 @@ class GPT(GenerationMixin, nn.Module):
             last_logits_only=True,
         )
         return logits[:, -1, :], presents
+
+    def new_cache(self, batch: int) -> tuple[KVBuffer, ...]:
+        """An empty key/value cache for `batch` rows and the whole context, one buffer per layer."""
+        c = self.config
+        weight = self.transformer.wte.weight
+        return tuple(KVBuffer(batch, c.num_heads, c.max_seq_len, c.head_size, weight) for _ in range(c.num_layers))
 
     def fit(self, train_loader: Any, valid_loader: Any = None, num_epoch: int = 1, **options: Any) -> Any:
         """Train the model; see `gpt.training.fit` for every option."""
@@ -284,8 +325,10 @@ def attention_bias(attention_mask: Tensor | None, past_len: int, seq_len: int, d
     (SDPA's `is_causal=True` is top-left aligned and wrong once there is a cache). Padding keys are
     hidden, but every query always sees itself so no row is fully masked.
     """
-    if attention_mask is None and (past_len == 0 or seq_len == 1):
-        return None  # is_causal (no past) or nothing to hide (one new token sees everything)
+    if seq_len == 1:  # one new token may see every real key: only padding to hide
+        return None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, P+1)
+    if attention_mask is None and past_len == 0:
+        return None  # plain causal attention
     total = past_len + seq_len
     key_pos = torch.arange(total, device=device)
     query_pos = key_pos[past_len:, None]  # (T, 1)

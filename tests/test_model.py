@@ -156,3 +156,19 @@ def test_matches_hugging_face_gpt2():
         for i in range(20, 33):
             logits, past = ours(ids[:, i : i + 1], past_key_values=past)
             torch.testing.assert_close(logits[:, 0], expected[:, i], atol=1e-5, rtol=0)
+
+
+def test_kv_buffer_decoding_matches_concatenated_cache():
+    model = tiny()
+    ids = torch.randint(0, 97, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    buffers = model.new_cache(batch=2)
+    logits, buffers = model(ids[:, :5], past_key_values=buffers, attention_mask=mask[:, :5])
+    _, pairs = model(ids[:, :5], use_cache=True)
+    for i in range(5, 12):
+        step_logits, buffers = model(ids[:, i : i + 1], past_key_values=buffers, attention_mask=mask[:, : i + 1])
+        expected, pairs = model(ids[:, i : i + 1], past_key_values=pairs)
+        torch.testing.assert_close(step_logits, expected, atol=1e-6, rtol=0)
+    for (k, v), (k_ref, v_ref) in zip(buffers, pairs):  # a buffer reads as its (key, value) views
+        assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
+    assert buffers[0].keys.shape[2] == model.max_seq_len  # allocated once for the whole context
