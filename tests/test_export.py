@@ -45,14 +45,6 @@ def _train(model: GPT, ids: torch.Tensor, steps: int = 250, batch: int = 16, seq
     model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on 2 shared cores: a second torch thread only waits for a busy core (10-80x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="session")
 def tokenizer() -> Tokenizer:

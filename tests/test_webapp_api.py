@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from gradio_client.client import Job
 from gradio_client.exceptions import AppError
@@ -42,13 +41,6 @@ TINY = dict(
 )
 WORDS = "the cat sat on a mat and the dog ran to the sun while birds sang кот сидел на ковре".split()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

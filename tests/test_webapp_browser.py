@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from webapp.app import build_demo, launch_kwargs
 from webapp.settings import Settings
@@ -46,8 +45,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1)
     demo = build_demo(settings)
     with socket.socket() as sock:
@@ -58,7 +55,6 @@ def server(tmp_path_factory):
     )
     yield address.rstrip("/"), demo
     demo.close()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

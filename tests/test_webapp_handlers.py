@@ -13,7 +13,6 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import pytest
-import torch
 
 from webapp import archive, backends, corpus, generation, training
 from webapp.handlers import Handlers
@@ -33,13 +32,6 @@ TINY = dict(
 )
 WORDS = "the cat sat on a mat and the dog ran to the sun while birds sang кот сидел на ковре".split()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Request:
