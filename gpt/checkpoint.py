@@ -4,19 +4,16 @@ A training checkpoint (`step-00000123/` under a checkpoint folder) is the same f
 resume needs: `optimizer.safetensors`, `trainer_state.json` and `rng.safetensors`.
 
 No pickle anywhere. Every file is written under a temporary name and renamed into place, and a
-training checkpoint folder is written whole under a temporary name and renamed too, so an
-interrupted save never leaves a half-written file or folder where a good one was. Reading a missing,
+training checkpoint folder is written whole under a temporary name and renamed too (`gpt.files`),
+so an interrupted save never leaves a half-written file or folder where a good one was. Reading a missing,
 truncated or mismatched file raises `CheckpointError` naming the file and the problem.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model as save_safetensors
 
 from gpt.config import GPTConfig
+from gpt.files import atomic_folder, atomic_write
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -44,42 +42,6 @@ _DEVICE_OPTIONS = ("foreach", "fused", "capturable")  # optimizer settings that 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt or does not fit the model."""
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_folder(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a new temporary folder beside `path`, then rename it to `path`.
-
-    An existing `path` is moved aside only once the new folder is complete, then deleted.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        write(tmp)
-        if path.exists():
-            old = tmp.with_suffix(".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None = None) -> Path:

@@ -4,7 +4,6 @@ UTF-8 text encodes without unknown tokens and decodes back exactly."""
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Union
@@ -15,6 +14,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gpt.data import read_texts
+from gpt.files import atomic_write
 
 EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
@@ -131,15 +131,7 @@ class Tokenizer:
     def save(self, path: PathLike) -> Path:
         """Write atomically to file `path` (or `path/tokenizer.json` if it is a folder); return the file."""
         file = _tokenizer_file(path)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json_str())
-            os.replace(tmp, file)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(file, lambda tmp: tmp.write_text(self.to_json_str(), encoding="utf-8"))
         return file
 
     @classmethod

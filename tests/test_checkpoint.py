@@ -169,3 +169,16 @@ def test_stopping_and_resuming_trains_exactly_like_one_run(tmp_path, dropout, st
     assert_same_weights(straight, resumed)
     for name in ("steps", "loss", "learning_rate", "tokens", "train_loss", "validation_loss"):
         assert getattr(resumed.history, name) == getattr(straight.history, name), name
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    from gpt import GPT, Tokenizer
+
+    umask = os.umask(0)
+    os.umask(umask)
+    model = GPT(vocab_size=257, max_seq_len=8, emb_size=8, num_heads=2, num_layers=1)
+    model.save(tmp_path / "m", tokenizer=Tokenizer())
+    for file in (tmp_path / "m").iterdir():
+        assert file.stat().st_mode & 0o777 == 0o666 & ~umask, file.name
