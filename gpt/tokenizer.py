@@ -4,6 +4,7 @@ UTF-8 text encodes without unknown tokens and decodes back exactly."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Union
@@ -19,6 +20,10 @@ from gpt.files import atomic_write
 EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
 N_BYTES = 256
+_PIECE_CHARS = 16_384  # encode texts in pieces of about this size
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+"""A single newline between two non-space characters: GPT-2's pre-tokenizer regex makes that newline
+a token of its own whatever follows the text, so a cut after it changes no token."""
 _CHUNK_LINES = 256  # lines per training chunk: lets the trainer split work across threads
 
 PathLike = Union[str, os.PathLike]
@@ -73,12 +78,23 @@ class Tokenizer:
         return self
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (no special tokens added)."""
-        return self._backend.encode(text, add_special_tokens=False).ids
+        """Token ids of `text` (no special tokens added); long texts are encoded in parallel pieces."""
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, encoded in parallel."""
-        return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+        """Token ids of each text.
+
+        Each text is cut into pieces of about `_PIECE_CHARS` at boundaries where the byte-level
+        pre-tokenizer splits anyway, and the pieces are encoded in parallel without offsets: the
+        same ids as one `encode` call, several times faster.
+        """
+        pieces = [_pieces(text) for text in texts]
+        flat = self._backend.encode_batch_fast([p for text in pieces for p in text], add_special_tokens=False)
+        ids, start = [], 0
+        for text in pieces:
+            ids.append([i for encoding in flat[start : start + len(text)] for i in encoding.ids])
+            start += len(text)
+        return ids
 
     def decode(
         self, ids: Sequence[int] | torch.Tensor | np.ndarray, skip_special_tokens: bool = False
@@ -198,3 +214,16 @@ def _line_chunks(text: str) -> Iterator[str]:
     lines = text.splitlines(keepends=True)
     for start in range(0, len(lines), _CHUNK_LINES):
         yield "".join(lines[start : start + _CHUNK_LINES])
+
+
+def _pieces(text: str) -> list[str]:
+    """`text` cut at `_SAFE_CUT` boundaries into pieces of at least `_PIECE_CHARS` (or fewer, at the end)."""
+    pieces, start = [], 0
+    while len(text) - start > _PIECE_CHARS:
+        cut = _SAFE_CUT.search(text, start + _PIECE_CHARS)
+        if cut is None:
+            break
+        pieces.append(text[start : cut.start()])
+        start = cut.start()
+    pieces.append(text[start:])
+    return pieces
