@@ -10,7 +10,6 @@ from tiny_training import StopAt, assert_same_weights, byte_loaders, made_text, 
 from gpt import GPT, CheckpointError, Tokenizer, checkpoint
 from gpt.callbacks import ModelCheckpoint
 
-
 TEXT = made_text(60)  # 24 training batches of 8 x 16 bytes
 TRAINING_FILES = {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json", "rng.safetensors"}
 

@@ -13,7 +13,6 @@ from gpt import GPT, checkpoint
 from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from gpt.training import CosineSchedule, Trainer, TrainingOptions, evaluate, fit
 
-
 SMALL_TEXT = made_text(60)  # 24 training batches of 8 x 16 bytes
 
 

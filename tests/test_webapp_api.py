@@ -21,6 +21,7 @@ from gradio_client import Client, handle_file
 from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
+from webapp_common import TINY, WORDS
 
 from webapp.app import build_demo, launch_kwargs
 from webapp.settings import Settings
@@ -28,18 +29,6 @@ from webapp.settings import Settings
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
 
 DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-api-test-downloads"
-TINY = dict(
-    num_layers=1,
-    num_heads=2,
-    emb_size=16,
-    context=16,
-    vocab_size=300,
-    learning_rate=1e-2,
-    batch_size=8,
-    dropout=0.0,
-    device="cpu",
-)
-WORDS = "the cat sat on a mat and the dog ran to the sun while birds sang кот сидел на ковре".split()
 
 
 

@@ -13,25 +13,12 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import pytest
+from webapp_common import TINY, WORDS
 
 from webapp import archive, backends, corpus, generation, training
 from webapp.handlers import Handlers
 from webapp.i18n import EN, LANGUAGES, RU, TABLES, Msg, UserError, language, t
 from webapp.settings import MB, Settings
-
-TINY = dict(
-    num_layers=1,
-    num_heads=2,
-    emb_size=16,
-    context=16,
-    vocab_size=300,
-    learning_rate=1e-2,
-    batch_size=8,
-    dropout=0.0,
-    device="cpu",
-)
-WORDS = "the cat sat on a mat and the dog ran to the sun while birds sang кот сидел на ковре".split()
-
 
 
 class Request:
