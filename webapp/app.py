@@ -37,6 +37,11 @@ def _disabled_choice_css(elem_id: str, values: list[str]) -> str:
     )
 
 
+def _setting(key: str, value: float, integer: bool = False) -> gr.Number:
+    """One advanced training setting: label `train.<key>`, element id `train-<key>`."""
+    return gr.Number(value, label=I18N(f"train.{key}"), precision=0 if integer else None, elem_id=f"train-{key}")
+
+
 def build_demo(settings: Settings | None = None) -> gr.Blocks:
     settings = settings or Settings.from_env()
     h = Handlers(settings)
@@ -90,36 +95,19 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                         )
                         with gr.Accordion(I18N("train.advanced"), open=False, elem_id="train-advanced"):
                             with gr.Row():
-                                layers = gr.Number(
-                                    tiny.num_layers, label=I18N("train.layers"), precision=0, elem_id="train-layers"
-                                )
-                                heads = gr.Number(
-                                    tiny.num_heads, label=I18N("train.heads"), precision=0, elem_id="train-heads"
-                                )
+                                layers = _setting("layers", tiny.num_layers, integer=True)
+                                heads = _setting("heads", tiny.num_heads, integer=True)
                             with gr.Row():
-                                emb = gr.Number(
-                                    tiny.emb_size, label=I18N("train.emb"), precision=0, elem_id="train-emb"
-                                )
-                                context = gr.Number(
-                                    tiny.context, label=I18N("train.context"), precision=0, elem_id="train-context"
-                                )
+                                emb = _setting("emb", tiny.emb_size, integer=True)
+                                context = _setting("context", tiny.context, integer=True)
                             with gr.Row():
-                                vocab = gr.Number(
-                                    tiny.vocab_size, label=I18N("train.vocab"), precision=0, elem_id="train-vocab"
-                                )
-                                batch = gr.Number(
-                                    tiny.batch_size, label=I18N("train.batch"), precision=0, elem_id="train-batch"
-                                )
+                                vocab = _setting("vocab", tiny.vocab_size, integer=True)
+                                batch = _setting("batch", tiny.batch_size, integer=True)
                             with gr.Row():
-                                lr = gr.Number(tiny.learning_rate, label=I18N("train.lr"), elem_id="train-lr")
-                                steps = gr.Number(
-                                    min(tiny.steps, settings.max_steps),
-                                    label=I18N("train.steps"),
-                                    precision=0,
-                                    elem_id="train-steps",
-                                )
+                                lr = _setting("lr", tiny.learning_rate)
+                                steps = _setting("steps", min(tiny.steps, settings.max_steps), integer=True)
                             with gr.Row():
-                                dropout = gr.Number(tiny.dropout, label=I18N("train.dropout"), elem_id="train-dropout")
+                                dropout = _setting("dropout", tiny.dropout)
                                 device = gr.Radio(
                                     [(d.label, d.name) for d in train_devices.values()],
                                     value="cpu",
