@@ -1,7 +1,10 @@
 """Tokenizer speed: training a 4096-token byte-level BPE on the first 1 MB of Shakespeare, and encoding.
 
 - ours: `gpt.Tokenizer.train(text, vocab_size=4096)` (Hugging Face `tokenizers` underneath), then
-  `encode(text)` of the whole 1 MB string and `encode_batch(lines)` of its lines;
+  `encode(text)` of the whole 1 MB string by the freshly trained tokenizer (cold caches: what
+  encoding a corpus once costs), `encode(text)` again (warm caches), and `encode_batch(lines)`;
+- `tokenizers` alone: a fresh `tokenizers.Tokenizer` loaded from the same trained tokenizer.json,
+  `encode(text)` on 1 thread (what `gpt.Tokenizer` wraps; the ids are checked equal);
 - reference: the plain-Python BPE below, the algorithm class of the original project (start from
   characters; every merge recounts all adjacent pairs over the whole text, merges the most
   frequent one everywhere, repeat; encoding repeatedly applies the lowest-ranked merge present).
@@ -92,6 +95,8 @@ def main() -> None:
     os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(args.threads)
 
     from bench.common import environment_lines, median_span, print_table, set_threads
+    from tokenizers import Tokenizer as HFTokenizer
+
     from gpt import Tokenizer
 
     set_threads(args.threads)
@@ -106,11 +111,11 @@ def main() -> None:
     piece_bytes = len(piece.encode())
     target_merges = VOCAB - 256
 
-    results: dict[str, list[float]] = {k: [] for k in ("train", "encode", "batch", "ref_train", "ref_encode")}
+    steps = ["train", "ref_train", "encode", "encode_warm", "backend", "batch", "ref_encode"]
+    results: dict[str, list[float]] = {k: [] for k in steps}
     tokenizer = None
     reference = None
     for round_ in range(repeats):
-        steps = ["train", "ref_train", "encode", "batch", "ref_encode"]
         k = round_ % 2  # alternate which trainer runs first
         for step in steps[k : k + 1] + steps[1 - k : 2 - k] + steps[2:]:
             started = time.perf_counter()
@@ -120,9 +125,16 @@ def main() -> None:
             elif step == "ref_train":
                 reference = ReferenceBPE().train(piece, merges)
                 results[step].append(time.perf_counter() - started)
-            elif step == "encode":
+            elif step in ("encode", "encode_warm"):
                 ids = tokenizer.encode(text)
                 results[step].append(size / MB / (time.perf_counter() - started))
+            elif step == "backend":
+                backend = HFTokenizer.from_str(tokenizer.to_json_str())
+                started = time.perf_counter()
+                backend_ids = backend.encode(text, add_special_tokens=False).ids
+                results[step].append(size / MB / (time.perf_counter() - started))
+                if backend_ids != ids:
+                    raise SystemExit("gpt.Tokenizer.encode and tokenizers' encode gave different ids")
             elif step == "batch":
                 batch_ids = tokenizer.encode_batch(lines)
                 results[step].append(size / MB / (time.perf_counter() - started))
@@ -146,11 +158,14 @@ def main() -> None:
             f"{statistics.median(extrapolated) / statistics.median(results['train']):,.0f}x slower than ours",
         ],
         [
-            "ours `encode(text)`, one 1 MB string",
+            "ours `encode(text)`, one 1 MB string, fresh tokenizer",
             median_span(results["encode"], "{:.2f}"),
             "MB/s",
-            f"{bytes_per_token:.2f} bytes/token",
+            f"{bytes_per_token:.2f} bytes/token; ÷ tokenizers: "
+            f"{statistics.median(results['encode']) / statistics.median(results['backend']):.2f}",
         ],
+        ["ours `encode(text)` again (warm word cache)", median_span(results["encode_warm"], "{:.2f}"), "MB/s", "-"],
+        ["`tokenizers` alone: `encode(text)`, fresh, same ids", median_span(results["backend"], "{:.2f}"), "MB/s", "1 thread"],
         [
             f"ours `encode_batch(lines)`, {len(lines):,} lines",
             median_span(results["batch"], "{:.2f}"),
