@@ -5,9 +5,11 @@ Budget: 4 layers, 4 heads, emb 128, context 64, batch 12, 2000 steps, dropout 0;
 - `default`: byte-level tokenizer (no merges), `fit` with its default settings;
 - `nanoGPT config`: the same, with nanoGPT's own optimisation settings (the reference row);
 - `default, BPE`: the project's default BPE tokenizer, same budget; its validation loss is also
-  given per byte (total nats / bytes), so the tokenizers compare fairly.
+  given per byte (total nats / bytes), so the tokenizers compare fairly;
+- `default, bf16`: the default row with bf16 autocast forced on (fp32 master weights), to show
+  what bf16 costs in quality.
 
-    python bench/quality.py [--steps 2000] [--rows default,nanogpt,bpe] [--threads 1] [--repeats 1] [--quick]
+    python bench/quality.py [--steps 2000] [--rows default,nanogpt,bpe,bf16] [--threads 1] [--repeats 1] [--quick]
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ ROWS = {
     "default": ("bytes", {}),
     "nanogpt": ("bytes", NANOGPT),
     "bpe": ("bpe", {}),
+    "bf16": ("bytes", {"precision": "bf16"}),
 }
-LABELS = {"default": "default fit, bytes", "nanogpt": "nanoGPT config, bytes", "bpe": "default fit, BPE 4096"}
+LABELS = {"default": "default fit, bytes", "nanogpt": "nanoGPT config, bytes", "bpe": "default fit, BPE 4096", "bf16": "default fit, bf16 autocast, bytes"}
 
 
 def run(row: str, text: str, steps: int, seed: int, fit_overrides: dict | None = None, model_overrides: dict | None = None) -> dict:
@@ -73,7 +76,7 @@ def run(row: str, text: str, steps: int, seed: int, fit_overrides: dict | None =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
-    parser.add_argument("--rows", default="default,nanogpt,bpe", help="comma-separated rows: " + ", ".join(ROWS))
+    parser.add_argument("--rows", default="default,nanogpt,bpe,bf16", help="comma-separated rows: " + ", ".join(ROWS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="seeds per row; the table gives medians (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="200 steps (a smoke run, under a minute)")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_training import SHAKESPEARE, StopAt, assert_same_weights, byte_loaders, made_text, tiny_model
 
-from gpt import GPT, checkpoint
+from gpt import GPT, checkpoint, training
 from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from gpt.training import CosineSchedule, Trainer, TrainingOptions, evaluate, fit
 
@@ -122,7 +122,7 @@ def test_weight_decay_only_on_2d_weights_and_tied_embedding_once():
     model = tiny_model()
     train, _ = byte_loaders(SMALL_TEXT)
     trainer = Trainer(model, train, None, TrainingOptions(weight_decay=0.1))
-    assert trainer.bf16 is False  # precision "auto" is fp32 on the CPU
+    assert trainer.bf16 is False  # precision "auto" is fp32 for a model this narrow
     decay, no_decay = trainer.optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
@@ -262,6 +262,20 @@ def test_bf16_on_cpu_runs_and_lowers_the_loss():
     model.fit(train, valid, learning_rate=3e-3, precision="bf16", progress=False)
     assert model.validation_loss[-1] < initial - 1.0
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_picks_bf16_on_native_bf16_cpus_for_wide_models(monkeypatch: pytest.MonkeyPatch, native: bool):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    wide = GPT(vocab_size=260, max_seq_len=16, emb_size=training.CPU_BF16_MIN_EMB, num_heads=4, num_layers=1)
+    narrow = GPT(vocab_size=260, max_seq_len=16, emb_size=training.CPU_BF16_MIN_EMB // 2, num_heads=4, num_layers=1)
+    cpu = torch.device("cpu")
+    assert training.bf16_pays(wide, cpu) is native and training.bf16_pays(narrow, cpu) is False
+    train, _ = byte_loaders(SMALL_TEXT, seq_len=16)
+    assert Trainer(wide, train, None, TrainingOptions()).bf16 is native
+    assert Trainer(wide, train, None, TrainingOptions(precision="fp32")).bf16 is False
+    assert Trainer(narrow, train, None, TrainingOptions(precision="bf16")).bf16 is True
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
