@@ -91,20 +91,23 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text: the same ids as the backend's `encode`, several times faster.
 
-        Each text is cut into pieces of about `_PIECE_CHARS` at boundaries where the byte-level
-        pre-tokenizer splits anyway. Pieces the `WordCache` covers are encoded word by word from
-        its cache; the rest go to the backend together, which encodes them in parallel.
+        Text the `WordCache` covers is encoded word by word from its cache. Other text is cut into
+        pieces of about `_PIECE_CHARS` at boundaries where the byte-level pre-tokenizer splits
+        anyway; covered pieces still use the cache, the rest go to the backend together, which
+        encodes them in parallel.
         """
-        pieces = [_pieces(text) for text in texts]
-        encoded = iter(self._encode_pieces([p for text in pieces for p in text]))
+        pieces = [self._pieces(text) for text in texts]
+        flat = [piece for text in pieces for piece in text]
+        rest = iter(self._backend.encode_batch_fast([p for p, cached in flat if not cached], add_special_tokens=False))
+        encoded = iter([self._words.encode(p) if cached else next(rest).ids for p, cached in flat])
         return [list(chain.from_iterable(islice(encoded, len(text)))) for text in pieces]
 
-    def _encode_pieces(self, pieces: list[str]) -> list[list[int]]:
+    def _pieces(self, text: str) -> list[tuple[str, bool]]:
+        """`text` whole when the word cache covers it, else cut into pieces; each with whether it is covered."""
         words = self._words
-        cached = [words is not None and words.covers(piece) for piece in pieces]
-        rest = [piece for piece, hit in zip(pieces, cached) if not hit]
-        encoded = iter(self._backend.encode_batch_fast(rest, add_special_tokens=False))
-        return [words.encode(piece) if hit else next(encoded).ids for piece, hit in zip(pieces, cached)]
+        if words is not None and words.covers(text):
+            return [(text, True)]
+        return [(piece, words is not None and words.covers(piece)) for piece in _cut(text)]
 
     def decode(
         self, ids: Sequence[int] | torch.Tensor | np.ndarray, skip_special_tokens: bool = False
@@ -226,7 +229,7 @@ def _line_chunks(text: str) -> Iterator[str]:
         yield "".join(lines[start : start + _CHUNK_LINES])
 
 
-def _pieces(text: str) -> list[str]:
+def _cut(text: str) -> list[str]:
     """`text` cut at `_SAFE_CUT` boundaries into pieces of at least `_PIECE_CHARS` (or fewer, at the end)."""
     pieces, start = [], 0
     while len(text) - start > _PIECE_CHARS:

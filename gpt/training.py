@@ -235,26 +235,27 @@ class Trainer:
     def run(self) -> TrainingHistory:
         """Train until every epoch has run or training stops; see `fit`."""
         try:
-            if self.options.resume:
-                self._resume()
-            elif self.checkpoint_dir is not None and latest_checkpoint(self.checkpoint_dir) is not None:
-                raise ValueError(
-                    f"{self.checkpoint_dir} already holds checkpoints of another run: "
-                    "pass resume=True to continue it, or use another checkpoint_dir"
-                )
-            if self.is_main:
-                precision = "bf16" if self.bf16 else "fp32"
-                message = "training to step %d on %s (%s, world size %d)"
-                logger.info(message, self.total_steps, self.device, precision, self.world_size)
-            self._started = time.monotonic()
-            self.model.train()
-            self._call("on_train_begin")
-            while self.epoch < self.options.num_epoch and not self._should_stop():
-                self._run_epoch()
-                self._end_epoch()
-                if self.batch >= self.batches_per_epoch:
-                    self.epoch, self.batch = self.epoch + 1, 0
-            return self._finish()
+            with _stop_on_sigterm(self):
+                if self.options.resume:
+                    self._resume()
+                elif self.checkpoint_dir is not None and latest_checkpoint(self.checkpoint_dir) is not None:
+                    raise ValueError(
+                        f"{self.checkpoint_dir} already holds checkpoints of another run: "
+                        "pass resume=True to continue it, or use another checkpoint_dir"
+                    )
+                if self.is_main:
+                    precision = "bf16" if self.bf16 else "fp32"
+                    message = "training to step %d on %s (%s, world size %d)"
+                    logger.info(message, self.total_steps, self.device, precision, self.world_size)
+                self._started = time.monotonic()
+                self.model.train()
+                self._call("on_train_begin")
+                while self.epoch < self.options.num_epoch and not self._should_stop():
+                    self._run_epoch()
+                    self._end_epoch()
+                    if self.batch >= self.batches_per_epoch:
+                        self.epoch, self.batch = self.epoch + 1, 0
+                return self._finish()
         finally:
             if self.dist is not None and self.dist.owns_group:
                 dist.destroy_process_group()
@@ -615,6 +616,28 @@ def _deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if received and callable(previous):
         previous(*received[0])
+
+
+@contextmanager
+def _stop_on_sigterm(trainer: Trainer) -> Iterator[None]:
+    """Make SIGTERM stop training after the current step, with its final checkpoint (main thread only).
+
+    torchrun stops its workers with SIGTERM on Ctrl-C; so do `kill`, schedulers and containers.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        logger.warning("SIGTERM: stopping after step %d", trainer.step + 1)
+        trainer.request_stop("terminated")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

@@ -202,20 +202,19 @@ def test_shakespeare_training() -> None:
     assert tok.decode(ids) == text
 
 
-def test_piecewise_encoding_equals_one_backend_call():
-    """`encode` cuts long texts where the pre-tokenizer splits anyway: the ids must not change."""
+def test_piecewise_encoding_equals_one_backend_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text the word cache does not cover ("²" splits differently in `re`) is cut where the
+    pre-tokenizer splits anyway and encoded piece by piece: the ids must not change."""
     from gpt import tokenizer as module
 
     rng = random.Random(0)
-    alphabet = ["a", "b", "word", " ", "\n", "\n\n", "  ", "\t", "é", "Ж", "🙂", "'s", "1", ".", EOS_TOKEN, "\r\n"]
+    alphabet = ["a", "b", "word", " ", "\n", "\n\n", "  ", "\t", "é", "Ж", "🙂", "'s", "1", ".", EOS_TOKEN, "\r\n", "²"]
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3000))) for _ in range(60)]
     tok = Tokenizer.train(texts, vocab_size=400)
-    pieces_before = module._PIECE_CHARS
-    module._PIECE_CHARS = 64  # many cuts even in short texts
-    try:
-        for text in texts:
-            assert tok.encode(text) == tok._backend.encode(text, add_special_tokens=False).ids
-        assert tok.encode_batch(texts[:5]) == [tok._backend.encode(t, add_special_tokens=False).ids for t in texts[:5]]
-        assert len(module._pieces("ab\ncd\nef" * 50)) > 1
-    finally:
-        module._PIECE_CHARS = pieces_before
+    monkeypatch.setattr(module, "_PIECE_CHARS", 64)  # many cuts even in short texts
+    assert len(module._cut("ab\ncd\nef" * 50)) > 1
+    pieces = tok._pieces(texts[0])
+    assert len(pieces) > 1 and {cached for _, cached in pieces} == {True, False}  # both paths in one text
+    for text in texts:
+        assert tok.encode(text) == tok._backend.encode(text, add_special_tokens=False).ids
+    assert tok.encode_batch(texts[:5]) == [tok._backend.encode(t, add_special_tokens=False).ids for t in texts[:5]]

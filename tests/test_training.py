@@ -249,6 +249,24 @@ def test_ctrl_c_during_an_optimizer_step_completes_the_step_then_stops(tmp_path)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path):
+    """What torchrun sends its workers on Ctrl-C (and `kill`, schedulers, containers on shutdown)."""
+
+    class TermInThirdStep(Callback):
+        def on_batch_end(self, trainer: Trainer) -> None:
+            if trainer.step == 3:
+                signal.raise_signal(signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    history = model.fit(train, checkpoint_dir=tmp_path, callbacks=[TermInThirdStep()], progress=False)
+    assert history.stop_reason == "terminated" and len(history.loss) == 3
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step-00000003"
+    assert_same_weights(GPT.load(checkpoint.latest_checkpoint(tmp_path)), model)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_model_checkpoint_needs_a_checkpoint_dir():
     train, _ = byte_loaders(SMALL_TEXT)
     with pytest.raises(ValueError, match="checkpoint_dir"):
