@@ -2,9 +2,12 @@
 
 One graph serves prefill and decode: the first step feeds zero-length pasts `[batch, heads, 0,
 head_size]`. Batch, sequence and past lengths are dynamic. The torch.onnx dynamo exporter does the
-work; the TorchScript exporter is a fallback used only when the dynamo exporter fails (it gives
-the same parity here but is deprecated). The folder is built beside `out_dir` and renamed into
-place only after the graph checks and the parity run pass, so a failed export leaves nothing.
+work and writes a graph fused for onnxruntime (attention with its cache as one contrib op per
+layer, `export.attention`; skip-layer-norms and GELUs, `export.fusion`). The TorchScript exporter
+is a fallback used only when the dynamo exporter fails: it gives the same parity here but is
+deprecated and its graph is not fused (slower on small models). The folder is built beside
+`out_dir` and renamed into place only after the graph checks and the parity run pass, so a failed
+export leaves nothing.
 """
 
 from __future__ import annotations
@@ -141,8 +144,14 @@ def _example_inputs(model: GPT) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, .
     return input_ids, attention_mask, position_ids, cache
 
 
-def _export_dynamo(wrapper: nn.Module, args: tuple, path: Path, opset: int, external: bool) -> None:
+def _export_dynamo(wrapper: _ExportWrapper, args: tuple, path: Path, opset: int, external: bool) -> None:
+    """The dynamo exporter, with attention and its cache as one contrib op per layer
+    (`export.attention`) and the other transformer fusions (`export.fusion`) applied before saving."""
     from torch.export import Dim
+
+    # Imported here: onnxscript and its rewriter cost about a second to import, which loading an
+    # export for inference should not pay; an onnxscript too old for them means the fallback.
+    from export import attention, fusion
 
     batch, seq = Dim(signature.BATCH), Dim(signature.SEQUENCE)
     past, total = Dim(signature.PAST_SEQUENCE, min=0), Dim(signature.TOTAL_SEQUENCE)
@@ -153,20 +162,21 @@ def _export_dynamo(wrapper: nn.Module, args: tuple, path: Path, opset: int, exte
         {0: batch, 1: seq},
         tuple({0: batch, 2: past} for _ in range(2 * num_layers)),
     )
-    with _quiet_exporter():
-        torch.onnx.export(
+    with _quiet_exporter(), attention.cached_attention_blocks(wrapper.model):
+        program = torch.onnx.export(
             wrapper,
             args,
-            str(path),
             dynamo=True,
             dynamic_shapes=dynamic_shapes,
             input_names=signature.input_names(num_layers),
             output_names=signature.output_names(num_layers),
             opset_version=opset,
-            external_data=external,
+            custom_translation_table=attention.TRANSLATIONS,
             optimize=True,
             verbose=False,
         )
+    log.info("fused %s", ", ".join(f"{count} {op}" for op, count in fusion.fuse(program.model).items()))
+    program.save(str(path), external_data=external)
 
 
 def _export_torchscript(wrapper: nn.Module, args: tuple, path: Path, opset: int) -> None:

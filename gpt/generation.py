@@ -115,13 +115,15 @@ def generate_stream(
         else:
             positions = positions + 1
             logits, past = step(tokens[:, end - 1 : end], past, mask[:, start:end], positions)
-        logits = logits.float()
+        if logits.dtype != torch.float32:  # a no-op torch call still costs ~10 us a step beside onnxruntime
+            logits = logits.float()
         if config.repetition_penalty != 1.0:
             if seen is None:
                 seen = _seen_tokens(tokens[:, :prompt_len], mask[:, :prompt_len], logits.shape[-1])
             logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
         next_token = _choose(logits, config, generator)
-        next_token = torch.where(finished, pad_token_id, next_token)
+        if stop.numel():  # rows finish only on a stop token
+            next_token = torch.where(finished, pad_token_id, next_token)
         tokens[:, end] = next_token
         end += 1
         if seen is not None:

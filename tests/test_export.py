@@ -5,6 +5,7 @@ Exports take seconds each, so the folders most tests share are session fixtures.
 """
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from export import TOLERANCES, ExportError, OnnxGPT, ProviderError, Tolerance, compare, onnx_export, to_onnx
+from export import TOLERANCES, ExportError, OnnxGPT, ProviderError, Tolerance, attention, compare, onnx_export, to_onnx
 from export.runtime import PROVIDERS, session_options
 from gpt import GPT, CheckpointError, Tokenizer
 
@@ -160,6 +161,42 @@ def test_one_graph_runs_prefill_from_an_empty_cache_and_decode(random_dir, rando
     assert logits.shape == (1, 1, random_model.config.vocab_size) and past[0].shape == (1, heads, 4, size)
 
 
+@pytest.mark.parametrize("shape", [RANDOM, TRAINED])
+def test_cached_attention_is_the_models_attention(tokenizer, shape):
+    """The export-time attention (the contrib op's torch twin) gives the model's logits and cache,
+    for a left-padded prefill and a cached step; the model is restored afterwards."""
+    model = _model(tokenizer, **shape)
+    ids, mask = _prompts(model.config.vocab_size, 6, 3)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    empty = tuple((torch.zeros(3, model.config.num_heads, 0, model.config.head_size),) * 2 for _ in model.transformer.h)
+    with torch.no_grad():
+        expected, past = model(ids, empty, mask, positions, use_cache=True)
+        step = (ids[:, :1], past, torch.cat([mask, torch.ones_like(ids[:, :1])], 1), positions[:, -1:] + 1)
+        expected_step, expected_cache = model(*step, use_cache=True)
+        with attention.cached_attention_blocks(model):
+            assert all(isinstance(block.attn, attention.CachedAttention) for block in model.transformer.h)
+            actual, actual_past = model(ids, empty, mask, positions, use_cache=True)
+            actual_step, actual_cache = model(*step, use_cache=True)
+    assert not any(isinstance(block.attn, attention.CachedAttention) for block in model.transformer.h)
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(actual_step, expected_step)
+    torch.testing.assert_close((actual_past, actual_cache), (past, expected_cache))
+
+
+def test_graph_is_fused_for_onnxruntime(random_dir, trained_dir):
+    """Attention with its cache is one contrib op per layer and the causal/padding mask is built
+    once per step; with biases (the GPT-2 default) residual adds, layer norms and GELUs are fused too."""
+    for folder in (random_dir, trained_dir):
+        ops = Counter(node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node)
+        layers = json.loads((folder / "config.json").read_text())["num_layers"]
+        assert ops["MultiHeadAttention"] == layers and ops["Where"] == 1
+        assert not ops["Concat"] and not ops["Reshape"] and ops["Transpose"] <= 1  # 1: a tied LM head's weight
+    ops = Counter(node.op_type for node in onnx.load(str(trained_dir / "model.onnx")).graph.node)
+    assert ops["SkipLayerNormalization"] == 2 * layers + 1 and ops["FastGelu"] == layers
+    assert not ops["LayerNormalization"] and ops["Add"] <= 1  # 1: past + new length, for the mask
+    assert sum(ops.values()) <= 9 * layers + 20
+
+
 # --- fp32 parity ---------------------------------------------------------------------------------
 
 
@@ -216,7 +253,7 @@ def test_reduced_precision_graphs(reduced_dir, trained_dir):
     assert types["logits"] == "float32"
     if precision == "fp16":  # for the CUDA provider: fp16 cache, fused LayerNorm, fp32 logits
         assert types["past_key_values.0.key"] == types["present.0.key"] == "float16"
-        assert "LayerNormalization" in ops
+        assert {"SkipLayerNormalization", "MultiHeadAttention"} <= ops  # fused ops, fp16 kernels on CUDA
     else:  # dynamic quantization: int8 weights, fp32 cache
         assert types["past_key_values.0.key"] == "float32"
         assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
