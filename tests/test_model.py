@@ -172,3 +172,25 @@ def test_kv_buffer_decoding_matches_concatenated_cache():
     for (k, v), (k_ref, v_ref) in zip(buffers, pairs):  # a buffer reads as its (key, value) views
         assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
     assert buffers[0].keys.shape[2] == model.max_seq_len  # allocated once for the whole context
+
+
+def test_decode_step_head_copy_follows_weight_changes():
+    """`decode_step` multiplies by a cached `[emb, vocab]` copy of the head: it must never go stale."""
+    model = tiny()
+    ids = torch.randint(0, 97, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    positions = torch.arange(6).expand(2, 6)
+
+    def check() -> None:
+        logits, _ = model.decode_step(ids, None, mask, positions)
+        torch.testing.assert_close(logits, model(ids)[:, -1], atol=1e-5, rtol=0)
+
+    check()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(ids).sum().backward()
+    optimizer.step()  # an in-place update of the tied head
+    check()
+    model.load_state_dict(tiny().state_dict())  # a copy into the same storage
+    check()
+    model.lm_head.weight.data = torch.randn_like(model.lm_head.weight)  # new storage
+    check()
