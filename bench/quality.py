@@ -3,13 +3,14 @@
 Budget: 4 layers, 4 heads, emb 128, context 64, batch 12, 2000 steps, dropout 0; first 90% of
 ../shared/data/shakespeare.txt trains, the last 10% validates. Rows:
 - `default`: byte-level tokenizer (no merges), `fit` with its default settings;
+- `adamw`: the default row with `optimizer="adamw"` (AdamW everywhere, the original design);
 - `nanoGPT config`: the same, with nanoGPT's own optimisation settings (the reference row);
 - `default, BPE`: the project's default BPE tokenizer, same budget; its validation loss is also
   given per byte (total nats / bytes), so the tokenizers compare fairly;
 - `default, bf16`: the default row with bf16 autocast forced on (fp32 master weights), to show
   what bf16 costs in quality.
 
-    python bench/quality.py [--steps 2000] [--rows default,nanogpt,bpe,bf16] [--threads 1] [--repeats 1] [--quick]
+    python bench/quality.py [--steps 2000] [--rows default,adamw,nanogpt,bpe,bf16] [--threads 1] [--repeats 1] [--quick]
 """
 
 from __future__ import annotations
@@ -34,14 +35,17 @@ from gpt.training import evaluate
 DATA = Path(__file__).resolve().parents[2] / "shared/data/shakespeare.txt"
 SHAPE = dict(max_seq_len=64, emb_size=128, num_heads=4, num_layers=4, dropout=0.0)
 BATCH = 12
-NANOGPT = dict(learning_rate=1e-3, min_lr_ratio=0.1, warmup_steps=100, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0)
+NANOGPT = dict(
+    optimizer="adamw", learning_rate=1e-3, min_lr_ratio=0.1, warmup_steps=100, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0
+)
 ROWS = {
     "default": ("bytes", {}),
+    "adamw": ("bytes", {"optimizer": "adamw"}),
     "nanogpt": ("bytes", NANOGPT),
     "bpe": ("bpe", {}),
     "bf16": ("bytes", {"precision": "bf16"}),
 }
-LABELS = {"default": "default fit, bytes", "nanogpt": "nanoGPT config, bytes", "bpe": "default fit, BPE 4096", "bf16": "default fit, bf16 autocast, bytes"}
+LABELS = {"default": "default fit (Muon + AdamW), bytes", "adamw": "default fit with optimizer='adamw', bytes", "nanogpt": "nanoGPT config, bytes", "bpe": "default fit, BPE 4096", "bf16": "default fit, bf16 autocast, bytes"}
 
 
 def run(row: str, text: str, steps: int, seed: int, fit_overrides: dict | None = None, model_overrides: dict | None = None) -> dict:
@@ -76,7 +80,7 @@ def run(row: str, text: str, steps: int, seed: int, fit_overrides: dict | None =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
-    parser.add_argument("--rows", default="default,nanogpt,bpe,bf16", help="comma-separated rows: " + ", ".join(ROWS))
+    parser.add_argument("--rows", default="default,adamw,nanogpt,bpe,bf16", help="comma-separated rows: " + ", ".join(ROWS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="seeds per row; the table gives medians (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="200 steps (a smoke run, under a minute)")

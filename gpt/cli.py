@@ -15,6 +15,7 @@ from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.data import encode_corpus, make_loaders, read_texts
 from gpt.generation import PRESETS
 from gpt.model import GPT
+from gpt.optim import OPTIMIZERS
 from gpt.tokenizer import Tokenizer
 
 log = logging.getLogger("gpt")
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--lr", type=float, default=None, help="peak learning rate (default: fit's default)")
     fit.add_argument("--valid-fraction", type=float, default=0.1, help="last part of the text held out for validation (default: %(default)s)")
     fit.add_argument("--eval-interval", type=int, default=None, help="evaluate every N steps (default: each epoch)")
+    fit.add_argument("--optimizer", choices=OPTIMIZERS, default="muon", help="muon: Muon for the block matrices, AdamW for the rest; adamw: AdamW everywhere (default: %(default)s)")
     fit.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="autocast precision (default: %(default)s)")
     fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
     fit.add_argument("--seed", type=int, default=0, help="seed for weights and data order (default: %(default)s)")
@@ -145,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     ids = encode_corpus(texts, tokenizer)
     train_loader, valid_loader = make_loaders(ids, model.max_seq_len, args.batch_size, args.valid_fraction, seed=args.seed)
     print(f"{len(ids):,} tokens ({tokenizer.vocab_size} vocab), {model.num_parameters():,} parameters, device {model.device}")
-    fit_options = dict(checkpoint_dir=checkpoints, max_steps=args.steps, max_time=args.max_time, eval_interval=args.eval_interval, precision=args.precision, resume=resume_from is not None)
+    fit_options = dict(checkpoint_dir=checkpoints, max_steps=args.steps, max_time=args.max_time, eval_interval=args.eval_interval, optimizer=args.optimizer, precision=args.precision, resume=resume_from is not None)
     if args.lr is not None:
         fit_options["learning_rate"] = args.lr
     started = time.perf_counter()

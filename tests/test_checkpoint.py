@@ -34,7 +34,7 @@ def test_checkpoint_folder_layout(tmp_path):
     state = json.loads((folder / "trainer_state.json").read_text())
     assert (state["step"], state["epoch"], state["batch"]) == (5, 0, 5)
     assert state["history"]["loss"] == model.history.loss
-    assert len(state["optimizer_param_groups"]) == 2
+    assert len(state["optimizer_param_groups"]) == 3  # Muon; AdamW with and without weight decay
     assert GPT.load(folder).tokenizer.encode("hé") == model.tokenizer.encode("hé")
 
 

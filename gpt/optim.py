@@ -1,0 +1,103 @@
+"""The optimizer `fit` trains with.
+
+- "muon" (the default): `torch.optim.Muon` for the weight matrices inside the transformer blocks,
+  AdamW for everything else (the embeddings and the tied LM head, biases, layer norms), the split
+  Muon's authors recommend. Muon's learning rate is scaled to match AdamW's update size
+  (`adjust_lr_fn="match_rms_adamw"`), so one learning rate and schedule drive both. In nanoGPT's
+  Shakespeare budget (bench/quality.py) it reached 1.63 nats/byte where AdamW reached 1.77 with
+  the same settings; its Newton-Schulz iterations (in bf16) make a step 10-30% slower on this CPU.
+- "adamw": AdamW everywhere, the original design.
+
+AdamW decays 2-D weights only; `model.parameters()` yields a tied embedding once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+if TYPE_CHECKING:
+    from gpt.model import GPT
+    from gpt.training import TrainingOptions
+
+OPTIMIZERS = ("muon", "adamw")
+
+
+def muon_available() -> bool:
+    return hasattr(torch.optim, "Muon")  # torch >= 2.9
+
+
+def make_optimizer(model: GPT, options: TrainingOptions, device: torch.device) -> Optimizer | MultiOptimizer:
+    """The optimizer named by `options.optimizer` over `model`'s trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if options.optimizer == "adamw":
+        return _adamw(params, options, device)
+    in_blocks = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2}
+    muon = torch.optim.Muon(
+        [p for p in params if id(p) in in_blocks],
+        lr=options.learning_rate,
+        weight_decay=options.weight_decay,
+        adjust_lr_fn="match_rms_adamw",
+    )
+    return MultiOptimizer(muon, _adamw([p for p in params if id(p) not in in_blocks], options, device))
+
+
+def _adamw(params: list[Tensor], options: TrainingOptions, device: torch.device) -> torch.optim.AdamW:
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": options.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=options.learning_rate, betas=options.betas, **fast)
+
+
+class MultiOptimizer:
+    """Several optimizers stepped as one, and seen as one.
+
+    `param_groups` concatenates theirs (so a schedule sets every learning rate), and the state dict
+    numbers the parameters across all of them in that order, as a single optimizer's does: the
+    checkpoint code saves and restores it like any `torch.optim.Optimizer`.
+    """
+
+    def __init__(self, *optimizers: Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[int, Any] = {}
+        groups: list[dict[str, Any]] = []
+        offset = 0
+        for optimizer in self.optimizers:
+            saved = optimizer.state_dict()
+            state.update({offset + index: values for index, values in saved["state"].items()})
+            groups += [{**group, "params": [offset + i for i in group["params"]]} for group in saved["param_groups"]]
+            offset += sum(len(group["params"]) for group in saved["param_groups"])
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        groups = iter(state_dict["param_groups"])
+        offset = 0
+        for optimizer in self.optimizers:
+            own = [next(groups) for _ in optimizer.param_groups]
+            indices = [i for group in own for i in group["params"]]
+            optimizer.load_state_dict(
+                {
+                    "state": {i - offset: state_dict["state"][i] for i in indices if i in state_dict["state"]},
+                    "param_groups": [{**group, "params": [i - offset for i in group["params"]]} for group in own],
+                }
+            )
+            offset += len(indices)
