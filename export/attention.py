@@ -114,7 +114,7 @@ class CachedAttention(nn.Module):
     def forward(self, x: Tensor, past: tuple[Tensor, Tensor], mask: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """`mask` is `gpt.model.attention_bias`'s boolean `[batch, 1, seq, past + seq]` (True = may attend)."""
         attention = self.attention
-        query, key, value = F.linear(x, attention.c_attn.weight).split(attention.num_heads * attention.head_size, dim=2)
+        query, key, value = F.linear(x, attention.c_attn.weight.t()).split(attention.num_heads * attention.head_size, dim=2)
         additive = torch.where(mask, 0.0, float("-inf"))  # (B, 1, T, P+T), the same in every layer
         y, present_key, present_value = cached_attention(
             query, key, value, attention.c_attn.bias, additive, past[0], past[1], attention.num_heads

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model as save_safetensors
 
 from gpt.config import GPTConfig
@@ -47,7 +47,10 @@ class CheckpointError(ValueError):
 def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write `model` (a `GPT`) and its tokenizer into folder `path`; weights first, config last."""
     folder = Path(path)
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_safetensors(model, str(tmp), metadata={"format": "pt"}))
+    from gpt.model import LINEAR_LAYOUT
+
+    metadata = {"format": "pt", "linear_layout": LINEAR_LAYOUT}
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_safetensors(model, str(tmp), metadata=metadata))
     if tokenizer is not None:
         atomic_write(folder / TOKENIZER_FILE, lambda tmp: tokenizer.save(tmp))
     atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(model.config.to_json() + "\n", encoding="utf-8"))
@@ -64,13 +67,36 @@ def read_config(path: str | Path) -> GPTConfig:
 
 def read_weights(model: nn.Module, path: str | Path) -> None:
     """Load `model.safetensors` into `model` in place; every tensor must be present with its shape."""
+    from gpt.model import LINEAR_LAYOUT
+
     file = _existing(Path(path), WEIGHTS_FILE)
+    device = str(next(model.parameters()).device)
     try:
-        load_model(model, str(file), strict=True, device=str(next(model.parameters()).device))
+        with safe_open(str(file), "pt") as weights:
+            layout = (weights.metadata() or {}).get("linear_layout")
+        if layout == LINEAR_LAYOUT:
+            load_model(model, str(file), strict=True, device=device)
+        else:
+            _load_out_in_weights(model, load_file(str(file), device=device))
     except SafetensorError as err:
         raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({err})") from err
     except RuntimeError as err:
         raise CheckpointError(f"{file}: weights do not match {Path(path) / CONFIG_FILE} ({err})") from err
+
+
+def _load_out_in_weights(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a weights file of simple-llm before `Conv1D`, whose block matrices were `[out, in]`."""
+    from gpt.model import Conv1D
+
+    for name, module in model.named_modules():
+        if isinstance(module, Conv1D) and f"{name}.weight" in state:
+            state[f"{name}.weight"] = state[f"{name}.weight"].t().contiguous()
+    head, embedding = "lm_head.weight", "transformer.wte.weight"  # safetensors stores a tied pair once
+    shared = state.get(head, state.get(embedding))
+    if getattr(model.config, "tie_embeddings", False) and shared is not None:
+        state.setdefault(head, shared)
+        state.setdefault(embedding, shared)
+    model.load_state_dict(state, strict=True)  # a missing or misshapen tensor: RuntimeError
 
 
 def read_tokenizer(path: str | Path) -> Tokenizer | None:

@@ -55,13 +55,34 @@ class KVBuffer:
         return 2
 
 
+class Conv1D(nn.Module):
+    """A linear layer that stores its weight as `[in_features, out_features]`: GPT-2's "Conv1D".
+
+    Decoding multiplies one row by each weight. MKL on this project's AMD CPU streams that layout
+    faster than `nn.Linear`'s `[out, in]` (a whole decode step: 1.09x at shape S, 1.21x at M),
+    and training runs at the same speed. GPT-2 checkpoints use it too, so they load untransposed.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.t(), self.bias)  # a transposed view: no copy
+
+
+LINEAR_LAYOUT = "in_out"
+"""How `Conv1D` weights are stored, written into each weights file (see `gpt.checkpoint`)."""
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.num_heads = config.num_heads
         self.head_size = config.head_size
-        self.c_attn = nn.Linear(config.emb_size, 3 * config.attn_size, bias=config.bias)  # fused QKV
-        self.c_proj = nn.Linear(config.attn_size, config.emb_size, bias=config.bias)
+        self.c_attn = Conv1D(config.emb_size, 3 * config.attn_size, bias=config.bias)  # fused QKV
+        self.c_proj = Conv1D(config.attn_size, config.emb_size, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -95,9 +116,9 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         hidden = config.mlp_ratio * config.emb_size
-        self.c_fc = nn.Linear(config.emb_size, hidden, bias=config.bias)
+        self.c_fc = Conv1D(config.emb_size, hidden, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new
-        self.c_proj = nn.Linear(hidden, config.emb_size, bias=config.bias)
+        self.c_proj = Conv1D(hidden, config.emb_size, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -183,9 +204,9 @@ class GPT(GenerationMixin, nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (nn.Linear, Conv1D, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
+        if isinstance(module, (nn.Linear, Conv1D)) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     @property
@@ -307,17 +328,15 @@ class GPT(GenerationMixin, nn.Module):
         return model.eval()
 
     def load_gpt2_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Copy weights from a Hugging Face `GPT2LMHeadModel` state dict (its Conv1D weights are transposed)."""
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        """Copy weights from a Hugging Face `GPT2LMHeadModel` state dict (same names, same layout)."""
         own = self.state_dict()
         with torch.no_grad():
             for name, tensor in _gpt2_parameters(state_dict):
                 if name not in own:
                     raise KeyError(f"GPT-2 parameter {name!r} has no counterpart in this model")
-                value = tensor.t() if name.endswith(transposed) else tensor
-                if value.shape != own[name].shape:
-                    raise ValueError(f"{name}: GPT-2 shape {tuple(value.shape)} != ours {tuple(own[name].shape)}")
-                own[name].copy_(value)
+                if tensor.shape != own[name].shape:
+                    raise ValueError(f"{name}: GPT-2 shape {tuple(tensor.shape)} != ours {tuple(own[name].shape)}")
+                own[name].copy_(tensor)
 
 
 def _gpt2_parameters(state_dict: Mapping[str, Tensor]) -> Iterator[tuple[str, Tensor]]:

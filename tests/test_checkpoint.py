@@ -181,3 +181,18 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     model.save(tmp_path / "m", tokenizer=Tokenizer())
     for file in (tmp_path / "m").iterdir():
         assert file.stat().st_mode & 0o777 == 0o666 & ~umask, file.name
+
+
+def test_weights_saved_before_conv1d_load_transposed(tmp_path: Path) -> None:
+    """simple-llm first stored the block matrices `[out, in]` (nn.Linear), without a layout mark."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model().eval()
+    folder = model.save(tmp_path / "new")
+    weights = load_file(str(folder / checkpoint.WEIGHTS_FILE))
+    old = {name: t.t().contiguous() if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else t for name, t in weights.items()}
+    save_file(old, str(folder / checkpoint.WEIGHTS_FILE), metadata={"format": "pt"})
+    loaded = GPT.load(folder)
+    assert_same_weights(loaded, model)
+    ids = torch.randint(0, 256, (1, 8))
+    torch.testing.assert_close(loaded(ids), model(ids))

@@ -51,7 +51,7 @@ def test_from_config_builds_the_same_shape():
 
 def test_head_size_may_differ_from_emb_size():
     model = tiny(head_size=6)  # attention width 24, residual width 32
-    assert model.transformer.h[0].attn.c_attn.weight.shape == (3 * 24, 32)
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (32, 3 * 24)  # [in, out], as GPT-2 stores it
     assert model(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 97)
 
 

@@ -164,7 +164,7 @@ def test_gradient_accumulation_matches_one_big_batch():
         model.fit(train, max_steps=5, grad_accum_steps=accum, optimizer="adamw", progress=False)
         models.append(model)
     for a, b in zip(models[0].parameters(), models[1].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=5e-6)  # float sums in another order
 
 
 def test_callbacks_are_called_in_order():
