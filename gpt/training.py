@@ -9,6 +9,7 @@ checkpoint folder, and `fit` returns normally with the reason in `stop_reason`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -282,6 +283,7 @@ class Trainer:
             "batch": self.batch,
             "epoch_loss": self._epoch_loss,
             "world_size": self.world_size,
+            "optimizer": self.options.optimizer,
             "schedule": asdict(self.schedule),
             "history": self.history.to_dict(),
         }
@@ -427,6 +429,10 @@ class Trainer:
             return
         if checkpoint.read_config(folder) != self.model.config:
             raise CheckpointError(f"{folder / checkpoint.CONFIG_FILE}: does not match the model being trained")
+        saved = _saved_optimizer(folder)
+        if saved not in (None, self.options.optimizer):
+            file = folder / checkpoint.TRAINER_STATE_FILE
+            raise CheckpointError(f"{file}: trained with optimizer={saved!r}; resume it with optimizer={saved!r}")
         checkpoint.read_weights(self.model, folder)
         state, rng = checkpoint.read_training_state(folder, self.optimizer)
         with _reading(folder / checkpoint.TRAINER_STATE_FILE):
@@ -614,6 +620,15 @@ def _deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if received and callable(previous):
         previous(*received[0])
+
+
+def _saved_optimizer(folder: Path) -> str | None:
+    """The optimizer a checkpoint was trained with ("adamw" before it was recorded); None if unreadable."""
+    try:
+        state = json.loads((folder / checkpoint.TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        return state.get("optimizer", "adamw")
+    except (OSError, ValueError, AttributeError):
+        return None  # read_training_state reports what is wrong with the file
 
 
 @contextmanager

@@ -134,8 +134,10 @@ def test_adamw_decays_2d_weights_only_and_sees_the_tied_embedding_once():
 def test_resuming_with_another_optimizer_is_a_clear_error(tmp_path):
     train, _ = byte_loaders(SMALL_TEXT)
     tiny_model().fit(train, max_steps=2, checkpoint_dir=tmp_path, optimizer="adamw", progress=False)
-    with pytest.raises(checkpoint.CheckpointError, match="trainer_state.json"):
+    with pytest.raises(checkpoint.CheckpointError, match="resume it with optimizer='adamw'"):
         tiny_model().fit(train, max_steps=4, checkpoint_dir=tmp_path, resume=True, progress=False)
+    history = tiny_model().fit(train, max_steps=4, checkpoint_dir=tmp_path, resume=True, optimizer="adamw", progress=False)
+    assert history.steps == [1, 2, 3, 4]
 
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
