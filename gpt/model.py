@@ -238,9 +238,6 @@ class GPT(GenerationMixin, nn.Module):
         Returns logits `[batch, seq, vocab]` (`[batch, 1, vocab]` with `last_logits_only`), plus the
         present key/value cache when `use_cache` is set or a past is given.
         """
-        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        if not torch.compiler.is_exporting():
-            self._check_length(past_len, input_ids.shape[1], past_key_values)
         x, presents = self._hidden_states(input_ids, past_key_values, attention_mask, position_ids)
         if last_logits_only:
             x = x[:, -1:, :]  # (B, 1, C): the LM head on the last position only
@@ -255,6 +252,8 @@ class GPT(GenerationMixin, nn.Module):
         """The final layer norm's output `[batch, seq, emb]` (what the LM head reads) and the presents."""
         T = input_ids.shape[1]
         past_len = 0 if past is None else past[0][0].shape[2]
+        if not torch.compiler.is_exporting():
+            self._check_length(past_len, T, past)
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past_len, T, input_ids.device)
         mask = attention_bias(attention_mask, past_len, T, input_ids.device)
@@ -284,7 +283,6 @@ class GPT(GenerationMixin, nn.Module):
         """
         if past is None:
             past = self.new_cache(input_ids.shape[0])
-        self._check_length(past[0][0].shape[2], input_ids.shape[1], past)
         hidden, presents = self._hidden_states(input_ids, past, attention_mask, position_ids)
         return hidden[:, -1, :] @ self._head_columns(), presents
 

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -606,18 +606,27 @@ def _lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor
 
 
 @contextmanager
-def _deferred_interrupt() -> Iterator[None]:
-    """Hold back Ctrl-C until the block has run (main thread only; others never get SIGINT)."""
-    previous = signal.getsignal(signal.SIGINT)
+def _handling(signum: int, handler: Callable[[int, Any], None]) -> Iterator[Any]:
+    """Run the block with `handler` for `signum` and yield the handler it replaced; in a thread other
+    than the main one (which never receives signals), or over a handler set outside Python, change
+    nothing and yield None."""
+    previous = signal.getsignal(signum)
     if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield
+        yield None
         return
-    received: list[tuple[int, Any]] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    signal.signal(signum, handler)
     try:
-        yield
+        yield previous
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous)
+
+
+@contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold back Ctrl-C until the block has run."""
+    received: list[tuple[int, Any]] = []
+    with _handling(signal.SIGINT, lambda signum, frame: received.append((signum, frame))) as previous:
+        yield
     if received and callable(previous):
         previous(*received[0])
 
@@ -633,24 +642,17 @@ def _saved_optimizer(folder: Path) -> str | None:
 
 @contextmanager
 def _stop_on_sigterm(trainer: Trainer) -> Iterator[None]:
-    """Make SIGTERM stop training after the current step, with its final checkpoint (main thread only).
+    """Make SIGTERM stop training after the current step, with its final checkpoint.
 
     torchrun stops its workers with SIGTERM on Ctrl-C; so do `kill`, schedulers and containers.
     """
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield
-        return
 
     def stop(signum: int, frame: Any) -> None:
         logger.warning("SIGTERM: stopping after step %d", trainer.step + 1)
         trainer.request_stop("terminated")
 
-    signal.signal(signal.SIGTERM, stop)
-    try:
+    with _handling(signal.SIGTERM, stop):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
