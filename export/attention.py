@@ -1,4 +1,4 @@
-"""Attention with its key/value cache as one onnxruntime `MultiHeadAttention` node.
+"""Attention with its key/value cache as one onnxruntime `GroupQueryAttention` node per layer.
 
 The dynamo exporter turns `F.scaled_dot_product_attention` plus the cache concatenation into
 about 25 small ONNX nodes per layer (reshapes, transposes, concats, a NaN guard around the
@@ -6,12 +6,20 @@ softmax), and at batch-1 decode sizes onnxruntime's cost is per node, not per FL
 export time (never in `gpt/`) each block's attention is swapped for `CachedAttention`, which
 calls the custom op `simple_llm::cached_attention`: eager and during tracing it runs the same
 math as `gpt.model.CausalSelfAttention`; the exporter writes it as one
-`com.microsoft.MultiHeadAttention` node that adds the QKV bias, splits heads, appends the new
-keys/values to the past (`present_key`/`present_value`, `[batch, heads, total, head_size]`)
-and applies the additive attention bias (the causal + padding mask, built once per step and
-shared by every layer). onnxruntime's CPU provider has a float32 kernel (float16 graphs run it
-behind inserted casts), its CUDA provider float32 and float16 kernels (not tested here); other
-ONNX runtimes do not know the op.
+`com.microsoft.GroupQueryAttention` node (as many key/value heads as query heads) that splits
+the packed QKV projection into heads, writes the new keys/values into the cache and applies the
+additive attention bias (the causal + padding mask, built once per step and shared by every
+layer).
+
+The cache is a buffer of the whole context per layer and tensor, `[batch, heads, max_seq_len,
+head_size]`: the past and the present of a layer have that same shape, and the new entries go
+to positions `past .. past + seq - 1`, where `past + seq` is the attention mask's width. When the
+caller binds one buffer as both the past input and the present output (`export.runtime` does,
+through IOBinding), onnxruntime writes the step's entries in place instead of copying the whole
+past every step ("past_present_share_buffer"); bound separately, it copies the past first.
+onnxruntime's CPU provider has float32 and float16 kernels; other ONNX runtimes do not know the op.
+Limits of the op: the head size must be a multiple of 8 (`supports`; other models are exported
+with plain attention), and a step of several tokens after a non-empty past needs batch 1.
 """
 
 from __future__ import annotations
@@ -19,59 +27,66 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import onnx
 import onnxscript
 import torch
 import torch.nn.functional as F
 from onnx.defs import OpSchema
+from onnxscript import opset18 as op
 from torch import Tensor, nn
 
-from gpt.model import GPT, CausalSelfAttention
+from gpt.config import GPTConfig
+from gpt.model import GPT, CausalSelfAttention, KVBuffer
+
+
+def supports(config: GPTConfig) -> bool:
+    """Whether onnxruntime's op runs this model: its kernels need a head size that is a multiple of 8."""
+    return config.head_size % 8 == 0
 
 
 @torch.library.custom_op("simple_llm::cached_attention", mutates_args=())
 def cached_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    bias: Tensor | None,
-    attention_bias: Tensor,
-    past_key: Tensor,
-    past_value: Tensor,
-    num_heads: int,
+    qkv: Tensor, attention_bias: Tensor, past_key: Tensor, past_value: Tensor, num_heads: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """`MultiHeadAttention` semantics: query/key/value `[batch, seq, heads * head_size]` (plus
-    `bias` `[3 * heads * head_size]` when given), the additive `attention_bias`
-    `[batch, 1, seq, past + seq]` and the past `[batch, heads, past, head_size]`; returns the
-    attention output `[batch, seq, heads * head_size]` and the presents `[batch, heads, past + seq, head_size]`."""
-    if bias is not None:
-        query, key, value = (x + b for x, b in zip((query, key, value), bias.chunk(3)))
-    batch, seq, width = query.shape
+    """`GroupQueryAttention` semantics: the packed projection `qkv` `[batch, seq, 3 * heads *
+    head_size]`, the additive `attention_bias` `[batch, 1, seq, total]` and the cache buffers
+    `[batch, heads, capacity, head_size]` whose first `total - seq` positions hold the past.
+    Returns the attention output `[batch, seq, heads * head_size]` and the buffers with the new
+    keys/values at positions `total - seq .. total - 1`."""
+    batch, seq, width = qkv.shape
+    total = attention_bias.shape[-1]
 
     def heads(x: Tensor) -> Tensor:
         return x.view(batch, seq, num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
 
-    present_key = torch.cat((past_key, heads(key)), dim=2)  # (B, nh, P+T, hs)
-    present_value = torch.cat((past_value, heads(value)), dim=2)
-    y = F.scaled_dot_product_attention(heads(query), present_key, present_value, attn_mask=attention_bias)
-    return y.transpose(1, 2).reshape(batch, seq, width), present_key, present_value
+    query, key, value = (heads(x) for x in qkv.split(width // 3, dim=2))
+    present_key = past_key.slice_scatter(key, dim=2, start=total - seq, end=total)
+    present_value = past_value.slice_scatter(value, dim=2, start=total - seq, end=total)
+    y = F.scaled_dot_product_attention(
+        query, present_key[:, :, :total], present_value[:, :, :total], attn_mask=attention_bias
+    )
+    return y.transpose(1, 2).reshape(batch, seq, width // 3), present_key, present_value
 
 
 @cached_attention.register_fake
-def _(query, key, value, bias, attention_bias, past_key, past_value, num_heads):
-    batch, seq, width = query.shape
-    present = past_key.new_empty(batch, num_heads, past_key.shape[2] + seq, past_key.shape[3])
-    return query.new_empty(batch, seq, width), present, torch.empty_like(present)
+def _(qkv, attention_bias, past_key, past_value, num_heads):
+    batch, seq, width = qkv.shape
+    return qkv.new_empty(batch, seq, width // 3), torch.empty_like(past_key), torch.empty_like(past_value)
+
+
+_INTEGER_INPUTS = {"seqlens_k": "tensor(int32)", "total_sequence_length": "tensor(int32)", "position_ids": "tensor(int64)"}
 
 
 def _contrib_op(name: str, inputs: list[str], outputs: list[str], attributes: dict[str, OpSchema.AttrType]) -> onnxscript.values.Op:
     """An onnxscript handle for onnxruntime's `com.microsoft` op `name`, declared with the inputs
     and outputs used here (onnx itself has no schema for contrib ops). The first input and output
-    are required, the rest optional; every tensor is float32/float16 ("T") except `*_mask` (int32)."""
+    are required, the rest optional; every tensor is float32/float16 ("T") except the integer
+    inputs of `_INTEGER_INPUTS`."""
     optional, single = OpSchema.FormalParameterOption.Optional, OpSchema.FormalParameterOption.Single
 
     def parameters(names: list[str]) -> list[OpSchema.FormalParameter]:
         return [
-            OpSchema.FormalParameter(n, "M" if n.endswith("_mask") else "T", param_option=single if i == 0 else optional)
+            OpSchema.FormalParameter(n, _INTEGER_INPUTS.get(n, "T"), param_option=single if i == 0 else optional)
             for i, n in enumerate(names)
         ]
 
@@ -81,22 +96,32 @@ def _contrib_op(name: str, inputs: list[str], outputs: list[str], attributes: di
         1,
         inputs=parameters(inputs),
         outputs=parameters(outputs),
-        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], "")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "")],
         attributes=[OpSchema.Attribute(a, kind, "", required=True) for a, kind in attributes.items()],
     )
     return onnxscript.values.Op(onnxscript.values.Opset("com.microsoft", 1), name, schema)
 
 
-_MULTI_HEAD_ATTENTION = _contrib_op(
-    "MultiHeadAttention",
-    ["query", "key", "value", "bias", "key_padding_mask", "attention_bias", "past_key", "past_value"],
+_GROUP_QUERY_ATTENTION = _contrib_op(
+    "GroupQueryAttention",
+    ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length"]
+    + ["cos_cache", "sin_cache", "position_ids", "attention_bias"],
     ["output", "present_key", "present_value"],
-    {"num_heads": OpSchema.AttrType.INT},
+    {"num_heads": OpSchema.AttrType.INT, "kv_num_heads": OpSchema.AttrType.INT},
 )
 
 
-def _cached_attention_to_onnx(query, key, value, bias, attention_bias, past_key, past_value, num_heads: int):
-    return _MULTI_HEAD_ATTENTION(query, key, value, bias, None, attention_bias, past_key, past_value, num_heads=num_heads)
+def _cached_attention_to_onnx(qkv, attention_bias, past_key, past_value, num_heads: int):
+    # The op wants the cache position of each row's last token (seqlens_k, [batch]) and the total
+    # length (a scalar), both int32: every row has the attention mask's width, padding included.
+    # Computed from `attention_bias` alone, so every layer's copy is the same and merged.
+    total = op.Shape(attention_bias, start=3, end=4)  # [1], int64
+    last = op.Expand(op.Sub(total, op.Constant(value_ints=[1])), op.Shape(attention_bias, start=0, end=1))
+    int32 = onnx.TensorProto.INT32
+    return _GROUP_QUERY_ATTENTION(
+        qkv, None, None, past_key, past_value, op.Cast(last, to=int32), op.Cast(op.Squeeze(total), to=int32),
+        None, None, None, attention_bias, num_heads=num_heads, kv_num_heads=num_heads,
+    )
 
 
 TRANSLATIONS = {torch.ops.simple_llm.cached_attention.default: _cached_attention_to_onnx}
@@ -111,13 +136,13 @@ class CachedAttention(nn.Module):
         super().__init__()
         self.attention = attention
 
-    def forward(self, x: Tensor, past: tuple[Tensor, Tensor], mask: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """`mask` is `gpt.model.attention_bias`'s boolean `[batch, 1, seq, past + seq]` (True = may attend)."""
+    def forward(self, x: Tensor, past: KVBuffer, mask: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`past` holds the cache buffers; `mask` is `gpt.model.attention_bias`'s boolean
+        `[batch, 1, seq, past + seq]` (True = may attend)."""
         attention = self.attention
-        query, key, value = F.linear(x, attention.c_attn.weight.t()).split(attention.num_heads * attention.head_size, dim=2)
         additive = torch.where(mask, 0.0, float("-inf"))  # (B, 1, T, P+T), the same in every layer
         y, present_key, present_value = cached_attention(
-            query, key, value, attention.c_attn.bias, additive, past[0], past[1], attention.num_heads
+            attention.c_attn(x), additive, past.keys, past.values, attention.num_heads
         )
         return attention.c_proj(y), (present_key, present_value)
 

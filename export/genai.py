@@ -2,8 +2,9 @@
 
 The model type is "decoder", genai's generic decoder-only model with one key and one value
 cache tensor per layer; its "gpt2" type expects the older combined `past_{i}` layout instead.
-The cache is not shared between past and present ("past_present_share_buffer": false): our
-graph concatenates, so each present is one token longer than its past.
+With cache buffers (`export.attention`) past and present share one buffer of the whole context
+("past_present_share_buffer": true); a graph with plain attention concatenates, so each present
+is one token longer than its past (false).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ GENAI_CONFIG_FILE = "genai_config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
-def genai_config(config: GPTConfig, tokenizer: Tokenizer, model_file: str) -> dict[str, Any]:
-    """`genai_config.json` for the graph `model_file` exported from a model of `config`."""
+def genai_config(config: GPTConfig, tokenizer: Tokenizer, model_file: str, cache_buffers: bool) -> dict[str, Any]:
+    """`genai_config.json` for the graph `model_file` exported from a model of `config`, with or
+    without cache buffers."""
     eos = tokenizer.eos_token_id
     return {
         "model": {
@@ -65,7 +67,7 @@ def genai_config(config: GPTConfig, tokenizer: Tokenizer, model_file: str) -> di
             "diversity_penalty": 0.0,
             "no_repeat_ngram_size": 0,
             "early_stopping": True,
-            "past_present_share_buffer": False,
+            "past_present_share_buffer": cache_buffers,
         },
     }
 

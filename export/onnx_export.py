@@ -1,14 +1,14 @@
 """`to_onnx`: export a GPT to one ONNX graph with an explicit key/value cache, check it, prove parity.
 
-One graph serves prefill and decode: the first step feeds zero-length pasts `[batch, heads, 0,
-head_size]`. Batch, sequence and past lengths are dynamic. The torch.onnx dynamo exporter does the
-work and writes a graph fused for onnxruntime (attention with its cache as one contrib op per
-layer, `export.attention`; skip-layer-norms and GELUs, `export.fusion`). The TorchScript exporter
-is a fallback used only when the dynamo exporter fails: it gives the same parity here but is
-deprecated and its graph is not fused (slower on small models). The folder is built beside
-`out_dir` and renamed into place only after the graph checks and the parity run pass, so a failed
-export leaves nothing.
-"""
+One graph serves prefill and decode, with dynamic batch and sequence lengths. The torch.onnx
+dynamo exporter does the work and writes a graph fused for onnxruntime: attention with its cache
+is one contrib op per layer whose cache is a buffer of the whole context, written in place
+(`export.attention`; models whose head size the op cannot run keep plain attention, with pasts
+that start at length 0 and grow by concatenation), and skip-layer-norms and GELUs are fused
+(`export.fusion`). The TorchScript exporter is a fallback used only when the dynamo exporter
+fails: it gives the same parity here but is deprecated and its graph is not fused and grows its
+pasts (slower on small models). The folder is built beside `out_dir` and renamed into place only
+after the graph checks and the parity run pass, so a failed export leaves nothing."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from export import genai, signature, verify
 from export import precision as precisions
 from export.runtime import MODEL_FILE, OnnxGPT, create_session, session_options
 from gpt import checkpoint
-from gpt.model import GPT
+from gpt.model import GPT, KVBuffer
 
 log = logging.getLogger(__name__)
 
@@ -101,75 +101,86 @@ def to_onnx(
 
 
 class _ExportWrapper(nn.Module):
-    """`GPT.forward` with flat inputs and outputs, in the order of `signature.input_names`."""
+    """`GPT.forward` with flat inputs and outputs, in the order of `signature.input_names`.
 
-    def __init__(self, model: GPT) -> None:
+    With `cache_buffers`, each past tensor is a cache buffer of the whole context whose first
+    `attention_mask` width - `input_ids` length positions are filled (see `export.attention`);
+    otherwise pasts hold just the past and presents are one step longer.
+    """
+
+    def __init__(self, model: GPT, cache_buffers: bool) -> None:
         super().__init__()
         self.model = model
+        self.cache_buffers = cache_buffers
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, past: tuple[Tensor, ...]
     ) -> tuple[Tensor, ...]:
         pairs = tuple(zip(past[0::2], past[1::2]))
+        if self.cache_buffers:
+            filled = attention_mask.shape[1] - input_ids.shape[1]
+            pairs = tuple(KVBuffer(keys, values, filled) for keys, values in pairs)
         logits, presents = self.model(input_ids, pairs, attention_mask, position_ids, use_cache=True)
         return (logits, *(tensor for pair in presents for tensor in pair))
 
 
 def export_graph(model: GPT, path: Path, opset: int) -> str:
     """Write the fp32 graph of `model` to `path`; return the exporter used ("dynamo" or "torchscript")."""
-    wrapper = _ExportWrapper(model).eval()
-    args = _example_inputs(model)
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > precisions.WEIGHTS_LIMIT
     try:
-        _export_dynamo(wrapper, args, path, opset, external)
+        _export_dynamo(model, path, opset, external)
         return "dynamo"
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; the fallback is documented
         log.warning("the dynamo exporter failed (%s: %s); falling back to the TorchScript exporter", type(err).__name__, err)
         for partial in precisions.files(path):
             partial.unlink()
-    _export_torchscript(wrapper, args, path, opset)
+    _export_torchscript(model, path, opset)
     return "torchscript"
 
 
-def _example_inputs(model: GPT) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+def _example_inputs(model: GPT, capacity: int | None = None) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """Sizes >= 2 everywhere (so no dynamic dimension is specialised to 0 or 1), distinct from each
-    other; values do not matter, and position 0 fits every context length."""
+    other; values do not matter, and position 0 fits every context length. The cache tensors hold
+    `capacity` positions (cache buffers) or just the past of 4."""
     config, device = model.config, model.device
     batch, seq, past = 2, 3, 4
     input_ids = torch.zeros(batch, seq, dtype=torch.long, device=device)
     attention_mask = torch.ones(batch, past + seq, dtype=torch.long, device=device)
     position_ids = torch.zeros(batch, seq, dtype=torch.long, device=device)
-    shape = (batch, config.num_heads, past, config.head_size)
+    shape = (batch, config.num_heads, capacity or past, config.head_size)
     cache = tuple(torch.zeros(shape, device=device) for _ in range(2 * config.num_layers))  # distinct: no aliasing
     return input_ids, attention_mask, position_ids, cache
 
 
-def _export_dynamo(wrapper: _ExportWrapper, args: tuple, path: Path, opset: int, external: bool) -> None:
-    """The dynamo exporter, with attention and its cache as one contrib op per layer
-    (`export.attention`) and the other transformer fusions (`export.fusion`) applied before saving."""
+def _export_dynamo(model: GPT, path: Path, opset: int, external: bool) -> None:
+    """The dynamo exporter, with attention and its cache buffers as one contrib op per layer where
+    the op supports the model (`export.attention`; otherwise plain attention and growing pasts),
+    and the other transformer fusions (`export.fusion`) applied before saving."""
     from torch.export import Dim
 
     # Imported here: onnxscript and its rewriter cost about a second to import, which loading an
     # export for inference should not pay; an onnxscript too old for them means the fallback.
     from export import attention, fusion
 
-    batch, seq = Dim(signature.BATCH), Dim(signature.SEQUENCE)
-    past, total = Dim(signature.PAST_SEQUENCE, min=0), Dim(signature.TOTAL_SEQUENCE)
-    num_layers = len(args[3]) // 2
+    batch, seq, total = Dim(signature.BATCH), Dim(signature.SEQUENCE), Dim(signature.TOTAL_SEQUENCE)
+    config = model.config
+    buffers = attention.supports(config)
+    past = {0: batch} if buffers else {0: batch, 2: Dim(signature.PAST_SEQUENCE, min=0)}
     dynamic_shapes = (
         {0: batch, 1: seq},
         {0: batch, 1: total},  # its own dimension: past + seq cannot be one expression here
         {0: batch, 1: seq},
-        tuple({0: batch, 2: past} for _ in range(2 * num_layers)),
+        tuple(past for _ in range(2 * config.num_layers)),
     )
-    with _quiet_exporter(), attention.cached_attention_blocks(wrapper.model):
+    swap = attention.cached_attention_blocks(model) if buffers else contextlib.nullcontext()
+    with _quiet_exporter(), swap:
         program = torch.onnx.export(
-            wrapper,
-            args,
+            _ExportWrapper(model, cache_buffers=buffers).eval(),
+            _example_inputs(model, capacity=config.max_seq_len if buffers else None),
             dynamo=True,
             dynamic_shapes=dynamic_shapes,
-            input_names=signature.input_names(num_layers),
-            output_names=signature.output_names(num_layers),
+            input_names=signature.input_names(config.num_layers),
+            output_names=signature.output_names(config.num_layers),
             opset_version=opset,
             custom_translation_table=attention.TRANSLATIONS,
             optimize=True,
@@ -179,9 +190,10 @@ def _export_dynamo(wrapper: _ExportWrapper, args: tuple, path: Path, opset: int,
     program.save(str(path), external_data=external)
 
 
-def _export_torchscript(wrapper: nn.Module, args: tuple, path: Path, opset: int) -> None:
-    """The fallback. Above 2 GB it would write one external file per tensor, not `model.onnx.data`."""
-    num_layers = len(args[3]) // 2
+def _export_torchscript(model: GPT, path: Path, opset: int) -> None:
+    """The fallback: plain attention, pasts that grow by concatenation. Above 2 GB it would write
+    one external file per tensor, not `model.onnx.data`."""
+    num_layers = model.config.num_layers
     axes = {
         signature.INPUT_IDS: {0: signature.BATCH, 1: signature.SEQUENCE},
         signature.ATTENTION_MASK: {0: signature.BATCH, 1: signature.TOTAL_SEQUENCE},
@@ -193,8 +205,8 @@ def _export_torchscript(wrapper: nn.Module, args: tuple, path: Path, opset: int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice; the fallback is logged already
         torch.onnx.export(
-            wrapper,
-            args,  # the nested past tuple becomes one input per tensor
+            _ExportWrapper(model, cache_buffers=False).eval(),
+            _example_inputs(model),  # the nested past tuple becomes one input per tensor
             str(path),
             dynamo=False,
             dynamic_axes=axes,
@@ -229,7 +241,8 @@ def _write_metadata(model: GPT, folder: Path) -> None:
     """config.json, tokenizer.json and the onnxruntime-genai files."""
     model.config.save(folder / checkpoint.CONFIG_FILE)
     model.tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
-    _write_json(folder / genai.GENAI_CONFIG_FILE, genai.genai_config(model.config, model.tokenizer, MODEL_FILE))
+    buffers = signature.cache_capacity(folder / MODEL_FILE) is not None
+    _write_json(folder / genai.GENAI_CONFIG_FILE, genai.genai_config(model.config, model.tokenizer, MODEL_FILE, buffers))
     _write_json(folder / genai.TOKENIZER_CONFIG_FILE, genai.tokenizer_config(model.config))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,9 @@ class OnnxGPT(GenerationMixin):
     """An exported GPT run by onnxruntime: `generate`, `generate_stream`, `generate_text` and
     `stream_text` behave exactly as on `gpt.GPT` (same loop, same sampling).
 
-    The decoding loop's tensors live on the CPU; on CUDA the key/value cache stays on the GPU
-    between steps (IOBinding) and only the last logits come back.
+    The decoding loop's tensors live on the CPU. The cache is a `CacheBuffers` for graphs with
+    cache buffers (onnxruntime writes each step into it in place, through IOBinding), otherwise a
+    list of presents; on CUDA it stays on the GPU between steps and only the logits come back.
     """
 
     device = torch.device("cpu")
@@ -114,7 +115,11 @@ class OnnxGPT(GenerationMixin):
         missing = [name for name in signature.input_names(config.num_layers) if name not in inputs]
         if missing:
             raise ValueError(f"the ONNX model lacks inputs {missing}: was it exported by export.to_onnx for this config?")
-        self.past_dtype = np.dtype(_NUMPY_TYPES[inputs[self._past_names[0]].type])
+        past = inputs[self._past_names[0]]
+        self.past_dtype = np.dtype(_NUMPY_TYPES[past.type])
+        self.cache_capacity: int | None = past.shape[2] if isinstance(past.shape[2], int) else None
+        """Positions of the graph's cache buffers (see `CacheBuffers`); None for a graph whose
+        pasts grow by concatenation (plain attention, see `export.onnx_export`)."""
         self._on_cuda = self.provider == PROVIDERS["cuda"]
         self._empty_pasts: dict[int, list[np.ndarray]] = {}
 
@@ -141,15 +146,18 @@ class OnnxGPT(GenerationMixin):
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
-        past: Sequence[PastValue] | None = None,
-    ) -> tuple[np.ndarray, list[PastValue]]:
-        """One forward pass on int64 arrays: logits `[batch, seq, vocab]` (float32) and the presents,
-        which are the next call's `past`. `past=None` starts from an empty cache."""
+        past: CacheBuffers | Sequence[PastValue] | None = None,
+    ) -> tuple[np.ndarray, CacheBuffers | list[PastValue]]:
+        """One forward pass on int64 arrays: logits `[batch, seq, vocab]` (float32) and the cache,
+        which is the next call's `past`; `past=None` starts from an empty cache. With cache
+        buffers the cache is a `CacheBuffers` updated in place, otherwise a list of presents."""
         feeds = {
             signature.INPUT_IDS: input_ids,
             signature.ATTENTION_MASK: attention_mask,
             signature.POSITION_IDS: position_ids,
         }
+        if self.cache_capacity is not None:
+            return self._run_in_place(feeds, past or self.new_cache(input_ids.shape[0]))
         if past is None:
             past = self._empty_past(input_ids.shape[0])
         if self._on_cuda:
@@ -157,6 +165,23 @@ class OnnxGPT(GenerationMixin):
         feeds.update(zip(self._past_names, past))
         logits, *presents = self.session.run(self._output_names, feeds)
         return logits, presents
+
+    def new_cache(self, batch: int) -> CacheBuffers:
+        """Empty cache buffers for `batch` rows, on the session's device, bound to this session."""
+        config = self.config
+        shape = (batch, config.num_heads, self.cache_capacity, config.head_size)
+        return CacheBuffers(self.session, config.num_layers, shape, self.past_dtype, "cuda" if self._on_cuda else "cpu")
+
+    def _run_in_place(self, feeds: dict[str, np.ndarray], cache: CacheBuffers) -> tuple[np.ndarray, CacheBuffers]:
+        binding = cache.binding
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        batch, seq = feeds[signature.INPUT_IDS].shape
+        logits = np.empty((batch, seq, self.config.vocab_size), np.float32)  # a new array each run, written by ORT
+        binding.bind_ortvalue_output(signature.LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
+        self.session.run_with_iobinding(binding)
+        cache.length = feeds[signature.ATTENTION_MASK].shape[1]
+        return logits, cache
 
     def decode_step(
         self, input_ids: Tensor, past: list[PastValue] | None, attention_mask: Tensor, position_ids: Tensor
@@ -188,6 +213,29 @@ class OnnxGPT(GenerationMixin):
         self.session.run_with_iobinding(binding)
         logits, *presents = binding.get_outputs()
         return logits.numpy(), presents
+
+
+class CacheBuffers:
+    """The key/value cache of a graph with cache buffers (`export.attention`): one buffer per past
+    input, `[batch, heads, capacity, head_size]`, bound (IOBinding) as both that past input and its
+    present output, so onnxruntime writes each step's entries in place. The first `length`
+    positions are filled; iterating gives them, one numpy array per past input, in input order."""
+
+    def __init__(self, session: ort.InferenceSession, num_layers: int, shape: tuple[int, ...], dtype: np.dtype, device: str) -> None:
+        self._host = [np.zeros(shape, dtype) for _ in range(2 * num_layers)]  # zeros: no stale NaN anywhere
+        self.buffers = [ort.OrtValue.ortvalue_from_numpy(array, device, 0) for array in self._host]  # CPU: shares the array
+        self.binding = session.io_binding()  # the logits are bound by each run
+        for past, present, buffer in zip(signature.past_names(num_layers), signature.present_names(num_layers), self.buffers):
+            self.binding.bind_ortvalue_input(past, buffer)
+            self.binding.bind_ortvalue_output(present, buffer)
+        self.length = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for buffer in self.buffers:
+            yield buffer.numpy()[:, :, : self.length]
+
+    def __len__(self) -> int:
+        return len(self.buffers)
 
 
 def to_numpy(value: PastValue) -> np.ndarray:

@@ -35,10 +35,16 @@ class KVBuffer:
     so it can stand wherever a past pair can.
     """
 
-    def __init__(self, batch: int, heads: int, capacity: int, head_size: int, like: Tensor) -> None:
-        self.keys = like.new_empty(batch, heads, capacity, head_size)
-        self.values = like.new_empty(batch, heads, capacity, head_size)
-        self.length = 0
+    def __init__(self, keys: Tensor, values: Tensor, length: int = 0) -> None:
+        """Storage `[batch, heads, capacity, head_size]` whose first `length` positions hold the past."""
+        self.keys = keys
+        self.values = values
+        self.length = length
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, capacity: int, head_size: int, like: Tensor) -> KVBuffer:
+        """An empty cache of `capacity` positions, on `like`'s device and dtype."""
+        return cls(like.new_empty(batch, heads, capacity, head_size), like.new_empty(batch, heads, capacity, head_size))
 
     def append(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """Store `key`/`value` `[batch, heads, new, head_size]` after the past; return everything so far."""
@@ -251,7 +257,7 @@ class GPT(GenerationMixin, nn.Module):
     ) -> tuple[Tensor, KVCache]:
         """The final layer norm's output `[batch, seq, emb]` (what the LM head reads) and the presents."""
         T = input_ids.shape[1]
-        past_len = 0 if past is None else past[0][0].shape[2]
+        past_len = 0 if past is None else _past_length(past[0])
         if not torch.compiler.is_exporting():
             self._check_length(past_len, T, past)
         if position_ids is None:
@@ -304,7 +310,9 @@ class GPT(GenerationMixin, nn.Module):
         """An empty key/value cache for `batch` rows and the whole context, one buffer per layer."""
         c = self.config
         weight = self.transformer.wte.weight
-        return tuple(KVBuffer(batch, c.num_heads, c.max_seq_len, c.head_size, weight) for _ in range(c.num_layers))
+        return tuple(
+            KVBuffer.empty(batch, c.num_heads, c.max_seq_len, c.head_size, weight) for _ in range(c.num_layers)
+        )
 
     def fit(self, train_loader: Any, valid_loader: Any = None, num_epoch: int = 1, **options: Any) -> Any:
         """Train the model; see `gpt.training.fit` for every option."""
@@ -342,6 +350,11 @@ def _gpt2_parameters(state_dict: Mapping[str, Tensor]) -> Iterator[tuple[str, Te
         if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old versions
             continue
         yield name, tensor
+
+
+def _past_length(layer_past: tuple[Tensor, Tensor] | KVBuffer) -> int:
+    """How many positions a layer's cache holds (a `KVBuffer` knows without slicing its storage)."""
+    return layer_past.length if isinstance(layer_past, KVBuffer) else layer_past[0].shape[2]
 
 
 def default_position_ids(attention_mask: Tensor | None, past_len: int, seq_len: int, device: torch.device) -> Tensor:

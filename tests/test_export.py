@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from export import TOLERANCES, ExportError, OnnxGPT, ProviderError, Tolerance, attention, compare, onnx_export, to_onnx
-from export.runtime import PROVIDERS, session_options
+from export.runtime import PROVIDERS, CacheBuffers, session_options
 from gpt import GPT, CheckpointError, Tokenizer
+from gpt.model import KVBuffer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/shakespeare.txt"
 MAX_SEQ_LEN = 72
-RANDOM = dict(max_seq_len=MAX_SEQ_LEN, emb_size=24, num_heads=4, head_size=5, num_layers=2, dropout=0.0, bias=False, tie_embeddings=False)
+RANDOM = dict(max_seq_len=MAX_SEQ_LEN, emb_size=24, num_heads=4, head_size=8, num_layers=2, dropout=0.0, bias=False, tie_embeddings=False)
 TRAINED = dict(max_seq_len=MAX_SEQ_LEN, emb_size=64, num_heads=4, num_layers=2, dropout=0.0)
 
 
@@ -128,7 +129,7 @@ def test_folder_holds_one_self_contained_graph_and_its_metadata(random_dir, rand
     assert not list(random_dir.parent.glob(".*partial*"))
     assert json.loads((random_dir / "config.json").read_text()) == random_model.config.to_dict()
     genai = json.loads((random_dir / "genai_config.json").read_text())
-    assert genai["search"]["past_present_share_buffer"] is False
+    assert genai["search"]["past_present_share_buffer"] is True
     assert genai["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
 
     report = json.loads((random_dir / "export_report.json").read_text())
@@ -144,7 +145,7 @@ def test_folder_holds_one_self_contained_graph_and_its_metadata(random_dir, rand
     assert inputs["past_key_values.1.value"] == {
         "name": "past_key_values.1.value",
         "dtype": "float32",
-        "shape": ["batch", 4, "past_sequence_length", 5],
+        "shape": ["batch", 4, MAX_SEQ_LEN, 8],  # a buffer of the whole context
     }
     assert outputs["logits"]["dtype"] == "float32" and outputs["logits"]["shape"][2] == random_model.config.vocab_size
     assert list(outputs) == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
@@ -153,12 +154,40 @@ def test_folder_holds_one_self_contained_graph_and_its_metadata(random_dir, rand
 def test_one_graph_runs_prefill_from_an_empty_cache_and_decode(random_dir, random_model):
     onnx_model = OnnxGPT.load(random_dir)
     heads, size = random_model.config.num_heads, random_model.config.head_size
+    assert onnx_model.cache_capacity == MAX_SEQ_LEN
     ids = np.array([[5, 6, 7]])
-    logits, past = onnx_model.run(ids, np.ones((1, 3), np.int64), np.arange(3)[None])  # zero-length pasts
+    logits, cache = onnx_model.run(ids, np.ones((1, 3), np.int64), np.arange(3)[None])  # a new, empty cache
     assert logits.shape == (1, 3, random_model.config.vocab_size)
-    assert [p.shape for p in past] == [(1, heads, 3, size)] * 4
-    logits, past = onnx_model.run(np.array([[8]]), np.ones((1, 4), np.int64), np.array([[3]]), past)
-    assert logits.shape == (1, 1, random_model.config.vocab_size) and past[0].shape == (1, heads, 4, size)
+    assert isinstance(cache, CacheBuffers) and cache.length == 3
+    assert [b.shape() for b in cache.buffers] == [[1, heads, MAX_SEQ_LEN, size]] * 4
+    assert [p.shape for p in cache] == [(1, heads, 3, size)] * 4  # the filled part
+    buffers = [p.data_ptr() for p in cache.buffers]
+    step, same = onnx_model.run(np.array([[8]]), np.ones((1, 4), np.int64), np.array([[3]]), cache)
+    assert same is cache and [p.data_ptr() for p in cache.buffers] == buffers  # written in place
+    assert step.shape == (1, 1, random_model.config.vocab_size) and [p.shape for p in cache] == [(1, heads, 4, size)] * 4
+    assert not np.shares_memory(step, logits)  # each run returns its own logits
+    with torch.no_grad():
+        expected, past = random_model(torch.tensor([[5, 6, 7, 8]]), use_cache=True)
+    np.testing.assert_allclose(step[0, -1], expected[0, -1].numpy(), atol=1e-5)
+    for onnx_value, torch_value in zip(cache, (t for pair in past for t in pair)):
+        np.testing.assert_allclose(onnx_value, torch_value.numpy(), atol=1e-5)
+
+
+def test_head_sizes_the_attention_op_cannot_run_export_with_plain_attention(tokenizer, tmp_path):
+    """onnxruntime's GroupQueryAttention needs a head size that is a multiple of 8: other models
+    get plain attention with pasts that grow by concatenation, and the same parity."""
+    model = _model(tokenizer, **{**RANDOM, "head_size": 5})
+    folder = to_onnx(model, tmp_path / "onnx")
+    ops = Counter(node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node)
+    assert not ops["GroupQueryAttention"] and ops["SkipLayerNormalization"] == 0  # no biases: plain LayerNorm
+    assert json.loads((folder / "genai_config.json").read_text())["search"]["past_present_share_buffer"] is False
+    onnx_model = OnnxGPT.load(folder)
+    assert onnx_model.cache_capacity is None
+    _, past = onnx_model.run(np.array([[5, 6, 7]]), np.ones((1, 3), np.int64), np.arange(3)[None])
+    assert [p.shape for p in past] == [(1, 4, 3, 5)] * 4
+    ids, mask = _prompts(model.config.vocab_size, 9, 3)
+    report = compare(model, onnx_model, ids, mask, decode_steps=40)
+    assert report.passed and report.greedy_identical, report.format()
 
 
 @pytest.mark.parametrize("shape", [RANDOM, TRAINED])
@@ -168,19 +197,30 @@ def test_cached_attention_is_the_models_attention(tokenizer, shape):
     model = _model(tokenizer, **shape)
     ids, mask = _prompts(model.config.vocab_size, 6, 3)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    empty = tuple((torch.zeros(3, model.config.num_heads, 0, model.config.head_size),) * 2 for _ in model.transformer.h)
+    config = model.config
+    empty = tuple((torch.zeros(3, config.num_heads, 0, config.head_size),) * 2 for _ in model.transformer.h)
+
+    def buffers(past=None) -> tuple[KVBuffer, ...]:  # the export's cache; NaN where unfilled, which must never be read
+        shape = (3, config.num_heads, config.max_seq_len, config.head_size)
+        if past is None:
+            return tuple(KVBuffer(torch.full(shape, float("nan")), torch.full(shape, float("nan"))) for _ in model.transformer.h)
+        return tuple(KVBuffer(keys, values, 6) for keys, values in past)
+
+    def filled(cache, length):
+        return tuple((keys[:, :, :length], values[:, :, :length]) for keys, values in cache)
+
     with torch.no_grad():
         expected, past = model(ids, empty, mask, positions, use_cache=True)
-        step = (ids[:, :1], past, torch.cat([mask, torch.ones_like(ids[:, :1])], 1), positions[:, -1:] + 1)
-        expected_step, expected_cache = model(*step, use_cache=True)
+        step = (ids[:, :1], torch.cat([mask, torch.ones_like(ids[:, :1])], 1), positions[:, -1:] + 1)
+        expected_step, expected_cache = model(step[0], past, *step[1:], use_cache=True)
         with attention.cached_attention_blocks(model):
             assert all(isinstance(block.attn, attention.CachedAttention) for block in model.transformer.h)
-            actual, actual_past = model(ids, empty, mask, positions, use_cache=True)
-            actual_step, actual_cache = model(*step, use_cache=True)
+            actual, actual_past = model(ids, buffers(), mask, positions, use_cache=True)
+            actual_step, actual_cache = model(step[0], buffers(actual_past), *step[1:], use_cache=True)
     assert not any(isinstance(block.attn, attention.CachedAttention) for block in model.transformer.h)
     torch.testing.assert_close(actual, expected)
     torch.testing.assert_close(actual_step, expected_step)
-    torch.testing.assert_close((actual_past, actual_cache), (past, expected_cache))
+    torch.testing.assert_close((filled(actual_past, 6), filled(actual_cache, 7)), (past, expected_cache))
 
 
 def test_graph_is_fused_for_onnxruntime(random_dir, trained_dir):
@@ -189,12 +229,12 @@ def test_graph_is_fused_for_onnxruntime(random_dir, trained_dir):
     for folder in (random_dir, trained_dir):
         ops = Counter(node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node)
         layers = json.loads((folder / "config.json").read_text())["num_layers"]
-        assert ops["MultiHeadAttention"] == layers and ops["Where"] == 1
-        assert not ops["Concat"] and not ops["Reshape"] and ops["Transpose"] <= 1  # 1: a tied LM head's weight
+        assert ops["GroupQueryAttention"] == layers and ops["Where"] == 1
+        assert not ops["Concat"] and ops["Reshape"] <= 1 and ops["Transpose"] <= 1  # 1: a tied LM head's weight
     ops = Counter(node.op_type for node in onnx.load(str(trained_dir / "model.onnx")).graph.node)
     assert ops["SkipLayerNormalization"] == 2 * layers + 1 and ops["FastGelu"] == layers
-    assert not ops["LayerNormalization"] and ops["Add"] <= 1  # 1: past + new length, for the mask
-    assert sum(ops.values()) <= 9 * layers + 20
+    assert not ops["LayerNormalization"] and ops["Add"] == layers  # the QKV biases (the op has no bias input)
+    assert sum(ops.values()) <= 9 * layers + 30  # + once per step: the mask, the op's lengths, embeddings, head
 
 
 # --- fp32 parity ---------------------------------------------------------------------------------
@@ -253,7 +293,7 @@ def test_reduced_precision_graphs(reduced_dir, trained_dir):
     assert types["logits"] == "float32"
     if precision == "fp16":  # for the CUDA provider: fp16 cache, fused LayerNorm, fp32 logits
         assert types["past_key_values.0.key"] == types["present.0.key"] == "float16"
-        assert {"SkipLayerNormalization", "MultiHeadAttention"} <= ops  # fused ops, fp16 kernels on CUDA
+        assert {"SkipLayerNormalization", "GroupQueryAttention"} <= ops  # fused ops, fp16 kernels on CUDA
     else:  # dynamic quantization: int8 weights, fp32 cache
         assert types["past_key_values.0.key"] == "float32"
         assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
@@ -296,7 +336,7 @@ def test_cuda_provider_runs_with_the_cache_on_the_gpu(random_dir, random_model):
     assert model.provider == PROVIDERS["cuda"]
     ids, mask = _prompts(random_model.config.vocab_size, 9, 3)
     _, past = model.run(ids.numpy(), mask.numpy(), (mask.cumsum(1) - 1).clamp(min=0).numpy())
-    assert all(p.device_name().lower() == "cuda" for p in past)  # IOBinding kept the cache on the device
+    assert all(p.device_name().lower() == "cuda" for p in past.buffers)  # IOBinding kept the cache on the device
     report = compare(random_model, model, ids, mask, decode_steps=30)
     assert report.passed and report.greedy_identical, report.format()
 

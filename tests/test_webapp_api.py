@@ -156,8 +156,10 @@ def test_train_generate_on_both_backends_compare_export_and_run_the_download(tra
     ids = np.array([[5, 6, 7]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(3, dtype=np.int64)[None]}
     for value in session.get_inputs():
-        if value.name not in feeds:  # the empty key/value cache of the first step
-            feeds[value.name] = np.zeros((1, config["num_heads"], 0, config["head_size"]), dtype=np.float32)
+        if value.name not in feeds:  # the first step's cache: a buffer of the whole context, or an empty past
+            _, heads, positions, size = value.shape
+            assert (heads, size) == (config["num_heads"], config["head_size"])
+            feeds[value.name] = np.zeros((1, heads, positions if isinstance(positions, int) else 0, size), dtype=np.float32)
     logits = session.run(["logits"], feeds)[0]
     assert logits.shape == (1, 3, config["vocab_size"]) and np.isfinite(logits).all()
 
