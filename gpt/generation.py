@@ -91,10 +91,7 @@ def generate_stream(
     if prompt_len == 0:
         raise ValueError("input_ids must hold at least one token")
     device = input_ids.device
-    total = prompt_len + config.max_new_tokens
-    tokens = torch.empty(batch, total, dtype=torch.long, device=device)  # built once, filled in place
-    mask = torch.ones(batch, total, dtype=torch.long, device=device)
-    tokens[:, :prompt_len] = input_ids
+    mask = torch.ones(batch, prompt_len + config.max_new_tokens, dtype=torch.long, device=device)  # built once
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
@@ -104,27 +101,29 @@ def generate_stream(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     keep = max(1, max_seq_len * 3 // 4)
 
+    generated: list[Tensor] = []  # each step's tokens [batch]: the model is fed them, not a token buffer
     end, start, past, positions = prompt_len, 0, None, None
     for _ in range(config.max_new_tokens):
         if past is None or end - start > max_seq_len:  # (re)build the cache from the window
             start = max(0, end - keep) if end > max_seq_len else 0
             window = mask[:, start:end]
             positions = (window.cumsum(1) - 1).clamp_(min=0)
+            tokens = torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1) if generated else input_ids
             logits, past = step(tokens[:, start:end], None, window, positions)
             positions = positions[:, -1:]
         else:
             positions = positions + 1
-            logits, past = step(tokens[:, end - 1 : end], past, mask[:, start:end], positions)
+            logits, past = step(generated[-1][:, None], past, mask[:, start:end], positions)
         if logits.dtype != torch.float32:  # a no-op torch call still costs ~10 us a step beside onnxruntime
             logits = logits.float()
         if config.repetition_penalty != 1.0:
             if seen is None:
-                seen = _seen_tokens(tokens[:, :prompt_len], mask[:, :prompt_len], logits.shape[-1])
+                seen = _seen_tokens(input_ids, mask[:, :prompt_len], logits.shape[-1])
             logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
         next_token = _choose(logits, config, generator)
         if stop.numel():  # rows finish only on a stop token
             next_token = torch.where(finished, pad_token_id, next_token)
-        tokens[:, end] = next_token
+        generated.append(next_token)
         end += 1
         if seen is not None:
             seen.scatter_(1, next_token[:, None], True)

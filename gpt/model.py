@@ -97,10 +97,8 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """`mask` as built by `attention_bias`; None means plain causal attention."""
         B, T, _ = x.shape
-        q, k, v = self.c_attn(x).split(self.num_heads * self.head_size, dim=2)
-        q = q.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.num_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, self.num_heads, self.head_size)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs); 3 ops, not 7 (decode is op-bound)
         if isinstance(past, KVBuffer):
             k, v = past.append(k, v)  # (B, nh, P+T, hs), written in place
         elif past is not None:
