@@ -137,12 +137,11 @@ class CachedAttention(nn.Module):
         self.attention = attention
 
     def forward(self, x: Tensor, past: KVBuffer, mask: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """`past` holds the cache buffers; `mask` is `gpt.model.attention_bias`'s boolean
-        `[batch, 1, seq, past + seq]` (True = may attend)."""
+        """`past` holds the cache buffers; `mask` is `gpt.model.attention_bias`'s additive
+        `[batch, 1, seq, past + seq]`, the same in every layer."""
         attention = self.attention
-        additive = torch.where(mask, 0.0, float("-inf"))  # (B, 1, T, P+T), the same in every layer
         y, present_key, present_value = cached_attention(
-            attention.c_attn(x), additive, past.keys, past.values, attention.num_heads
+            attention.c_attn(x), mask, past.keys, past.values, attention.num_heads
         )
         return attention.c_proj(y), (present_key, present_value)
 

@@ -260,7 +260,7 @@ class GPT(GenerationMixin, nn.Module):
             self._check_length(past_len, T, past)
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past_len, T, input_ids.device)
-        mask = attention_bias(attention_mask, past_len, T, input_ids.device)
+        mask = attention_bias(attention_mask, past_len, T, input_ids.device, self.transformer.wte.weight.dtype)
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))
         presents = []
         for i, block in enumerate(self.transformer.h):
@@ -362,21 +362,28 @@ def default_position_ids(attention_mask: Tensor | None, past_len: int, seq_len: 
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
 
 
-def attention_bias(attention_mask: Tensor | None, past_len: int, seq_len: int, device: torch.device) -> Tensor | None:
-    """Boolean mask `[batch, 1, seq, past + seq]` (True = may attend), or None when plain causal works.
+def attention_bias(
+    attention_mask: Tensor | None, past_len: int, seq_len: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor | None:
+    """Additive mask `[batch, 1, seq, past + seq]` (0 = may attend, -inf = hidden), or None when
+    plain causal attention works.
 
     Causality is bottom-right aligned: query i sits at absolute position past_len + i
     (SDPA's `is_causal=True` is top-left aligned and wrong once there is a cache). Padding keys are
-    hidden, but every query always sees itself so no row is fully masked.
+    hidden, but every query always sees itself so no row is fully masked. The mask is additive
+    (not boolean) so that attention does not convert it again in every layer.
     """
     if seq_len == 1:  # one new token may see every real key: only padding to hide
-        return None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, P+1)
-    if attention_mask is None and past_len == 0:
+        if attention_mask is None or (not torch.compiler.is_exporting() and bool(attention_mask.all())):
+            return None
+        allowed = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, P+1)
+    elif attention_mask is None and past_len == 0:
         return None  # plain causal attention
-    total = past_len + seq_len
-    key_pos = torch.arange(total, device=device)
-    query_pos = key_pos[past_len:, None]  # (T, 1)
-    allowed = key_pos <= query_pos  # (T, P+T)
-    if attention_mask is None:
-        return allowed
-    return allowed & (attention_mask.bool()[:, None, None, :] | (key_pos == query_pos))  # (B, 1, T, P+T)
+    else:
+        total = past_len + seq_len
+        key_pos = torch.arange(total, device=device)
+        query_pos = key_pos[past_len:, None]  # (T, 1)
+        allowed = key_pos <= query_pos  # (T, P+T)
+        if attention_mask is not None:
+            allowed = allowed & (attention_mask.bool()[:, None, None, :] | (key_pos == query_pos))  # (B, 1, T, P+T)
+    return torch.where(allowed, 0.0, float("-inf")).to(dtype)
