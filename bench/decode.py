@@ -5,10 +5,11 @@ Rows (random weights; every model of a shape has the same shape):
   nanoGPT-style: LM head on the last position only);
 - `torch, KV cache`: our `model.generate(ids, 200)` (the shared decoding loop + `decode_step`);
 - `HF generate`: `GPT2LMHeadModel.generate(use_cache=True, do_sample=False)` (sdpa), the reference;
-- `onnxruntime fp32` / `int8`: `export.to_onnx(model, dir, precision=...)` then
+- `onnxruntime fp32` / `int8`: `export.to_onnx(model, dir, precision=...)` (built for the CPU provider) then
   `OnnxGPT.load(dir, threads=t).generate(ids, 200)` on the CPU execution provider;
 - batch 8 at M (torch KV, HF, onnxruntime fp32 and int8): tokens/s counts all 8 rows;
-- CUDA (torch KV cache, HF generate, onnxruntime CUDA with IOBinding) only when a GPU is present.
+- CUDA (torch KV cache, HF generate, onnxruntime CUDA with IOBinding, the fp32 graph exported for
+  the CUDA provider) only when a GPU is present.
 
 S and M are built with context 256 for decoding (performance.md), L with 512. tokens/s =
 batch x new tokens / seconds of the whole call (prefill included). The export time is the whole
@@ -91,14 +92,14 @@ def hf_generate(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int) -> t
     return out
 
 
-def export(model: GPT, folder: Path, precision: str) -> tuple[float, int]:
-    """`to_onnx` into `folder`; its seconds and the size of `model.onnx` (+ external data, if any)."""
+def export(model: GPT, folder: Path, precision: str, provider: str = "cpu") -> tuple[float, int]:
+    """`to_onnx` for `provider` into `folder`; its seconds and the size of `model.onnx` (+ external data, if any)."""
     from export import to_onnx
 
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        to_onnx(model, folder, precision=precision)
+        to_onnx(model, folder, precision=precision, provider=provider)
     seconds = time.perf_counter() - started
     size = sum(f.stat().st_size for f in folder.glob("model.onnx*"))
     return seconds, size
@@ -219,8 +220,9 @@ def main() -> None:
                         table.append(row_cells + [export_s, size])
 
             if has_gpu:
-                fp32_dir = Path(tmp) / f"{shape}-fp32" if "fp32" in exports else None
-                table.extend(cuda_rows(shape, ours, hf, fp32_dir, prompts[1], new_tokens, repeats))
+                cuda_dir = Path(tmp) / f"{shape}-cuda"  # the fp32 graph built for the CUDA provider
+                export(ours, cuda_dir, "fp32", provider="cuda")
+                table.extend(cuda_rows(shape, ours, hf, cuda_dir, prompts[1], new_tokens, repeats))
             else:
                 for row in CUDA_ROWS:
                     table.append([shape, "1", "-", LABELS[row], "no GPU", "-", "-", "-", "-"])
@@ -242,7 +244,7 @@ def cuda_rows(
     shape: str,
     ours: GPT,
     hf: torch.nn.Module,
-    fp32_dir: Path | None,
+    onnx_dir: Path | None,
     ids: torch.Tensor,
     new_tokens: int,
     repeats: int,
@@ -262,9 +264,9 @@ def cuda_rows(
         "cuda-hf": lambda: hf_generate(gpu_hf, gpu_ids, new_tokens),
     }
     notes = {}
-    if fp32_dir is not None:
+    if onnx_dir is not None:
         try:
-            session = OnnxGPT.load(fp32_dir, provider="cuda")
+            session = OnnxGPT.load(onnx_dir, provider="cuda")
             runs["cuda-ort"] = lambda: session.generate(ids, new_tokens)
         except ProviderError as err:
             notes["cuda-ort"] = f"unavailable: {str(err).split(':')[0]}"

@@ -1,25 +1,29 @@
-"""Attention with its key/value cache as one onnxruntime `GroupQueryAttention` node per layer.
+"""Attention with its key/value cache as one onnxruntime contrib op per layer.
 
 The dynamo exporter turns `F.scaled_dot_product_attention` plus the cache concatenation into
 about 25 small ONNX nodes per layer (reshapes, transposes, concats, a NaN guard around the
 softmax), and at batch-1 decode sizes onnxruntime's cost is per node, not per FLOP. So at
 export time (never in `gpt/`) each block's attention is swapped for `CachedAttention`, which
-calls the custom op `simple_llm::cached_attention`: eager and during tracing it runs the same
-math as `gpt.model.CausalSelfAttention`; the exporter writes it as one
-`com.microsoft.GroupQueryAttention` node (as many key/value heads as query heads) that splits
-the packed QKV projection into heads, writes the new keys/values into the cache and applies the
-additive attention bias (the causal + padding mask, built once per step and shared by every
-layer).
+calls a `torch.library` custom op: eager and during tracing it runs the same math as
+`gpt.model.CausalSelfAttention`, and the exporter writes it as one node. The op applies the
+additive attention bias (`gpt.model.attention_bias`: the causal + padding mask, built once per
+step and shared by every layer). Two cache layouts, chosen per export (`uses_cache_buffers`):
 
-The cache is a buffer of the whole context per layer and tensor, `[batch, heads, max_seq_len,
-head_size]`: the past and the present of a layer have that same shape, and the new entries go
-to positions `past .. past + seq - 1`, where `past + seq` is the attention mask's width. When the
-caller binds one buffer as both the past input and the present output (`export.runtime` does,
-through IOBinding), onnxruntime writes the step's entries in place instead of copying the whole
-past every step ("past_present_share_buffer"); bound separately, it copies the past first.
-onnxruntime's CPU provider has float32 and float16 kernels; other ONNX runtimes do not know the op.
-Limits of the op: the head size must be a multiple of 8 (`supports`; other models are exported
-with plain attention), and a step of several tokens after a non-empty past needs batch 1.
+- Cache buffers, for the CPU provider: `com.microsoft.GroupQueryAttention` (as many key/value
+  heads as query heads) on the packed QKV projection. The cache of each layer is a buffer of the
+  whole context, `[batch, heads, max_seq_len, head_size]`, for past and present alike; the new
+  entries go to positions `past .. past + seq - 1`, where `past + seq` is the attention mask's
+  width. When the caller binds one buffer as both the past input and the present output
+  (`export.runtime` does, through IOBinding), onnxruntime writes each step in place instead of
+  copying the whole past ("past_present_share_buffer"). Its CPU kernels need a head size that is
+  a multiple of 8; a step of several tokens after a non-empty past needs batch 1. Its CUDA
+  kernels are float16/bfloat16 only and take no attention bias.
+- Growing pasts, for the CUDA provider and other head sizes: `com.microsoft.MultiHeadAttention`,
+  which adds the QKV bias, appends the new keys/values to the past `[batch, heads, past,
+  head_size]` and returns presents one step longer (float32 and float16 kernels on both providers;
+  float16 graphs run on the CPU behind inserted casts).
+
+Other ONNX runtimes do not know these ops.
 """
 
 from __future__ import annotations
@@ -39,13 +43,13 @@ from gpt.config import GPTConfig
 from gpt.model import GPT, CausalSelfAttention, KVBuffer
 
 
-def supports(config: GPTConfig) -> bool:
-    """Whether onnxruntime's op runs this model: its kernels need a head size that is a multiple of 8."""
-    return config.head_size % 8 == 0
+def uses_cache_buffers(config: GPTConfig, provider: str) -> bool:
+    """Whether an export for `provider` ("cpu" or "cuda") gets cache buffers (see the module docstring)."""
+    return provider == "cpu" and config.head_size % 8 == 0
 
 
-@torch.library.custom_op("simple_llm::cached_attention", mutates_args=())
-def cached_attention(
+@torch.library.custom_op("simple_llm::buffered_attention", mutates_args=())
+def buffered_attention(
     qkv: Tensor, attention_bias: Tensor, past_key: Tensor, past_value: Tensor, num_heads: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`GroupQueryAttention` semantics: the packed projection `qkv` `[batch, seq, 3 * heads *
@@ -68,13 +72,53 @@ def cached_attention(
     return y.transpose(1, 2).reshape(batch, seq, width // 3), present_key, present_value
 
 
-@cached_attention.register_fake
+@buffered_attention.register_fake
 def _(qkv, attention_bias, past_key, past_value, num_heads):
     batch, seq, width = qkv.shape
     return qkv.new_empty(batch, seq, width // 3), torch.empty_like(past_key), torch.empty_like(past_value)
 
 
-_INTEGER_INPUTS = {"seqlens_k": "tensor(int32)", "total_sequence_length": "tensor(int32)", "position_ids": "tensor(int64)"}
+@torch.library.custom_op("simple_llm::growing_attention", mutates_args=())
+def growing_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    bias: Tensor | None,
+    attention_bias: Tensor,
+    past_key: Tensor,
+    past_value: Tensor,
+    num_heads: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`MultiHeadAttention` semantics: query/key/value `[batch, seq, heads * head_size]` (plus
+    `bias` `[3 * heads * head_size]` when given), the additive `attention_bias`
+    `[batch, 1, seq, past + seq]` and the past `[batch, heads, past, head_size]`; returns the
+    attention output `[batch, seq, heads * head_size]` and the presents `[batch, heads, past + seq, head_size]`."""
+    if bias is not None:
+        query, key, value = (x + b for x, b in zip((query, key, value), bias.chunk(3)))
+    batch, seq, width = query.shape
+
+    def heads(x: Tensor) -> Tensor:
+        return x.view(batch, seq, num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
+
+    present_key = torch.cat((past_key, heads(key)), dim=2)  # (B, nh, P+T, hs)
+    present_value = torch.cat((past_value, heads(value)), dim=2)
+    y = F.scaled_dot_product_attention(heads(query), present_key, present_value, attn_mask=attention_bias)
+    return y.transpose(1, 2).reshape(batch, seq, width), present_key, present_value
+
+
+@growing_attention.register_fake
+def _(query, key, value, bias, attention_bias, past_key, past_value, num_heads):
+    batch, seq, width = query.shape
+    present = past_key.new_empty(batch, num_heads, past_key.shape[2] + seq, past_key.shape[3])
+    return query.new_empty(batch, seq, width), present, torch.empty_like(present)
+
+
+_INTEGER_INPUTS = {
+    "seqlens_k": "tensor(int32)",
+    "total_sequence_length": "tensor(int32)",
+    "position_ids": "tensor(int64)",
+    "key_padding_mask": "tensor(int32)",
+}
 
 
 def _contrib_op(name: str, inputs: list[str], outputs: list[str], attributes: dict[str, OpSchema.AttrType]) -> onnxscript.values.Op:
@@ -111,7 +155,7 @@ _GROUP_QUERY_ATTENTION = _contrib_op(
 )
 
 
-def _cached_attention_to_onnx(qkv, attention_bias, past_key, past_value, num_heads: int):
+def _buffered_attention_to_onnx(qkv, attention_bias, past_key, past_value, num_heads: int):
     # The op wants the cache position of each row's last token (seqlens_k, [batch]) and the total
     # length (a scalar), both int32: every row has the attention mask's width, padding included.
     # Computed from `attention_bias` alone, so every layer's copy is the same and merged.
@@ -124,36 +168,59 @@ def _cached_attention_to_onnx(qkv, attention_bias, past_key, past_value, num_hea
     )
 
 
-TRANSLATIONS = {torch.ops.simple_llm.cached_attention.default: _cached_attention_to_onnx}
+_MULTI_HEAD_ATTENTION = _contrib_op(
+    "MultiHeadAttention",
+    ["query", "key", "value", "bias", "key_padding_mask", "attention_bias", "past_key", "past_value"],
+    ["output", "present_key", "present_value"],
+    {"num_heads": OpSchema.AttrType.INT},
+)
+
+
+def _growing_attention_to_onnx(query, key, value, bias, attention_bias, past_key, past_value, num_heads: int):
+    return _MULTI_HEAD_ATTENTION(query, key, value, bias, None, attention_bias, past_key, past_value, num_heads=num_heads)
+
+
+TRANSLATIONS = {
+    torch.ops.simple_llm.buffered_attention.default: _buffered_attention_to_onnx,
+    torch.ops.simple_llm.growing_attention.default: _growing_attention_to_onnx,
+}
 """The dynamo exporter's `custom_translation_table` for the ops of this module."""
 
 
 class CachedAttention(nn.Module):
-    """`CausalSelfAttention.forward` (with an explicit past) through `cached_attention`, for
-    inference only (no dropout); it shares the wrapped module's weights."""
+    """`CausalSelfAttention.forward` (with an explicit past) through one of the custom ops, for
+    inference only (no dropout); it shares the wrapped module's weights. With `buffers` the past
+    is a `KVBuffer` over the cache buffers, otherwise a `(key, value)` pair."""
 
-    def __init__(self, attention: CausalSelfAttention) -> None:
+    def __init__(self, attention: CausalSelfAttention, buffers: bool) -> None:
         super().__init__()
         self.attention = attention
+        self.buffers = buffers
 
-    def forward(self, x: Tensor, past: KVBuffer, mask: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """`past` holds the cache buffers; `mask` is `gpt.model.attention_bias`'s additive
-        `[batch, 1, seq, past + seq]`, the same in every layer."""
-        attention = self.attention
-        y, present_key, present_value = cached_attention(
-            attention.c_attn(x), mask, past.keys, past.values, attention.num_heads
-        )
+    def forward(
+        self, x: Tensor, past: KVBuffer | tuple[Tensor, Tensor], mask: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`mask` is `gpt.model.attention_bias`'s additive `[batch, 1, seq, past + seq]`, the same in every layer."""
+        attention, heads = self.attention, self.attention.num_heads
+        if self.buffers:
+            y, present_key, present_value = buffered_attention(attention.c_attn(x), mask, past.keys, past.values, heads)
+        else:
+            projection = F.linear(x, attention.c_attn.weight.t())  # the op adds the bias
+            query, key, value = projection.split(heads * attention.head_size, dim=2)
+            y, present_key, present_value = growing_attention(
+                query, key, value, attention.c_attn.bias, mask, past[0], past[1], heads
+            )
         return attention.c_proj(y), (present_key, present_value)
 
 
 @contextlib.contextmanager
-def cached_attention_blocks(model: GPT) -> Iterator[GPT]:
+def cached_attention_blocks(model: GPT, buffers: bool) -> Iterator[GPT]:
     """`model` with every block's attention swapped for `CachedAttention`, restored on exit."""
     blocks = list(model.transformer.h)
     originals = [block.attn for block in blocks]
     try:
         for block, attention in zip(blocks, originals):
-            block.attn = CachedAttention(attention)
+            block.attn = CachedAttention(attention, buffers)
         yield model
     finally:
         for block, attention in zip(blocks, originals):

@@ -1,6 +1,6 @@
 """Command line: export a checkpoint to ONNX, check its parity, generate with onnxruntime.
 
-    python -m export --model CHECKPOINT_DIR --out DIR [--precision fp32|fp16|int8] [--opset N]
+    python -m export --model CHECKPOINT_DIR --out DIR [--precision fp32|fp16|int8] [--provider cpu|cuda] [--opset N]
     python -m export verify --model CHECKPOINT_DIR --onnx DIR
     python -m export generate --onnx DIR --prompt TEXT [sampling flags] [--provider cpu|cuda]
 
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("--model", required=True, metavar="CHECKPOINT_DIR", help="checkpoint folder (config.json, model.safetensors, tokenizer.json)")
     export_cmd.add_argument("--out", required=True, metavar="DIR", help="output folder; built beside it and renamed into place when every check passes")
     export_cmd.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), fp16 (for the CUDA provider) or int8 (dynamic quantization, for the CPU provider)")
+    export_cmd.add_argument("--provider", choices=tuple(runtime.PROVIDERS), default=None, help="execution provider the graph is built for: its attention op and cache layout (default: cuda for fp16, cpu otherwise)")
     export_cmd.add_argument("--opset", type=int, default=None, metavar="N", help=f"ONNX opset, {SUPPORTED_OPSETS[0]}-{SUPPORTED_OPSETS[-1]} (default {DEFAULT_OPSET})")
     _add_threads(export_cmd)
     export_cmd.set_defaults(run=_export)
@@ -104,11 +105,12 @@ def _positive_int(text: str) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    out = to_onnx(args.model, args.out, precision=args.precision, opset=args.opset, threads=args.threads)
+    out = to_onnx(args.model, args.out, precision=args.precision, provider=args.provider, opset=args.opset, threads=args.threads)
     report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
     parity = report["parity"]
     print(
-        f"wrote {out} ({report['precision']}, opset {report['opset']}, {report['exporter']} exporter) "
+        f"wrote {out} ({report['precision']} for the {report['provider']} provider, opset {report['opset']}, "
+        f"{report['exporter']} exporter) "
         f"in {report['export_seconds']:.1f} s: logits max abs diff {parity['prefill_max_abs']:.3g} (prefill), "
         f"{parity['decode_max_abs']:.3g} (decode), top-1 agreement {parity['top1_agreement']:.1%}"
     )

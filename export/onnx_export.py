@@ -2,9 +2,9 @@
 
 One graph serves prefill and decode, with dynamic batch and sequence lengths. The torch.onnx
 dynamo exporter does the work and writes a graph fused for onnxruntime: attention with its cache
-is one contrib op per layer whose cache is a buffer of the whole context, written in place
-(`export.attention`; models whose head size the op cannot run keep plain attention, with pasts
-that start at length 0 and grow by concatenation), and skip-layer-norms and GELUs are fused
+is one contrib op per layer (`export.attention`): for the CPU provider its cache is a buffer of
+the whole context, written in place; for the CUDA provider (and head sizes the CPU op cannot
+run) pasts start at length 0 and grow by concatenation. Skip-layer-norms and GELUs are fused
 (`export.fusion`). The TorchScript exporter is a fallback used only when the dynamo exporter
 fails: it gives the same parity here but is deprecated and its graph is not fused and grows its
 pasts (slower on small models). The folder is built beside `out_dir` and renamed into place only
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from export import genai, signature, verify
 from export import precision as precisions
-from export.runtime import MODEL_FILE, OnnxGPT, create_session, session_options
+from export.runtime import MODEL_FILE, PROVIDERS, OnnxGPT, create_session, session_options
 from gpt import checkpoint
 from gpt.model import GPT, KVBuffer
 
@@ -54,6 +54,7 @@ def to_onnx(
     out_dir: str | Path,
     *,
     precision: str = "fp32",
+    provider: str | None = None,
     opset: int | None = None,
     threads: int | None = None,
 ) -> Path:
@@ -61,13 +62,18 @@ def to_onnx(
 
     Writes `model.onnx`, `config.json`, `tokenizer.json`, `genai_config.json`,
     `tokenizer_config.json` and `export_report.json`. `precision` is "fp32", "fp16" (for the CUDA
-    provider) or "int8" (dynamic quantization, for the CPU provider); `opset` defaults to
-    `DEFAULT_OPSET`; `threads` are onnxruntime's intra-op threads for the parity run.
+    provider) or "int8" (dynamic quantization, for the CPU provider); `provider` ("cpu" or "cuda")
+    is the execution provider the graph is built for (its attention op, see `export.attention`),
+    by default "cuda" for fp16 and "cpu" otherwise; `opset` defaults to `DEFAULT_OPSET`;
+    `threads` are onnxruntime's intra-op threads for the parity run (always on the CPU).
     Raises ValueError for bad arguments, `gpt.CheckpointError` for a bad checkpoint folder and
     `ExportError` when the folder cannot be written or the export fails its checks.
     """
     if precision not in precisions.PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(precisions.PRECISIONS)}, got {precision!r}")
+    provider = provider or ("cuda" if precision == "fp16" else "cpu")
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
     opset = DEFAULT_OPSET if opset is None else opset
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
         raise ValueError(f"opset must be an integer from {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]}, got {opset!r}")
@@ -83,7 +89,7 @@ def to_onnx(
     started = time.perf_counter()
     with _staging(out) as stage, _eval_mode(model):
         graph = stage / (MODEL_FILE if precision == "fp32" else _FP32_FILE)
-        exporter = export_graph(model, graph, opset)
+        exporter = export_graph(model, graph, opset, provider)
         strip_metadata(graph)
         if precision != "fp32":
             precisions.convert(graph, stage / MODEL_FILE, precision)
@@ -95,7 +101,7 @@ def to_onnx(
         parity = verify.compare(model, onnx_model, *probe, tolerance=verify.TOLERANCES[precision])
         if not parity.passed:
             raise ExportError(f"the {precision} export does not match the torch model:\n{parity.format()}")
-        report = _report(model, stage, precision, opset, exporter, parity, time.perf_counter() - started)
+        report = _report(model, stage, precision, provider, opset, exporter, parity, time.perf_counter() - started)
         _write_json(stage / REPORT_FILE, report)
     return out
 
@@ -124,11 +130,12 @@ class _ExportWrapper(nn.Module):
         return (logits, *(tensor for pair in presents for tensor in pair))
 
 
-def export_graph(model: GPT, path: Path, opset: int) -> str:
-    """Write the fp32 graph of `model` to `path`; return the exporter used ("dynamo" or "torchscript")."""
+def export_graph(model: GPT, path: Path, opset: int, provider: str = "cpu") -> str:
+    """Write the fp32 graph of `model` for `provider` to `path`; return the exporter used
+    ("dynamo" or "torchscript")."""
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > precisions.WEIGHTS_LIMIT
     try:
-        _export_dynamo(model, path, opset, external)
+        _export_dynamo(model, path, opset, external, provider)
         return "dynamo"
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; the fallback is documented
         log.warning("the dynamo exporter failed (%s: %s); falling back to the TorchScript exporter", type(err).__name__, err)
@@ -152,10 +159,10 @@ def _example_inputs(model: GPT, capacity: int | None = None) -> tuple[Tensor, Te
     return input_ids, attention_mask, position_ids, cache
 
 
-def _export_dynamo(model: GPT, path: Path, opset: int, external: bool) -> None:
-    """The dynamo exporter, with attention and its cache buffers as one contrib op per layer where
-    the op supports the model (`export.attention`; otherwise plain attention and growing pasts),
-    and the other transformer fusions (`export.fusion`) applied before saving."""
+def _export_dynamo(model: GPT, path: Path, opset: int, external: bool, provider: str) -> None:
+    """The dynamo exporter, with attention and its cache as one contrib op per layer in the
+    layout for `provider` (`export.attention`) and the other transformer fusions
+    (`export.fusion`) applied before saving."""
     from torch.export import Dim
 
     # Imported here: onnxscript and its rewriter cost about a second to import, which loading an
@@ -164,7 +171,7 @@ def _export_dynamo(model: GPT, path: Path, opset: int, external: bool) -> None:
 
     batch, seq, total = Dim(signature.BATCH), Dim(signature.SEQUENCE), Dim(signature.TOTAL_SEQUENCE)
     config = model.config
-    buffers = attention.supports(config)
+    buffers = attention.uses_cache_buffers(config, provider)
     past = {0: batch} if buffers else {0: batch, 2: Dim(signature.PAST_SEQUENCE, min=0)}
     dynamic_shapes = (
         {0: batch, 1: seq},
@@ -172,8 +179,7 @@ def _export_dynamo(model: GPT, path: Path, opset: int, external: bool) -> None:
         {0: batch, 1: seq},
         tuple(past for _ in range(2 * config.num_layers)),
     )
-    swap = attention.cached_attention_blocks(model) if buffers else contextlib.nullcontext()
-    with _quiet_exporter(), swap:
+    with _quiet_exporter(), attention.cached_attention_blocks(model, buffers):
         program = torch.onnx.export(
             _ExportWrapper(model, cache_buffers=buffers).eval(),
             _example_inputs(model, capacity=config.max_seq_len if buffers else None),
@@ -247,10 +253,19 @@ def _write_metadata(model: GPT, folder: Path) -> None:
 
 
 def _report(
-    model: GPT, folder: Path, precision: str, opset: int, exporter: str, parity: verify.ParityReport, seconds: float
+    model: GPT,
+    folder: Path,
+    precision: str,
+    provider: str,
+    opset: int,
+    exporter: str,
+    parity: verify.ParityReport,
+    seconds: float,
 ) -> dict[str, Any]:
     return {
         "precision": precision,
+        "provider": provider,
+        "cache_buffers": signature.cache_capacity(folder / MODEL_FILE) is not None,
         "opset": opset,
         "exporter": exporter,
         "export_seconds": round(seconds, 2),

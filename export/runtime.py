@@ -119,7 +119,7 @@ class OnnxGPT(GenerationMixin):
         self.past_dtype = np.dtype(_NUMPY_TYPES[past.type])
         self.cache_capacity: int | None = past.shape[2] if isinstance(past.shape[2], int) else None
         """Positions of the graph's cache buffers (see `CacheBuffers`); None for a graph whose
-        pasts grow by concatenation (plain attention, see `export.onnx_export`)."""
+        pasts grow by concatenation (see `export.attention`)."""
         self._on_cuda = self.provider == PROVIDERS["cuda"]
         self._empty_pasts: dict[int, list[np.ndarray]] = {}
 

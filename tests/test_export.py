@@ -173,25 +173,37 @@ def test_one_graph_runs_prefill_from_an_empty_cache_and_decode(random_dir, rando
         np.testing.assert_allclose(onnx_value, torch_value.numpy(), atol=1e-5)
 
 
-def test_head_sizes_the_attention_op_cannot_run_export_with_plain_attention(tokenizer, tmp_path):
-    """onnxruntime's GroupQueryAttention needs a head size that is a multiple of 8: other models
-    get plain attention with pasts that grow by concatenation, and the same parity."""
-    model = _model(tokenizer, **{**RANDOM, "head_size": 5})
-    folder = to_onnx(model, tmp_path / "onnx")
+@pytest.mark.parametrize("case", ["cuda provider", "odd head size"])
+def test_growing_pasts_for_the_cuda_provider_and_odd_head_sizes(tokenizer, tmp_path, case):
+    """GroupQueryAttention's CUDA kernels are fp16-only without an attention bias, and its CPU
+    kernels need a head size that is a multiple of 8: those exports get MultiHeadAttention, whose
+    pasts start empty and grow by concatenation, with the same parity."""
+    shape, provider = (RANDOM, "cuda") if case == "cuda provider" else ({**RANDOM, "head_size": 5}, "cpu")
+    model = _model(tokenizer, **shape)
+    folder = to_onnx(model, tmp_path / "onnx", provider=provider)
     ops = Counter(node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node)
-    assert not ops["GroupQueryAttention"] and ops["SkipLayerNormalization"] == 0  # no biases: plain LayerNorm
+    assert ops["MultiHeadAttention"] == model.config.num_layers and not ops["GroupQueryAttention"]
+    report = json.loads((folder / "export_report.json").read_text())
+    assert report["provider"] == provider and report["cache_buffers"] is False
     assert json.loads((folder / "genai_config.json").read_text())["search"]["past_present_share_buffer"] is False
-    onnx_model = OnnxGPT.load(folder)
+    onnx_model = OnnxGPT.load(folder)  # runs on the CPU provider too
     assert onnx_model.cache_capacity is None
     _, past = onnx_model.run(np.array([[5, 6, 7]]), np.ones((1, 3), np.int64), np.arange(3)[None])
-    assert [p.shape for p in past] == [(1, 4, 3, 5)] * 4
+    assert [p.shape for p in past] == [(1, 4, 3, model.config.head_size)] * 4
     ids, mask = _prompts(model.config.vocab_size, 9, 3)
     report = compare(model, onnx_model, ids, mask, decode_steps=40)
     assert report.passed and report.greedy_identical, report.format()
 
 
+def test_export_checks_the_provider(random_model, tmp_path):
+    with pytest.raises(ValueError, match="provider must be one of cpu, cuda"):
+        to_onnx(random_model, tmp_path / "onnx", provider="tpu")
+    assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.parametrize("buffers", [True, False])
 @pytest.mark.parametrize("shape", [RANDOM, TRAINED])
-def test_cached_attention_is_the_models_attention(tokenizer, shape):
+def test_cached_attention_is_the_models_attention(tokenizer, shape, buffers):
     """The export-time attention (the contrib op's torch twin) gives the model's logits and cache,
     for a left-padded prefill and a cached step; the model is restored afterwards."""
     model = _model(tokenizer, **shape)
@@ -200,7 +212,9 @@ def test_cached_attention_is_the_models_attention(tokenizer, shape):
     config = model.config
     empty = tuple((torch.zeros(3, config.num_heads, 0, config.head_size),) * 2 for _ in model.transformer.h)
 
-    def buffers(past=None) -> tuple[KVBuffer, ...]:  # the export's cache; NaN where unfilled, which must never be read
+    def cache(past=None):  # the export's cache: buffers NaN where unfilled (never read), or growing pasts
+        if not buffers:
+            return empty if past is None else past
         shape = (3, config.num_heads, config.max_seq_len, config.head_size)
         if past is None:
             return tuple(KVBuffer(torch.full(shape, float("nan")), torch.full(shape, float("nan"))) for _ in model.transformer.h)
@@ -213,10 +227,10 @@ def test_cached_attention_is_the_models_attention(tokenizer, shape):
         expected, past = model(ids, empty, mask, positions, use_cache=True)
         step = (ids[:, :1], torch.cat([mask, torch.ones_like(ids[:, :1])], 1), positions[:, -1:] + 1)
         expected_step, expected_cache = model(step[0], past, *step[1:], use_cache=True)
-        with attention.cached_attention_blocks(model):
+        with attention.cached_attention_blocks(model, buffers):
             assert all(isinstance(block.attn, attention.CachedAttention) for block in model.transformer.h)
-            actual, actual_past = model(ids, buffers(), mask, positions, use_cache=True)
-            actual_step, actual_cache = model(step[0], buffers(actual_past), *step[1:], use_cache=True)
+            actual, actual_past = model(ids, cache(), mask, positions, use_cache=True)
+            actual_step, actual_cache = model(step[0], cache(actual_past), *step[1:], use_cache=True)
     assert not any(isinstance(block.attn, attention.CachedAttention) for block in model.transformer.h)
     torch.testing.assert_close(actual, expected)
     torch.testing.assert_close(actual_step, expected_step)
@@ -292,10 +306,12 @@ def test_reduced_precision_graphs(reduced_dir, trained_dir):
     ops = {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
     assert types["logits"] == "float32"
     if precision == "fp16":  # for the CUDA provider: fp16 cache, fused LayerNorm, fp32 logits
+        assert report["provider"] == "cuda" and not report["cache_buffers"]
         assert types["past_key_values.0.key"] == types["present.0.key"] == "float16"
-        assert {"SkipLayerNormalization", "GroupQueryAttention"} <= ops  # fused ops, fp16 kernels on CUDA
-    else:  # dynamic quantization: int8 weights, fp32 cache
-        assert types["past_key_values.0.key"] == "float32"
+        assert {"SkipLayerNormalization", "MultiHeadAttention"} <= ops  # fused ops, fp16 kernels on CUDA
+    else:  # dynamic quantization: int8 weights, fp32 cache buffers
+        assert report["provider"] == "cpu" and report["cache_buffers"]
+        assert types["past_key_values.0.key"] == "float32" and "GroupQueryAttention" in ops
         assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
         assert (folder / "model.onnx").stat().st_size < (trained_dir / "model.onnx").stat().st_size / 2
 
@@ -331,12 +347,18 @@ def test_cuda_request_fails_clearly_without_a_working_gpu(random_dir):
         pytest.skip(f"CUDA works here ({model.provider}): nothing to refuse")
 
 
-def test_cuda_provider_runs_with_the_cache_on_the_gpu(random_dir, random_model):
-    model = _cuda_model(random_dir)
+@pytest.mark.parametrize("provider", ["cuda", "cpu"])
+def test_cuda_provider_runs_with_the_cache_on_the_gpu(random_dir, random_model, tmp_path, provider):
+    """The graph built for CUDA, and the one built for the CPU (its attention op falls back to
+    the CPU provider there), both keep the cache on the device between steps."""
+    _cuda_model(random_dir)  # skip before paying for an export where CUDA cannot run
+    folder = random_dir if provider == "cpu" else to_onnx(random_model, tmp_path / "onnx", provider="cuda")
+    model = _cuda_model(folder)
     assert model.provider == PROVIDERS["cuda"]
     ids, mask = _prompts(random_model.config.vocab_size, 9, 3)
     _, past = model.run(ids.numpy(), mask.numpy(), (mask.cumsum(1) - 1).clamp(min=0).numpy())
-    assert all(p.device_name().lower() == "cuda" for p in past.buffers)  # IOBinding kept the cache on the device
+    device_values = past.buffers if isinstance(past, CacheBuffers) else past
+    assert all(p.device_name().lower() == "cuda" for p in device_values)  # IOBinding kept the cache on the device
     report = compare(random_model, model, ids, mask, decode_steps=30)
     assert report.passed and report.greedy_identical, report.format()
 

@@ -31,9 +31,9 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(checkpoint) -> Path:
     out = checkpoint.parent / "onnx"
-    result = run("--model", str(checkpoint), "--out", str(out), "--precision", "int8", "--opset", "20", "--threads", "1")
+    result = run("--model", str(checkpoint), "--out", str(out), "--precision", "int8", "--provider", "cpu", "--opset", "20", "--threads", "1")
     assert result.returncode == 0, result.stderr
-    assert f"wrote {out} (int8, opset 20, dynamo exporter)" in result.stdout
+    assert f"wrote {out} (int8 for the cpu provider, opset 20, dynamo exporter)" in result.stdout
     return out
 
 
@@ -42,7 +42,7 @@ def test_help_documents_every_flag(capsys):
     assert top.returncode == 0 and all(command in top.stdout for command in ("export", "verify", "generate"))
     assert "Without a subcommand" in " ".join(top.stdout.split())
     flags = {
-        "export": ["--model", "--out", "--precision", "--opset", "--threads"],
+        "export": ["--model", "--out", "--precision", "--provider", "--opset", "--threads"],
         "verify": ["--model", "--onnx", "--steps", "--provider", "--threads"],
         "generate": [
             "--onnx", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
@@ -60,6 +60,7 @@ def test_help_documents_every_flag(capsys):
 def test_export_without_subcommand_writes_the_folder(exported):
     report = json.loads((exported / "export_report.json").read_text())
     assert report["precision"] == "int8" and report["parity"]["passed"]
+    assert report["provider"] == "cpu" and report["cache_buffers"]
     assert (exported / "model.onnx").is_file() and (exported / "genai_config.json").is_file()
 
 
