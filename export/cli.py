@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd = commands.add_parser("export", help="export a checkpoint folder to an ONNX folder (the default)")
     export_cmd.add_argument("--model", required=True, metavar="CHECKPOINT_DIR", help="checkpoint folder (config.json, model.safetensors, tokenizer.json)")
     export_cmd.add_argument("--out", required=True, metavar="DIR", help="output folder; built beside it and renamed into place when every check passes")
-    export_cmd.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), fp16 (for the CUDA provider) or int8 (dynamic quantization, for the CPU provider)")
+    export_cmd.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), fp16 (for the CUDA provider) or int8 (8-bit weights in blocks, for the CPU provider)")
     export_cmd.add_argument("--provider", choices=tuple(runtime.PROVIDERS), default=None, help="execution provider the graph is built for: its attention op and cache layout (default: cuda for fp16, cpu otherwise)")
     export_cmd.add_argument("--opset", type=int, default=None, metavar="N", help=f"ONNX opset, {SUPPORTED_OPSETS[0]}-{SUPPORTED_OPSETS[-1]} (default {DEFAULT_OPSET})")
     _add_threads(export_cmd)

@@ -62,7 +62,7 @@ def to_onnx(
 
     Writes `model.onnx`, `config.json`, `tokenizer.json`, `genai_config.json`,
     `tokenizer_config.json` and `export_report.json`. `precision` is "fp32", "fp16" (for the CUDA
-    provider) or "int8" (dynamic quantization, for the CPU provider); `provider` ("cpu" or "cuda")
+    provider) or "int8" (8-bit weights in blocks, for the CPU provider); `provider` ("cpu" or "cuda")
     is the execution provider the graph is built for (its attention op, see `export.attention`),
     by default "cuda" for fp16 and "cpu" otherwise; `opset` defaults to `DEFAULT_OPSET`;
     `threads` are onnxruntime's intra-op threads for the parity run (always on the CPU).

@@ -5,8 +5,14 @@
   `logits` output stays float32 and `LayerNormalization` stays the fused op (it accumulates in
   float32). onnxruntime's CPU provider also runs it, by inserting casts around ops that lack
   float16 kernels, so its numbers on the CPU approximate, not reproduce, a GPU run.
-- int8 (for the CPU provider): onnxruntime dynamic quantization; weights of MatMul and Gather
-  become int8 (per channel), activations are quantized on the fly.
+- int8 (for the CPU provider): weight-only 8-bit quantization in blocks of up to 128 values with
+  one float32 scale each. The block matrices become onnxruntime `MatMulNBits` nodes (onnxruntime's
+  quantizer; `accuracy_level` 4 quantizes the activations to int8 on the fly, for the VNNI
+  kernels); the embedding tables become `GatherBlockQuantized`, and a tied LM head multiplies by
+  the same quantized table (`MatMulNBits` on it, reshaped). onnxruntime's quantizer handles
+  tables only in 4 bits, so `_quantize_tables` does that part. Against its dynamic quantization
+  (`quantize_dynamic`: int8 per channel, `MatMulInteger`), measured at shape L: 3.5x fp32's speed
+  on 1 thread instead of 2.1x, and the greedy tokens of a random model agree with fp32's.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from export import signature
@@ -60,14 +67,79 @@ def _to_fp16(source: Path, target: Path) -> None:
     save(convert_float_to_float16(str(source), keep_io_types=[signature.LOGITS]), target)
 
 
-def _to_int8(source: Path, target: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+INT8_BLOCK = 128
+"""Values per quantization block (a smaller power of two where a table's width needs one)."""
 
-    external = sum(f.stat().st_size for f in files(source)) // 4 > WEIGHTS_LIMIT  # int8 weights: 1/4 of fp32
-    # quantize_dynamic warns that no pre-processing ran: its symbolic shape inference cannot
-    # finish on this graph, and onnxruntime applies the same graph optimisations at load time.
-    with _quiet_root_logger():
-        quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=external)
+
+def _to_int8(source: Path, target: Path) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(source))
+    _quantize_tables(model.graph)
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4)
+    with _quiet_root_logger():  # it logs every node at INFO
+        quantizer.process()
+    save(quantizer.model.model, target)
+
+
+def _quantize_tables(graph: onnx.GraphProto) -> None:
+    """Embedding tables to 8 bits: `Gather(table)` -> `GatherBlockQuantized`, and a tied head's
+    `MatMul(x, Transpose(table))` -> `MatMulNBits` on the same quantized table. Blocks run along
+    each row (the embedding width) with one scale each; the zero point is the default 128."""
+    initializers = {t.name: t for t in graph.initializer}
+    transposed = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Transpose" and n.input[0] in initializers and list(n.attribute[0].ints) == [1, 0]
+    }
+    quantized: dict[str, tuple[str, str, int, int, int]] = {}  # table -> (data, scales, rows, width, block)
+
+    def quantize(name: str) -> tuple[str, str, int, int, int] | None:
+        if name not in quantized:
+            table = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
+            rows, width = table.shape
+            block = next((b for b in (INT8_BLOCK, 64, 32, 16) if width % b == 0), None)
+            if block is None:
+                return None  # too narrow for blocks: the table stays float32
+            blocks = table.reshape(rows, width // block, block)
+            scales = np.abs(blocks).max(axis=2) / 127
+            scales[scales == 0] = 1
+            data = (np.rint(blocks / scales[..., None]) + 128).astype(np.uint8).reshape(rows, width)
+            graph.initializer.extend([
+                onnx.numpy_helper.from_array(data, name + "_q8"),
+                onnx.numpy_helper.from_array(scales.astype(np.float32), name + "_scales"),
+            ])
+            quantized[name] = (name + "_q8", name + "_scales", rows, width, block)
+        return quantized[name]
+
+    nodes = []
+    for node in graph.node:
+        table = node.input[0] if node.op_type == "Gather" else transposed.get(node.input[1]) if node.op_type == "MatMul" else None
+        spec = quantize(table) if table in initializers else None
+        if spec is None:
+            nodes.append(node)
+            continue
+        data, scales, rows, width, block = spec
+        if node.op_type == "Gather":
+            nodes.append(onnx.helper.make_node(
+                "GatherBlockQuantized", [data, node.input[1], scales], node.output, name=node.name, domain="com.microsoft",
+                bits=8, block_size=block, gather_axis=0, quantize_axis=1,
+            ))
+        else:  # the head: [rows, width] is MatMulNBits' [N, K] weight, blocked along K
+            shape = onnx.helper.make_tensor(node.name + "_blocks", onnx.TensorProto.INT64, [3], [rows, width // block, block])
+            graph.initializer.append(shape)
+            nodes.append(onnx.helper.make_node("Reshape", [data, shape.name], [data + "_blocks"], name=node.name + "_reshape"))
+            nodes.append(onnx.helper.make_node(
+                "MatMulNBits", [node.input[0], data + "_blocks", scales], node.output, name=node.name, domain="com.microsoft",
+                K=width, N=rows, bits=8, block_size=block, accuracy_level=4,
+            ))
+    read = {name for n in nodes for name in n.input}
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if n.op_type != "Transpose" or n.output[0] in read)  # drop the head's transpose
+    used = {name for n in graph.node for name in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def files(path: Path) -> list[Path]:

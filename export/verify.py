@@ -33,7 +33,7 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_top1=1.0),  # seen: <= 4e-6 (about 25x headroom)
     "fp16": Tolerance(atol=5e-2, rtol=2e-2, min_top1=0.95),  # seen on the CPU provider: <= 4e-3
-    "int8": Tolerance(atol=0.5, rtol=0.1, min_top1=0.95),  # seen: <= 0.18 (0.15 on a 91 M model)
+    "int8": Tolerance(atol=0.5, rtol=0.1, min_top1=0.95),  # seen: <= 0.08 (0.075 on a random 92 M model)
 }
 """Per precision, against the fp32 torch model; "seen" is the max abs logit difference measured on
 tiny random and trained models. fp32 must agree to float rounding; fp16 and int8 change the

@@ -309,11 +309,38 @@ def test_reduced_precision_graphs(reduced_dir, trained_dir):
         assert report["provider"] == "cuda" and not report["cache_buffers"]
         assert types["past_key_values.0.key"] == types["present.0.key"] == "float16"
         assert {"SkipLayerNormalization", "MultiHeadAttention"} <= ops  # fused ops, fp16 kernels on CUDA
-    else:  # dynamic quantization: int8 weights, fp32 cache buffers
+    else:  # 8-bit weights in blocks, fp32 activations and cache buffers
         assert report["provider"] == "cpu" and report["cache_buffers"]
         assert types["past_key_values.0.key"] == "float32" and "GroupQueryAttention" in ops
-        assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+        assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and not ops & {"MatMul", "Gather", "Transpose"}
         assert (folder / "model.onnx").stat().st_size < (trained_dir / "model.onnx").stat().st_size / 2
+
+
+def test_int8_embedding_table_is_quantized_once_for_the_lookup_and_the_tied_head(trained_model, tmp_path):
+    """The tied table is stored once in 8 bits (blocks along each row, zero point 128), read by
+    `GatherBlockQuantized` and, reshaped, by the head's `MatMulNBits`; it dequantizes to the
+    trained weights within half a quantization step."""
+    folder = to_onnx(trained_model, tmp_path / "onnx", precision="int8")
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    embeddings = ("model.lm_head.weight", "model.transformer.wpe.weight")
+    tables = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name.startswith(embeddings)}
+    assert sorted(tables) == [
+        "model.lm_head.weight_q8", "model.lm_head.weight_scales",
+        "model.transformer.wpe.weight_q8", "model.transformer.wpe.weight_scales",
+    ]  # the tied table once; no float32 copy left
+    readers = Counter((n.op_type, i) for n in graph.node for i in n.input if i.startswith("model.lm_head.weight"))
+    assert readers == {
+        ("GatherBlockQuantized", "model.lm_head.weight_q8"): 1,
+        ("GatherBlockQuantized", "model.lm_head.weight_scales"): 1,
+        ("Reshape", "model.lm_head.weight_q8"): 1,  # to MatMulNBits' [N, blocks, block] layout, folded at load
+        ("MatMulNBits", "model.lm_head.weight_q8_blocks"): 1,
+        ("MatMulNBits", "model.lm_head.weight_scales"): 1,
+    }
+    data, scales = tables["model.lm_head.weight_q8"], tables["model.lm_head.weight_scales"]
+    weights = trained_model.lm_head.weight.detach().numpy()
+    block = weights.shape[1] // scales.shape[1]
+    restored = ((data.astype(np.float32) - 128).reshape(*scales.shape, block) * scales[..., None]).reshape(weights.shape)
+    assert np.all(np.abs(restored - weights) <= np.repeat(scales, block, axis=1) / 2 + 1e-7)
 
 
 # --- runtime settings and providers --------------------------------------------------------------
