@@ -48,6 +48,12 @@ def uses_cache_buffers(config: GPTConfig, provider: str) -> bool:
     return provider == "cpu" and config.head_size % 8 == 0
 
 
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """`[batch, seq, heads * head_size]` -> `[batch, heads, seq, head_size]` (a view)."""
+    batch, seq, _ = x.shape
+    return x.view(batch, seq, num_heads, -1).transpose(1, 2)
+
+
 @torch.library.custom_op("simple_llm::buffered_attention", mutates_args=())
 def buffered_attention(
     qkv: Tensor, attention_bias: Tensor, past_key: Tensor, past_value: Tensor, num_heads: int
@@ -59,11 +65,7 @@ def buffered_attention(
     keys/values at positions `total - seq .. total - 1`."""
     batch, seq, width = qkv.shape
     total = attention_bias.shape[-1]
-
-    def heads(x: Tensor) -> Tensor:
-        return x.view(batch, seq, num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
-
-    query, key, value = (heads(x) for x in qkv.split(width // 3, dim=2))
+    query, key, value = (_heads(x, num_heads) for x in qkv.split(width // 3, dim=2))
     present_key = past_key.slice_scatter(key, dim=2, start=total - seq, end=total)
     present_value = past_value.slice_scatter(value, dim=2, start=total - seq, end=total)
     y = F.scaled_dot_product_attention(
@@ -96,13 +98,9 @@ def growing_attention(
     if bias is not None:
         query, key, value = (x + b for x, b in zip((query, key, value), bias.chunk(3)))
     batch, seq, width = query.shape
-
-    def heads(x: Tensor) -> Tensor:
-        return x.view(batch, seq, num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
-
-    present_key = torch.cat((past_key, heads(key)), dim=2)  # (B, nh, P+T, hs)
-    present_value = torch.cat((past_value, heads(value)), dim=2)
-    y = F.scaled_dot_product_attention(heads(query), present_key, present_value, attn_mask=attention_bias)
+    present_key = torch.cat((past_key, _heads(key, num_heads)), dim=2)  # (B, nh, P+T, hs)
+    present_value = torch.cat((past_value, _heads(value, num_heads)), dim=2)
+    y = F.scaled_dot_product_attention(_heads(query, num_heads), present_key, present_value, attn_mask=attention_bias)
     return y.transpose(1, 2).reshape(batch, seq, width), present_key, present_value
 
 

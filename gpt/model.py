@@ -374,7 +374,7 @@ def attention_bias(
     (not boolean) so that attention does not convert it again in every layer.
     """
     if seq_len == 1:  # one new token may see every real key: only padding to hide
-        if attention_mask is None or (not torch.compiler.is_exporting() and bool(attention_mask.all())):
+        if attention_mask is None or (_is_cheap_to_check(attention_mask) and bool(attention_mask.all())):
             return None
         allowed = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, P+1)
     elif attention_mask is None and past_len == 0:
@@ -387,3 +387,9 @@ def attention_bias(
         if attention_mask is not None:
             allowed = allowed & (attention_mask.bool()[:, None, None, :] | (key_pos == query_pos))  # (B, 1, T, P+T)
     return torch.where(allowed, 0.0, float("-inf")).to(dtype)
+
+
+def _is_cheap_to_check(attention_mask: Tensor) -> bool:
+    """Whether reading the mask's values is free: on the CPU, outside an export trace (on a GPU it
+    would wait for the device every step)."""
+    return attention_mask.is_cpu and not torch.compiler.is_exporting()
