@@ -119,7 +119,9 @@ _INTEGER_INPUTS = {
 }
 
 
-def _contrib_op(name: str, inputs: list[str], outputs: list[str], attributes: dict[str, OpSchema.AttrType]) -> onnxscript.values.Op:
+def _contrib_op(
+    name: str, inputs: list[str], outputs: list[str], attributes: dict[str, OpSchema.AttrType]
+) -> onnxscript.values.Op:
     """An onnxscript handle for onnxruntime's `com.microsoft` op `name`, declared with the inputs
     and outputs used here (onnx itself has no schema for contrib ops). The first input and output
     are required, the rest optional; every tensor is float32/float16 ("T") except the integer
@@ -161,8 +163,19 @@ def _buffered_attention_to_onnx(qkv, attention_bias, past_key, past_value, num_h
     last = op.Expand(op.Sub(total, op.Constant(value_ints=[1])), op.Shape(attention_bias, start=0, end=1))
     int32 = onnx.TensorProto.INT32
     return _GROUP_QUERY_ATTENTION(
-        qkv, None, None, past_key, past_value, op.Cast(last, to=int32), op.Cast(op.Squeeze(total), to=int32),
-        None, None, None, attention_bias, num_heads=num_heads, kv_num_heads=num_heads,
+        qkv,
+        None,
+        None,
+        past_key,
+        past_value,
+        op.Cast(last, to=int32),
+        op.Cast(op.Squeeze(total), to=int32),
+        None,
+        None,
+        None,
+        attention_bias,
+        num_heads=num_heads,
+        kv_num_heads=num_heads,
     )
 
 
@@ -175,7 +188,9 @@ _MULTI_HEAD_ATTENTION = _contrib_op(
 
 
 def _growing_attention_to_onnx(query, key, value, bias, attention_bias, past_key, past_value, num_heads: int):
-    return _MULTI_HEAD_ATTENTION(query, key, value, bias, None, attention_bias, past_key, past_value, num_heads=num_heads)
+    return _MULTI_HEAD_ATTENTION(
+        query, key, value, bias, None, attention_bias, past_key, past_value, num_heads=num_heads
+    )
 
 
 TRANSLATIONS = {

@@ -105,34 +105,65 @@ def _quantize_tables(graph: onnx.GraphProto) -> None:
             scales = np.abs(blocks).max(axis=2) / 127
             scales[scales == 0] = 1
             data = (np.rint(blocks / scales[..., None]) + 128).astype(np.uint8).reshape(rows, width)
-            graph.initializer.extend([
-                onnx.numpy_helper.from_array(data, name + "_q8"),
-                onnx.numpy_helper.from_array(scales.astype(np.float32), name + "_scales"),
-            ])
+            graph.initializer.extend(
+                [
+                    onnx.numpy_helper.from_array(data, name + "_q8"),
+                    onnx.numpy_helper.from_array(scales.astype(np.float32), name + "_scales"),
+                ]
+            )
             quantized[name] = (name + "_q8", name + "_scales", rows, width, block)
         return quantized[name]
 
     nodes = []
     for node in graph.node:
-        table = node.input[0] if node.op_type == "Gather" else transposed.get(node.input[1]) if node.op_type == "MatMul" else None
+        table = (
+            node.input[0]
+            if node.op_type == "Gather"
+            else transposed.get(node.input[1])
+            if node.op_type == "MatMul"
+            else None
+        )
         spec = quantize(table) if table in initializers else None
         if spec is None:
             nodes.append(node)
             continue
         data, scales, rows, width, block = spec
         if node.op_type == "Gather":
-            nodes.append(onnx.helper.make_node(
-                "GatherBlockQuantized", [data, node.input[1], scales], node.output, name=node.name, domain="com.microsoft",
-                bits=8, block_size=block, gather_axis=0, quantize_axis=1,
-            ))
+            nodes.append(
+                onnx.helper.make_node(
+                    "GatherBlockQuantized",
+                    [data, node.input[1], scales],
+                    node.output,
+                    name=node.name,
+                    domain="com.microsoft",
+                    bits=8,
+                    block_size=block,
+                    gather_axis=0,
+                    quantize_axis=1,
+                )
+            )
         else:  # the head: [rows, width] is MatMulNBits' [N, K] weight, blocked along K
-            shape = onnx.helper.make_tensor(node.name + "_blocks", onnx.TensorProto.INT64, [3], [rows, width // block, block])
+            shape = onnx.helper.make_tensor(
+                node.name + "_blocks", onnx.TensorProto.INT64, [3], [rows, width // block, block]
+            )
             graph.initializer.append(shape)
-            nodes.append(onnx.helper.make_node("Reshape", [data, shape.name], [data + "_blocks"], name=node.name + "_reshape"))
-            nodes.append(onnx.helper.make_node(
-                "MatMulNBits", [node.input[0], data + "_blocks", scales], node.output, name=node.name, domain="com.microsoft",
-                K=width, N=rows, bits=8, block_size=block, accuracy_level=4,
-            ))
+            nodes.append(
+                onnx.helper.make_node("Reshape", [data, shape.name], [data + "_blocks"], name=node.name + "_reshape")
+            )
+            nodes.append(
+                onnx.helper.make_node(
+                    "MatMulNBits",
+                    [node.input[0], data + "_blocks", scales],
+                    node.output,
+                    name=node.name,
+                    domain="com.microsoft",
+                    K=width,
+                    N=rows,
+                    bits=8,
+                    block_size=block,
+                    accuracy_level=4,
+                )
+            )
     read = {name for n in nodes for name in n.input}
     del graph.node[:]
     graph.node.extend(n for n in nodes if n.op_type != "Transpose" or n.output[0] in read)  # drop the head's transpose
