@@ -94,14 +94,16 @@ def to_onnx(
         if precision != "fp32":
             precisions.convert(graph, stage / MODEL_FILE, precision)
         check_graph(stage / MODEL_FILE)
-        _write_metadata(model, stage)
-        log.info("checking parity with the torch model")
         onnx_model = OnnxGPT(create_session(stage / MODEL_FILE, "cpu", options), model.config, model.tokenizer)
+        buffers = onnx_model.cache_capacity is not None
+        _write_metadata(model, stage, buffers)
+        log.info("checking parity with the torch model")
         probe = verify.probe_inputs(model.config)
         parity = verify.compare(model, onnx_model, *probe, tolerance=verify.TOLERANCES[precision])
         if not parity.passed:
             raise ExportError(f"the {precision} export does not match the torch model:\n{parity.format()}")
-        report = _report(model, stage, precision, provider, opset, exporter, parity, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        report = _report(model, stage, precision, provider, buffers, opset, exporter, parity, seconds)
         _write_json(stage / REPORT_FILE, report)
     return out
 
@@ -243,11 +245,10 @@ def check_graph(path: Path) -> None:
         raise ExportError(f"{path.name} failed the ONNX checks: {err}") from err
 
 
-def _write_metadata(model: GPT, folder: Path) -> None:
-    """config.json, tokenizer.json and the onnxruntime-genai files."""
+def _write_metadata(model: GPT, folder: Path, buffers: bool) -> None:
+    """config.json, tokenizer.json and the onnxruntime-genai files (for a graph with or without cache buffers)."""
     model.config.save(folder / checkpoint.CONFIG_FILE)
     model.tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
-    buffers = signature.cache_capacity(folder / MODEL_FILE) is not None
     _write_json(folder / genai.GENAI_CONFIG_FILE, genai.genai_config(model.config, model.tokenizer, MODEL_FILE, buffers))
     _write_json(folder / genai.TOKENIZER_CONFIG_FILE, genai.tokenizer_config(model.config))
 
@@ -257,6 +258,7 @@ def _report(
     folder: Path,
     precision: str,
     provider: str,
+    buffers: bool,
     opset: int,
     exporter: str,
     parity: verify.ParityReport,
@@ -265,7 +267,7 @@ def _report(
     return {
         "precision": precision,
         "provider": provider,
-        "cache_buffers": signature.cache_capacity(folder / MODEL_FILE) is not None,
+        "cache_buffers": buffers,
         "opset": opset,
         "exporter": exporter,
         "export_seconds": round(seconds, 2),

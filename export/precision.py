@@ -92,78 +92,39 @@ def _quantize_tables(graph: onnx.GraphProto) -> None:
         for n in graph.node
         if n.op_type == "Transpose" and n.input[0] in initializers and list(n.attribute[0].ints) == [1, 0]
     }
-    quantized: dict[str, tuple[str, str, int, int, int]] = {}  # table -> (data, scales, rows, width, block)
+    quantized: dict[str, tuple[str, str, int, int, int] | None] = {}  # table -> (data, scales, rows, width, block)
 
     def quantize(name: str) -> tuple[str, str, int, int, int] | None:
         if name not in quantized:
             table = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
             rows, width = table.shape
             block = next((b for b in (INT8_BLOCK, 64, 32, 16) if width % b == 0), None)
-            if block is None:
-                return None  # too narrow for blocks: the table stays float32
-            blocks = table.reshape(rows, width // block, block)
-            scales = np.abs(blocks).max(axis=2) / 127
-            scales[scales == 0] = 1
-            data = (np.rint(blocks / scales[..., None]) + 128).astype(np.uint8).reshape(rows, width)
-            graph.initializer.extend(
-                [
-                    onnx.numpy_helper.from_array(data, name + "_q8"),
-                    onnx.numpy_helper.from_array(scales.astype(np.float32), name + "_scales"),
-                ]
-            )
-            quantized[name] = (name + "_q8", name + "_scales", rows, width, block)
+            quantized[name] = None if block is None else (name + "_q8", name + "_scales", rows, width, block)
+            if block is not None:  # else too narrow for blocks: the table stays float32
+                data, scales = _blockwise_uint8(table, block)
+                graph.initializer.extend(
+                    [
+                        onnx.numpy_helper.from_array(data, name + "_q8"),
+                        onnx.numpy_helper.from_array(scales, name + "_scales"),
+                    ]
+                )
         return quantized[name]
 
     nodes = []
     for node in graph.node:
-        table = (
-            node.input[0]
-            if node.op_type == "Gather"
-            else transposed.get(node.input[1])
-            if node.op_type == "MatMul"
-            else None
-        )
+        if node.op_type == "Gather":
+            table = node.input[0]
+        elif node.op_type == "MatMul":
+            table = transposed.get(node.input[1])
+        else:
+            table = None
         spec = quantize(table) if table in initializers else None
         if spec is None:
             nodes.append(node)
-            continue
-        data, scales, rows, width, block = spec
-        if node.op_type == "Gather":
-            nodes.append(
-                onnx.helper.make_node(
-                    "GatherBlockQuantized",
-                    [data, node.input[1], scales],
-                    node.output,
-                    name=node.name,
-                    domain="com.microsoft",
-                    bits=8,
-                    block_size=block,
-                    gather_axis=0,
-                    quantize_axis=1,
-                )
-            )
-        else:  # the head: [rows, width] is MatMulNBits' [N, K] weight, blocked along K
-            shape = onnx.helper.make_tensor(
-                node.name + "_blocks", onnx.TensorProto.INT64, [3], [rows, width // block, block]
-            )
-            graph.initializer.append(shape)
-            nodes.append(
-                onnx.helper.make_node("Reshape", [data, shape.name], [data + "_blocks"], name=node.name + "_reshape")
-            )
-            nodes.append(
-                onnx.helper.make_node(
-                    "MatMulNBits",
-                    [node.input[0], data + "_blocks", scales],
-                    node.output,
-                    name=node.name,
-                    domain="com.microsoft",
-                    K=width,
-                    N=rows,
-                    bits=8,
-                    block_size=block,
-                    accuracy_level=4,
-                )
-            )
+        elif node.op_type == "Gather":
+            nodes.append(_gather_quantized(node, *spec))
+        else:
+            nodes.extend(_head_quantized(graph, node, *spec))
     read = {name for n in nodes for name in n.input}
     del graph.node[:]
     graph.node.extend(n for n in nodes if n.op_type != "Transpose" or n.output[0] in read)  # drop the head's transpose
@@ -171,6 +132,55 @@ def _quantize_tables(graph: onnx.GraphProto) -> None:
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def _blockwise_uint8(table: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 8-bit blocks along each row: uint8 values (zero point 128) and float32 scales `[rows, blocks]`."""
+    rows, width = table.shape
+    blocks = table.reshape(rows, width // block, block)
+    scales = np.abs(blocks).max(axis=2) / 127
+    scales[scales == 0] = 1
+    data = (np.rint(blocks / scales[..., None]) + 128).astype(np.uint8).reshape(rows, width)
+    return data, scales.astype(np.float32)
+
+
+def _gather_quantized(
+    node: onnx.NodeProto, data: str, scales: str, rows: int, width: int, block: int
+) -> onnx.NodeProto:
+    return onnx.helper.make_node(
+        "GatherBlockQuantized",
+        [data, node.input[1], scales],
+        node.output,
+        name=node.name,
+        domain="com.microsoft",
+        bits=8,
+        block_size=block,
+        gather_axis=0,
+        quantize_axis=1,
+    )
+
+
+def _head_quantized(
+    graph: onnx.GraphProto, node: onnx.NodeProto, data: str, scales: str, rows: int, width: int, block: int
+) -> list[onnx.NodeProto]:
+    """The head: the `[rows, width]` table is MatMulNBits' `[N, K]` weight, blocked along K (a
+    reshape to `[N, blocks, block]` that onnxruntime folds at load)."""
+    shape = onnx.helper.make_tensor(node.name + "_blocks", onnx.TensorProto.INT64, [3], [rows, width // block, block])
+    graph.initializer.append(shape)
+    reshape = onnx.helper.make_node("Reshape", [data, shape.name], [data + "_blocks"], name=node.name + "_reshape")
+    matmul = onnx.helper.make_node(
+        "MatMulNBits",
+        [node.input[0], data + "_blocks", scales],
+        node.output,
+        name=node.name,
+        domain="com.microsoft",
+        K=width,
+        N=rows,
+        bits=8,
+        block_size=block,
+        accuracy_level=4,
+    )
+    return [reshape, matmul]
 
 
 def files(path: Path) -> list[Path]:

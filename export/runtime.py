@@ -184,8 +184,12 @@ class OnnxGPT(GenerationMixin):
         return logits, cache
 
     def decode_step(
-        self, input_ids: Tensor, past: list[PastValue] | None, attention_mask: Tensor, position_ids: Tensor
-    ) -> tuple[Tensor, list[PastValue]]:
+        self,
+        input_ids: Tensor,
+        past: CacheBuffers | list[PastValue] | None,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+    ) -> tuple[Tensor, CacheBuffers | list[PastValue]]:
         """The shared loop's step: last-position logits `[batch, vocab]` (a zero-copy view) and the cache."""
         logits, presents = self.run(input_ids.numpy(), attention_mask.numpy(), position_ids.numpy(), past)
         return torch.from_numpy(logits[:, -1, :]), presents
@@ -222,8 +226,8 @@ class CacheBuffers:
     positions are filled; iterating gives them, one numpy array per past input, in input order."""
 
     def __init__(self, session: ort.InferenceSession, num_layers: int, shape: tuple[int, ...], dtype: np.dtype, device: str) -> None:
-        self._host = [np.zeros(shape, dtype) for _ in range(2 * num_layers)]  # zeros: no stale NaN anywhere
-        self.buffers = [ort.OrtValue.ortvalue_from_numpy(array, device, 0) for array in self._host]  # CPU: shares the array
+        # zeros: no stale NaN anywhere; on the CPU each OrtValue shares (and keeps alive) its array
+        self.buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype), device, 0) for _ in range(2 * num_layers)]
         self.binding = session.io_binding()  # the logits are bound by each run
         for past, present, buffer in zip(signature.past_names(num_layers), signature.present_names(num_layers), self.buffers):
             self.binding.bind_ortvalue_input(past, buffer)

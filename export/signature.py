@@ -52,13 +52,6 @@ def describe(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [_value_info(v) for v in graph.input], "outputs": [_value_info(v) for v in graph.output]}
 
 
-def cache_capacity(path: str | Path) -> int | None:
-    """The positions of the graph's cache buffers (a fixed past length, see `export.attention`),
-    or None when its pasts grow by concatenation (a dynamic past length)."""
-    past = describe(path)["inputs"][3]
-    return past["shape"][2] if isinstance(past["shape"][2], int) else None
-
-
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
     tensor = value.type.tensor_type
     shape = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
