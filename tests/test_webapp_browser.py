@@ -86,11 +86,15 @@ def open_page(browser, url: str, locale: str):
 
 
 def wait_text(page, selector: str, pattern: str, timeout_ms: int = TIMEOUT_MS) -> str:
-    page.wait_for_function(
-        "([s, p]) => { const e = document.querySelector(s); return e && new RegExp(p).test(e.innerText); }",
-        arg=[selector, pattern],
-        timeout=timeout_ms,
-    )
+    try:
+        page.wait_for_function(
+            "([s, p]) => { const e = document.querySelector(s); return e && new RegExp(p).test(e.innerText); }",
+            arg=[selector, pattern],
+            timeout=timeout_ms,
+        )
+    except sync_api.TimeoutError:
+        shown = page.locator(selector).inner_text(timeout=1000) if page.locator(selector).count() else "(absent)"
+        pytest.fail(f"{selector} never matched {pattern!r} in {timeout_ms / 1000:.0f} s; it shows: {shown!r}")
     return page.inner_text(selector)
 
 
@@ -102,6 +106,9 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
     steps.fill(str(TRAIN_STEPS))
     steps.press("Tab")
     page.click("#train-start")
+    # The run must start (tokenizer first) within TIMEOUT_MS, else the failure says the click was
+    # never answered, not that training was slow.
+    wait_text(page, "#train-status", "Training the tokenizer|step")
     status = wait_text(page, "#train-status", f"Finished at step {TRAIN_STEPS}", TRAIN_TIMEOUT_MS)
     assert "tokens/s" in status and "Python standard library" in status
     page.wait_for_selector("#train-plot canvas, #train-plot svg")
