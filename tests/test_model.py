@@ -27,6 +27,7 @@ def tiny(**overrides) -> GPT:
         (dict(dropout="x"), "dropout must be a number"),
         (dict(head_size=0), "head_size must be a positive integer"),
         (dict(bias="yes"), "bias must be True or False"),
+        (dict(activation="relu"), "activation must be one of gelu, gelu_tanh"),
     ],
 )
 def test_constructor_validates(overrides, message):
@@ -40,6 +41,12 @@ def test_config_json_round_trip_and_unknown_fields():
     assert config.attn_size == 15
     with pytest.raises(ValueError, match="unknown GPTConfig fields: colour"):
         GPTConfig.from_dict({**json.loads(config.to_json()), "colour": "red"})
+
+
+def test_configs_saved_before_the_activation_field_keep_tanh_gelu():
+    saved = {k: v for k, v in GPTConfig(vocab_size=10, max_seq_len=8).to_dict().items() if k != "activation"}
+    assert GPTConfig(vocab_size=10, max_seq_len=8).activation == "gelu"  # new models: exact GELU
+    assert GPTConfig.from_dict(saved).activation == "gelu_tanh"  # what every older checkpoint used
 
 
 def test_from_config_builds_the_same_shape():
@@ -135,16 +142,19 @@ def test_device_places_weights_on_cuda():
     assert model(torch.zeros(1, 3, dtype=torch.long, device="cuda")).device.type == "cuda"
 
 
-def test_matches_hugging_face_gpt2():
+@pytest.mark.parametrize("activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu")])
+def test_matches_hugging_face_gpt2(activation, hf_activation):
     transformers = pytest.importorskip("transformers")
     hf_config = transformers.GPT2Config(
-        vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+        vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, activation_function=hf_activation,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
     )
     torch.manual_seed(1)
     reference = transformers.GPT2LMHeadModel(hf_config).eval()
-    ours = tiny()
-    ours.load_gpt2_state_dict(reference.state_dict())
+    gpt2 = tiny(activation="gelu_tanh")  # GPT-2's weights load into a model of GPT-2's activation
+    gpt2.load_gpt2_state_dict(reference.state_dict())
+    ours = tiny(activation=activation)
+    ours.load_state_dict(gpt2.state_dict())
     ids = torch.randint(0, 97, (3, 33))
     with torch.no_grad():
         expected = reference(ids).logits
@@ -156,6 +166,21 @@ def test_matches_hugging_face_gpt2():
         for i in range(20, 33):
             logits, past = ours(ids[:, i : i + 1], past_key_values=past)
             torch.testing.assert_close(logits[:, 0], expected[:, i], atol=1e-5, rtol=0)
+
+
+def test_dropout_is_active_only_in_training():
+    model = tiny(dropout=0.5)
+    ids = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model(ids), model(ids))  # eval: deterministic, every dropout a no-op
+        model.train()
+        assert not torch.equal(model(ids), model(ids))
+        assert torch.equal(tiny(dropout=0.0).train()(ids), tiny(dropout=0.0).eval()(ids))
+
+
+def test_gpt2_weights_need_the_tanh_gelu():
+    with pytest.raises(ValueError, match="activation='gelu_tanh'"):
+        tiny().load_gpt2_state_dict(tiny(activation="gelu_tanh").state_dict())
 
 
 def test_kv_buffer_decoding_matches_concatenated_cache():

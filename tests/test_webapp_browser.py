@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -104,8 +105,12 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
     context, page, outside = open_page(browser, url, "en-US")
     page.click("#train-advanced button, #train-advanced .label-wrap")
     steps = page.locator("#train-steps input")
+    # The field must show the preset's count before it is edited: typing into it while the
+    # accordion's content is still mounting is a likely cause of the lost value noted below.
+    sync_api.expect(steps).to_have_value(str(PRESET_STEPS))
     steps.fill(str(TRAIN_STEPS))
     steps.press("Tab")
+    sync_api.expect(steps).to_have_value(str(TRAIN_STEPS))
     page.click("#train-start")
     # The run must start (tokenizer first) within TIMEOUT_MS, else the failure says the click was
     # never answered, not that training was slow.
@@ -114,6 +119,8 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
     # (seen in full-suite runs: checkpoints up to step 1500 while this waited for 300); either run
     # must finish. Cause not found yet.
     status = wait_text(page, "#train-status", f"Finished at step ({TRAIN_STEPS}|{PRESET_STEPS})\\b", TRAIN_TIMEOUT_MS)
+    if TRAIN_STEPS != PRESET_STEPS and f"Finished at step {PRESET_STEPS}" in status:
+        warnings.warn(f"the typed step count {TRAIN_STEPS} was lost: the run trained the preset's {PRESET_STEPS}")
     assert "tokens/s" in status and "Python standard library" in status
     page.wait_for_selector("#train-plot canvas, #train-plot svg")
     assert "[step" in page.locator("#train-sample textarea").input_value()
