@@ -345,10 +345,7 @@ class GPT(GenerationMixin, nn.Module):
     def load_gpt2_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
         """Copy weights from a Hugging Face `GPT2LMHeadModel` state dict (same names, same layout)."""
         if self.config.activation != "gelu_tanh":
-            raise ValueError(
-                "GPT-2 weights need GPT-2's tanh GELU: build the model with activation='gelu_tanh' "
-                f"(this one has activation={self.config.activation!r})"
-            )
+            raise ValueError(f"GPT-2 weights need activation='gelu_tanh', this model has {self.config.activation!r}")
         own = self.state_dict()
         with torch.no_grad():
             for name, tensor in _gpt2_parameters(state_dict):

@@ -27,7 +27,7 @@ def tiny(**overrides) -> GPT:
         (dict(dropout="x"), "dropout must be a number"),
         (dict(head_size=0), "head_size must be a positive integer"),
         (dict(bias="yes"), "bias must be True or False"),
-        (dict(activation="relu"), "activation must be one of gelu, gelu_tanh"),
+        (dict(activation="relu"), "activation must be one of gelu_tanh, gelu"),
     ],
 )
 def test_constructor_validates(overrides, message):
@@ -41,12 +41,6 @@ def test_config_json_round_trip_and_unknown_fields():
     assert config.attn_size == 15
     with pytest.raises(ValueError, match="unknown GPTConfig fields: colour"):
         GPTConfig.from_dict({**json.loads(config.to_json()), "colour": "red"})
-
-
-def test_configs_saved_before_the_activation_field_keep_tanh_gelu():
-    saved = {k: v for k, v in GPTConfig(vocab_size=10, max_seq_len=8).to_dict().items() if k != "activation"}
-    assert GPTConfig(vocab_size=10, max_seq_len=8).activation == "gelu"  # new models: exact GELU
-    assert GPTConfig.from_dict(saved).activation == "gelu_tanh"  # what every older checkpoint used
 
 
 def test_from_config_builds_the_same_shape():
@@ -151,7 +145,7 @@ def test_matches_hugging_face_gpt2(activation, hf_activation):
     )
     torch.manual_seed(1)
     reference = transformers.GPT2LMHeadModel(hf_config).eval()
-    gpt2 = tiny(activation="gelu_tanh")  # GPT-2's weights load into a model of GPT-2's activation
+    gpt2 = tiny()  # GPT-2's weights load into a model of GPT-2's activation, the default
     gpt2.load_gpt2_state_dict(reference.state_dict())
     ours = tiny(activation=activation)
     ours.load_state_dict(gpt2.state_dict())
@@ -180,7 +174,7 @@ def test_dropout_is_active_only_in_training():
 
 def test_gpt2_weights_need_the_tanh_gelu():
     with pytest.raises(ValueError, match="activation='gelu_tanh'"):
-        tiny().load_gpt2_state_dict(tiny(activation="gelu_tanh").state_dict())
+        tiny(activation="gelu").load_gpt2_state_dict(tiny().state_dict())
 
 
 def test_kv_buffer_decoding_matches_concatenated_cache():
