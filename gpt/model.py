@@ -78,17 +78,6 @@ class Conv1D(nn.Module):
         return F.linear(x, self.weight.t(), self.bias)  # a transposed view: no copy
 
 
-class Dropout(nn.Dropout):
-    """`nn.Dropout` that returns its input untouched when inactive (eval mode or p = 0).
-
-    A decode step passes through nine of them; `F.dropout` costs about 2 us even when it does
-    nothing, about 3% of a step at shape S.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x) if self.training and self.p > 0 else x
-
-
 LINEAR_LAYOUT = "in_out"
 """How `Conv1D` weights are stored, written into each weights file (see `gpt.checkpoint`)."""
 
@@ -101,7 +90,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = Conv1D(config.emb_size, 3 * config.attn_size, bias=config.bias)  # fused QKV
         self.c_proj = Conv1D(config.attn_size, config.emb_size, bias=config.bias)
         self.dropout = config.dropout
-        self.resid_dropout = Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
         self, x: Tensor, past: tuple[Tensor, Tensor] | None, mask: Tensor | None
@@ -124,7 +113,8 @@ class CausalSelfAttention(nn.Module):
             is_causal=mask is None and T > 1,  # attention_bias returns None only when this is right
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)
-        return self.resid_dropout(self.c_proj(y)), past if isinstance(past, KVBuffer) else (k, v)
+        y = self.c_proj(y)
+        return self.resid_dropout(y) if self.training else y, past if isinstance(past, KVBuffer) else (k, v)
 
 
 class MLP(nn.Module):
@@ -132,12 +122,13 @@ class MLP(nn.Module):
         super().__init__()
         hidden = config.mlp_ratio * config.emb_size
         self.c_fc = Conv1D(config.emb_size, hidden, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"  # F.gelu's name for it
         self.c_proj = Conv1D(hidden, config.emb_size, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+        return self.dropout(h) if self.training else h  # dropout only in training (see _hidden_states)
 
 
 class Block(nn.Module):
@@ -192,7 +183,7 @@ class GPT(GenerationMixin, nn.Module):
             dict(
                 wte=nn.Embedding(config.vocab_size, config.emb_size),
                 wpe=nn.Embedding(config.max_seq_len, config.emb_size),
-                drop=Dropout(config.dropout),
+                drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.num_layers)),
                 ln_f=nn.LayerNorm(config.emb_size, eps=config.layer_norm_eps, bias=config.bias),
             )
@@ -272,7 +263,11 @@ class GPT(GenerationMixin, nn.Module):
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past_len, T, input_ids.device)
         mask = attention_bias(attention_mask, past_len, T, input_ids.device, self.transformer.wte.weight.dtype)
-        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))
+        x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
+        # Dropout modules are skipped in eval, not called: a call costs about 2 us even when it does
+        # nothing, and a decode step would make nine.
+        if self.training:
+            x = self.transformer.drop(x)
         presents = []
         for i, block in enumerate(self.transformer.h):
             x, present = block(x, None if past is None else past[i], mask)
