@@ -38,7 +38,7 @@ def trained(corpus, tmp_path_factory) -> Path:
     result = run_cli(
         "train", "--data", str(corpus), "--out", str(out), "--vocab-size", "300", "--context", "32",
         "--emb", "32", "--heads", "2", "--layers", "1", "--batch-size", "8", "--steps", "6",
-        "--eval-interval", "3", "--threads", "1",
+        "--eval-interval", "3", "--threads", "1", "--activation", "gelu",
     )
     assert "done: 6 steps" in result.stdout
     assert "validation loss" in result.stdout
@@ -60,7 +60,7 @@ def test_tokenizer_command(corpus, tmp_path):
 
 def test_train_writes_a_loadable_model(trained):
     model = GPT.load(trained)
-    assert model.config.max_seq_len == 32 and model.tokenizer is not None
+    assert model.config.max_seq_len == 32 and model.config.activation == "gelu" and model.tokenizer is not None
     assert any((trained / "checkpoints").iterdir())
 
 
