@@ -267,7 +267,9 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             api_visibility="private",
             queue=False,
         )
-        preset.change(
+        # .input, not .change: a preset fills the settings only when the user picks one, never
+        # because the page (re)rendered the radio, which would overwrite values already typed
+        preset.input(
             h.preset,
             preset,
             [layers, heads, emb, context, vocab, lr, batch, steps, dropout],
@@ -296,7 +298,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             h.stop, None, train_outputs, api_name="stop_training", cancels=[train_event, resume_event], queue=False
         )
 
-        sampling_preset.change(
+        sampling_preset.input(
             h.sampling_preset, sampling_preset, [mode, temperature, top_k, top_p], api_visibility="private", queue=False
         )
         gen_event = gen_btn.click(
