@@ -256,7 +256,16 @@ def test_keyboard_interrupt_at_step_k_leaves_a_checkpoint_of_step_k(tmp_path):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_ctrl_c_during_an_optimizer_step_completes_the_step_then_stops(tmp_path):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for the test, even when pytest runs with SIGINT ignored (a shell
+    starts its background jobs so, and `fit` then rightly drops the signal)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_an_optimizer_step_completes_the_step_then_stops(tmp_path, python_ctrl_c):
     class CtrlCInThirdStep(Callback):
         def on_train_begin(self, trainer: Trainer) -> None:
             step = trainer.optimizer.step
