@@ -218,7 +218,7 @@ class CachedAttention(nn.Module):
         if self.buffers:
             y, present_key, present_value = buffered_attention(attention.c_attn(x), mask, past.keys, past.values, heads)
         else:
-            projection = F.linear(x, attention.c_attn.weight.t())  # the op adds the bias
+            projection = x @ attention.c_attn.weight  # Conv1D weight [in, out]; the op adds the bias
             query, key, value = projection.split(heads * attention.head_size, dim=2)
             y, present_key, present_value = growing_attention(
                 query, key, value, attention.c_attn.bias, mask, past[0], past[1], heads
