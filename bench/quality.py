@@ -83,14 +83,14 @@ def main() -> None:
     parser.add_argument("--rows", default="default,adamw,nanogpt,bpe,bf16", help="comma-separated rows: " + ", ".join(ROWS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="seeds per row; the table gives medians (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="200 steps (a smoke run, under a minute)")
+    parser.add_argument("--quick", action="store_true", help="50 steps (a smoke run, under a minute)")
     parser.add_argument("--fit", type=json.loads, default={}, help='fit options for every row, as JSON (for sweeps): \'{"learning_rate": 3e-3}\'')
     parser.add_argument("--model", type=json.loads, default={}, help='GPTConfig fields for every row, as JSON: \'{"tie_embeddings": false}\'')
     args = parser.parse_args()
     if not DATA.is_file():
         raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data/shakespeare.txt")
     set_threads(args.threads)
-    steps = 200 if args.quick else args.steps
+    steps = 50 if args.quick else args.steps
     text = DATA.read_text(encoding="utf-8")
     rows = args.rows.split(",")
     results: dict[str, list[dict]] = {row: [] for row in rows}

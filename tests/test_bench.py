@@ -1,0 +1,117 @@
+"""Every benchmark script runs end to end in its `--quick` mode and prints its table.
+
+The figures themselves are never asserted on (the machine is shared); these tests check that each
+script still runs against the current library and measures every row it promises, with a number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "shakespeare.txt"
+needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} not found")
+
+
+def run_quick(script: str) -> str:
+    result = subprocess.run(
+        [sys.executable, f"bench/{script}.py", "--quick"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"bench/{script}.py --quick failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of every markdown table row of `output`, headers and separator lines left out."""
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")] for line in output.splitlines() if line.startswith("|")
+    ]
+    separators = {i for i, row in enumerate(rows) if all(set(cell) <= set("-:") for cell in row)}
+    return [row for i, row in enumerate(rows) if i not in separators and i + 1 not in separators]
+
+
+def measured(rows: list[list[str]], label: str, column: int) -> float:
+    """The leading number of `column` in the one row whose cells include `label`."""
+    matching = [row for row in rows if label in row]
+    assert len(matching) == 1, f"expected one row {label!r}, got {matching}"
+    number = re.match(r"[\d,.]+", matching[0][column])
+    assert number, f"row {label!r} has no figure in column {column}: {matching[0]}"
+    return float(number.group().replace(",", ""))
+
+
+def test_train_bench() -> None:
+    rows = table_rows(run_quick("train"))
+    for label in (
+        "ours fp32",
+        "HF GPT2LMHeadModel fp32 (sdpa)",
+        "ours bf16 autocast",
+        "ours fp32 via `fit()` (library loop)",
+    ):
+        assert measured(rows, label, 3) > 0
+    assert measured(rows, "fp32 matmul ceiling (2048^3), as tokens/s", 5) > 0  # GFLOP/s
+    assert measured(rows, "bf16 matmul ceiling (2048^3), as tokens/s", 5) > 0
+
+
+def test_decode_bench() -> None:
+    rows = [row for row in table_rows(run_quick("decode")) if row[4] != "no GPU"]  # CUDA rows: figures only with a GPU
+    assert {row[3] for row in rows} == {
+        "torch, no cache (recompute)",
+        "torch, KV cache (ours `generate`)",
+        "HF `generate(use_cache=True)`",
+        "onnxruntime fp32 (CPU)",
+        "onnxruntime int8 (CPU)",
+    }
+    assert {row[2] for row in rows} == {"1", "2"}  # threads
+    for row in rows:
+        assert float(row[4].split()[0].replace(",", "")) > 0  # tokens/s
+        if row[3].startswith("onnxruntime"):
+            assert float(row[7]) > 0  # export seconds
+            assert row[8].endswith("smaller)") == (row[3] == "onnxruntime int8 (CPU)")
+
+
+@needs_shakespeare
+def test_tokenizer_bench() -> None:
+    rows = table_rows(run_quick("tokenizer"))
+    assert measured(rows, "ours `Tokenizer.train`, 1 MB, vocab 4096", 1) > 0
+    assert measured(rows, "ours `encode(text)`, one 1 MB string, fresh tokenizer", 1) > 0
+    assert any("EXTRAPOLATED" in row[0] for row in rows)
+
+
+def test_memory_bench() -> None:
+    rows = table_rows(run_quick("memory"))
+    for label in ("training, ours fp32 (3 steps, AdamW)", "training, HF GPT2LMHeadModel fp32 (3 steps, AdamW)",
+                  "generation, torch, ours KV cache", "generation, onnxruntime fp32"):  # fmt: skip
+        assert measured(rows, label, 2) > 0
+
+
+@needs_shakespeare
+def test_quality_bench() -> None:
+    rows = table_rows(run_quick("quality"))
+    assert {row[0] for row in rows} == {
+        "default fit (Muon + AdamW), bytes",
+        "default fit with optimizer='adamw', bytes",
+        "nanoGPT config, bytes",
+        "default fit, BPE 4096",
+        "default fit, bf16 autocast, bytes",
+    }
+    for row in rows:
+        assert 0 < float(row[3]) < math.log(256)  # nats per byte: better than a uniform guess over bytes
+
+
+def test_webapp_latency_bench() -> None:
+    output = run_quick("webapp_latency")
+    rows = table_rows(output)
+    assert measured(rows, "idle (no training)", 1) > 0
+    assert measured(rows, "busy (another session trains `tiny`)", 1) > 0
+    assert "target busy" in output
