@@ -169,7 +169,8 @@ def test_one_graph_runs_prefill_from_an_empty_cache_and_decode(random_dir, rando
     step, same = onnx_model.run(np.array([[8]]), np.ones((1, 4), np.int64), np.array([[3]]), cache)
     assert same is cache and [p.data_ptr() for p in cache.buffers] == buffers  # written in place
     assert step.shape == (1, 1, random_model.config.vocab_size) and [p.shape for p in cache] == [(1, heads, 4, size)] * 4
-    assert not np.shares_memory(step, logits)  # each run returns its own logits
+    assert not np.shares_memory(step, logits)  # a prefill's logits are its own
+    assert step is cache.step_logits  # a one-token step's are the cache's, overwritten by its next step
     with torch.no_grad():
         expected, past = random_model(torch.tensor([[5, 6, 7, 8]]), use_cache=True)
     np.testing.assert_allclose(step[0, -1], expected[0, -1].numpy(), atol=1e-5)
