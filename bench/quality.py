@@ -36,7 +36,13 @@ DATA = Path(__file__).resolve().parents[2] / "shared/data/shakespeare.txt"
 SHAPE = dict(max_seq_len=64, emb_size=128, num_heads=4, num_layers=4, dropout=0.0)
 BATCH = 12
 NANOGPT = dict(
-    optimizer="adamw", learning_rate=1e-3, min_lr_ratio=0.1, warmup_steps=100, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0
+    optimizer="adamw",
+    learning_rate=1e-3,
+    min_lr_ratio=0.1,
+    warmup_steps=100,
+    betas=(0.9, 0.99),
+    weight_decay=0.1,
+    grad_clip=1.0,
 )
 ROWS = {
     "default": ("bytes", {}),
@@ -45,10 +51,18 @@ ROWS = {
     "bpe": ("bpe", {}),
     "bf16": ("bytes", {"precision": "bf16"}),
 }
-LABELS = {"default": "default fit (Muon + AdamW), bytes", "adamw": "default fit with optimizer='adamw', bytes", "nanogpt": "nanoGPT config, bytes", "bpe": "default fit, BPE 4096", "bf16": "default fit, bf16 autocast, bytes"}
+LABELS = {
+    "default": "default fit (Muon + AdamW), bytes",
+    "adamw": "default fit with optimizer='adamw', bytes",
+    "nanogpt": "nanoGPT config, bytes",
+    "bpe": "default fit, BPE 4096",
+    "bf16": "default fit, bf16 autocast, bytes",
+}
 
 
-def run(row: str, text: str, steps: int, seed: int, fit_overrides: dict | None = None, model_overrides: dict | None = None) -> dict:
+def run(
+    row: str, text: str, steps: int, seed: int, fit_overrides: dict | None = None, model_overrides: dict | None = None
+) -> dict:
     tokenizer_kind, options = ROWS[row]
     split = int(len(text) * 0.9)
     train_text, valid_text = text[:split], text[split:]
@@ -80,12 +94,26 @@ def run(row: str, text: str, steps: int, seed: int, fit_overrides: dict | None =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
-    parser.add_argument("--rows", default="default,adamw,nanogpt,bpe,bf16", help="comma-separated rows: " + ", ".join(ROWS))
+    parser.add_argument(
+        "--rows", default="default,adamw,nanogpt,bpe,bf16", help="comma-separated rows: " + ", ".join(ROWS)
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=1, help="seeds per row; the table gives medians (default: %(default)s)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="seeds per row; the table gives medians (default: %(default)s)"
+    )
     parser.add_argument("--quick", action="store_true", help="50 steps (a smoke run, under a minute)")
-    parser.add_argument("--fit", type=json.loads, default={}, help='fit options for every row, as JSON (for sweeps): \'{"learning_rate": 3e-3}\'')
-    parser.add_argument("--model", type=json.loads, default={}, help='GPTConfig fields for every row, as JSON: \'{"tie_embeddings": false}\'')
+    parser.add_argument(
+        "--fit",
+        type=json.loads,
+        default={},
+        help="fit options for every row, as JSON (for sweeps): '{\"learning_rate\": 3e-3}'",
+    )
+    parser.add_argument(
+        "--model",
+        type=json.loads,
+        default={},
+        help="GPTConfig fields for every row, as JSON: '{\"tie_embeddings\": false}'",
+    )
     args = parser.parse_args()
     if not DATA.is_file():
         raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data/shakespeare.txt")
@@ -100,12 +128,33 @@ def main() -> None:
     table = []
     for row in rows:
         med = {key: statistics.median(r[key] for r in results[row]) for key in results[row][0]}
-        span = f"{min(r['valid_per_byte'] for r in results[row]):.3f}-{max(r['valid_per_byte'] for r in results[row]):.3f}"
+        span = (
+            f"{min(r['valid_per_byte'] for r in results[row]):.3f}-{max(r['valid_per_byte'] for r in results[row]):.3f}"
+        )
         table.append(
-            [LABELS[row], f"{med['train']:.3f}", f"{med['valid']:.3f}", f"{med['valid_per_byte']:.3f}", span, f"{med['tokens']:,.0f}", f"{med['seconds']:.0f}"]
+            [
+                LABELS[row],
+                f"{med['train']:.3f}",
+                f"{med['valid']:.3f}",
+                f"{med['valid_per_byte']:.3f}",
+                span,
+                f"{med['tokens']:,.0f}",
+                f"{med['seconds']:.0f}",
+            ]
         )
     print(f"Quality, {steps} steps, batch {BATCH}, context {SHAPE['max_seq_len']}, {args.repeats} seed(s)")
-    print_table(["run", "train loss (last step)", "valid loss / token", "valid nats / byte", "min-max", "tokens seen", "seconds"], table)
+    print_table(
+        [
+            "run",
+            "train loss (last step)",
+            "valid loss / token",
+            "valid nats / byte",
+            "min-max",
+            "tokens seen",
+            "seconds",
+        ],
+        table,
+    )
     print("\n".join(environment_lines(args.threads)))
 
 

@@ -94,9 +94,9 @@ def main() -> None:
     # rayon reads these when its pool first starts, i.e. at the first parallel call below
     os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(args.threads)
 
-    from bench.common import environment_lines, median_span, print_table, set_threads
     from tokenizers import Tokenizer as HFTokenizer
 
+    from bench.common import environment_lines, median_span, print_table, set_threads
     from gpt import Tokenizer
 
     set_threads(args.threads)
@@ -165,7 +165,12 @@ def main() -> None:
             f"{statistics.median(results['encode']) / statistics.median(results['backend']):.2f}",
         ],
         ["ours `encode(text)` again (warm word cache)", median_span(results["encode_warm"], "{:.2f}"), "MB/s", "-"],
-        ["`tokenizers` alone: `encode(text)`, fresh, same ids", median_span(results["backend"], "{:.2f}"), "MB/s", "1 thread"],
+        [
+            "`tokenizers` alone: `encode(text)`, fresh, same ids",
+            median_span(results["backend"], "{:.2f}"),
+            "MB/s",
+            "1 thread",
+        ],
         [
             f"ours `encode_batch(lines)`, {len(lines):,} lines",
             median_span(results["batch"], "{:.2f}"),

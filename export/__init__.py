@@ -1,9 +1,9 @@
 """Export a `gpt.GPT` to ONNX and run it with onnxruntime behind the same generation API.
 
-    from export import to_onnx, OnnxGPT
-    to_onnx("runs/ckpt", "artifacts/onnx", precision="fp32")
-    model = OnnxGPT.load("artifacts/onnx")            # provider="cpu" | "cuda", threads=1
-    print(model.generate_text("ROMEO:", 50))
+from export import to_onnx, OnnxGPT
+to_onnx("runs/ckpt", "artifacts/onnx", precision="fp32")
+model = OnnxGPT.load("artifacts/onnx")            # provider="cpu" | "cuda", threads=1
+print(model.generate_text("ROMEO:", 50))
 """
 
 from export.onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS, ExportError, to_onnx

@@ -56,18 +56,52 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="{export,verify,generate}")
 
     export_cmd = commands.add_parser("export", help="export a checkpoint folder to an ONNX folder (the default)")
-    export_cmd.add_argument("--model", required=True, metavar="CHECKPOINT_DIR", help="checkpoint folder (config.json, model.safetensors, tokenizer.json)")
-    export_cmd.add_argument("--out", required=True, metavar="DIR", help="output folder; built beside it and renamed into place when every check passes")
-    export_cmd.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default), fp16 (for the CUDA provider) or int8 (8-bit weights in blocks, for the CPU provider)")
-    export_cmd.add_argument("--provider", choices=tuple(runtime.PROVIDERS), default=None, help="execution provider the graph is built for: its attention op and cache layout (default: cuda for fp16, cpu otherwise)")
-    export_cmd.add_argument("--opset", type=int, default=None, metavar="N", help=f"ONNX opset, {SUPPORTED_OPSETS[0]}-{SUPPORTED_OPSETS[-1]} (default {DEFAULT_OPSET})")
+    export_cmd.add_argument(
+        "--model",
+        required=True,
+        metavar="CHECKPOINT_DIR",
+        help="checkpoint folder (config.json, model.safetensors, tokenizer.json)",
+    )
+    export_cmd.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder; built beside it and renamed into place when every check passes",
+    )
+    export_cmd.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (default), fp16 (for the CUDA provider) or int8 (8-bit weights in blocks, for the CPU provider)",
+    )
+    export_cmd.add_argument(
+        "--provider",
+        choices=tuple(runtime.PROVIDERS),
+        default=None,
+        help="execution provider the graph is built for: its attention op and cache layout (default: cuda for fp16, cpu otherwise)",
+    )
+    export_cmd.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"ONNX opset, {SUPPORTED_OPSETS[0]}-{SUPPORTED_OPSETS[-1]} (default {DEFAULT_OPSET})",
+    )
     _add_threads(export_cmd)
     export_cmd.set_defaults(run=_export)
 
     verify_cmd = commands.add_parser("verify", help="print a parity report: ONNX export vs its torch checkpoint")
-    verify_cmd.add_argument("--model", required=True, metavar="CHECKPOINT_DIR", help="the checkpoint folder that was exported")
+    verify_cmd.add_argument(
+        "--model", required=True, metavar="CHECKPOINT_DIR", help="the checkpoint folder that was exported"
+    )
     verify_cmd.add_argument("--onnx", required=True, metavar="DIR", help="the export folder")
-    verify_cmd.add_argument("--steps", type=int, default=None, metavar="N", help="cached decode steps to compare (default: up to 32, as the export check)")
+    verify_cmd.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cached decode steps to compare (default: up to 32, as the export check)",
+    )
     _add_runtime(verify_cmd)
     verify_cmd.set_defaults(run=_verify)
 
@@ -93,7 +127,12 @@ def _add_threads(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_runtime(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--provider", choices=tuple(runtime.PROVIDERS), default="cpu", help="onnxruntime execution provider (default cpu); cuda fails clearly where it cannot run")
+    parser.add_argument(
+        "--provider",
+        choices=tuple(runtime.PROVIDERS),
+        default="cpu",
+        help="onnxruntime execution provider (default cpu); cuda fails clearly where it cannot run",
+    )
     _add_threads(parser)
 
 
@@ -105,7 +144,9 @@ def _positive_int(text: str) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    out = to_onnx(args.model, args.out, precision=args.precision, provider=args.provider, opset=args.opset, threads=args.threads)
+    out = to_onnx(
+        args.model, args.out, precision=args.precision, provider=args.provider, opset=args.opset, threads=args.threads
+    )
     report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
     parity = report["parity"]
     print(

@@ -76,7 +76,9 @@ def to_onnx(
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
     opset = DEFAULT_OPSET if opset is None else opset
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
-        raise ValueError(f"opset must be an integer from {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]}, got {opset!r}")
+        raise ValueError(
+            f"opset must be an integer from {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]}, got {opset!r}"
+        )
     options = session_options(threads)  # checked now, before the slow part
     model = GPT.load(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
     if model.tokenizer is None:
@@ -140,7 +142,9 @@ def export_graph(model: GPT, path: Path, opset: int, provider: str = "cpu") -> s
         _export_dynamo(model, path, opset, external, provider)
         return "dynamo"
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; the fallback is documented
-        log.warning("the dynamo exporter failed (%s: %s); falling back to the TorchScript exporter", type(err).__name__, err)
+        log.warning(
+            "the dynamo exporter failed (%s: %s); falling back to the TorchScript exporter", type(err).__name__, err
+        )
         for partial in precisions.files(path):
             partial.unlink()
     _export_torchscript(model, path, opset)
@@ -249,7 +253,9 @@ def _write_metadata(model: GPT, folder: Path, buffers: bool) -> None:
     """config.json, tokenizer.json and the onnxruntime-genai files (for a graph with or without cache buffers)."""
     model.config.save(folder / checkpoint.CONFIG_FILE)
     model.tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
-    _write_json(folder / genai.GENAI_CONFIG_FILE, genai.genai_config(model.config, model.tokenizer, MODEL_FILE, buffers))
+    _write_json(
+        folder / genai.GENAI_CONFIG_FILE, genai.genai_config(model.config, model.tokenizer, MODEL_FILE, buffers)
+    )
     _write_json(folder / genai.TOKENIZER_CONFIG_FILE, genai.tokenizer_config(model.config))
 
 

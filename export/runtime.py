@@ -59,7 +59,9 @@ def session_options(threads: int | None = None, optimization: str = "all") -> or
     return options
 
 
-def create_session(path: str | Path, provider: str = "cpu", options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+def create_session(
+    path: str | Path, provider: str = "cpu", options: ort.SessionOptions | None = None
+) -> ort.InferenceSession:
     """An InferenceSession on `provider` ("cpu" or "cuda"); raises `ProviderError` unless that provider really runs."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
@@ -114,7 +116,9 @@ class OnnxGPT(GenerationMixin):
         inputs = {value.name: value for value in session.get_inputs()}
         missing = [name for name in signature.input_names(config.num_layers) if name not in inputs]
         if missing:
-            raise ValueError(f"the ONNX model lacks inputs {missing}: was it exported by export.to_onnx for this config?")
+            raise ValueError(
+                f"the ONNX model lacks inputs {missing}: was it exported by export.to_onnx for this config?"
+            )
         past = inputs[self._past_names[0]]
         self.past_dtype = np.dtype(_NUMPY_TYPES[past.type])
         self.cache_capacity: int | None = past.shape[2] if isinstance(past.shape[2], int) else None
@@ -236,12 +240,22 @@ class CacheBuffers:
     step: a new output array for each run cost 7-9% of a batch-1 decode step at shape S."""
 
     def __init__(
-        self, session: ort.InferenceSession, num_layers: int, shape: tuple[int, ...], dtype: np.dtype, device: str, vocab_size: int
+        self,
+        session: ort.InferenceSession,
+        num_layers: int,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        device: str,
+        vocab_size: int,
     ) -> None:
         # zeros: no stale NaN anywhere; on the CPU each OrtValue shares (and keeps alive) its array
-        self.buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype), device, 0) for _ in range(2 * num_layers)]
+        self.buffers = [
+            ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype), device, 0) for _ in range(2 * num_layers)
+        ]
         self.binding = session.io_binding()  # the logits are bound by each run
-        for past, present, buffer in zip(signature.past_names(num_layers), signature.present_names(num_layers), self.buffers):
+        for past, present, buffer in zip(
+            signature.past_names(num_layers), signature.present_names(num_layers), self.buffers
+        ):
             self.binding.bind_ortvalue_input(past, buffer)
             self.binding.bind_ortvalue_output(present, buffer)
         self.length = 0

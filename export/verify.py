@@ -53,7 +53,9 @@ class _Diff:
         reference = torch_value.astype(np.float32)
         diff = np.abs(onnx_value.astype(np.float32) - reference)
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
-        self.max_rel = max(self.max_rel, float(diff.max(initial=0.0)) / max(float(np.abs(reference).max(initial=0.0)), 1e-12))
+        self.max_rel = max(
+            self.max_rel, float(diff.max(initial=0.0)) / max(float(np.abs(reference).max(initial=0.0)), 1e-12)
+        )
         self.within &= bool(np.all(diff <= self.tolerance.atol + self.tolerance.rtol * np.abs(reference)))
 
 
@@ -128,7 +130,9 @@ def compare(
     if decode_steps < 0:
         raise ValueError(f"decode_steps must be >= 0, got {decode_steps}")
     if prompt_len + decode_steps > model.config.max_seq_len:
-        raise ValueError(f"prompt {prompt_len} + {decode_steps} decode steps exceeds max_seq_len {model.config.max_seq_len}")
+        raise ValueError(
+            f"prompt {prompt_len} + {decode_steps} decode steps exceeds max_seq_len {model.config.max_seq_len}"
+        )
     was_training = model.training
     model.eval()
     try:
@@ -142,7 +146,9 @@ def compare(
             token = torch.from_numpy(torch_logits[:, -1]).argmax(-1, keepdim=True)  # teacher forcing: torch's choice
             mask = torch.cat([mask, torch.ones_like(token)], dim=1)
             positions = positions[:, -1:] + 1
-            torch_logits, torch_past, onnx_logits, onnx_past = _step(model, onnx_model, token, mask, positions, torch_past, onnx_past)
+            torch_logits, torch_past, onnx_logits, onnx_past = _step(
+                model, onnx_model, token, mask, positions, torch_past, onnx_past
+            )
             decode.update(onnx_logits, torch_logits)
             agree += int((onnx_logits[:, -1].argmax(-1) == torch_logits[:, -1].argmax(-1)).sum())
         _update_cache(presents, onnx_past, torch_past)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, load_model, save_file, save_model as save_safetensors
+from safetensors.torch import load_file, load_model, save_file
+from safetensors.torch import save_model as save_safetensors
 
 from gpt.config import GPTConfig
 from gpt.files import atomic_folder, atomic_write

@@ -28,45 +28,95 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gpt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tok = commands.add_parser("tokenizer", help="train a byte-level BPE tokenizer", description="Train a byte-level BPE tokenizer and write tokenizer.json.")
-    tok.add_argument("--data", required=True, nargs="+", help="UTF-8 text files or folders (.txt/.md, searched recursively)")
+    tok = commands.add_parser(
+        "tokenizer",
+        help="train a byte-level BPE tokenizer",
+        description="Train a byte-level BPE tokenizer and write tokenizer.json.",
+    )
+    tok.add_argument(
+        "--data", required=True, nargs="+", help="UTF-8 text files or folders (.txt/.md, searched recursively)"
+    )
     tok.add_argument("--out", required=True, help="output file or folder for tokenizer.json")
-    tok.add_argument("--vocab-size", type=int, default=4096, help="target vocabulary size, special tokens included (default: %(default)s)")
+    tok.add_argument(
+        "--vocab-size",
+        type=int,
+        default=4096,
+        help="target vocabulary size, special tokens included (default: %(default)s)",
+    )
 
-    train = commands.add_parser("train", help="train a model on text", description="Train a tokenizer and a GPT on text, with checkpoints in OUT/checkpoints.")
-    train.add_argument("--data", required=True, nargs="+", help="UTF-8 text files or folders (.txt/.md, searched recursively)")
-    train.add_argument("--out", required=True, help="folder for the final model (config.json, model.safetensors, tokenizer.json)")
+    train = commands.add_parser(
+        "train",
+        help="train a model on text",
+        description="Train a tokenizer and a GPT on text, with checkpoints in OUT/checkpoints.",
+    )
+    train.add_argument(
+        "--data", required=True, nargs="+", help="UTF-8 text files or folders (.txt/.md, searched recursively)"
+    )
+    train.add_argument(
+        "--out", required=True, help="folder for the final model (config.json, model.safetensors, tokenizer.json)"
+    )
     model = train.add_argument_group("model")
-    model.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size; 257 = plain bytes (default: %(default)s)")
-    model.add_argument("--context", type=int, default=128, help="max_seq_len, tokens the model sees (default: %(default)s)")
+    model.add_argument(
+        "--vocab-size",
+        type=int,
+        default=4096,
+        help="tokenizer vocabulary size; 257 = plain bytes (default: %(default)s)",
+    )
+    model.add_argument(
+        "--context", type=int, default=128, help="max_seq_len, tokens the model sees (default: %(default)s)"
+    )
     model.add_argument("--emb", type=int, default=128, help="emb_size, width of the model (default: %(default)s)")
     model.add_argument("--heads", type=int, default=4, help="num_heads (default: %(default)s)")
     model.add_argument("--head-size", type=int, default=None, help="head_size (default: emb / heads)")
     model.add_argument("--layers", type=int, default=4, help="num_layers (default: %(default)s)")
     model.add_argument("--dropout", type=float, default=0.0, help="dropout (default: %(default)s)")
-    model.add_argument("--activation", choices=ACTIVATIONS, default=ACTIVATIONS[0], help="MLP activation: gelu_tanh (GPT-2's) or gelu (exact; trains faster on CPU, decodes slower) (default: %(default)s)")
+    model.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default=ACTIVATIONS[0],
+        help="MLP activation: gelu_tanh (GPT-2's) or gelu (exact; trains faster on CPU, decodes slower) (default: %(default)s)",
+    )
     fit = train.add_argument_group("training")
     fit.add_argument("--batch-size", type=int, default=16, help="windows per step (default: %(default)s)")
     fit.add_argument("--epochs", type=int, default=1, help="passes over the training windows (default: %(default)s)")
     fit.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
     fit.add_argument("--max-time", type=float, default=None, help="stop after this many seconds")
     fit.add_argument("--lr", type=float, default=None, help="peak learning rate (default: fit's default)")
-    fit.add_argument("--valid-fraction", type=float, default=0.1, help="last part of the text held out for validation (default: %(default)s)")
+    fit.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="last part of the text held out for validation (default: %(default)s)",
+    )
     fit.add_argument("--eval-interval", type=int, default=None, help="evaluate every N steps (default: each epoch)")
-    fit.add_argument("--optimizer", choices=OPTIMIZERS, default="muon", help="muon: Muon for the block matrices, AdamW for the rest; adamw: AdamW everywhere (default: %(default)s)")
-    fit.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="autocast precision (default: %(default)s)")
+    fit.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="muon",
+        help="muon: Muon for the block matrices, AdamW for the rest; adamw: AdamW everywhere (default: %(default)s)",
+    )
+    fit.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="autocast precision (default: %(default)s)",
+    )
     fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
     fit.add_argument("--seed", type=int, default=0, help="seed for weights and data order (default: %(default)s)")
     fit.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
-    gen = commands.add_parser("generate", help="generate text from a saved model", description="Continue a prompt with a saved model.")
+    gen = commands.add_parser(
+        "generate", help="generate text from a saved model", description="Continue a prompt with a saved model."
+    )
     gen.add_argument("--model", required=True, help="model folder written by `train` (or any checkpoint folder)")
     gen.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     add_sampling_arguments(gen)
     gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: %(default)s)")
-    gen.add_argument("--threads", type=int, default=DEFAULT_DECODE_THREADS, help="torch CPU threads (default: %(default)s)")
+    gen.add_argument(
+        "--threads", type=int, default=DEFAULT_DECODE_THREADS, help="torch CPU threads (default: %(default)s)"
+    )
     return parser
 
 
@@ -75,13 +125,24 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)")
     mode = group.add_mutually_exclusive_group()
-    mode.add_argument("--greedy", dest="do_sample", action="store_false", help="always take the most likely token (default)")
+    mode.add_argument(
+        "--greedy", dest="do_sample", action="store_false", help="always take the most likely token (default)"
+    )
     mode.add_argument("--sample", dest="do_sample", action="store_true", help="sample from the distribution")
-    group.add_argument("--preset", choices=sorted(PRESETS), default=None, help="sampling preset (implies --sample): " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
+    group.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="sampling preset (implies --sample): " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()),
+    )
     group.add_argument("--temperature", type=float, default=None, help="softmax temperature; 0 = greedy (default: 1.0)")
     group.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    group.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this probability mass")
-    group.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (default: %(default)s)")
+    group.add_argument(
+        "--top-p", type=float, default=None, help="sample from the smallest set with this probability mass"
+    )
+    group.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (default: %(default)s)"
+    )
     group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
     group.add_argument("--seed", type=int, default=None, help="seed for sampling")
     parser.set_defaults(do_sample=False)
@@ -148,9 +209,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
         model.tokenizer = tokenizer
     ids = encode_corpus(texts, tokenizer)
-    train_loader, valid_loader = make_loaders(ids, model.max_seq_len, args.batch_size, args.valid_fraction, seed=args.seed)
-    print(f"{len(ids):,} tokens ({tokenizer.vocab_size} vocab), {model.num_parameters():,} parameters, device {model.device}")
-    fit_options = dict(checkpoint_dir=checkpoints, max_steps=args.steps, max_time=args.max_time, eval_interval=args.eval_interval, optimizer=args.optimizer, precision=args.precision, resume=resume_from is not None)
+    train_loader, valid_loader = make_loaders(
+        ids, model.max_seq_len, args.batch_size, args.valid_fraction, seed=args.seed
+    )
+    print(
+        f"{len(ids):,} tokens ({tokenizer.vocab_size} vocab), {model.num_parameters():,} parameters, device {model.device}"
+    )
+    fit_options = dict(
+        checkpoint_dir=checkpoints,
+        max_steps=args.steps,
+        max_time=args.max_time,
+        eval_interval=args.eval_interval,
+        optimizer=args.optimizer,
+        precision=args.precision,
+        resume=resume_from is not None,
+    )
     if args.lr is not None:
         fit_options["learning_rate"] = args.lr
     started = time.perf_counter()

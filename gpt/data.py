@@ -173,9 +173,7 @@ def make_loaders(
             "use more text or a smaller batch_size"
         )
     common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_batch)
-    train = DataLoader(
-        train_set, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed), **common
-    )
+    train = DataLoader(train_set, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed), **common)
     if valid_ids is None:
         return train, None
     valid = DataLoader(GetData(valid_ids, seq_len, stride=seq_len), shuffle=False, drop_last=False, **common)

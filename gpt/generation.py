@@ -45,7 +45,9 @@ class SamplingConfig:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
+        ):
             raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
@@ -69,7 +71,9 @@ PRESETS: dict[str, dict[str, float | int]] = {
 class Backend(Protocol):
     max_seq_len: int
 
-    def decode_step(self, input_ids: Tensor, past: Any, attention_mask: Tensor, position_ids: Tensor) -> tuple[Tensor, Any]: ...
+    def decode_step(
+        self, input_ids: Tensor, past: Any, attention_mask: Tensor, position_ids: Tensor
+    ) -> tuple[Tensor, Any]: ...
 
 
 def generate_stream(
@@ -94,7 +98,9 @@ def generate_stream(
     mask = torch.ones(batch, prompt_len + config.max_new_tokens, dtype=torch.long, device=device)  # built once
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
         mask[:, :prompt_len] = attention_mask
     stop = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
     seen = None  # [batch, vocab] tokens seen so far, for the repetition penalty
@@ -271,9 +277,17 @@ class GenerationMixin:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         if pad_token_id is None:
             pad_token_id = config.stop_tokens[0] if config.stop_tokens else 0
-        yield from generate_stream(self.decode_step, ids, self.max_seq_len, config, attention_mask, pad_token_id, generator)
+        yield from generate_stream(
+            self.decode_step, ids, self.max_seq_len, config, attention_mask, pad_token_id, generator
+        )
 
-    def generate(self, input_ids: Tensor | Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int = 100, *args: Any, **kwargs: Any) -> Tensor:
+    def generate(
+        self,
+        input_ids: Tensor | Sequence[int] | Sequence[Sequence[int]],
+        max_new_tokens: int = 100,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Tensor:
         """Prompt + new tokens `[batch, seq]`; rows that stopped early are padded (see `generate_stream`)."""
         ids = _as_batch(input_ids, self.device)
         new = list(self.generate_stream(ids, max_new_tokens, *args, **kwargs))

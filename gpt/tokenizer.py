@@ -109,9 +109,7 @@ class Tokenizer:
             return [(text, True)]
         return [(piece, words is not None and words.covers(piece)) for piece in _cut(text)]
 
-    def decode(
-        self, ids: Sequence[int] | torch.Tensor | np.ndarray, skip_special_tokens: bool = False
-    ) -> str:
+    def decode(self, ids: Sequence[int] | torch.Tensor | np.ndarray, skip_special_tokens: bool = False) -> str:
         """Text of a 1-D sequence of ids (list, tensor or array); invalid UTF-8 becomes U+FFFD."""
         if isinstance(ids, (torch.Tensor, np.ndarray)):
             if ids.ndim != 1:
@@ -178,9 +176,7 @@ class Tokenizer:
         return f"Tokenizer(vocab_size={self.vocab_size}, special_tokens={self.special_tokens})"
 
 
-def _train_backend(
-    texts: Iterable[str], vocab_size: int, special_tokens: list[str], min_frequency: int
-) -> HFTokenizer:
+def _train_backend(texts: Iterable[str], vocab_size: int, special_tokens: list[str], min_frequency: int) -> HFTokenizer:
     """A fresh byte-level BPE trained on `texts`; the 256 byte symbols are always in the vocabulary."""
     backend = HFTokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

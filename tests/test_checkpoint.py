@@ -190,7 +190,10 @@ def test_weights_saved_before_conv1d_load_transposed(tmp_path: Path) -> None:
     model = tiny_model().eval()
     folder = model.save(tmp_path / "new")
     weights = load_file(str(folder / checkpoint.WEIGHTS_FILE))
-    old = {name: t.t().contiguous() if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else t for name, t in weights.items()}
+    old = {
+        name: t.t().contiguous() if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else t
+        for name, t in weights.items()
+    }
     save_file(old, str(folder / checkpoint.WEIGHTS_FILE), metadata={"format": "pt"})
     loaded = GPT.load(folder)
     assert_same_weights(loaded, model)

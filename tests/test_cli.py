@@ -36,9 +36,31 @@ def corpus(tmp_path_factory) -> Path:
 def trained(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "model"
     result = run_cli(
-        "train", "--data", str(corpus), "--out", str(out), "--vocab-size", "300", "--context", "32",
-        "--emb", "32", "--heads", "2", "--layers", "1", "--batch-size", "8", "--steps", "6",
-        "--eval-interval", "3", "--threads", "1", "--activation", "gelu",
+        "train",
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--vocab-size",
+        "300",
+        "--context",
+        "32",
+        "--emb",
+        "32",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--batch-size",
+        "8",
+        "--steps",
+        "6",
+        "--eval-interval",
+        "3",
+        "--threads",
+        "1",
+        "--activation",
+        "gelu",
     )
     assert "done: 6 steps" in result.stdout
     assert "validation loss" in result.stdout
@@ -53,7 +75,9 @@ def test_help_documents_every_command():
 
 
 def test_tokenizer_command(corpus, tmp_path):
-    result = run_cli("tokenizer", "--data", str(corpus / "a.txt"), "--out", str(tmp_path / "tok.json"), "--vocab-size", "280")
+    result = run_cli(
+        "tokenizer", "--data", str(corpus / "a.txt"), "--out", str(tmp_path / "tok.json"), "--vocab-size", "280"
+    )
     assert "280 tokens" in result.stdout
     assert (tmp_path / "tok.json").is_file()
 
@@ -75,13 +99,51 @@ def test_generate_greedy_and_streamed_agree(trained):
 
 
 def test_generate_with_sampling_flags(trained):
-    args = ("generate", "--model", str(trained), "--prompt", "Привет", "--max-new-tokens", "10", "--preset", "creative", "--seed", "1")
+    args = (
+        "generate",
+        "--model",
+        str(trained),
+        "--prompt",
+        "Привет",
+        "--max-new-tokens",
+        "10",
+        "--preset",
+        "creative",
+        "--seed",
+        "1",
+    )
     assert run_cli(*args).stdout == run_cli(*args).stdout  # same seed, same text
-    run_cli("generate", "--model", str(trained), "--sample", "--top-k", "5", "--top-p", "0.9", "--stop", "o", "--repetition-penalty", "1.3")
+    run_cli(
+        "generate",
+        "--model",
+        str(trained),
+        "--sample",
+        "--top-k",
+        "5",
+        "--top-p",
+        "0.9",
+        "--stop",
+        "o",
+        "--repetition-penalty",
+        "1.3",
+    )
 
 
 def test_resume_continues_from_the_latest_checkpoint(trained, corpus):
-    result = run_cli("train", "--data", str(corpus), "--out", str(trained), "--steps", "9", "--batch-size", "8", "--resume", "--threads", "1")
+    result = run_cli(
+        "train",
+        "--data",
+        str(corpus),
+        "--out",
+        str(trained),
+        "--steps",
+        "9",
+        "--batch-size",
+        "8",
+        "--resume",
+        "--threads",
+        "1",
+    )
     assert "done: 9 steps" in result.stdout
 
 

@@ -50,7 +50,6 @@ def _train(model: GPT, ids: torch.Tensor, steps: int = 250, batch: int = 16, seq
     model.eval()
 
 
-
 @pytest.fixture(scope="session")
 def tokenizer() -> Tokenizer:
     return Tokenizer()  # byte level: 256 bytes + end-of-text
@@ -168,7 +167,9 @@ def test_one_graph_runs_prefill_from_an_empty_cache_and_decode(random_dir, rando
     buffers = [p.data_ptr() for p in cache.buffers]
     step, same = onnx_model.run(np.array([[8]]), np.ones((1, 4), np.int64), np.array([[3]]), cache)
     assert same is cache and [p.data_ptr() for p in cache.buffers] == buffers  # written in place
-    assert step.shape == (1, 1, random_model.config.vocab_size) and [p.shape for p in cache] == [(1, heads, 4, size)] * 4
+    assert (
+        step.shape == (1, 1, random_model.config.vocab_size) and [p.shape for p in cache] == [(1, heads, 4, size)] * 4
+    )
     assert not np.shares_memory(step, logits)  # a prefill's logits are its own
     assert step is cache.step_logits  # a one-token step's are the cache's, overwritten by its next step
     with torch.no_grad():
@@ -222,7 +223,9 @@ def test_cached_attention_is_the_models_attention(tokenizer, shape, buffers):
             return empty if past is None else past
         shape = (3, config.num_heads, config.max_seq_len, config.head_size)
         if past is None:
-            return tuple(KVBuffer(torch.full(shape, float("nan")), torch.full(shape, float("nan"))) for _ in model.transformer.h)
+            return tuple(
+                KVBuffer(torch.full(shape, float("nan")), torch.full(shape, float("nan"))) for _ in model.transformer.h
+            )
         return tuple(KVBuffer(keys, values, 6) for keys, values in past)
 
     def filled(cache, length):
@@ -285,7 +288,9 @@ def test_generation_is_the_same_loop_as_torch(pair):
     ids, mask = _prompts(model.config.vocab_size, 9, 3, seed=1)
     greedy = dict(attention_mask=mask)
     assert torch.equal(onnx_model.generate(ids, 50, **greedy), model.generate(ids, 50, **greedy))
-    sampled = dict(do_sample=True, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.3, seed=7, attention_mask=mask)
+    sampled = dict(
+        do_sample=True, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.3, seed=7, attention_mask=mask
+    )
     assert torch.equal(onnx_model.generate(ids, 50, **sampled), model.generate(ids, 50, **sampled))
     long = onnx_model.generate(ids[:1], 100)  # past max_seq_len: the window is rebuilt the same way
     assert long.shape[1] == 9 + 100 and torch.equal(long, model.generate(ids[:1], 100))
@@ -338,8 +343,10 @@ def test_int8_embedding_table_is_quantized_once_for_the_lookup_and_the_tied_head
     embeddings = ("model.lm_head.weight", "model.transformer.wpe.weight")
     tables = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name.startswith(embeddings)}
     assert sorted(tables) == [
-        "model.lm_head.weight_q8", "model.lm_head.weight_scales",
-        "model.transformer.wpe.weight_q8", "model.transformer.wpe.weight_scales",
+        "model.lm_head.weight_q8",
+        "model.lm_head.weight_scales",
+        "model.transformer.wpe.weight_q8",
+        "model.transformer.wpe.weight_scales",
     ]  # the tied table once; no float32 copy left
     readers = Counter((n.op_type, i) for n in graph.node for i in n.input if i.startswith("model.lm_head.weight"))
     assert readers == {
@@ -352,7 +359,9 @@ def test_int8_embedding_table_is_quantized_once_for_the_lookup_and_the_tied_head
     data, scales = tables["model.lm_head.weight_q8"], tables["model.lm_head.weight_scales"]
     weights = trained_model.lm_head.weight.detach().numpy()
     block = weights.shape[1] // scales.shape[1]
-    restored = ((data.astype(np.float32) - 128).reshape(*scales.shape, block) * scales[..., None]).reshape(weights.shape)
+    restored = ((data.astype(np.float32) - 128).reshape(*scales.shape, block) * scales[..., None]).reshape(
+        weights.shape
+    )
     assert np.all(np.abs(restored - weights) <= np.repeat(scales, block, axis=1) / 2 + 1e-7)
 
 

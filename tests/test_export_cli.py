@@ -31,7 +31,20 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(checkpoint) -> Path:
     out = checkpoint.parent / "onnx"
-    result = run("--model", str(checkpoint), "--out", str(out), "--precision", "int8", "--provider", "cpu", "--opset", "20", "--threads", "1")
+    result = run(
+        "--model",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--precision",
+        "int8",
+        "--provider",
+        "cpu",
+        "--opset",
+        "20",
+        "--threads",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     assert f"wrote {out} (int8 for the cpu provider, opset 20, dynamo exporter)" in result.stdout
     return out
@@ -45,8 +58,21 @@ def test_help_documents_every_flag(capsys):
         "export": ["--model", "--out", "--precision", "--provider", "--opset", "--threads"],
         "verify": ["--model", "--onnx", "--steps", "--provider", "--threads"],
         "generate": [
-            "--onnx", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty",
-            "--stop", "--seed", "--greedy", "--sample", "--preset", "--stream", "--provider", "--threads",
+            "--onnx",
+            "--prompt",
+            "--max-new-tokens",
+            "--temperature",
+            "--top-k",
+            "--top-p",
+            "--repetition-penalty",
+            "--stop",
+            "--seed",
+            "--greedy",
+            "--sample",
+            "--preset",
+            "--stream",
+            "--provider",
+            "--threads",
         ],
     }
     for command, names in flags.items():  # in-process: one interpreter start is enough to show --help works
@@ -67,15 +93,35 @@ def test_export_without_subcommand_writes_the_folder(exported):
 def test_verify_prints_a_parity_report(checkpoint, exported):
     result = run("verify", "--model", str(checkpoint), "--onnx", str(exported), "--steps", "20")
     assert result.returncode == 0, result.stderr
-    for line in ("provider         CPUExecutionProvider", "prefill logits   max abs", "decode logits    max abs",
-                 "greedy tokens", "20 cached decode steps", "result           PASS"):
+    for line in (
+        "provider         CPUExecutionProvider",
+        "prefill logits   max abs",
+        "decode logits    max abs",
+        "greedy tokens",
+        "20 cached decode steps",
+        "result           PASS",
+    ):
         assert line in result.stdout
 
 
 def test_generate_matches_the_python_api(exported):
     expected = OnnxGPT.load(exported).generate_text("Hello", 20, do_sample=True, temperature=0.8, top_k=20, seed=5)
-    args = ["generate", "--onnx", str(exported), "--prompt", "Hello", "--max-new-tokens", "20",
-            "--sample", "--temperature", "0.8", "--top-k", "20", "--seed", "5"]
+    args = [
+        "generate",
+        "--onnx",
+        str(exported),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "20",
+        "--sample",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "20",
+        "--seed",
+        "5",
+    ]
     for extra in ([], ["--stream"]):
         result = run(*args, *extra)
         assert result.returncode == 0, result.stderr
@@ -85,7 +131,11 @@ def test_generate_matches_the_python_api(exported):
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     result = run("--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and "error: " in result.stderr and "missing: checkpoint folder not found" in result.stderr
+    assert (
+        result.returncode == 2
+        and "error: " in result.stderr
+        and "missing: checkpoint folder not found" in result.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 

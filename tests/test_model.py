@@ -113,7 +113,9 @@ def test_left_padding_gives_the_unpadded_logits():
     got, past = model(padded, attention_mask=mask, use_cache=True)
     torch.testing.assert_close(got[:, 4:], expected, atol=1e-5, rtol=0)
     step = torch.randint(0, 97, (1, 1))
-    got_next, _ = model(step, past_key_values=past, attention_mask=torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1))
+    got_next, _ = model(
+        step, past_key_values=past, attention_mask=torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
+    )
     torch.testing.assert_close(got_next, model(torch.cat([short, step], 1))[:, -1:], atol=1e-5, rtol=0)
 
 
@@ -140,8 +142,16 @@ def test_device_places_weights_on_cuda():
 def test_matches_hugging_face_gpt2(activation, hf_activation):
     transformers = pytest.importorskip("transformers")
     hf_config = transformers.GPT2Config(
-        vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, activation_function=hf_activation,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
+        vocab_size=97,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        activation_function=hf_activation,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        attn_implementation="sdpa",
     )
     torch.manual_seed(1)
     reference = transformers.GPT2LMHeadModel(hf_config).eval()

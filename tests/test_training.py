@@ -136,7 +136,9 @@ def test_resuming_with_another_optimizer_is_a_clear_error(tmp_path):
     tiny_model().fit(train, max_steps=2, checkpoint_dir=tmp_path, optimizer="adamw", progress=False)
     with pytest.raises(checkpoint.CheckpointError, match="resume it with optimizer='adamw'"):
         tiny_model().fit(train, max_steps=4, checkpoint_dir=tmp_path, resume=True, progress=False)
-    history = tiny_model().fit(train, max_steps=4, checkpoint_dir=tmp_path, resume=True, optimizer="adamw", progress=False)
+    history = tiny_model().fit(
+        train, max_steps=4, checkpoint_dir=tmp_path, resume=True, optimizer="adamw", progress=False
+    )
     assert history.steps == [1, 2, 3, 4]
 
 

@@ -31,7 +31,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-api-test-downloads"
 
 
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     settings = Settings(
@@ -159,7 +158,9 @@ def test_train_generate_on_both_backends_compare_export_and_run_the_download(tra
         if value.name not in feeds:  # the first step's cache: a buffer of the whole context, or an empty past
             _, heads, positions, size = value.shape
             assert (heads, size) == (config["num_heads"], config["head_size"])
-            feeds[value.name] = np.zeros((1, heads, positions if isinstance(positions, int) else 0, size), dtype=np.float32)
+            feeds[value.name] = np.zeros(
+                (1, heads, positions if isinstance(positions, int) else 0, size), dtype=np.float32
+            )
     logits = session.run(["logits"], feeds)[0]
     assert logits.shape == (1, 3, config["vocab_size"]) and np.isfinite(logits).all()
 

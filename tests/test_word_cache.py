@@ -51,11 +51,37 @@ def test_every_code_point_encodes_like_the_backend(tok: Tokenizer) -> None:
 
 def test_special_tokens_and_random_texts(tok: Tokenizer) -> None:
     rng = random.Random(0)
-    alphabet = ["a", "word", " ", "  ", "\n", "'s", "'S", "1", "22", ".", "_", "Ж", "語", "🙂", "²", EOS_TOKEN, "<|user|>", "<|u|>", "<|", "|>"]
+    alphabet = [
+        "a",
+        "word",
+        " ",
+        "  ",
+        "\n",
+        "'s",
+        "'S",
+        "1",
+        "22",
+        ".",
+        "_",
+        "Ж",
+        "語",
+        "🙂",
+        "²",
+        EOS_TOKEN,
+        "<|user|>",
+        "<|u|>",
+        "<|",
+        "|>",
+    ]
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 80)))
         assert tok.encode(text) == backend_ids(tok, text), repr(text)
-    assert tok.encode(f"a{EOS_TOKEN}<|user|>b") == [*tok.encode("a"), tok.eos_token_id, tok.token_to_id("<|user|>"), *tok.encode("b")]
+    assert tok.encode(f"a{EOS_TOKEN}<|user|>b") == [
+        *tok.encode("a"),
+        tok.eos_token_id,
+        tok.token_to_id("<|user|>"),
+        *tok.encode("b"),
+    ]
 
 
 def test_cache_starts_over_when_full(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from gpt import PRESETS, SamplingConfig
-
 from webapp.i18n import UserError, t
 
 MODES = ("greedy", "sampling")

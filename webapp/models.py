@@ -16,7 +16,6 @@ import torch
 
 from gpt import GPT, CheckpointError, GPTConfig
 from gpt import checkpoint as ckpt
-
 from webapp import backends
 from webapp.archive import safe_extract, zip_folder
 from webapp.i18n import UserError, t

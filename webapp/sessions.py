@@ -22,7 +22,6 @@ from webapp.settings import Settings
 
 if TYPE_CHECKING:
     from gpt import GPT
-
     from webapp.training import TrainingJob
 
 log = logging.getLogger(__name__)

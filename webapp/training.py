@@ -28,7 +28,6 @@ import torch
 from gpt import GPT, Callback, ModelCheckpoint, Tokenizer, encode_corpus, latest_checkpoint, make_loaders
 from gpt import checkpoint as ckpt
 from gpt.training import Trainer
-
 from webapp import backends
 from webapp.corpus import Corpus
 from webapp.i18n import UserError, t
@@ -44,7 +43,9 @@ ABANDONED_S = 120.0  # nobody polled the job for this long (the page is gone): s
 PLOT_POINTS = 400
 STOPPED = "stopped"
 ABANDONED = "abandoned"
-TRAIN_NICE = 10  # training yields the CPU to generation requests: 1.6x -> 1.0x busy/idle latency (bench/webapp_latency.py)
+TRAIN_NICE = (
+    10  # training yields the CPU to generation requests: 1.6x -> 1.0x busy/idle latency (bench/webapp_latency.py)
+)
 
 
 @dataclass(frozen=True)
