@@ -118,6 +118,88 @@ def timed(fn: Callable[[], object], sync: Callable[[], None] | None = None) -> f
     return time.perf_counter() - started
 
 
+def measure_shape(
+    shape: str, rows: list[str], args: argparse.Namespace, repeats: int, new_tokens: int, tmp: Path
+) -> list[list[str]]:
+    """The table rows of one shape: every CPU row at every thread count, then the CUDA rows."""
+    has_gpu = torch.cuda.is_available()
+    table = []
+    context = DECODE_CONTEXT[shape]
+    torch.manual_seed(0)
+    ours = GPT(**model_kwargs(shape, context), dropout=0.0).eval()
+    ours.tokenizer = Tokenizer()  # to_onnx writes one; byte-level ids fit every vocabulary here
+    hf = hf_gpt2(shape, context).eval()
+    batches = [1, 8] if shape == "M" and not args.no_batch8 else [1]
+    vocab = SHAPES[shape]["vocab_size"]
+    prompts = {b: random_ids(vocab, b) for b in batches}
+
+    exports: dict[str, tuple[float, int]] = {}
+    sessions: dict[tuple[str, int], object] = {}
+    for precision in ("fp32", "int8"):
+        if f"ort-{precision}" in rows:
+            set_threads(args.threads[0])
+            exports[precision] = export(ours, tmp / f"{shape}-{precision}", precision)
+    from export import OnnxGPT
+
+    for precision in exports:
+        for t in args.threads:
+            sessions[precision, t] = OnnxGPT.load(tmp / f"{shape}-{precision}", threads=t)
+
+    def runner(row: str, batch: int, t: int, tokens: int = new_tokens) -> Callable[[], object]:
+        ids = prompts[batch]
+        if row == "nocache":
+            return lambda: generate_without_cache(ours, ids, tokens)
+        if row == "kv":
+            return lambda: ours.generate(ids, tokens)
+        if row == "hf":
+            return lambda: hf_generate(hf, ids, tokens)
+        session = sessions[row.removeprefix("ort-"), t]
+        return lambda: session.generate(ids, tokens)
+
+    cases = [(1, row) for row in rows] + [(8, row) for row in BATCH8_ROWS if row in rows and 8 in batches]
+    speed: dict[tuple[int, int, str], list[float]] = {(t, b, r): [] for t in args.threads for b, r in cases}
+    for t in args.threads:  # warm-up: one short call each
+        set_threads(t)
+        for batch, row in cases:
+            runner(row, batch, t, tokens=4)()
+    for round_ in range(repeats):
+        for t in args.threads:
+            set_threads(t)
+            k = round_ % len(cases)
+            for batch, row in cases[k:] + cases[:k]:
+                seconds = timed(runner(row, batch, t))
+                speed[t, batch, row].append(batch * new_tokens / seconds)
+
+    fp32_size = exports.get("fp32", (0, 0))[1]
+    for batch in batches:
+        for t in args.threads:
+            for b, row in cases:
+                if b != batch:
+                    continue
+                values = speed[t, batch, row]
+                ref = speed.get((t, batch, "hf"))
+                vs_hf = "1" if row == "hf" else ratio_span(values, ref) if ref else "-"
+                vs_fp32, export_s, size = "-", "-", "-"
+                if row.startswith("ort-"):
+                    precision = row.removeprefix("ort-")
+                    export_s = f"{exports[precision][0]:.1f}"
+                    size = mib(exports[precision][1])
+                    if precision == "int8" and ("ort-fp32" in rows):
+                        vs_fp32 = ratio_span(values, speed[t, batch, "ort-fp32"])
+                        size += f" ({fp32_size / exports['int8'][1]:.2f}x smaller)"
+                row_cells = [shape, str(batch), str(t), LABELS[row], median_span(values), vs_hf, vs_fp32]
+                table.append(row_cells + [export_s, size])
+
+    if has_gpu:
+        cuda_dir = tmp / f"{shape}-cuda"  # the fp32 graph built for the CUDA provider
+        export(ours, cuda_dir, "fp32", provider="cuda")
+        table.extend(cuda_rows(shape, ours, hf, cuda_dir, prompts[1], new_tokens, repeats))
+    else:
+        for row in CUDA_ROWS:
+            table.append([shape, "1", "-", LABELS[row], "no GPU", "-", "-", "-", "-"])
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="S,M,L", help="comma-separated shapes from S, M, L (default: %(default)s)")
@@ -139,94 +221,10 @@ def main() -> None:
         if shape not in SHAPES:
             parser.error(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
     logging.getLogger("export").setLevel(logging.WARNING)
-    has_gpu = torch.cuda.is_available()
     set_threads(args.threads[0])
 
-    table = []
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
-        for shape in shapes:
-            context = DECODE_CONTEXT[shape]
-            torch.manual_seed(0)
-            ours = GPT(**model_kwargs(shape, context), dropout=0.0).eval()
-            ours.tokenizer = Tokenizer()  # to_onnx writes one; byte-level ids fit every vocabulary here
-            hf = hf_gpt2(shape, context).eval()
-            batches = [1, 8] if shape == "M" and not args.no_batch8 else [1]
-            vocab = SHAPES[shape]["vocab_size"]
-            prompts = {b: random_ids(vocab, b) for b in batches}
-
-            exports: dict[str, tuple[float, int]] = {}
-            sessions: dict[tuple[str, int], object] = {}
-            for precision in ("fp32", "int8"):
-                if f"ort-{precision}" in rows:
-                    set_threads(args.threads[0])
-                    exports[precision] = export(ours, Path(tmp) / f"{shape}-{precision}", precision)
-            from export import OnnxGPT
-
-            for precision in exports:
-                for t in args.threads:
-                    sessions[precision, t] = OnnxGPT.load(Path(tmp) / f"{shape}-{precision}", threads=t)
-
-            def runner(row: str, batch: int, t: int) -> Callable[[], object]:
-                ids = prompts[batch]
-                if row == "nocache":
-                    return lambda: generate_without_cache(ours, ids, new_tokens)
-                if row == "kv":
-                    return lambda: ours.generate(ids, new_tokens)
-                if row == "hf":
-                    return lambda: hf_generate(hf, ids, new_tokens)
-                session = sessions[row.removeprefix("ort-"), t]
-                return lambda: session.generate(ids, new_tokens)
-
-            cases = [(1, row) for row in rows] + [(8, row) for row in BATCH8_ROWS if row in rows and 8 in batches]
-            speed: dict[tuple[int, int, str], list[float]] = {(t, b, r): [] for t in args.threads for b, r in cases}
-            for t in args.threads:  # warm-up: one short call each
-                set_threads(t)
-                for batch, row in cases:
-                    ids = prompts[batch]
-                    if row == "nocache":
-                        generate_without_cache(ours, ids, 4)
-                    elif row == "hf":
-                        hf_generate(hf, ids, 4)
-                    elif row == "kv":
-                        ours.generate(ids, 4)
-                    else:
-                        sessions[row.removeprefix("ort-"), t].generate(ids, 4)
-            for round_ in range(repeats):
-                for t in args.threads:
-                    set_threads(t)
-                    k = round_ % len(cases)
-                    for batch, row in cases[k:] + cases[:k]:
-                        seconds = timed(runner(row, batch, t))
-                        speed[t, batch, row].append(batch * new_tokens / seconds)
-
-            fp32_size = exports.get("fp32", (0, 0))[1]
-            for batch in batches:
-                for t in args.threads:
-                    for b, row in cases:
-                        if b != batch:
-                            continue
-                        values = speed[t, batch, row]
-                        ref = speed.get((t, batch, "hf"))
-                        vs_hf = "1" if row == "hf" else ratio_span(values, ref) if ref else "-"
-                        vs_fp32, export_s, size = "-", "-", "-"
-                        if row.startswith("ort-"):
-                            precision = row.removeprefix("ort-")
-                            export_s = f"{exports[precision][0]:.1f}"
-                            size = mib(exports[precision][1])
-                            if precision == "int8" and ("ort-fp32" in rows):
-                                vs_fp32 = ratio_span(values, speed[t, batch, "ort-fp32"])
-                                size += f" ({fp32_size / exports['int8'][1]:.2f}x smaller)"
-                        row_cells = [shape, str(batch), str(t), LABELS[row], median_span(values), vs_hf, vs_fp32]
-                        table.append(row_cells + [export_s, size])
-
-            if has_gpu:
-                cuda_dir = Path(tmp) / f"{shape}-cuda"  # the fp32 graph built for the CUDA provider
-                export(ours, cuda_dir, "fp32", provider="cuda")
-                table.extend(cuda_rows(shape, ours, hf, cuda_dir, prompts[1], new_tokens, repeats))
-            else:
-                for row in CUDA_ROWS:
-                    table.append([shape, "1", "-", LABELS[row], "no GPU", "-", "-", "-", "-"])
-            del ours, hf, sessions
+        table = [row for shape in shapes for row in measure_shape(shape, rows, args, repeats, new_tokens, Path(tmp))]
 
     print(
         f"Greedy decode, {PROMPT}-token prompt + {new_tokens} new tokens, random weights, "

@@ -80,6 +80,19 @@ def test_decode_bench() -> None:
             assert row[8].endswith("smaller)") == (row[3] == "onnxruntime int8 (CPU)")
 
 
+def test_decode_cuda_rows_run_their_code_path_on_the_cpu() -> None:
+    """The CUDA rows (measured only where a GPU is lent) go through the same code on the CPU."""
+    from bench.common import hf_gpt2, model_kwargs
+    from bench.decode import cuda_rows, random_ids
+    from gpt import GPT
+
+    ours, hf = GPT(**model_kwargs("S", 64), dropout=0.0).eval(), hf_gpt2("S", 64).eval()
+    rows = cuda_rows("S", ours, hf, None, random_ids(ours.config.vocab_size, 1), new_tokens=4, repeats=1, device="cpu")
+    assert measured(rows, "torch CUDA, KV cache (ours)", 4) > 0
+    assert measured(rows, "HF generate, CUDA", 4) > 0
+    assert [row[4] for row in rows if row[3] == "onnxruntime CUDA fp32 (IOBinding)"] == ["not run"]
+
+
 @needs_shakespeare
 def test_tokenizer_bench() -> None:
     rows = table_rows(run_quick("tokenizer"))
