@@ -24,6 +24,12 @@ log = logging.getLogger("gpt")
 DEFAULT_DECODE_THREADS = 1  # batch-1 decoding is latency bound: 2 threads on 2 busy cores were 10-80x slower
 
 
+def _add_data_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--data", required=True, nargs="+", help="UTF-8 text files or folders (.txt/.md, searched recursively)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gpt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -33,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a byte-level BPE tokenizer",
         description="Train a byte-level BPE tokenizer and write tokenizer.json.",
     )
-    tok.add_argument(
-        "--data", required=True, nargs="+", help="UTF-8 text files or folders (.txt/.md, searched recursively)"
-    )
+    _add_data_argument(tok)
     tok.add_argument("--out", required=True, help="output file or folder for tokenizer.json")
     tok.add_argument(
         "--vocab-size",
@@ -49,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model on text",
         description="Train a tokenizer and a GPT on text, with checkpoints in OUT/checkpoints.",
     )
-    train.add_argument(
-        "--data", required=True, nargs="+", help="UTF-8 text files or folders (.txt/.md, searched recursively)"
-    )
+    _add_data_argument(train)
     train.add_argument(
         "--out", required=True, help="folder for the final model (config.json, model.safetensors, tokenizer.json)"
     )
