@@ -2,9 +2,10 @@
 
 from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from gpt.checkpoint import CheckpointError, latest_checkpoint
-from gpt.config import GPTConfig
+from gpt.config import GPTConfig, count_parameters
 from gpt.data import GetData, encode_corpus, make_loaders, read_texts, split_ids
 from gpt.generation import PRESETS, SamplingConfig
+from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
 from gpt.tokenizer import Tokenizer
 from gpt.training import TrainingHistory, fit
@@ -17,12 +18,15 @@ __all__ = [
     "EarlyStopping",
     "GPTConfig",
     "GetData",
+    "MemoryEstimate",
     "ModelCheckpoint",
     "ProgressBar",
     "SamplingConfig",
     "Tokenizer",
     "TrainingHistory",
+    "count_parameters",
     "encode_corpus",
+    "estimate_training_memory",
     "fit",
     "latest_checkpoint",
     "make_loaders",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
     from gpt.training import Trainer, TrainingHistory
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT_MINUTES = 5.0
+"""How often `ModelCheckpoint` (and so `fit` with a checkpoint folder) saves by default, in minutes."""
 
 
 class Callback:
@@ -92,29 +97,54 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Resumable checkpoints in `fit(checkpoint_dir=...)`: a `step-00000123/` folder at every epoch end,
-    every `every_n_steps` steps (if set) and when training ends, keeping the newest `keep_last`
-    (None keeps all). With `save_best`, `best/` holds the checkpoint of the lowest validation loss.
+    """Resumable checkpoints in `fit(checkpoint_dir=...)`: a `step-00000123/` folder every
+    `every_n_minutes` minutes of training (5 by default), every `every_n_steps` steps (if set), at
+    every epoch end and when training ends, keeping the newest `keep_last` (None keeps all). With
+    `save_best`, `best/` holds the checkpoint of the lowest validation loss.
+
+    An epoch can take hours on a CPU: the time-based checkpoints bound what a crash or a `kill -9`
+    loses. The clock is read on rank 0, which decides for every rank under DDP.
     """
 
-    def __init__(self, every_n_steps: int | None = None, keep_last: int | None = 3, save_best: bool = True) -> None:
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        keep_last: int | None = 3,
+        save_best: bool = True,
+        every_n_minutes: float | None = DEFAULT_CHECKPOINT_MINUTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`clock` gives seconds (`time.monotonic`); tests pass a fake one."""
         for name, value in (("every_n_steps", every_n_steps), ("keep_last", keep_last)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be None or >= 1, got {value}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+        minutes = every_n_minutes
+        if minutes is not None and (
+            isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 < minutes < math.inf
+        ):
+            raise ValueError(f"every_n_minutes must be None or a number > 0, got {minutes!r}")
         self.every_n_steps = every_n_steps
+        self.every_n_minutes = every_n_minutes
         self.keep_last = keep_last
         self.save_best = save_best
+        self.clock = clock
         self._saved_step = 0
+        self._saved_at = 0.0  # clock time of the last checkpoint (or of the start)
         self._best = math.inf
 
     def on_train_begin(self, trainer: Trainer) -> None:
         if trainer.checkpoint_dir is None:
             raise ValueError("ModelCheckpoint needs fit(..., checkpoint_dir=...)")
         self._saved_step = trainer.step  # a resumed step is on disk already
+        self._saved_at = self.clock()
         self._best = min((loss for _, loss in trainer.history.evaluations), default=math.inf)
 
     def on_batch_end(self, trainer: Trainer) -> None:
-        if self.every_n_steps and trainer.step % self.every_n_steps == 0:
+        due = bool(self.every_n_steps) and trainer.step % self.every_n_steps == 0
+        if self.every_n_minutes is not None:
+            late = trainer.is_main and self.clock() - self._saved_at >= 60 * self.every_n_minutes
+            due = trainer.main_decides(late) or due  # every rank calls it: one broadcast under DDP
+        if due:
             self._save_step(trainer)
 
     def on_evaluate(self, trainer: Trainer) -> None:
@@ -137,6 +167,7 @@ class ModelCheckpoint(Callback):
             trainer.save_checkpoint(trainer.checkpoint_dir / checkpoint.step_dir_name(trainer.step))
             if self.keep_last is not None:
                 checkpoint.prune_checkpoints(trainer.checkpoint_dir, self.keep_last)
+        self._saved_at = self.clock()  # the interval counts training time, not the time spent saving
 
 
 class ProgressBar(Callback):

@@ -7,6 +7,10 @@ No pickle anywhere. Every file is written under a temporary name and renamed int
 training checkpoint folder is written whole under a temporary name and renamed too (`gpt.files`),
 so an interrupted save never leaves a half-written file or folder where a good one was. Reading a missing,
 truncated or mismatched file raises `CheckpointError` naming the file and the problem.
+
+Files are sized before they are read: a `config.json` larger than `MAX_CONFIG_BYTES`, or a
+`model.safetensors` whose size does not fit its config's parameter count, is refused before
+anything is read or allocated (the app loads folders that anyone may upload).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file
 from safetensors.torch import save_model as save_safetensors
 
-from gpt.config import GPTConfig
+from gpt.config import GPTConfig, count_parameters
 from gpt.files import atomic_folder, atomic_write
 
 if TYPE_CHECKING:
@@ -39,6 +43,15 @@ RNG_FILE = "rng.safetensors"
 BEST_DIR = "best"
 _STEP_DIR = re.compile(r"step-(\d{8,})")
 _DEVICE_OPTIONS = ("foreach", "fused", "capturable")  # optimizer settings that follow the device, not the file
+MAX_CONFIG_BYTES = 64 * 1024
+"""Largest `config.json` read; a real one is about 300 bytes."""
+HEADER_ALLOWANCE = 64 * 1024
+"""Bytes a weights file may hold besides its tensors, plus `HEADER_BYTES_PER_LAYER` per layer: the
+safetensors header names every tensor with its shape and offsets (about 1.1 KB per layer)."""
+HEADER_BYTES_PER_LAYER = 8 * 1024
+MIN_BYTES_PER_PARAMETER = 2
+"""Weights are saved in fp32 (4 bytes a parameter); bf16 or fp16 files (2 bytes) also load."""
+MAX_BYTES_PER_PARAMETER = 4
 
 
 class CheckpointError(ValueError):
@@ -59,7 +72,11 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None =
 
 
 def read_config(path: str | Path) -> GPTConfig:
+    """The folder's validated `config.json`."""
     file = _existing(Path(path), CONFIG_FILE)
+    size = file.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{file}: {size:,} bytes, more than a model config's {MAX_CONFIG_BYTES:,}")
     try:
         return GPTConfig.from_json(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as err:
@@ -70,7 +87,7 @@ def read_weights(model: nn.Module, path: str | Path) -> None:
     """Load `model.safetensors` into `model` in place; every tensor must be present with its shape."""
     from gpt.model import LINEAR_LAYOUT
 
-    file = _existing(Path(path), WEIGHTS_FILE)
+    file = check_weights_size(path, model.config)
     device = str(next(model.parameters()).device)
     try:
         with safe_open(str(file), "pt") as weights:
@@ -83,6 +100,28 @@ def read_weights(model: nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({err})") from err
     except RuntimeError as err:
         raise CheckpointError(f"{file}: weights do not match {Path(path) / CONFIG_FILE} ({err})") from err
+
+
+def check_weights_size(path: str | Path, config: GPTConfig) -> Path:
+    """The folder's `model.safetensors`, once its size is known to fit `config`; else `CheckpointError`.
+
+    Checked before reading or allocating anything: a file far larger than `config` allows (4 bytes a
+    parameter, plus the header) is not this model's and would be read whole; a file far smaller is
+    truncated or belongs to a smaller model, and a config claiming a huge model must not make the
+    loader build it first.
+    """
+    file = _existing(Path(path), WEIGHTS_FILE)
+    size = file.stat().st_size
+    parameters = count_parameters(config)
+    largest = MAX_BYTES_PER_PARAMETER * parameters + HEADER_ALLOWANCE + HEADER_BYTES_PER_LAYER * config.num_layers
+    smallest = MIN_BYTES_PER_PARAMETER * parameters
+    if not smallest <= size <= largest:
+        raise CheckpointError(
+            f"{file}: {size:,} bytes cannot hold the {parameters:,} parameters of "
+            f"{Path(path) / CONFIG_FILE} (expected {smallest:,} to {largest:,} bytes); "
+            "the file is truncated or belongs to another model"
+        )
+    return file
 
 
 def _load_out_in_weights(model: nn.Module, state: dict[str, Tensor]) -> None:

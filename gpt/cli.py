@@ -11,13 +11,16 @@ from pathlib import Path
 
 import torch
 
+from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, ModelCheckpoint
 from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.config import ACTIVATIONS
 from gpt.data import encode_corpus, make_loaders, read_texts
 from gpt.generation import PRESETS
+from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
 from gpt.optim import OPTIMIZERS
 from gpt.tokenizer import Tokenizer
+from gpt.training import bf16_pays
 
 log = logging.getLogger("gpt")
 
@@ -103,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="autocast precision (default: %(default)s)",
     )
+    fit.add_argument(
+        "--checkpoint-minutes",
+        type=_minutes,
+        default=DEFAULT_CHECKPOINT_MINUTES,
+        metavar="MINUTES",
+        help="write a checkpoint every this many minutes of training; 0: only at epoch ends (default: %(default)s)",
+    )
+    fit.add_argument(
+        "--checkpoint-steps",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="also write a checkpoint every N optimizer steps (default: none)",
+    )
     fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
     fit.add_argument("--seed", type=int, default=0, help="seed for weights and data order (default: %(default)s)")
     fit.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -120,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=DEFAULT_DECODE_THREADS, help="torch CPU threads (default: %(default)s)"
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    """A number of minutes >= 0 (0 turns the timer off)."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,7 +249,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(
         f"{len(ids):,} tokens ({tokenizer.vocab_size} vocab), {model.num_parameters():,} parameters, device {model.device}"
     )
+    print(_memory_estimate(model, args).describe(), flush=True)
+    saver = ModelCheckpoint(every_n_steps=args.checkpoint_steps, every_n_minutes=args.checkpoint_minutes or None)
     fit_options = dict(
+        callbacks=[saver],
         checkpoint_dir=checkpoints,
         max_steps=args.steps,
         max_time=args.max_time,
@@ -236,6 +271,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(
         f"done: {history.steps[-1] if history.steps else 0} steps, train loss {model.train_loss[-1]:.4f}, "
         f"validation loss {valid}, {history.tokens_seen / max(seconds, 1e-9):,.0f} tokens/s, {seconds:.1f} s -> {out}"
+    )
+
+
+def _memory_estimate(model: GPT, args: argparse.Namespace) -> MemoryEstimate:
+    """What training `model` with the command's settings will need at its peak."""
+    precision = args.precision
+    if precision == "auto":
+        precision = "bf16" if bf16_pays(model, model.device) else "fp32"
+    return estimate_training_memory(
+        model.config, args.batch_size, optimizer=args.optimizer, precision=precision, device=model.device.type
     )
 
 

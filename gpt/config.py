@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+LIMITS = {
+    "vocab_size": 2**20,
+    "max_seq_len": 2**17,
+    "emb_size": 2**16,
+    "num_heads": 1024,
+    "head_size": 4096,
+    "num_layers": 1024,
+    "mlp_ratio": 64,
+}
+"""Largest value of each integer field. Generous (GPT-3 175B fits: vocab 50257, emb 12288, 96
+layers), but finite: a config.json from anyone cannot ask for a model of any size."""
 
 ACTIVATIONS = ("gelu_tanh", "gelu")
 """MLP activations. "gelu_tanh" is GPT-2's tanh approximation ("gelu_new"), the default, which
@@ -38,7 +51,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_seq_len", "emb_size", "num_heads", "num_layers", "mlp_ratio"):
-            _check_positive_int(name, getattr(self, name))
+            _check_bounded_int(name, getattr(self, name))
         if self.head_size is None:
             if self.emb_size % self.num_heads:
                 raise ValueError(
@@ -46,13 +59,13 @@ class GPTConfig:
                     "or give head_size explicitly"
                 )
             self.head_size = self.emb_size // self.num_heads
-        _check_positive_int("head_size", self.head_size)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        _check_bounded_int("head_size", self.head_size)
+        _check_number("dropout", self.dropout, "[0, 1)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+        _check_number("layer_norm_eps", self.layer_norm_eps, "(0, 1)")
+        if not 0.0 < self.layer_norm_eps < 1.0:
+            raise ValueError(f"layer_norm_eps must be in (0, 1), got {self.layer_norm_eps}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         for name in ("bias", "tie_embeddings"):
@@ -90,6 +103,35 @@ class GPTConfig:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def count_parameters(config: GPTConfig) -> int:
+    """Distinct trainable parameters of `GPT(config)` (a tied head counts once), by arithmetic.
+
+    Equal to `GPT.from_config(config).num_parameters()`, without building anything: a caller can
+    size a model described by any config before deciding to build it.
+    """
+    E, A, H, V = config.emb_size, config.attn_size, config.mlp_ratio * config.emb_size, config.vocab_size
+    bias = int(config.bias)
+    norm = E + E * bias  # a LayerNorm: weight, and bias when `bias`
+    attention = (E * 3 * A + 3 * A * bias) + (A * E + E * bias)  # fused QKV, output projection
+    mlp = (E * H + H * bias) + (H * E + E * bias)  # c_fc, c_proj
+    block = 2 * norm + attention + mlp
+    embeddings = V * E + config.max_seq_len * E
+    head = 0 if config.tie_embeddings else V * E  # untied LM head, no bias
+    return embeddings + config.num_layers * block + norm + head
+
+
+def block_matrix_parameters(config: GPTConfig) -> int:
+    """Parameters of the weight matrices inside the transformer blocks (what Muon trains)."""
+    E, A, H = config.emb_size, config.attn_size, config.mlp_ratio * config.emb_size
+    return config.num_layers * (E * 3 * A + A * E + 2 * E * H)
+
+
+def _check_bounded_int(name: str, value: Any) -> None:
+    largest = LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+        raise ValueError(f"{name} must be an integer in 1..{largest}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, interval: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")

@@ -332,6 +332,7 @@ class GPT(GenerationMixin, nn.Module):
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> GPT:
         """Load a model saved by `save` (with its tokenizer when the folder has one)."""
         config = checkpoint.read_config(path)
+        checkpoint.check_weights_size(path, config)  # before building a model of the config's size
         model = cls.from_config(config, device=device)
         checkpoint.read_weights(model, path)
         model.tokenizer = checkpoint.read_tokenizer(path)

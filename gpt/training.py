@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from gpt import checkpoint
-from gpt.callbacks import Callback, ModelCheckpoint, ProgressBar
+from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, Callback, ModelCheckpoint, ProgressBar
 from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.optim import OPTIMIZERS, make_optimizer, muon_available
 
@@ -149,8 +149,9 @@ def fit(
     """Train `model` on its own device; every keyword option is a field of `TrainingOptions`.
 
     Sets `model.train_loss`, `model.validation_loss` (None without `valid_loader`) and `model.history`,
-    and returns the history. With `checkpoint_dir`, a `ModelCheckpoint` is added unless one is given,
-    and `resume=True` continues from its newest checkpoint. Under `torchrun` it trains with DDP.
+    and returns the history. With `checkpoint_dir`, a `ModelCheckpoint` is added unless one is given
+    (a checkpoint every 5 minutes of training, at every epoch end and at the end), and `resume=True`
+    continues from its newest checkpoint. Under `torchrun` it trains with DDP.
     """
     if train_loader is None:
         raise ValueError("train_loader is required")
@@ -190,6 +191,7 @@ class Trainer:
     `total_steps`, `checkpoint_dir`, `valid_loader`, `is_main` (rank 0), `world_size`.
     Write: `stop_training = True` from any thread (checked before every optimizer step), or
     `request_stop(reason)`; `stop_reason` then says why.
+    Under DDP, `main_decides(flag)` makes a decision taken on rank 0 everyone's.
     """
 
     def __init__(
@@ -274,6 +276,15 @@ class Trainer:
         """Stop after the current step; the first reason given is kept."""
         self.stop_training = True
         self.stop_reason = self.stop_reason or reason
+
+    def main_decides(self, flag: bool) -> bool:
+        """Rank 0's `flag`, on every rank: for decisions that must agree, such as one taken on a
+        clock. Every rank must call it at the same point (one broadcast under DDP)."""
+        if self.dist is None:
+            return flag
+        value = torch.tensor(float(flag), device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a resumable checkpoint of the current step into folder `path` (atomically)."""
@@ -559,7 +570,7 @@ def _with_defaults(
 ) -> list[Callback]:
     """The user's callbacks, plus a `ModelCheckpoint` (with a checkpoint folder) and a `ProgressBar`."""
     if checkpoint_dir is not None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-        callbacks.append(ModelCheckpoint())
+        callbacks.append(ModelCheckpoint(every_n_minutes=DEFAULT_CHECKPOINT_MINUTES))
     if options.progress and is_main and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(ProgressBar())
     return callbacks

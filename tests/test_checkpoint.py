@@ -1,6 +1,7 @@
 """Training checkpoints: layout, atomic folders, keep_last, corrupt files, exact resume."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,50 @@ def test_weights_saved_before_conv1d_load_transposed(tmp_path: Path) -> None:
     assert_same_weights(loaded, model)
     ids = torch.randint(0, 256, (1, 8))
     torch.testing.assert_close(loaded(ids), model(ids))
+
+
+def test_an_oversized_weights_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A 1 KB config and a huge model.safetensors: refused by size, never opened (the app is public)."""
+    folder = tiny_model().save(tmp_path / "m")
+    weights = folder / checkpoint.WEIGHTS_FILE
+    os.truncate(weights, 4 * 1024**3)  # sparse: 4 GiB on paper, no disk used
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the weights file was read")
+
+    monkeypatch.setattr(checkpoint, "safe_open", no_reading)
+    monkeypatch.setattr(checkpoint, "load_model", no_reading)
+    monkeypatch.setattr(checkpoint, "load_file", no_reading)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: 4,294,967,296 bytes cannot hold"):
+        GPT.load(folder)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*another model"):
+        checkpoint.read_weights(tiny_model(), folder)
+
+
+def test_a_config_claiming_a_huge_model_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    folder = tiny_model().save(tmp_path / "m")
+    config = json.loads((folder / checkpoint.CONFIG_FILE).read_text())
+    huge = {**config, "num_layers": 1024, "emb_size": 4096, "head_size": 1024}  # 206 billion parameters
+    (folder / checkpoint.CONFIG_FILE).write_text(json.dumps(huge))
+
+    def no_building(*args, **kwargs):
+        raise AssertionError("a model of the config's size was built")
+
+    monkeypatch.setattr(GPT, "from_config", no_building)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: .* cannot hold the 206,214,144,000 parameters"):
+        GPT.load(folder)
+
+
+def test_an_oversized_config_file_is_refused(tmp_path):
+    folder = tiny_model().save(tmp_path / "m")
+    config = json.loads((folder / checkpoint.CONFIG_FILE).read_text())
+    (folder / checkpoint.CONFIG_FILE).write_text(json.dumps(config) + " " * checkpoint.MAX_CONFIG_BYTES)
+    with pytest.raises(CheckpointError, match=r"config\.json: .* bytes, more than a model config's"):
+        GPT.load(folder)
+
+
+def test_weights_sizes_within_the_allowance_load(tmp_path):
+    """Every shape saved by `save` fits the allowance, headers included (bias, untied, many layers)."""
+    for options in (dict(num_layers=1), dict(num_layers=12, bias=False, tie_embeddings=False)):
+        model = GPT(vocab_size=300, max_seq_len=16, emb_size=8, num_heads=2, **options)
+        assert_same_weights(GPT.load(model.save(tmp_path / str(len(options)))), model)

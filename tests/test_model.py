@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from gpt import GPT, GPTConfig
+from gpt import GPT, GPTConfig, count_parameters
 
 TINY = dict(vocab_size=97, max_seq_len=64, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
 
@@ -18,14 +18,15 @@ def tiny(**overrides) -> GPT:
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(vocab_size=0), "vocab_size must be a positive integer"),
-        (dict(max_seq_len=-1), "max_seq_len must be a positive integer"),
+        (dict(vocab_size=0), r"vocab_size must be an integer in 1\.\.1048576, got 0"),
+        (dict(max_seq_len=-1), r"max_seq_len must be an integer in 1\.\.131072, got -1"),
         (dict(emb_size=30, num_heads=4), "divisible by num_heads"),
-        (dict(num_heads=0), "num_heads must be a positive integer"),
-        (dict(num_layers=1.5), "num_layers must be a positive integer"),
+        (dict(num_heads=0), "num_heads must be an integer in 1..1024"),
+        (dict(num_layers=1.5), "num_layers must be an integer in 1..1024, got 1.5"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
-        (dict(dropout="x"), "dropout must be a number"),
-        (dict(head_size=0), "head_size must be a positive integer"),
+        (dict(dropout="x"), "dropout must be a finite number"),
+        (dict(dropout=float("nan")), "dropout must be a finite number in"),
+        (dict(head_size=0), "head_size must be an integer in 1..4096"),
         (dict(bias="yes"), "bias must be True or False"),
         (dict(activation="relu"), "activation must be one of gelu_tanh, gelu"),
     ],
@@ -33,6 +34,53 @@ def tiny(**overrides) -> GPT:
 def test_constructor_validates(overrides, message):
     with pytest.raises(ValueError, match=message):
         GPT(**{**TINY, **overrides})
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_layers", 1_000_000, r"num_layers must be an integer in 1\.\.1024, got 1000000"),
+        ("vocab_size", 2**20 + 1, r"vocab_size must be an integer in 1\.\.1048576"),
+        ("max_seq_len", 2**17 + 1, r"max_seq_len must be an integer in 1\.\.131072"),
+        ("emb_size", 2**16 + 4, r"emb_size must be an integer in 1\.\.65536"),
+        ("num_heads", 2048, r"num_heads must be an integer in 1\.\.1024"),
+        ("head_size", 4097, r"head_size must be an integer in 1\.\.4096"),
+        ("mlp_ratio", 65, r"mlp_ratio must be an integer in 1\.\.64"),
+        ("mlp_ratio", True, r"mlp_ratio must be an integer"),
+        ("layer_norm_eps", 0.0, r"layer_norm_eps must be in \(0, 1\), got 0.0"),
+        ("layer_norm_eps", 1.0, r"layer_norm_eps must be in \(0, 1\)"),
+        ("layer_norm_eps", float("nan"), "layer_norm_eps must be a finite number"),
+        ("layer_norm_eps", float("inf"), "layer_norm_eps must be a finite number"),
+        ("layer_norm_eps", "1e-5", "layer_norm_eps must be a finite number"),
+        ("dropout", float("inf"), "dropout must be a finite number"),
+    ],
+)
+def test_every_config_field_is_bounded(field, value, message):
+    """A config.json from anyone (the app is public) cannot ask for a model of any size."""
+    values = {**GPTConfig(vocab_size=10, max_seq_len=8, emb_size=16, num_heads=2).to_dict(), field: value}
+    with pytest.raises(ValueError, match=message):
+        GPTConfig.from_json(json.dumps(values, allow_nan=True))
+
+
+def test_largest_allowed_config_is_accepted_and_counted_without_building():
+    config = GPTConfig(vocab_size=2**20, max_seq_len=2**17, emb_size=2**16, num_heads=1024, num_layers=1024)
+    assert config.head_size == 64 and count_parameters(config) > 2**40  # arithmetic, no allocation
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(emb_size=32, num_heads=4),
+        dict(emb_size=32, num_heads=4, head_size=6, mlp_ratio=1),  # attention narrower than the residual
+        dict(emb_size=24, num_heads=3, head_size=16, mlp_ratio=3, num_layers=3),  # and wider
+        dict(emb_size=16, num_heads=1, mlp_ratio=7, num_layers=1),
+    ],
+)
+def test_count_parameters_matches_the_built_model(shape, bias, tie_embeddings):
+    config = GPTConfig(vocab_size=97, max_seq_len=40, bias=bias, tie_embeddings=tie_embeddings, **shape)
+    assert count_parameters(config) == GPT.from_config(config).num_parameters()
 
 
 def test_config_json_round_trip_and_unknown_fields():

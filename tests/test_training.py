@@ -1,9 +1,15 @@
 """`fit`: validation, learning, histories, the schedule, callbacks and every way training stops."""
 
+import json
 import logging
 import math
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -342,3 +348,125 @@ def test_cuda_training_uses_bf16_autocast_when_supported():
     history = model.fit(train, valid, learning_rate=3e-3, progress=False)
     assert model.device.type == "cuda" and all(p.dtype == torch.float32 for p in model.parameters())
     assert history.validation_loss[-1] < initial - 1.0 and not math.isnan(history.loss[-1])
+
+
+class FakeClock:
+    """A clock that a callback moves forward by `seconds_per_step` after each optimizer step."""
+
+    def __init__(self, seconds_per_step: float) -> None:
+        self.now = 1000.0
+        self.seconds_per_step = seconds_per_step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Tick(Callback):
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        self.clock.now += self.clock.seconds_per_step
+
+
+def test_checkpoints_are_written_every_n_minutes_of_training(tmp_path):
+    clock = FakeClock(seconds_per_step=25.0)  # a checkpoint every third step at 1 minute
+    saver = ModelCheckpoint(every_n_minutes=1, keep_last=None, save_best=False, clock=clock)
+    train, _ = byte_loaders(SMALL_TEXT)
+    tiny_model().fit(train, max_steps=10, checkpoint_dir=tmp_path, callbacks=[Tick(clock), saver], progress=False)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        "step-00000003",
+        "step-00000006",
+        "step-00000009",
+        "step-00000010",  # the end
+    ]
+
+
+def test_minutes_and_steps_combine_and_the_timer_restarts_at_each_checkpoint(tmp_path):
+    clock = FakeClock(seconds_per_step=20.0)
+    saver = ModelCheckpoint(every_n_steps=4, every_n_minutes=1.5, keep_last=None, clock=clock)
+    train, _ = byte_loaders(SMALL_TEXT)
+    tiny_model().fit(train, max_steps=14, checkpoint_dir=tmp_path, callbacks=[Tick(clock), saver], progress=False)
+    steps = [int(p.name.split("-")[1]) for p in checkpoint.list_checkpoints(tmp_path)]
+    assert steps == [4, 8, 12, 14]  # 90 s take 5 steps, but every 4th step restarts the timer
+
+
+def test_fit_checkpoints_every_5_minutes_by_default(tmp_path):
+    train, _ = byte_loaders(SMALL_TEXT)
+    trainer = Trainer(tiny_model(), train, None, TrainingOptions(progress=False), checkpoint_dir=tmp_path)
+    (saver,) = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert saver.every_n_minutes == 5 and saver.every_n_steps is None
+    assert ModelCheckpoint().every_n_minutes == 5
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(every_n_minutes=0), "every_n_minutes must be None or a number > 0"),
+        (dict(every_n_minutes=float("nan")), "every_n_minutes must be None or a number > 0"),
+        (dict(every_n_steps=0), "every_n_steps must be None or an integer >= 1"),
+        (dict(keep_last=1.5), "keep_last must be None or an integer >= 1"),
+    ],
+)
+def test_model_checkpoint_validates(options, message):
+    with pytest.raises(ValueError, match=message):
+        ModelCheckpoint(**options)
+
+
+DDP_WORKER = """
+import json, os, sys
+import torch
+from tiny_training import byte_loaders, tiny_model
+from gpt.callbacks import Callback, ModelCheckpoint
+
+rank = int(os.environ["RANK"])
+torch.set_num_threads(1)
+
+class Clock:  # rank 0's clock runs 40 s a step, rank 1's stands still: only rank 0's may count
+    now = 0.0
+    def __call__(self):
+        return self.now
+
+class Tick(Callback):
+    def on_batch_end(self, trainer):
+        clock.now += 40.0 if rank == 0 else 0.0
+
+clock = Clock()
+saver = ModelCheckpoint(every_n_minutes=1, keep_last=None, save_best=False, clock=clock)
+decided = []
+save_step = saver._save_step
+def recording(trainer):
+    if trainer.step != saver._saved_step:
+        decided.append(trainer.step)
+    save_step(trainer)
+saver._save_step = recording
+train, _ = byte_loaders()
+tiny_model().fit(train, max_steps=7, checkpoint_dir=sys.argv[1], callbacks=[Tick(), saver], progress=False)
+print(json.dumps(decided))
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch.distributed with gloo needed")
+def test_time_based_checkpoints_are_decided_by_rank_0_on_every_rank(tmp_path):
+    tests = Path(__file__).resolve().parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(tests.parent), str(tests)])
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", DDP_WORKER, str(tmp_path)],
+            env={**os.environ, **common, "RANK": str(rank), "LOCAL_RANK": str(rank), "PYTHONPATH": path},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+    for worker, (_, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+    decided = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
+    assert decided[0] == decided[1] == [2, 4, 6, 7]  # rank 0's clock: 80 s, 80 s, 80 s, then the end
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [f"step-0000000{s}" for s in (2, 4, 6, 7)]
