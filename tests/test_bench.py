@@ -127,7 +127,12 @@ def test_quality_bench() -> None:
         assert 0 < figure(row[3]) < math.log(256)  # nats per byte: better than a uniform guess over bytes
 
 
-def test_webapp_latency_bench() -> None:
+def test_webapp_latency_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    # settings exported for another app instance on the machine never reach the bench's own app:
+    # leaked, this TTL would sweep client B's session (and its model) between requests, and this
+    # token limit would refuse the bench's 64-token requests
+    monkeypatch.setenv("SIMPLE_LLM_SESSION_TTL_MINUTES", "0.01")
+    monkeypatch.setenv("SIMPLE_LLM_MAX_NEW_TOKENS", "8")
     output = run_quick("webapp_latency")
     rows = table_rows(output)
     assert measured(rows, "idle (no training)", 1) > 0
