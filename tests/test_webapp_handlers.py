@@ -5,7 +5,6 @@ Models are tiny and train a few dozen steps on one thread; every export is share
 """
 
 import json
-import random
 import re
 import zipfile
 from pathlib import Path
@@ -13,89 +12,13 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import pytest
-from webapp_common import TINY, WORDS
+from webapp_common import TINY, Request, error_of, generate, plain, text, train
 
+from gpt import count_parameters
 from webapp import archive, backends, corpus, generation, training
 from webapp.handlers import Handlers
 from webapp.i18n import EN, LANGUAGES, RU, TABLES, Msg, UserError, language, t
 from webapp.settings import MB, Settings
-
-
-class Request:
-    """Stands in for `gr.Request`: a session id and an Accept-Language header."""
-
-    def __init__(self, session: str, lang: str = "en") -> None:
-        self.session_hash = session
-        self.headers = {"accept-language": lang}
-
-
-def text(words: int = 1500, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(words // 12)]
-    return "\n".join(lines) + "\n"
-
-
-def train(
-    handlers: Handlers, request: Request, files: list[Path] | None = None, steps: int = 30, **overrides
-) -> list[tuple]:
-    values = {**TINY, "steps": steps, **overrides}
-    source = "upload" if files is not None else "sample"
-    return list(
-        handlers.train(
-            source,
-            [str(f) for f in files or []],
-            corpus.STDLIB_SAMPLE,
-            values["num_layers"],
-            values["num_heads"],
-            values["emb_size"],
-            values["context"],
-            values["vocab_size"],
-            values["learning_rate"],
-            values["batch_size"],
-            values["steps"],
-            values["dropout"],
-            values["device"],
-            request=request,
-        )
-    )
-
-
-def generate(
-    handlers: Handlers,
-    request: Request,
-    prompt: str = "the cat",
-    backend: str = "torch",
-    mode: str = "greedy",
-    **options,
-) -> tuple[str, str]:
-    values = dict(
-        max_new_tokens=20, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, stop_strings="", seed=""
-    )
-    values.update(options)
-    *_, last = handlers.generate(
-        prompt,
-        values["max_new_tokens"],
-        mode,
-        values["temperature"],
-        values["top_k"],
-        values["top_p"],
-        values["repetition_penalty"],
-        values["stop_strings"],
-        values["seed"],
-        backend,
-        request=request,
-    )
-    return last
-
-
-def plain(markdown: str) -> str:
-    return markdown.replace("**", "")
-
-
-def error_of(call) -> str:
-    with pytest.raises(gr.Error) as info:
-        call()
-    return info.value.message
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +207,7 @@ def test_presets_are_valid_configs(settings):
     for name, preset in training.PRESETS.items():
         config = training.make_config(Settings(artifacts=settings.artifacts), **{**preset.__dict__})
         assert config == preset, name
-    assert training.count_parameters(training.PRESETS["tiny"], 512) < 200_000
+    assert count_parameters(training.PRESETS["tiny"].gpt_config(512)) < 200_000
 
 
 @pytest.mark.parametrize(
@@ -440,7 +363,7 @@ def test_stop_strings_end_the_output(trained, handlers):
         (dict(mode="sampling", temperature=-1), "temperature"),
         (dict(repetition_penalty=0), "repetition_penalty"),
         (dict(max_new_tokens=0), "max_new_tokens"),
-        (dict(seed="abc"), "Invalid generation settings"),
+        (dict(seed="abc"), "seed = 'abc' is not valid"),
         (dict(mode="beam"), "mode"),
         (dict(backend="tpu"), "backend"),
     ],
@@ -560,7 +483,8 @@ def test_sessions_are_isolated_and_closed(trained, handlers, settings, text_file
     assert handlers.session(Request("stranger")).model is None
     assert handlers.model_info(request=Request("stranger")).startswith("No model yet")
     handlers.session(Request("../../etc"))  # a hostile session id becomes a safe folder name
-    assert all(p.parent == settings.sessions_dir for p in [handlers.session(Request("../../etc")).folder])
+    assert handlers.session(Request("../../etc")).folder.parent == handlers.sessions.folder
+    assert handlers.sessions.folder.parent == settings.sessions_dir
     closing = Request("closing")
     train(handlers, closing, [text_file], steps=10)
     folder = handlers.session(closing).folder

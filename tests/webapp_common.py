@@ -1,4 +1,14 @@
-"""What the web app tests share: a tiny training setup and a small mixed-language vocabulary."""
+"""What the web app tests share: a tiny training setup, a small mixed-language vocabulary, and
+helpers that call the handlers directly as a browser session would."""
+
+import random
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from webapp import corpus
+from webapp.handlers import Handlers
 
 TINY = dict(
     num_layers=1,
@@ -12,3 +22,81 @@ TINY = dict(
     device="cpu",
 )
 WORDS = "the cat sat on a mat and the dog ran to the sun while birds sang кот сидел на ковре".split()
+
+
+class Request:
+    """Stands in for `gr.Request`: a session id and an Accept-Language header."""
+
+    def __init__(self, session: str, lang: str = "en") -> None:
+        self.session_hash = session
+        self.headers = {"accept-language": lang}
+
+
+def text(count: int = 1500, seed: int = 0, words: list[str] = WORDS) -> str:
+    """`count` words drawn from `words`, 12 to a line."""
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(count // 12)]
+    return "\n".join(lines) + "\n"
+
+
+def train(
+    handlers: Handlers, request: Request, files: list[Path] | None = None, steps: int = 30, **overrides
+) -> list[tuple]:
+    values = {**TINY, "steps": steps, **overrides}
+    source = "upload" if files is not None else "sample"
+    return list(
+        handlers.train(
+            source,
+            [str(f) for f in files or []],
+            corpus.STDLIB_SAMPLE,
+            values["num_layers"],
+            values["num_heads"],
+            values["emb_size"],
+            values["context"],
+            values["vocab_size"],
+            values["learning_rate"],
+            values["batch_size"],
+            values["steps"],
+            values["dropout"],
+            values["device"],
+            request=request,
+        )
+    )
+
+
+def generate(
+    handlers: Handlers,
+    request: Request,
+    prompt: str = "the cat",
+    backend: str = "torch",
+    mode: str = "greedy",
+    **options,
+) -> tuple[str, str]:
+    values = dict(
+        max_new_tokens=20, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, stop_strings="", seed=""
+    )
+    values.update(options)
+    *_, last = handlers.generate(
+        prompt,
+        values["max_new_tokens"],
+        mode,
+        values["temperature"],
+        values["top_k"],
+        values["top_p"],
+        values["repetition_penalty"],
+        values["stop_strings"],
+        values["seed"],
+        backend,
+        request=request,
+    )
+    return last
+
+
+def plain(markdown: str) -> str:
+    return markdown.replace("**", "")
+
+
+def error_of(call) -> str:
+    with pytest.raises(gr.Error) as info:
+        call()
+    return info.value.message

@@ -37,9 +37,12 @@ def _disabled_choice_css(elem_id: str, values: list[str]) -> str:
     )
 
 
-def _setting(key: str, value: float, integer: bool = False) -> gr.Number:
-    """One advanced training setting: label `train.<key>`, element id `train-<key>`."""
-    return gr.Number(value, label=I18N(f"train.{key}"), precision=0 if integer else None, elem_id=f"train-{key}")
+def _setting(key: str, value: float) -> gr.Number:
+    """One advanced training setting: label `train.<key>`, element id `train-<key>`.
+
+    No `precision`: Gradio would round the value before the handler sees it (and fail on NaN or
+    inf with a traceback); the handler checks every number itself (`webapp.validation`)."""
+    return gr.Number(value, label=I18N(f"train.{key}"), elem_id=f"train-{key}")
 
 
 def build_demo(settings: Settings | None = None) -> gr.Blocks:
@@ -95,17 +98,17 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
                         )
                         with gr.Accordion(I18N("train.advanced"), open=False, elem_id="train-advanced"):
                             with gr.Row():
-                                layers = _setting("layers", tiny.num_layers, integer=True)
-                                heads = _setting("heads", tiny.num_heads, integer=True)
+                                layers = _setting("layers", tiny.num_layers)
+                                heads = _setting("heads", tiny.num_heads)
                             with gr.Row():
-                                emb = _setting("emb", tiny.emb_size, integer=True)
-                                context = _setting("context", tiny.context, integer=True)
+                                emb = _setting("emb", tiny.emb_size)
+                                context = _setting("context", tiny.context)
                             with gr.Row():
-                                vocab = _setting("vocab", tiny.vocab_size, integer=True)
-                                batch = _setting("batch", tiny.batch_size, integer=True)
+                                vocab = _setting("vocab", tiny.vocab_size)
+                                batch = _setting("batch", tiny.batch_size)
                             with gr.Row():
                                 lr = _setting("lr", tiny.learning_rate)
-                                steps = _setting("steps", min(tiny.steps, settings.max_steps), integer=True)
+                                steps = _setting("steps", min(tiny.steps, settings.max_steps))
                             with gr.Row():
                                 dropout = _setting("dropout", tiny.dropout)
                                 device = gr.Radio(
@@ -307,10 +310,11 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             [output, stats],
             api_name="generate",
             show_progress="minimal",
+            preprocess=False,  # raw values: the handler checks each (a slider would fail on text with a traceback)
             **light,
         )
         gen_stop.click(None, None, None, cancels=[gen_event], queue=False)
-        compare_btn.click(h.compare, [prompt, max_new, backend], report, api_name="compare", **light)
+        compare_btn.click(h.compare, [prompt, max_new, backend], report, api_name="compare", preprocess=False, **light)
 
         refresh.click(h.model_choices, None, saved, api_name="list_models", queue=False)
         load_btn.click(h.load_model, saved, [current, message], api_name="load_model")
@@ -333,7 +337,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
         demo.load(h.availability, None, [backend, device], api_visibility="private", queue=False)
         demo.unload(h.unload)
 
-    demo.queue(max_size=None, default_concurrency_limit=settings.generate_concurrency)
+    demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.generate_concurrency)
     return demo
 
 

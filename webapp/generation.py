@@ -3,6 +3,7 @@ torch-versus-onnxruntime comparison. Sampling itself is `gpt`'s one decoding loo
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Iterator
@@ -12,9 +13,18 @@ from typing import Any
 import torch
 
 from gpt import PRESETS, SamplingConfig
+from webapp import validation
 from webapp.i18n import UserError, t
 
 MODES = ("greedy", "sampling")
+# Server-side bounds of the generation settings (the widgets show narrower ranges).
+MAX_TEMPERATURE = 10.0
+MAX_TOP_K = 2**20  # gpt.GPTConfig's largest vocabulary
+MAX_REPETITION_PENALTY = 10.0
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 100_000  # tokenized whole before cropping to the context
+MAX_STOP_CHARS = 10_000
+MAX_STOP_STRINGS = 64
 CUSTOM = "custom"
 _ESCAPES = {"\\n": "\n", "\\t": "\t"}
 
@@ -48,41 +58,51 @@ def make_options(
     top_k: Any,
     top_p: Any,
     repetition_penalty: Any,
-    stop_strings: str | None,
+    stop_strings: Any,
     seed: Any,
     max_allowed: int,
 ) -> GenerationOptions:
-    """Options from UI values. top-k 0 and top-p 1 mean "off"; an empty seed draws one (shown to the user)."""
+    """Options from UI values, each checked on the server (`webapp.validation`).
+
+    top-k 0 and top-p 1 mean "off"; an empty top-k / top-p is off too; an empty seed draws one
+    (shown to the user).
+    """
     if mode not in MODES:
         raise UserError("error.bad_value", name="mode", value=mode, rule=" / ".join(MODES))
-    try:
-        new_tokens = int(float(max_new_tokens))
-        k = int(float(top_k or 0))
-        p = float(top_p if top_p not in (None, "") else 1.0)
-        temperature, penalty = float(temperature), float(repetition_penalty)
-        seed = None if seed in (None, "") else int(float(seed))
-    except (TypeError, ValueError) as err:
-        raise UserError("error.bad_sampling", detail=str(err)) from None
-    if not 1 <= new_tokens <= max_allowed:
-        raise UserError("error.bad_value", name="max_new_tokens", value=max_new_tokens, rule=f"1..{max_allowed}")
-    do_sample = mode == "sampling"
-    if do_sample and seed is None:
-        seed = random.randrange(2**31)
+    new_tokens = validation.integer("max_new_tokens", max_new_tokens, 1, max_allowed)
+    k = 0 if validation.optional(top_k) else validation.integer("top_k", top_k, 0, MAX_TOP_K)
+    p = 1.0 if validation.optional(top_p) else validation.real("top_p", top_p, 0.0, 1.0, open_low=True)
     options = GenerationOptions(
         max_new_tokens=new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
+        do_sample=mode == "sampling",
+        temperature=validation.real("temperature", temperature, 0.0, MAX_TEMPERATURE),
         top_k=k if k > 0 else None,
         top_p=p if p < 1.0 else None,
-        repetition_penalty=penalty,
-        stop_strings=parse_stop_strings(stop_strings or ""),
-        seed=seed,
+        repetition_penalty=validation.real(
+            "repetition_penalty", repetition_penalty, 0.0, MAX_REPETITION_PENALTY, open_low=True
+        ),
+        stop_strings=parse_stop_strings(validation.text("stop_strings", stop_strings, MAX_STOP_CHARS)),
+        seed=None if validation.optional(seed) else validation.integer("seed", seed, 0, MAX_SEED),
     )
+    if len(options.stop_strings) > MAX_STOP_STRINGS:
+        raise UserError(
+            "error.bad_value",
+            name="stop_strings",
+            value=len(options.stop_strings),
+            rule=f"at most {MAX_STOP_STRINGS} lines",
+        )
+    if options.do_sample and options.seed is None:
+        options = dataclasses.replace(options, seed=random.randrange(2**31))
     try:  # gpt's own validation: the same rules as the library and the CLI
         SamplingConfig(max_new_tokens=new_tokens, **options.sampling_kwargs())
     except ValueError as err:
         raise UserError("error.bad_sampling", detail=str(err)) from None
     return options
+
+
+def prompt_text(prompt: Any) -> str:
+    """The prompt, checked: text of at most `MAX_PROMPT_CHARS` characters."""
+    return validation.text("prompt", prompt, MAX_PROMPT_CHARS)
 
 
 def parse_stop_strings(text: str) -> tuple[str, ...]:

@@ -17,7 +17,8 @@ from typing import Any
 import gradio as gr
 import torch
 
-from webapp import backends, corpus, generation, models, training
+from gpt import count_parameters
+from webapp import backends, corpus, generation, models, storage, training, validation
 from webapp.i18n import UserError, language, t
 from webapp.sessions import Session, SessionRegistry
 from webapp.settings import Settings
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often a running job is rendered (and a cancel can land)
 STREAM_EVERY_S = 0.05  # at most 20 text updates a second while generating
-STOP_WAIT_S = 120.0
+STOP_WAIT_S = 120.0  # a cancelled train stream waits this long for the run's clean step
+STOP_REPLY_S = 2.0  # the Stop button answers within this (it runs outside the queue)
 
 
 def _lang(request: gr.Request | None) -> str:
@@ -149,24 +151,20 @@ class Handlers:
             if source not in ("upload", "sample"):
                 raise UserError("error.bad_value", name="source", value=source, rule="upload / sample")
             if source == "upload":
-                paths = [_path(f) for f in files or []]
+                paths = [_path(f) for f in _file_list(files)]
                 texts = corpus.read_uploads(paths, self.settings.max_upload_mb, self.settings.max_text_mb)
             else:
                 texts = corpus.sample_corpus(sample)
+            params = count_parameters(config.gpt_config(config.vocab_size))
+            storage.make_room(session.folder, self.settings, storage.run_bytes(params), keep=session.kept_folders())
             run_folder = session.new_folder("runs")
         yield t(lang, "train.preparing"), training.empty_frame(), "", gr.skip()
         torch.set_num_threads(self.settings.train_threads)
         data = training.prepare_data(texts, config)
-        model = training.build_model(config, data.tokenizer, self.settings.max_params)
-        job = training.TrainingJob(
-            model,
-            data,
-            config,
-            run_folder / "checkpoints",
-            threads=self.settings.train_threads,
-            max_minutes=self.settings.max_train_minutes,
-        )
-        yield from self._run(session, job, t(lang, "model.trained_on", corpus=data.corpus_label), lang, progress)
+        model = training.build_model(config, data.tokenizer, self.settings)
+        label = t(lang, "model.trained_on", corpus=data.corpus_label)
+        job = self._job(session, model, data, config, run_folder / "checkpoints", label)
+        yield from self._run(session, job, lang, progress)
 
     @friendly_stream
     def resume(self, steps: float, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
@@ -181,27 +179,37 @@ class Handlers:
                 raise UserError("error.already_training")
             if last.steps_done == 0 and training.latest_checkpoint(last.checkpoint_dir) is None:
                 raise UserError("error.nothing_to_resume")
-            config = training.resume_config(last, training.integer("steps", steps, 1, 10**9), self.settings)
-            model = training.build_model(config, last.data.tokenizer, self.settings.max_params)
-            job = training.TrainingJob(
-                model,
-                last.data,
-                config,
-                last.checkpoint_dir,
-                threads=self.settings.train_threads,
-                max_minutes=self.settings.max_train_minutes,
-                resume=True,
-            )
-        yield from self._run(session, job, t(lang, "model.trained_on", corpus=last.data.corpus_label), lang, progress)
+            config = training.resume_config(last, validation.integer("steps", steps, 1, 10**9), self.settings)
+            storage.check_free_disk(self.settings)
+            model = training.build_model(config, last.data.tokenizer, self.settings)
+            label = t(lang, "model.trained_on", corpus=last.data.corpus_label)
+            job = self._job(session, model, last.data, config, last.checkpoint_dir, label, resume=True)
+        yield from self._run(session, job, lang, progress)
 
-    def _run(
-        self, session: Session, job: training.TrainingJob, label: str, lang: str, progress: gr.Progress
-    ) -> Iterator[tuple]:
+    def _job(self, session: Session, model: Any, data: Any, config: Any, checkpoints: Path, label: str, **kw: Any):
+        """A training job whose model becomes the session's model only once the run has a checkpoint:
+        a run refused, failed or stopped before its first checkpoint leaves the previous model in place."""
+
+        def install(job: training.TrainingJob) -> None:
+            if job.usable:
+                session.set_model(job.model, label, f"simple-llm-{checkpoints.parent.name}")
+
+        return training.TrainingJob(
+            model,
+            data,
+            config,
+            checkpoints,
+            threads=self.settings.train_threads,
+            max_minutes=self.settings.max_train_minutes,
+            on_done=install,
+            **kw,
+        )
+
+    def _run(self, session: Session, job: training.TrainingJob, lang: str, progress: gr.Progress) -> Iterator[tuple]:
         """Start `job` as the session's run and render it until it ends; closing this generator stops it."""
         with session.lock:
             if session.training:
                 raise UserError("error.already_training")
-            session.set_model(job.model, label, f"simple-llm-{job.checkpoint_dir.parent.name}")
             session.job = job
             job.start()
         try:
@@ -236,9 +244,9 @@ class Handlers:
         job = session.job
         if job is None:
             return t(lang, "train.nothing_running"), gr.skip(), gr.skip(), models.summary(session, lang)
-        if job.running:
+        if job.running:  # the run stops after its current step; the train stream shows the outcome
             job.stop(training.STOPPED)
-            job.wait(STOP_WAIT_S)
+            job.wait(STOP_REPLY_S)
         return self._train_view(session, job, job.snapshot(), lang)
 
     # Generate ------------------------------------------------------------------------------
@@ -288,7 +296,7 @@ class Handlers:
             seed,
             self.settings.max_new_tokens,
         )
-        prompt = prompt or ""
+        prompt = generation.prompt_text(prompt)
         models.require_model(session)
         if backend != backends.TORCH and not session.exports:
             yield prompt, t(lang, "gen.exporting")
@@ -313,11 +321,15 @@ class Handlers:
 
         lang = _lang(request)
         session = self.session(request)
+        prompt = generation.prompt_text(prompt)
+        new_tokens = validation.integer("max_new_tokens", max_new_tokens, 1, self.settings.max_new_tokens)
+        if backend not in backends.BACKENDS:
+            raise UserError("error.bad_value", name="backend", value=backend, rule=" / ".join(backends.BACKENDS))
         model = models.require_model(session)
         onnx_backend = backend if backend in backends.ORT_PROVIDERS else backends.ORT_CPU
         torch.set_num_threads(self.settings.generate_threads)
         onnx, precision = models.onnx_model(session, onnx_backend, self.settings)
-        ids, steps = generation.compare_prompt_ids(model, prompt or "", int(float(max_new_tokens or 32)))
+        ids, steps = generation.compare_prompt_ids(model, prompt, new_tokens)
         report = compare(model, onnx, torch.tensor([ids]), decode_steps=steps, tolerance=TOLERANCES[precision])
         torch_text = model.tokenizer.decode(model.generate([ids], steps)[0, len(ids) :])
         onnx_text = onnx.tokenizer.decode(onnx.generate([ids], steps)[0, len(ids) :])
@@ -392,22 +404,27 @@ class Handlers:
             raise UserError("error.bad_value", name="precision", value=precision, rule=" / ".join(PRECISIONS))
         models.require_model(session)
         result: dict[str, Any] = {}
+        cancel = threading.Event()
 
         def work() -> None:
-            torch.set_num_threads(self.settings.generate_threads)
             try:
-                result["folder"] = models.export_current(session, precision, self.settings)
+                result["folder"] = models.export_current(session, precision, self.settings, cancel=cancel)
             except BaseException as err:
                 result["error"] = err
 
         worker = threading.Thread(target=work, name="simple-llm-export", daemon=True)
         started = time.monotonic()
         worker.start()
-        while worker.is_alive():
-            elapsed = time.monotonic() - started
-            progress(None, desc=t(lang, "export.running", seconds=f"{elapsed:.0f}"))
-            yield gr.skip(), t(lang, "export.running", seconds=f"{elapsed:.0f}")
-            worker.join(POLL_S)
+        try:
+            while worker.is_alive():
+                elapsed = time.monotonic() - started
+                progress(None, desc=t(lang, "export.running", seconds=f"{elapsed:.0f}"))
+                yield gr.skip(), t(lang, "export.running", seconds=f"{elapsed:.0f}")
+                worker.join(POLL_S)
+        finally:
+            if worker.is_alive():  # cancelled (Stop, page closed): kill the export's child process
+                cancel.set()
+                worker.join(STOP_WAIT_S)
         if "error" in result:
             raise result["error"]
         folder = result["folder"]
@@ -418,6 +435,13 @@ class Handlers:
     def unload(self, request: gr.Request) -> None:
         """The page closed: stop its training and delete its session folders."""
         self.sessions.close(getattr(request, "session_hash", None))
+
+
+def _file_list(files: Any) -> list[Any]:
+    """Uploaded files as a list (the API may send one file, none, or a list)."""
+    if files is None:
+        return []
+    return list(files) if isinstance(files, (list, tuple)) else [files]
 
 
 def _path(file: Any) -> Path:

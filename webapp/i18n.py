@@ -8,6 +8,7 @@ same tables, and every key exists in every language (a test checks it).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import gradio as gr
@@ -65,6 +66,8 @@ EN: dict[str, str] = {
     "train.stopped": "**Stopped** at step {step}; its checkpoint is kept. Press **Resume** to continue.",
     "train.time_limit": "**Stopped** at step {step}: the {minutes}-minute limit of one run. Press **Resume** to continue.",
     "train.failed": "**Training failed:** {error}. The model is back at its last checkpoint.",
+    "train.failed_kept": "**Training failed:** {error}. The run had no checkpoint yet: the previous model is kept.",
+    "train.stopped_kept": "**Stopped** before the first checkpoint: the previous model is kept.",
     "train.nothing_running": "Nothing is training.",
     "train.sample_at": "[step {step}]",
     "plot.train": "train",
@@ -179,6 +182,14 @@ EN: dict[str, str] = {
     "error.zip_corrupt": "The zip is damaged: {detail}",
     "error.zip_missing": "The zip lacks {names}.",
     "error.export_failed": "The ONNX export failed: {detail}",
+    "error.too_much_memory": "This run would need {estimate}, over this server's training memory budget of {limit} MB. Lower {lower}.",
+    "lower.activations": "the batch size or the context (activations and logits grow with both)",
+    "lower.model": "the model size (layers, embedding width) or the vocabulary",
+    "error.text_field_too_long": "{name} is {chars} characters long, over the limit of {limit}.",
+    "error.session_disk": "This needs about {need} MB of disk, and this session's limit is {limit} MB even after removing its older runs and exports. Make the model smaller.",
+    "error.disk_full": "The server's disk is nearly full ({free} MB free, {limit} MB must stay free). Please try again later.",
+    "error.too_many_saved": "This server already holds {count} saved models, its limit. Ask its owner to remove some, or download yours instead.",
+    "error.saved_full": "Saved models already use {used} MB; this one ({need} MB) would pass the {limit} MB limit. Download it instead.",
 }
 
 RU: dict[str, str] = {
@@ -229,6 +240,8 @@ RU: dict[str, str] = {
     "train.stopped": "**Остановлено** на шаге {step}; контрольная точка сохранена. Нажмите **Продолжить**, чтобы продолжить.",
     "train.time_limit": "**Остановлено** на шаге {step}: лимит одного запуска — {minutes} мин. Нажмите **Продолжить**, чтобы продолжить.",
     "train.failed": "**Обучение прервалось с ошибкой:** {error}. Модель возвращена к последней контрольной точке.",
+    "train.failed_kept": "**Обучение прервалось с ошибкой:** {error}. Контрольных точек ещё не было: прежняя модель сохранена.",
+    "train.stopped_kept": "**Остановлено** до первой контрольной точки: прежняя модель сохранена.",
     "train.nothing_running": "Сейчас ничего не обучается.",
     "train.sample_at": "[шаг {step}]",
     "plot.train": "обучение",
@@ -340,6 +353,14 @@ RU: dict[str, str] = {
     "error.zip_corrupt": "Архив повреждён: {detail}",
     "error.zip_missing": "В архиве нет {names}.",
     "error.export_failed": "Экспорт в ONNX не удался: {detail}",
+    "error.too_much_memory": "Этому обучению понадобится {estimate} — больше бюджета памяти сервера для обучения ({limit} МБ). Уменьшите {lower}.",
+    "lower.activations": "размер батча или контекст (активации и логиты растут с обоими)",
+    "lower.model": "размер модели (число слоёв, ширину эмбеддинга) или словарь",
+    "error.text_field_too_long": "{name}: {chars} символов, больше лимита {limit}.",
+    "error.session_disk": "Нужно около {need} МБ диска, а лимит этого сеанса — {limit} МБ даже после удаления его старых обучений и экспортов. Уменьшите модель.",
+    "error.disk_full": "Диск сервера почти заполнен (свободно {free} МБ, должно оставаться {limit} МБ). Попробуйте позже.",
+    "error.too_many_saved": "На сервере уже {count} сохранённых моделей — это лимит. Попросите владельца удалить лишние или скачайте свою модель.",
+    "error.saved_full": "Сохранённые модели уже занимают {used} МБ; эта ({need} МБ) превысит лимит {limit} МБ. Скачайте её вместо сохранения.",
 }
 
 TABLES = {"en": EN, "ru": RU}
@@ -348,12 +369,29 @@ I18N = gr.I18n(**TABLES)
 
 def t(lang: str, key: str, **values: Any) -> str:
     """The message `key` in `lang` (English when missing), formatted with `values`; values that are
-    `Msg`s are translated into the same language."""
+    `Msg`s are translated into the same language, and text values lose their server paths."""
     table = TABLES.get(lang, EN)
     template = table.get(key) or EN[key]
     if not values:
         return template
-    return template.format(**{k: v.message(lang) if isinstance(v, Msg) else v for k, v in values.items()})
+    return template.format(**{k: _value(v, lang) for k, v in values.items()})
+
+
+def without_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last part: users never see the server's folders
+    (the log keeps them). "/srv/artifacts/sessions/1/x/config.json: bad" -> "config.json: bad"."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "/", text)
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/])/(?:[^\s'\"()<>:,;/]+/)*([^\s'\"()<>:,;/]*)")
+
+
+def _value(value: Any, lang: str) -> Any:
+    if isinstance(value, Msg):
+        return value.message(lang)
+    if isinstance(value, str):
+        return without_paths(value)
+    return value
 
 
 class Msg:

@@ -8,21 +8,21 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gpt import GPT, CheckpointError, GPTConfig
+from gpt import GPT, CheckpointError, GPTConfig, count_parameters
 from gpt import checkpoint as ckpt
-from webapp import backends
+from webapp import backends, storage, validation
 from webapp.archive import safe_extract, zip_folder
 from webapp.i18n import UserError, t
 from webapp.sessions import Session
 from webapp.settings import MB, Settings
 
 MODEL_FILES = (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.TOKENIZER_FILE)
+MAX_NAME_CHARS = 200
 _UNSAFE = re.compile(r"[^\w.-]+")
 
 
@@ -69,13 +69,9 @@ def find_saved(settings: Settings, name: str) -> SavedModel:
     raise UserError("error.no_such_model", name=name)
 
 
-def count_parameters(config: GPTConfig) -> int:
-    with torch.device("meta"):
-        return GPT.from_config(config).num_parameters()
-
-
 def load_checked(folder: Path, settings: Settings, device: str = "cpu") -> GPT:
-    """`GPT.load` after checking the size cap; a bad checkpoint raises `UserError` with the reason."""
+    """`GPT.load` after checking the size cap (counted from the config, before anything is built);
+    a bad checkpoint raises `UserError` with the reason."""
     try:
         config = ckpt.read_config(folder)
         params = count_parameters(config)
@@ -104,14 +100,16 @@ def load_saved(session: Session, name: str, settings: Settings) -> GPT:
 def save_current(session: Session, name: str, settings: Settings, lang: str) -> str:
     """Save the session's model as `<models>/<name>/`; an existing name is never overwritten."""
     model = require_model(session)
-    folder_name = safe_name(name or "")
-    if not name or not name.strip():
+    name = validation.text("name", name, MAX_NAME_CHARS)
+    folder_name = safe_name(name)
+    if not name.strip():
         raise UserError("error.no_name")
     target = settings.models_dir / folder_name
     if target.exists():
         raise UserError("error.name_taken", name=folder_name)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=settings.models_dir))
+    storage.check_saved_room(settings, storage.model_bytes(model.num_parameters()))
+    tmp = Path(tempfile.mkdtemp(prefix=storage.saving_prefix(), dir=settings.models_dir))
     try:
         model.save(tmp)
         try:
@@ -145,6 +143,7 @@ def import_zip(session: Session, zip_path: str | Path, settings: Settings) -> st
         if missing:
             raise UserError("error.zip_missing", names=", ".join(missing))
         model = load_checked(work, settings)
+        storage.check_saved_room(settings, storage.folder_size(work))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # nothing of a refused upload stays on disk
         raise
@@ -191,9 +190,11 @@ def summary(session: Session, lang: str) -> str:
 
 
 # ONNX ------------------------------------------------------------------------------------------
-def export_current(session: Session, precision: str, settings: Settings) -> Path:
-    """Export the current model with `export.to_onnx` into a new session folder (reused if already done)."""
-    from export import to_onnx
+def export_current(session: Session, precision: str, settings: Settings, cancel: threading.Event | None = None) -> Path:
+    """Export the current model into a new session folder (reused if already done) with `python -m export`
+    in a child process (`webapp.export_process`): `torch.export` in the server crashed other sessions'
+    trainings. The child is killed when `cancel` (a `threading.Event`) is set or the session closes."""
+    from webapp.export_process import ChildExportError, export_in_child
 
     model = require_model(session)
     with session.lock:
@@ -201,12 +202,20 @@ def export_current(session: Session, precision: str, settings: Settings) -> Path
         existing = session.exports.get(precision)
         if existing is not None and existing.is_dir():
             return existing
+    need = storage.export_bytes(model.num_parameters())
+    storage.make_room(session.folder, settings, need, keep=session.kept_folders())
     folder = session.new_folder("exports")
+
+    def cancelled() -> bool:
+        return (cancel is not None and cancel.is_set()) or session.model is None  # `Session.close` drops it
+
     try:
-        to_onnx(model, folder, precision=precision, threads=settings.generate_threads)
-    except ValueError as err:
+        export_in_child(model, folder, precision, threads=settings.generate_threads, cancelled=cancelled)
+    except ChildExportError as err:
+        shutil.rmtree(folder, ignore_errors=True)
         raise UserError("error.export_failed", detail=_short(err)) from None
-    except Exception as err:  # ExportError and exporter failures: the app keeps serving
+    except Exception as err:  # saving the checkpoint or starting the child failed: the app keeps serving
+        shutil.rmtree(folder, ignore_errors=True)
         raise UserError("error.export_failed", detail=_short(err)) from err
     with session.lock:
         if session.model_version == version:

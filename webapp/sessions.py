@@ -2,8 +2,9 @@
 
 Sessions are keyed by Gradio's `session_hash` (one per page load, one per `gradio_client.Client`),
 kept in a process-wide registry, closed when the page unloads, and swept when idle (never while
-training). A session's folders (`<artifacts>/sessions/<id>/` and its download folder) are deleted
-with it; saved models under `<artifacts>/models/` stay.
+training). A session's folders (`<artifacts>/sessions/<pid>/<id>/` and its download folder) are
+deleted with it; saved models under `<artifacts>/models/` stay. A registry starts by deleting what
+dead server processes left behind (`webapp.storage.clean_stale`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from webapp import storage
 from webapp.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,6 +61,14 @@ class Session:
             self.exports.clear()
             self.onnx_models.clear()
 
+    def kept_folders(self) -> list[Path]:
+        """Folders that pruning must keep: the last run (Resume needs it) and the current exports."""
+        with self.lock:
+            kept = list(self.exports.values())
+            if self.job is not None:
+                kept.append(self.job.checkpoint_dir.parent)
+            return kept
+
     def new_folder(self, kind: str) -> Path:
         """A fresh subfolder `kind/<kind>-<n>` of the session folder."""
         with self.lock:
@@ -86,6 +96,10 @@ class SessionRegistry:
         self.settings = settings
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        storage.clean_stale(settings)
+        instance = storage.instance_name()  # this server's folders: what a dead server left is cleaned
+        self.folder = settings.sessions_dir / instance
+        self.downloads = settings.downloads_dir / instance
 
     def get(self, session_hash: str | None) -> Session:
         """The session of `session_hash`, created on first use; idle ones are swept on the way."""
@@ -96,8 +110,8 @@ class SessionRegistry:
             if session is None:
                 session = Session(
                     id=key,
-                    folder=self.settings.sessions_dir / key,
-                    downloads=self.settings.downloads_dir / key,
+                    folder=self.folder / key,
+                    downloads=self.downloads / key,
                 )
                 self._sessions[key] = session
             session.last_seen = time.monotonic()

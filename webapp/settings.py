@@ -15,6 +15,11 @@
 | `SIMPLE_LLM_TRAIN_THREADS` | CPU cores - 1 (at least 1) | torch threads of a training run: a free core keeps generation responsive |
 | `SIMPLE_LLM_GENERATE_THREADS` | 1 | torch / onnxruntime threads of a generation (batch-1 decoding is latency bound) |
 | `SIMPLE_LLM_SESSION_TTL_MINUTES` | 120 | idle sessions (not training) are deleted after this long |
+| `SIMPLE_LLM_MAX_TRAIN_MEMORY_MB` | half the machine's memory ÷ training concurrency | estimated peak memory of one training run (weights, optimizer, activations, logits) |
+| `SIMPLE_LLM_MAX_SESSION_DISK_MB` | 2048 | disk of one session (uploads, runs, exports); older runs and exports are pruned first |
+| `SIMPLE_LLM_MAX_SAVED_MODELS` / `_MAX_SAVED_MB` | 50 / 4096 | saved models on the server: count and total size |
+| `SIMPLE_LLM_MIN_FREE_DISK_MB` | 1024 | free disk kept on the artifact folder's drive: new work is refused below it |
+| `SIMPLE_LLM_MAX_QUEUE` | 64 | requests waiting in the queue; beyond it a request is answered "busy, try again" |
 
 The artifact folder defaults to `artifacts/` at the repository root (git-ignored); on a Hugging Face
 Space, whose disk is ephemeral, point it wherever you like. Downloadable zips are written under the
@@ -23,6 +28,7 @@ system temporary folder, which Gradio serves without widening `allowed_paths`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -48,6 +54,12 @@ class Settings:
     train_threads: int = 1
     generate_threads: int = 1
     session_ttl_minutes: float = 120.0
+    max_train_memory_mb: int = 4096
+    max_session_disk_mb: int = 2048
+    max_saved_models: int = 50
+    max_saved_mb: int = 4096
+    min_free_disk_mb: int = 1024
+    max_queue: int = 64
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -68,6 +80,12 @@ class Settings:
             train_threads=_number(env, "TRAIN_THREADS", max(1, cores - 1), int),
             generate_threads=_number(env, "GENERATE_THREADS", 1, int),
             session_ttl_minutes=_number(env, "SESSION_TTL_MINUTES", 120.0, float),
+            max_train_memory_mb=_number(env, "MAX_TRAIN_MEMORY_MB", _default_train_memory_mb(env), int),
+            max_session_disk_mb=_number(env, "MAX_SESSION_DISK_MB", 2048, int),
+            max_saved_models=_number(env, "MAX_SAVED_MODELS", 50, int),
+            max_saved_mb=_number(env, "MAX_SAVED_MB", 4096, int),
+            min_free_disk_mb=_number(env, "MIN_FREE_DISK_MB", 1024, int),
+            max_queue=_number(env, "MAX_QUEUE", 64, int),
         )
 
     @property
@@ -80,8 +98,10 @@ class Settings:
 
     @property
     def downloads_dir(self) -> Path:
-        """Per-session zips offered for download live here (under the system temporary folder)."""
-        return Path(tempfile.gettempdir()) / "simple-llm-downloads"
+        """Per-session zips offered for download live here (under the system temporary folder), one
+        folder per artifact folder, so two servers on one machine never share or clean each other's."""
+        digest = hashlib.sha256(str(self.artifacts).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"simple-llm-downloads-{digest}"
 
 
 def _number(env: dict[str, str], name: str, default: float, kind: type) -> float:
@@ -95,3 +115,13 @@ def _number(env: dict[str, str], name: str, default: float, kind: type) -> float
     if not value > 0:
         raise ValueError(f"{PREFIX}{name} must be > 0, got {raw!r}")
     return value
+
+
+def _default_train_memory_mb(env: dict[str, str]) -> int:
+    """Half the machine's physical memory, shared by the trainings that may run at once."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
+        total = 8 * 1024 * MB
+    concurrency = _number(env, "TRAIN_CONCURRENCY", 1, int)
+    return max(256, int(total / 2 / MB / concurrency))

@@ -18,6 +18,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,24 @@ from typing import Any
 import pandas as pd
 import torch
 
-from gpt import GPT, Callback, ModelCheckpoint, Tokenizer, encode_corpus, latest_checkpoint, make_loaders
+from gpt import (
+    GPT,
+    Callback,
+    GPTConfig,
+    ModelCheckpoint,
+    Tokenizer,
+    count_parameters,
+    encode_corpus,
+    estimate_training_memory,
+    latest_checkpoint,
+    make_loaders,
+)
 from gpt import checkpoint as ckpt
 from gpt.training import Trainer
-from webapp import backends
+from webapp import backends, validation
 from webapp.corpus import Corpus
-from webapp.i18n import UserError, t
-from webapp.settings import Settings
+from webapp.i18n import Msg, UserError, t
+from webapp.settings import MB, Settings
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +75,9 @@ class TrainConfig:
     dropout: float = 0.0
     device: str = "cpu"
 
-    def model_kwargs(self, vocab_size: int) -> dict[str, Any]:
-        return dict(
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        """The model this run trains, for a tokenizer of `vocab_size` tokens."""
+        return GPTConfig(
             vocab_size=vocab_size,
             max_seq_len=self.context,
             emb_size=self.emb_size,
@@ -91,23 +104,19 @@ LIMITS = {
     "batch_size": (1, 1024),
     "steps": (1, 10**9),
 }
+MAX_DROPOUT = 0.9
 
 
 def make_config(settings: Settings, **values: Any) -> TrainConfig:
-    """A validated `TrainConfig` from UI values (numbers may arrive as floats or strings)."""
-    parsed: dict[str, Any] = {}
-    for name, (low, high) in LIMITS.items():
-        parsed[name] = integer(name, values[name], low, high)
+    """A validated `TrainConfig` from UI values (numbers may arrive as floats or strings), refused
+    before any work when the model is over the size cap or the run over the memory budget."""
+    parsed = {name: validation.integer(name, values[name], low, high) for name, (low, high) in LIMITS.items()}
     if parsed["steps"] > settings.max_steps:
         raise UserError("error.too_many_steps", steps=parsed["steps"], limit=settings.max_steps)
     if parsed["emb_size"] % parsed["num_heads"]:
         raise UserError("error.heads_divide", emb=parsed["emb_size"], heads=parsed["num_heads"])
-    learning_rate = _real("learning_rate", values["learning_rate"])
-    if not 0 < learning_rate <= 1:
-        raise UserError("error.bad_value", name="learning_rate", value=values["learning_rate"], rule="0 < lr <= 1")
-    dropout = _real("dropout", values["dropout"])
-    if not 0 <= dropout < 1:
-        raise UserError("error.bad_value", name="dropout", value=values["dropout"], rule="0 <= dropout < 1")
+    learning_rate = validation.real("learning_rate", values["learning_rate"], 0.0, 1.0, open_low=True)
+    dropout = validation.real("dropout", values["dropout"], 0.0, MAX_DROPOUT)
     device = str(values.get("device") or "cpu")
     found = backends.devices().get(device)
     if found is None:
@@ -115,36 +124,25 @@ def make_config(settings: Settings, **values: Any) -> TrainConfig:
     if not found.available:
         raise UserError("error.device_unavailable", device=device, reason=found.reason)
     config = TrainConfig(learning_rate=learning_rate, dropout=dropout, device=device, **parsed)
-    params = count_parameters(config, config.vocab_size)  # an upper bound: the trained vocabulary may be smaller
-    if params > settings.max_params:
-        raise UserError("error.too_many_params", params=_count(params), limit=_count(settings.max_params))
+    check_size(config, config.vocab_size, settings)  # an upper bound: the trained vocabulary may be smaller
     return config
 
 
-def integer(name: str, value: Any, low: int, high: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError("error.bad_value", name=name, value=value, rule=f"{low}..{high}") from None
-    if not number.is_integer() or not low <= number <= high:
-        raise UserError("error.bad_value", name=name, value=value, rule=f"{low}..{high}")
-    return int(number)
-
-
-def _real(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError("error.bad_value", name=name, value=value, rule="a number") from None
-    if not math.isfinite(number):
-        raise UserError("error.bad_value", name=name, value=value, rule="a finite number")
-    return number
-
-
-def count_parameters(config: TrainConfig, vocab_size: int) -> int:
-    """Exact parameter count of the model `config` describes, without allocating it."""
-    with torch.device("meta"):
-        return GPT(**config.model_kwargs(vocab_size)).num_parameters()
+def check_size(config: TrainConfig, vocab_size: int, settings: Settings) -> None:
+    """Refuse a model over `max_params`, or a run whose estimated peak memory is over the budget."""
+    model = config.gpt_config(vocab_size)
+    params = count_parameters(model)
+    if params > settings.max_params:
+        raise UserError("error.too_many_params", params=_count(params), limit=_count(settings.max_params))
+    memory = estimate_training_memory(model, config.batch_size, precision="auto", device=config.device)
+    if memory.total > settings.max_train_memory_mb * MB:
+        lower = "lower.model" if memory.largest() in ("weights", "gradients", "optimizer") else "lower.activations"
+        raise UserError(
+            "error.too_much_memory",
+            estimate=memory.describe(),
+            limit=settings.max_train_memory_mb,
+            lower=Msg(lower),
+        )
 
 
 @dataclass
@@ -180,12 +178,10 @@ def minimum_tokens(config: TrainConfig) -> int:
     return max(for_train, for_valid)
 
 
-def build_model(config: TrainConfig, tokenizer: Tokenizer, max_params: int, seed: int = 0) -> GPT:
-    params = count_parameters(config, tokenizer.vocab_size)
-    if params > max_params:
-        raise UserError("error.too_many_params", params=_count(params), limit=_count(max_params))
+def build_model(config: TrainConfig, tokenizer: Tokenizer, settings: Settings, seed: int = 0) -> GPT:
+    check_size(config, tokenizer.vocab_size, settings)
     torch.manual_seed(seed)
-    model = GPT(**config.model_kwargs(tokenizer.vocab_size), device=config.device)
+    model = GPT.from_config(config.gpt_config(tokenizer.vocab_size), device=config.device)
     model.tokenizer = tokenizer
     return model
 
@@ -221,6 +217,7 @@ class TrainingJob:
         max_minutes: float,
         resume: bool = False,
         sample_every_s: float = SAMPLE_EVERY_S,
+        on_done: Callable[[TrainingJob], None] | None = None,
     ) -> None:
         self.model = model
         self.data = data
@@ -230,6 +227,8 @@ class TrainingJob:
         self.max_minutes = max_minutes
         self.resume = resume
         self.sample_every_s = sample_every_s
+        self.on_done = on_done  # called from the worker when the run has ended, before `done` is set
+        self.usable = False  # the model holds the weights of a checkpoint of this run (see `_run`)
         self.samples: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
         self.last_sample: tuple[int, str] | None = None
         self.done = threading.Event()
@@ -297,22 +296,35 @@ class TrainingJob:
                 log_every=None,
             )
             self.stop_reason = self.trainer.stop_reason if self.trainer is not None else None
+            self.usable = latest_checkpoint(self.checkpoint_dir) is not None  # `fit` saved its last step
         except BaseException as err:  # reported to the UI; the model goes back to its last checkpoint
             log.exception("training failed")
             self.error = err
-            self._restore_last_checkpoint()
+            self.usable = self._restore_last_checkpoint()
         finally:
             self.model.eval()
+            self._call_on_done()
             self.done.set()
 
-    def _restore_last_checkpoint(self) -> None:
+    def _restore_last_checkpoint(self) -> bool:
+        """Load the run's newest checkpoint into the model; False when there is none (or it is unreadable)."""
         folder = latest_checkpoint(self.checkpoint_dir)
         if folder is None:
-            return
+            return False
         try:
             ckpt.read_weights(self.model, folder)
         except Exception:  # the error already reported matters more
             log.exception("could not restore %s", folder)
+            return False
+        return True
+
+    def _call_on_done(self) -> None:
+        if self.on_done is None:
+            return
+        try:
+            self.on_done(self)
+        except Exception:
+            log.exception("the end-of-run handler of %s failed", self.checkpoint_dir)
 
     def _sample(self, step: int) -> None:
         """A short sampled continuation of an empty prompt (a new document), in eval mode."""
@@ -465,7 +477,10 @@ def status_text(job: TrainingJob, snapshot: Snapshot, lang: str) -> str:
 
 def outcome_text(job: TrainingJob, lang: str) -> str:
     if job.error is not None:
-        return t(lang, "train.failed", error=_error_text(job.error, lang))
+        key = "train.failed" if job.usable else "train.failed_kept"
+        return t(lang, key, error=_error_text(job.error, lang))
+    if not job.usable:
+        return t(lang, "train.stopped_kept")
     reason = job.stop_reason
     if reason in (None, "max_steps") or job.completed:
         return t(lang, "train.finished", step=job.steps_done)

@@ -1,0 +1,281 @@
+"""The web app as a public Space sees it: outside users through `gradio_client` on loopback.
+
+Four sessions train, export and generate at once (two trainings run side by side while the others
+export), each gets its own model; adversarial values get a clear message while the server keeps
+answering; a full queue answers "try again"; a server killed with `kill -9` during a training and
+an export restarts clean.
+"""
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from webapp_common import TINY, text
+
+from webapp.app import build_demo, launch_kwargs
+from webapp.settings import Settings
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
+
+ROOT = Path(__file__).resolve().parents[1]
+DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-public-test-downloads"
+TRAIN_KEYS = ("num_layers", "num_heads", "emb_size", "context", "vocab_size", "learning_rate", "batch_size")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(settings: Settings):
+    demo = build_demo(settings)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_kwargs(settings, demo),
+    )
+    return demo, url
+
+
+def client(url: str) -> Client:
+    return Client(url, verbose=False, download_files=str(DOWNLOADS))
+
+
+def train_args(file: Path, steps: int, **overrides) -> list:
+    values = {**TINY, **overrides}
+    return [
+        "upload",
+        [handle_file(str(file))],
+        "python-stdlib",
+        *(values[k] for k in TRAIN_KEYS),
+        steps,
+        values["dropout"],
+        "cpu",
+    ]
+
+
+def generate_args(prompt: str = "the", backend: str = "torch", **options) -> list:
+    values = dict(
+        max_new_tokens=16, mode="greedy", temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, stop_strings=""
+    )
+    values.update(options)
+    seed = values.pop("seed", "")
+    return [prompt, *values.values(), seed, backend]
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory) -> list[Path]:
+    """Four texts with disjoint vocabularies, so each session's model writes only its own words."""
+    folder = tmp_path_factory.mktemp("texts")
+    vocabularies = [
+        "the cat sat on a mat and".split(),
+        "zebra quartz vixen jumps over lazy fog".split(),
+        "кот сидел на ковре у окна дома".split(),
+        "alpha beta gamma delta epsilon zeta eta".split(),
+    ]
+    paths = []
+    for n, words in enumerate(vocabularies):
+        path = folder / f"text-{n}.txt"
+        path.write_text(text(1500, seed=n, words=words), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    settings = Settings(
+        artifacts=tmp_path_factory.mktemp("artifacts"),
+        max_upload_mb=1,
+        max_text_mb=1,
+        max_steps=2000,
+        max_params=300_000,
+        train_threads=1,
+        generate_threads=1,
+        train_concurrency=2,
+        max_train_memory_mb=512,
+        min_free_disk_mb=1,
+    )
+    demo, url = launch(settings)
+    yield demo, url
+    demo.close()
+
+
+def session_flow(url: str, file: Path, results: dict, n: int) -> None:
+    """One outside user: train, export, generate on both backends, read the model info."""
+    try:
+        c = client(url)
+        status, *_ = c.predict(*train_args(file, 40), api_name="/train")
+        _, parity = c.predict("fp32", api_name="/export")
+        torch_text, _ = c.predict(*generate_args(), api_name="/generate")
+        onnx_text, _ = c.predict(*generate_args(backend="ort-cpu"), api_name="/generate")
+        results[n] = dict(
+            status=status, parity=parity, torch=torch_text, onnx=onnx_text, info=c.predict(api_name="/model_info")
+        )
+    except Exception as err:  # reported by the test
+        results[n] = dict(error=f"{type(err).__name__}: {err}")
+
+
+def test_four_sessions_train_export_and_generate_at_once(server, texts):
+    _, url = server
+    results: dict[int, dict] = {}
+    threads = [threading.Thread(target=session_flow, args=(url, file, results, n)) for n, file in enumerate(texts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert len(results) == 4
+    for n, result in results.items():
+        assert "error" not in result, result
+        assert "Finished at step 40" in result["status"].replace("**", ""), result["status"]
+        assert "PASS" in result["parity"]
+        assert result["torch"] == result["onnx"], "each session's exported model matches its own torch model"
+        assert f"text-{n}.txt" in result["info"], "each session sees its own model"
+        words = set(texts[n].read_text(encoding="utf-8").split())
+        others = set().union(*(set(p.read_text(encoding="utf-8").split()) for p in texts if p != texts[n])) - words
+        continuation = result["torch"][len("the") :]
+        assert not others & set(continuation.split()), "no other session's words"
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    assert peak_gib < 4, f"the server process (with the test) peaked at {peak_gib:.1f} GiB"
+
+
+ADVERSARIAL = [
+    (generate_args(mode="sampling", seed="inf"), "seed"),
+    (generate_args(mode="sampling", seed="1e999"), "seed"),
+    (generate_args(mode="sampling", seed=-3), "seed"),
+    (generate_args(mode="sampling", top_p="nan"), "top_p"),
+    (generate_args(mode="sampling", temperature="-inf"), "temperature"),
+    (generate_args(max_new_tokens=10**12), "max_new_tokens"),
+    (generate_args(top_k=[1, 2]), "top_k"),
+    (generate_args(repetition_penalty={"x": 1}), "repetition_penalty"),
+]
+
+
+def test_adversarial_values_get_a_message_and_the_server_keeps_answering(server, texts):
+    _, url = server
+    c = client(url)
+    c.predict(*train_args(texts[0], 5), api_name="/train")
+    for args, name in ADVERSARIAL:
+        with pytest.raises(AppError, match=name):
+            c.predict(*args, api_name="/generate")
+    for steps, name in (("inf", "steps"), ("nan", "steps"), (10**40, "steps")):
+        with pytest.raises(AppError, match=name):
+            c.predict(*train_args(texts[0], steps), api_name="/train")
+    with pytest.raises(AppError, match="learning_rate"):
+        c.predict(*train_args(texts[0], 5, learning_rate="nan"), api_name="/train")
+    with pytest.raises(AppError, match="training memory budget"):
+        c.predict(*train_args(texts[0], 5, batch_size=1024, context=4096, emb_size=16), api_name="/train")
+    with pytest.raises(AppError, match="max_new_tokens"):
+        c.predict("the", "1e999", "torch", api_name="/compare")
+    assert c.predict(*generate_args(), api_name="/generate")[0].startswith("the")
+
+
+def test_a_full_queue_answers_try_again(tmp_path, texts):
+    settings = Settings(artifacts=tmp_path, max_queue=1, train_threads=1, max_params=300_000, min_free_disk_mb=1)
+    demo, url = launch(settings)
+    try:
+        running = client(url).submit(*train_args(texts[0], 2000), api_name="/train")
+        time.sleep(1.0)
+        waiting = [client(url).submit(*train_args(texts[1], 5), api_name="/train") for _ in range(3)]
+        errors = []
+        for job in waiting:
+            try:
+                job.result(timeout=60)
+            except Exception as err:
+                errors.append(str(err))
+        assert any("Queue is full" in e and "try again" in e for e in errors), errors
+        running.cancel()
+    finally:
+        demo.close()
+
+
+# restart safety ---------------------------------------------------------------------------------------
+def start_server(artifacts: Path, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_PORT": str(port),
+        "SIMPLE_LLM_ARTIFACTS": str(artifacts),
+        "SIMPLE_LLM_TRAIN_THREADS": "1",
+        "SIMPLE_LLM_TRAIN_CONCURRENCY": "2",
+        "SIMPLE_LLM_MIN_FREE_DISK_MB": "1",
+        "PYTHONPATH": "",
+    }
+    return subprocess.Popen(
+        [sys.executable, "webapp/app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def connect(url: str, process: subprocess.Popen, timeout: float = 180) -> Client:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, "the server exited"
+        try:
+            return client(url)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_a_server_killed_during_training_export_and_save_restarts_clean(tmp_path, texts):
+    artifacts, port = tmp_path / "artifacts", free_port()
+    url = f"http://127.0.0.1:{port}/"
+    process = start_server(artifacts, port)
+    try:
+        saver = connect(url, process)
+        saver.predict(*train_args(texts[0], 20), api_name="/train")
+        saver.predict("kept", api_name="/save_model")
+        trainer = client(url)
+        training = trainer.submit(*train_args(texts[1], 500), api_name="/train")
+        exporting = saver.submit("int8", api_name="/export")
+        sessions = artifacts / "sessions" / f"{process.pid}-1"
+        deadline = time.monotonic() + 120
+        while not (list(sessions.glob("*/runs/*/checkpoints/*")) and list(sessions.glob("*/exports/*"))):
+            assert time.monotonic() < deadline, "training and export never started"
+            time.sleep(0.2)
+        # a save interrupted half-way, as `kill -9` leaves it: a hidden temporary folder of the dead server
+        half = artifacts / "models" / f".saving-{process.pid}-process-x1"
+        half.mkdir(parents=True)
+        (half / "model.safetensors").write_bytes(b"half")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        del training, exporting
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    process = start_server(artifacts, port)
+    try:
+        c = connect(url, process)
+        assert not half.exists(), "an unfinished save is deleted at start"
+        assert not sessions.exists(), "the dead server's session folders are deleted at start"
+        listed = c.predict(api_name="/list_models")
+        names = [choice[1] if isinstance(choice, (list, tuple)) else choice for choice in _choices(listed)]
+        assert names == ["kept"], names
+        summary, message = c.predict("kept", api_name="/load_model")
+        assert message == "Loaded kept."
+        assert c.predict(*generate_args(), api_name="/generate")[0].startswith("the")
+        config = json.loads((artifacts / "models" / "kept" / "config.json").read_text())
+        assert config["num_layers"] == TINY["num_layers"]
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def _choices(update) -> list:
+    if isinstance(update, dict):
+        return update.get("choices", [])
+    return [update] if update else []

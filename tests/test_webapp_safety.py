@@ -1,0 +1,247 @@
+"""Web app on a public Space, in process: every number of every endpoint checked on the server,
+memory and disk bounded before work starts, the previous model kept when a run gives no checkpoint,
+what a crashed server left behind cleaned at start, and no server path in any message.
+"""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from webapp_common import TINY, Request, error_of, generate, text, train
+
+from webapp import models, storage, training
+from webapp.handlers import Handlers
+from webapp.i18n import UserError, without_paths
+from webapp.settings import MB, Settings
+
+BAD_NUMBERS = [math.nan, math.inf, -math.inf, "nan", "inf", "-inf", "1e999", -1, 10**30, "abc", [1], {"a": 1}, True]
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Settings:
+    return Settings(
+        artifacts=tmp_path_factory.mktemp("artifacts"),
+        train_threads=1,
+        max_upload_mb=1,
+        max_text_mb=2,
+        max_steps=500,
+        max_params=200_000,
+        max_train_memory_mb=64,
+        max_new_tokens=64,
+        min_free_disk_mb=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def handlers(settings) -> Handlers:
+    return Handlers(settings)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("upload") / "story.txt"
+    path.write_text(text(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(handlers, text_file) -> Request:
+    request = Request("safety-trained")
+    train(handlers, request, [text_file])
+    return request
+
+
+# every number, on the server ----------------------------------------------------------------------
+TRAIN_NUMBERS = ["num_layers", "num_heads", "emb_size", "context", "vocab_size", "learning_rate", "batch_size", "steps"]
+
+
+@pytest.mark.parametrize("name", [*TRAIN_NUMBERS, "dropout"])
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+def test_every_training_number_is_checked(handlers, name, value):
+    message = error_of(lambda: train(handlers, Request("bad-train"), **{name: value}))
+    assert name in message and "not valid" in message, message
+
+
+@pytest.mark.parametrize("name", ["num_layers", "emb_size", "context", "batch_size", "steps"])
+def test_zero_and_negative_training_numbers(handlers, name):
+    for value in (0, -5, 0.5):
+        assert name in error_of(lambda: train(handlers, Request("bad-train"), **{name: value}))
+
+
+GENERATE_NUMBERS = ["max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed"]
+
+
+@pytest.mark.parametrize("name", GENERATE_NUMBERS)
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+def test_every_generation_number_is_checked(handlers, trained, name, value):
+    message = error_of(lambda: generate(handlers, trained, mode="sampling", **{name: value}))
+    assert name in message and "not valid" in message, message
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("max_new_tokens", 0),
+        ("max_new_tokens", 65),
+        ("temperature", -0.1),
+        ("temperature", 11),
+        ("top_k", -1),
+        ("top_k", 2.5),
+        ("top_p", 0),
+        ("top_p", 1.01),
+        ("repetition_penalty", 0),
+        ("repetition_penalty", 11),
+        ("seed", -1),
+        ("seed", 2**63),
+    ],
+)
+def test_generation_numbers_out_of_range(handlers, trained, name, value):
+    assert name in error_of(lambda: generate(handlers, trained, mode="sampling", **{name: value}))
+
+
+def test_empty_fields_mean_off_and_big_exact_seeds_work(handlers, trained):
+    greedy = generate(handlers, trained, top_k="", top_p=None, seed="")[0]
+    assert greedy == generate(handlers, trained)[0]
+    first = generate(handlers, trained, mode="sampling", seed=str(2**63 - 1))[0]
+    assert first == generate(handlers, trained, mode="sampling", seed=2**63 - 1)[0]
+
+
+@pytest.mark.parametrize("value", [*BAD_NUMBERS, 0, 65], ids=repr)
+def test_compare_numbers_are_checked(handlers, trained, value):
+    assert "max_new_tokens" in error_of(lambda: handlers.compare("the cat", value, "torch", request=trained))
+
+
+@pytest.mark.parametrize("value", [*BAD_NUMBERS, 0, 10**9 + 1], ids=repr)
+def test_resume_numbers_are_checked(handlers, trained, value):
+    assert "steps" in error_of(lambda: list(handlers.resume(value, request=trained)))
+
+
+def test_text_fields_are_bounded(handlers, trained):
+    assert "prompt is 100001 characters long" in error_of(lambda: generate(handlers, trained, prompt="x" * 100_001))
+    assert "prompt" in error_of(lambda: generate(handlers, trained, prompt=["not", "text"]))
+    assert "stop_strings" in error_of(
+        lambda: generate(handlers, trained, stop_strings="\n".join(f"s{i}" for i in range(100)))
+    )
+
+
+# memory and disk, before work starts ---------------------------------------------------------------
+def test_a_run_over_the_memory_budget_is_refused_with_its_estimate(handlers, settings):
+    request = Request("big-batch")
+    message = error_of(lambda: train(handlers, request, batch_size=1024, context=4096, emb_size=32))
+    assert "over this server's training memory budget of 64 MB" in message
+    assert "GiB" in message and "batch size or the context" in message
+    assert handlers.session(request).job is None and not list(handlers.session(request).folder.glob("runs/*"))
+
+
+def test_model_size_bounds_come_from_arithmetic(settings):
+    config = training.TrainConfig(num_layers=48, emb_size=4096, num_heads=64, context=4096, vocab_size=65536)
+    with pytest.raises(UserError, match="parameters, over this server's limit"):
+        training.check_size(config, config.vocab_size, settings)
+
+
+def test_session_disk_prunes_old_runs_and_refuses_what_cannot_fit(tmp_path):
+    settings = Settings(artifacts=tmp_path / "artifacts", max_session_disk_mb=3, min_free_disk_mb=1)
+    session = tmp_path / "session"
+    for n, kind in enumerate(["runs/runs-001", "exports/exports-002", "runs/runs-003"]):
+        folder = session / kind
+        folder.mkdir(parents=True)
+        (folder / "weights.bin").write_bytes(b"\0" * MB)
+        os.utime(folder, (1_000_000 + n, 1_000_000 + n))
+    storage.make_room(session, settings, MB // 2, keep=[session / "runs/runs-001"])
+    assert (session / "runs/runs-001").is_dir(), "a kept folder is never pruned"
+    assert not (session / "exports/exports-002").exists(), "the oldest unkept folder goes first"
+    assert (session / "runs/runs-003").is_dir(), "no more is pruned than needed"
+    with pytest.raises(UserError, match="this session's limit is 3 MB"):
+        storage.make_room(session, settings, 4 * MB)
+
+
+def test_saved_models_have_a_count_and_size_cap(trained, handlers, settings, tmp_path):
+    small = Settings(artifacts=tmp_path / "artifacts", max_saved_models=1, max_saved_mb=1000, min_free_disk_mb=1)
+    session = handlers.session(trained)
+    assert models.save_current(session, "first", small, "en") == "first"
+    with pytest.raises(UserError, match="already holds 1 saved models, its limit"):
+        models.save_current(session, "second", small, "en")
+    tiny = Settings(artifacts=tmp_path / "other", max_saved_mb=1, min_free_disk_mb=1)
+    with pytest.raises(UserError, match="would pass the 1 MB limit"):
+        models.save_current(session, "third", tiny, "en")
+    assert not tiny.models_dir.exists() or not list(tiny.models_dir.iterdir()), "a refused save leaves nothing"
+
+
+def test_too_little_free_disk_refuses_new_work(settings):
+    huge = Settings(artifacts=settings.artifacts, min_free_disk_mb=10**9)
+    with pytest.raises(UserError, match="disk is nearly full"):
+        storage.check_free_disk(huge)
+
+
+# the previous model stays until the new run has a checkpoint ------------------------------------
+def test_a_refused_or_failed_run_keeps_the_previous_model(trained, handlers, text_file, tmp_path, monkeypatch):
+    session = handlers.session(trained)
+    before, label = session.model, session.model_label
+    short = tmp_path / "short.txt"
+    short.write_text("a few words", encoding="utf-8")
+    assert "too short" in error_of(lambda: train(handlers, trained, [short]))
+    assert session.model is before and session.model_label == label
+
+    def broken_fit(self, *args, **kwargs):
+        raise RuntimeError("out of memory in step 1")
+
+    monkeypatch.setattr("gpt.model.GPT.fit", broken_fit)
+    assert "out of memory in step 1" in error_of(lambda: train(handlers, trained, [text_file]))
+    assert session.model is before and session.model_label == label
+    status = training.outcome_text(session.job, "en")
+    assert "the previous model is kept" in status
+    assert generate(handlers, trained)[0].startswith("the cat")
+
+
+def test_a_run_with_a_checkpoint_replaces_the_model(trained, handlers, text_file):
+    session = handlers.session(trained)
+    before = session.model
+    train(handlers, trained, [text_file], steps=3)
+    assert session.model is not before and session.job.usable
+
+
+# restart safety and messages -----------------------------------------------------------------------
+def test_stale_folders_of_dead_servers_are_cleaned_at_start(tmp_path):
+    settings = Settings(artifacts=tmp_path / "artifacts")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = settings.sessions_dir / f"{dead_pid}-1" / "some-session" / "runs"
+    live = settings.sessions_dir / "1-1" / "session"  # pid 1 is alive (init), owned by another server
+    saving = settings.models_dir / f".saving-{dead_pid}-process-abc"
+    good = settings.models_dir / "good"
+    for folder in (stale, live, saving, good):
+        folder.mkdir(parents=True)
+    Handlers(settings)
+    assert not stale.parent.parent.exists() and not saving.exists()
+    assert live.is_dir() and good.is_dir()
+
+
+def test_messages_show_no_server_paths(trained, handlers, settings, tmp_path):
+    assert without_paths(f"{settings.artifacts}/sessions/1/x/config.json: bad") == "config.json: bad"
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    message = error_of(lambda: handlers.upload_checkpoint(str(broken), request=trained))
+    assert str(tmp_path) not in message and str(settings.artifacts) not in message
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text('{"vocab_size": 300, "max_seq_len": 16, "num_layers": 1000000}')
+    with pytest.raises(UserError) as info:
+        models.load_checked(config_only, settings)
+    assert "num_layers" in info.value.message("en") and str(config_only) not in info.value.message("en")
+
+
+def test_a_huge_config_is_refused_without_building_the_model(settings, tmp_path):
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        '{"vocab_size": 65536, "max_seq_len": 4096, "emb_size": 4096, "num_heads": 64, "num_layers": 1024}'
+    )
+    with pytest.raises(UserError, match="over this server's limit"):
+        models.load_checked(folder, settings)
+
+
+def test_tiny_settings_are_valid():
+    assert training.make_config(Settings(artifacts=Path("/tmp/unused")), **{**TINY, "steps": 10}).steps == 10
