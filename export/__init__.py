@@ -8,20 +8,25 @@ print(model.generate_text("ROMEO:", 50))
 
 from export.onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS, ExportError, to_onnx
 from export.precision import PRECISIONS
-from export.runtime import DEFAULT_THREADS, OnnxGPT, ProviderError
+from export.report import REPORT_FILE, ExportReport, read_report
+from export.runtime import DEFAULT_THREADS, OnnxGPT, ProviderError, provider_available
 from export.verify import TOLERANCES, ParityReport, Tolerance, compare
 
 __all__ = [
     "DEFAULT_OPSET",
     "DEFAULT_THREADS",
     "PRECISIONS",
+    "REPORT_FILE",
     "SUPPORTED_OPSETS",
     "TOLERANCES",
     "ExportError",
+    "ExportReport",
     "OnnxGPT",
     "ParityReport",
     "ProviderError",
     "Tolerance",
     "compare",
+    "provider_available",
+    "read_report",
     "to_onnx",
 ]

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from export import genai, signature, verify
 from export import precision as precisions
+from export.report import REPORT_FILE
 from export.runtime import MODEL_FILE, PROVIDERS, OnnxGPT, create_session, session_options
 from gpt import checkpoint
 from gpt.model import GPT, KVBuffer
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 20
 SUPPORTED_OPSETS = range(18, 25)  # the dynamo exporter needs >= 18; onnxruntime 1.31 ran 18-24 here
-REPORT_FILE = "export_report.json"
 _FP32_FILE = "model.fp32.onnx"  # the exported graph before an fp16/int8 conversion (staging folder only)
 
 

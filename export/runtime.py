@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,35 @@ def create_session(
             + "). Use provider='cpu' on this machine."
         )
     return session
+
+
+def provider_available(provider: str) -> tuple[bool, str]:
+    """Whether `provider` ("cpu" or "cuda") really runs a graph here, and why not (else "").
+
+    Starts a session on a one-node graph: onnxruntime-gpu lists CUDA even where it then falls
+    back to the CPU, so only a real session tells. Takes a second or two; cache the answer.
+    """
+    import onnx
+    from onnx import helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [value("x", onnx.TensorProto.FLOAT, [1])],
+        [value("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "probe.onnx"
+        onnx.save(model, str(path))
+        try:
+            create_session(path, provider)
+        except ValueError:
+            raise
+        except Exception as err:  # ProviderError, or any failure to start the provider
+            return False, str(err).strip() or type(err).__name__
+    return True, ""
 
 
 def _preload_cuda_libraries() -> str:

@@ -85,6 +85,12 @@ class ParityReport:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "passed": self.passed}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> ParityReport:
+        """Inverse of `to_dict` (`passed` is derived from `failures`, so it is not read back)."""
+        fields = {k: v for k, v in values.items() if k != "passed"}
+        return cls(**{**fields, "tolerance": Tolerance(**fields["tolerance"])})
+
     def format(self) -> str:
         """A short human-readable table."""
         greedy = "identical" if self.greedy_identical else f"first differs at new token {self.greedy_first_difference}"

@@ -532,3 +532,28 @@ def test_unexpected_failures_become_a_message(trained, handlers, monkeypatch):
     message = error_of(lambda: handlers.model_info(request=request))
     assert "Something went wrong on the server (RuntimeError: disk on fire)" in message
     assert "Ошибка на сервере" in error_of(lambda: handlers.model_info(request=Request("trained", "ru")))
+
+
+def test_webapp_uses_only_the_public_api_of_gpt_and_export() -> None:
+    """webapp/ imports from `gpt` and `export` only the names their `__all__` exports: no
+    submodules (`gpt.training`, `export.runtime`), no `from gpt import checkpoint`."""
+    import ast
+
+    import export
+    import gpt
+
+    public = {"gpt": set(gpt.__all__), "export": set(export.__all__)}
+    webapp_dir = Path(__file__).resolve().parents[1] / "webapp"
+    wrong = []
+    for path in sorted(webapp_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            where = f"{path.relative_to(webapp_dir.parent)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                wrong += [f"{where} import {a.name}" for a in node.names if a.name.split(".")[0] in public]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in public:
+                package = node.module.split(".")[0]
+                if node.module != package:
+                    wrong.append(f"{where} from {node.module} import ...")
+                else:
+                    wrong += [f"{where} {package}.{a.name}" for a in node.names if a.name not in public[package]]
+    assert not wrong, "webapp/ uses names outside gpt.__all__ / export.__all__:\n" + "\n".join(wrong)

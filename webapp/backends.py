@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,33 +71,12 @@ def _ort_cuda() -> Availability:
         return Availability(ORT_CUDA, label, False, Msg("reason.no_cuda_provider"))
     if not (torch.cuda.is_available() or Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))):
         return Availability(ORT_CUDA, label, False, Msg("reason.no_gpu"))
-    try:
-        _probe_cuda_session()
-    except Exception as err:  # ProviderError, or any failure to start the provider
-        detail = str(err).split(". ")[0][:300]
-        return Availability(ORT_CUDA, label, False, Msg("reason.cuda_failed", detail=detail))
+    from export import provider_available
+
+    runs, why = provider_available("cuda")
+    if not runs:
+        return Availability(ORT_CUDA, label, False, Msg("reason.cuda_failed", detail=why.split(". ")[0][:300]))
     return Availability(ORT_CUDA, label, True)
-
-
-def _probe_cuda_session() -> None:
-    """Start a CUDA session on a one-node graph; raises unless CUDA really runs it."""
-    import onnx
-    from onnx import helper
-
-    from export.runtime import create_session
-
-    value = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [value("x", onnx.TensorProto.FLOAT, [1])],
-        [value("y", onnx.TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "probe.onnx"
-        onnx.save(model, str(path))
-        create_session(path, "cuda")
 
 
 def unavailable_text(items: list[Availability], lang: str) -> str | None:

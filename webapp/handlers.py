@@ -396,7 +396,7 @@ class Handlers:
     @friendly_stream
     def export(self, precision: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
         """Export the current model to ONNX (with a parity check), then offer the zip; streams progress."""
-        from export import PRECISIONS
+        from export import PRECISIONS, read_report
 
         lang = _lang(request)
         session = self.session(request)
@@ -430,7 +430,7 @@ class Handlers:
         folder = result["folder"]
         progress(None, desc=t(lang, "export.zipping"))
         zip_path = models.export_zip(session, folder, precision)
-        yield str(zip_path), models.report_text(models.export_report(folder), lang)
+        yield str(zip_path), models.report_text(read_report(folder), lang)
 
     def unload(self, request: gr.Request) -> None:
         """The page closed: stop its training and delete its session folders."""

@@ -3,7 +3,6 @@ ONNX exports of a session's current model (made by `export.to_onnx`, run by `exp
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -11,17 +10,28 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpt import GPT, CheckpointError, GPTConfig, count_parameters
-from gpt import checkpoint as ckpt
+from gpt import (
+    CONFIG_FILE,
+    GPT,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    GPTConfig,
+    count_parameters,
+    read_config,
+)
 from webapp import backends, storage, validation
 from webapp.archive import safe_extract, zip_folder
 from webapp.i18n import UserError, t
 from webapp.sessions import Session
 from webapp.settings import MB, Settings
 
-MODEL_FILES = (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.TOKENIZER_FILE)
+if TYPE_CHECKING:
+    from export import ExportReport
+
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 MAX_NAME_CHARS = 200
 _UNSAFE = re.compile(r"[^\w.-]+")
 
@@ -51,10 +61,10 @@ def list_saved(settings: Settings) -> list[SavedModel]:
         return []
     found = []
     for path in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
-        if path.name.startswith(".") or not (path / ckpt.CONFIG_FILE).is_file():
+        if path.name.startswith(".") or not (path / CONFIG_FILE).is_file():
             continue
         try:
-            config = ckpt.read_config(path)
+            config = read_config(path)
         except CheckpointError:
             config = None
         found.append(SavedModel(path.name, path, config))
@@ -73,20 +83,20 @@ def load_checked(folder: Path, settings: Settings, device: str = "cpu") -> GPT:
     """`GPT.load` after checking the size cap (counted from the config, before anything is built);
     a bad checkpoint raises `UserError` with the reason."""
     try:
-        config = ckpt.read_config(folder)
+        config = read_config(folder)
         params = count_parameters(config)
         if params > settings.max_params:
             raise UserError("error.too_many_params", params=f"{params:,}", limit=f"{settings.max_params:,}")
-        weights = folder / ckpt.WEIGHTS_FILE
+        weights = folder / WEIGHTS_FILE
         if weights.is_file() and weights.stat().st_size > params * 8 + 16 * MB:
-            raise UserError("error.bad_checkpoint", detail=f"{ckpt.WEIGHTS_FILE} is larger than its config allows")
+            raise UserError("error.bad_checkpoint", detail=f"{WEIGHTS_FILE} is larger than its config allows")
         model = GPT.load(folder, device=device)
     except UserError:
         raise
     except (CheckpointError, ValueError, OSError) as err:
         raise UserError("error.bad_checkpoint", detail=_short(err)) from None
     if model.tokenizer is None:
-        raise UserError("error.bad_checkpoint", detail=f"{ckpt.TOKENIZER_FILE} is missing")
+        raise UserError("error.bad_checkpoint", detail=f"{TOKENIZER_FILE} is missing")
     return model
 
 
@@ -228,19 +238,9 @@ def export_zip(session: Session, folder: Path, precision: str) -> Path:
     return zip_folder(folder, session.downloads / f"{name}-onnx-{precision}.zip", root=f"{name}-onnx-{precision}")
 
 
-def export_report(folder: Path) -> dict[str, Any]:
-    from export.onnx_export import REPORT_FILE
-
-    return json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
-
-
-def report_text(report: dict[str, Any], lang: str) -> str:
+def report_text(report: ExportReport, lang: str) -> str:
     """The export's headline numbers and its parity table (as `export.ParityReport.format` writes it)."""
-    from export import ParityReport, Tolerance
-
-    parity = dict(report["parity"])
-    parity.pop("passed", None)
-    table = ParityReport(**{**parity, "tolerance": Tolerance(**parity["tolerance"])})
+    table = report.parity
     worst = max(table.prefill_max_abs, table.decode_max_abs)
     greedy = (
         t(lang, "cmp.agree", steps=table.decode_steps)
@@ -250,10 +250,10 @@ def report_text(report: dict[str, Any], lang: str) -> str:
     head = t(
         lang,
         "export.report",
-        precision=report["precision"],
-        opset=report["opset"],
-        seconds=report["export_seconds"],
-        size=f"{sum(report['files'].values()) / MB:.2f}",
+        precision=report.precision,
+        opset=report.opset,
+        seconds=report.export_seconds,
+        size=f"{report.size_bytes / MB:.2f}",
         diff=f"{worst:.3g}",
         greedy=greedy,
         verdict=t(lang, "cmp.pass") if table.passed else t(lang, "cmp.fail"),

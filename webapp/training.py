@@ -32,14 +32,14 @@ from gpt import (
     GPTConfig,
     ModelCheckpoint,
     Tokenizer,
+    Trainer,
     count_parameters,
     encode_corpus,
     estimate_training_memory,
     latest_checkpoint,
     make_loaders,
+    read_weights,
 )
-from gpt import checkpoint as ckpt
-from gpt.training import Trainer
 from webapp import backends, validation
 from webapp.corpus import Corpus
 from webapp.i18n import Msg, UserError, t
@@ -312,7 +312,7 @@ class TrainingJob:
         if folder is None:
             return False
         try:
-            ckpt.read_weights(self.model, folder)
+            read_weights(self.model, folder)
         except Exception:  # the error already reported matters more
             log.exception("could not restore %s", folder)
             return False
