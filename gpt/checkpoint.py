@@ -41,6 +41,10 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng.safetensors"
 BEST_DIR = "best"
+LINEAR_LAYOUT = "in_out"
+"""Layout tag of the block matrices in every weights file written now (its `linear_layout` metadata):
+`[in_features, out_features]`, as `gpt.model.Conv1D` stores them. Files without it hold `[out, in]`
+matrices, from simple-llm before `Conv1D`."""
 _STEP_DIR = re.compile(r"step-(\d{8,})")
 _DEVICE_OPTIONS = ("foreach", "fused", "capturable")  # optimizer settings that follow the device, not the file
 MAX_CONFIG_BYTES = 64 * 1024
@@ -61,8 +65,6 @@ class CheckpointError(ValueError):
 def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write `model` (a `GPT`) and its tokenizer into folder `path`; weights first, config last."""
     folder = Path(path)
-    from gpt.model import LINEAR_LAYOUT
-
     metadata = {"format": "pt", "linear_layout": LINEAR_LAYOUT}
     atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_safetensors(model, str(tmp), metadata=metadata))
     if tokenizer is not None:
@@ -84,9 +86,11 @@ def read_config(path: str | Path) -> GPTConfig:
 
 
 def read_weights(model: nn.Module, path: str | Path) -> None:
-    """Load `model.safetensors` into `model` in place; every tensor must be present with its shape."""
-    from gpt.model import LINEAR_LAYOUT
+    """Load `model.safetensors` into `model` in place; every tensor must be present with its shape.
 
+    A file of the older `[out, in]` layout is handed to `model.load_out_in_state_dict` (a `GPT`'s), which
+    knows which of its matrices to transpose.
+    """
     file = check_weights_size(path, model.config)
     device = str(next(model.parameters()).device)
     try:
@@ -126,17 +130,12 @@ def check_weights_size(path: str | Path, config: GPTConfig) -> Path:
 
 def _load_out_in_weights(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Load a weights file of simple-llm before `Conv1D`, whose block matrices were `[out, in]`."""
-    from gpt.model import Conv1D
-
-    for name, module in model.named_modules():
-        if isinstance(module, Conv1D) and f"{name}.weight" in state:
-            state[f"{name}.weight"] = state[f"{name}.weight"].t().contiguous()
     head, embedding = "lm_head.weight", "transformer.wte.weight"  # safetensors stores a tied pair once
     shared = state.get(head, state.get(embedding))
     if getattr(model.config, "tie_embeddings", False) and shared is not None:
         state.setdefault(head, shared)
         state.setdefault(embedding, shared)
-    model.load_state_dict(state, strict=True)  # a missing or misshapen tensor: RuntimeError
+    model.load_out_in_state_dict(state)  # a missing or misshapen tensor: RuntimeError
 
 
 def read_tokenizer(path: str | Path) -> Tokenizer | None:

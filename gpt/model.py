@@ -78,10 +78,6 @@ class Conv1D(nn.Module):
         return F.linear(x, self.weight.t(), self.bias)  # a transposed view: no copy
 
 
-LINEAR_LAYOUT = "in_out"
-"""How `Conv1D` weights are stored, written into each weights file (see `gpt.checkpoint`)."""
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -318,11 +314,19 @@ class GPT(GenerationMixin, nn.Module):
             KVBuffer.empty(batch, c.num_heads, c.max_seq_len, c.head_size, weight) for _ in range(c.num_layers)
         )
 
-    def fit(self, train_loader: Any, valid_loader: Any = None, num_epoch: int = 1, **options: Any) -> Any:
-        """Train the model; see `gpt.training.fit` for every option."""
+    def fit(self, train_loader: Any, valid_loader: Any = None, num_epoch: int = 1, **options: Any) -> TrainingHistory:
+        """Train the model and return its `TrainingHistory`; see `gpt.training.fit` for every option.
+
+        Afterwards `history` holds that history, `train_loss` the mean train loss of each epoch and
+        `validation_loss` the validation loss at each epoch end (None without `valid_loader`).
+        """
         from gpt.training import fit
 
-        return fit(self, train_loader, valid_loader, num_epoch=num_epoch, **options)
+        history = fit(self, train_loader, valid_loader, num_epoch=num_epoch, **options)
+        self.history = history
+        self.train_loss = list(history.train_loss)
+        self.validation_loss = None if valid_loader is None else list(history.validation_loss)
+        return history
 
     def save(self, path: str | Path, tokenizer: Tokenizer | None = None) -> Path:
         """Write `config.json`, `model.safetensors` and `tokenizer.json` (if any) into folder `path`."""
@@ -337,6 +341,16 @@ class GPT(GenerationMixin, nn.Module):
         checkpoint.read_weights(model, path)
         model.tokenizer = checkpoint.read_tokenizer(path)
         return model.eval()
+
+    def load_out_in_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load a state dict of simple-llm before `Conv1D`, whose block matrices were `[out, in]`.
+
+        Every tensor must be present with its shape (else `RuntimeError`); `state` is changed in place.
+        """
+        for name, module in self.named_modules():
+            if isinstance(module, Conv1D) and f"{name}.weight" in state:
+                state[f"{name}.weight"] = state[f"{name}.weight"].t().contiguous()
+        self.load_state_dict(state, strict=True)
 
     def load_gpt2_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
         """Copy weights from a Hugging Face `GPT2LMHeadModel` state dict (same names, same layout)."""

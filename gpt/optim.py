@@ -13,15 +13,11 @@ AdamW decays 2-D weights only; `model.parameters()` yields a tied embedding once
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
-
-if TYPE_CHECKING:
-    from gpt.model import GPT
-    from gpt.training import TrainingOptions
 
 OPTIMIZERS = ("muon", "adamw")
 
@@ -30,28 +26,43 @@ def muon_available() -> bool:
     return hasattr(torch.optim, "Muon")  # torch >= 2.9
 
 
-def make_optimizer(model: GPT, options: TrainingOptions, device: torch.device) -> Optimizer | MultiOptimizer:
-    """The optimizer named by `options.optimizer` over `model`'s trainable parameters."""
+def make_optimizer(
+    model: nn.Module,
+    name: str,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device: torch.device,
+) -> Optimizer | MultiOptimizer:
+    """Optimizer `name` (one of `OPTIMIZERS`) over the trainable parameters of `model` (a `GPT`).
+
+    With "muon", Muon takes the 2-D weights inside `model.transformer.h` (the blocks), AdamW the rest.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     params = [p for p in model.parameters() if p.requires_grad]
-    if options.optimizer == "adamw":
-        return _adamw(params, options, device)
+    if name == "adamw":
+        return _adamw(params, learning_rate, weight_decay, betas, device)
     in_blocks = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2}
     muon = torch.optim.Muon(
         [p for p in params if id(p) in in_blocks],
-        lr=options.learning_rate,
-        weight_decay=options.weight_decay,
+        lr=learning_rate,
+        weight_decay=weight_decay,
         adjust_lr_fn="match_rms_adamw",
     )
-    return MultiOptimizer(muon, _adamw([p for p in params if id(p) not in in_blocks], options, device))
+    rest = [p for p in params if id(p) not in in_blocks]
+    return MultiOptimizer(muon, _adamw(rest, learning_rate, weight_decay, betas, device))
 
 
-def _adamw(params: list[Tensor], options: TrainingOptions, device: torch.device) -> torch.optim.AdamW:
+def _adamw(
+    params: list[Tensor], learning_rate: float, weight_decay: float, betas: tuple[float, float], device: torch.device
+) -> torch.optim.AdamW:
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": options.weight_decay},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=options.learning_rate, betas=options.betas, **fast)
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **fast)
 
 
 class MultiOptimizer:

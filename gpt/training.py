@@ -148,10 +148,10 @@ def fit(
 ) -> TrainingHistory:
     """Train `model` on its own device; every keyword option is a field of `TrainingOptions`.
 
-    Sets `model.train_loss`, `model.validation_loss` (None without `valid_loader`) and `model.history`,
-    and returns the history. With `checkpoint_dir`, a `ModelCheckpoint` is added unless one is given
-    (a checkpoint every 5 minutes of training, at every epoch end and at the end), and `resume=True`
-    continues from its newest checkpoint. Under `torchrun` it trains with DDP.
+    Returns the history (`GPT.fit` also keeps it on the model, with the per-epoch means in
+    `model.train_loss` and `model.validation_loss`). With `checkpoint_dir`, a `ModelCheckpoint` is
+    added unless one is given (a checkpoint every 5 minutes of training, at every epoch end and at the
+    end), and `resume=True` continues from its newest checkpoint. Under `torchrun` it trains with DDP.
     """
     if train_loader is None:
         raise ValueError("train_loader is required")
@@ -221,7 +221,9 @@ class Trainer:
             self.total_steps = min(self.total_steps, options.max_steps)
         warmup = min(100, self.total_steps // 20) if options.warmup_steps is None else options.warmup_steps
         self.schedule = CosineSchedule(options.learning_rate, warmup, self.total_steps, options.min_lr_ratio)
-        self.optimizer = make_optimizer(model, options, self.device)
+        self.optimizer = make_optimizer(
+            model, options.optimizer, options.learning_rate, options.weight_decay, options.betas, self.device
+        )
         self.module: torch.nn.Module = model  # what the forward pass runs: the model, or its DDP wrapper
         if self.dist is not None:
             device_ids = [self.device] if self.device.type == "cuda" else None
@@ -425,9 +427,6 @@ class Trainer:
             self.stop_reason = self.stop_reason or "requested"
             logger.info("training stopped at step %d: %s", self.step, self.stop_reason)
         self.history.stop_reason = self.stop_reason
-        self.model.train_loss = list(self.history.train_loss)
-        self.model.validation_loss = None if self.valid_loader is None else list(self.history.validation_loss)
-        self.model.history = self.history
         self._call("on_train_end")
         if self.dist is not None:
             dist.barrier()  # rank 0's last checkpoint is on disk when fit returns on any rank
