@@ -14,11 +14,12 @@ import torch
 from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, ModelCheckpoint
 from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.config import ACTIVATIONS
-from gpt.data import encode_corpus, make_loaders, read_texts
+from gpt.data import encode_corpus, make_loaders
 from gpt.generation import PRESETS
 from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
 from gpt.optim import OPTIMIZERS
+from gpt.texts import read_texts
 from gpt.tokenizer import Tokenizer
 from gpt.training import bf16_pays
 

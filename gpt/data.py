@@ -1,69 +1,24 @@
-"""Text loading and token windows for training: files -> texts -> ids -> (x, y) batches."""
+"""Token windows for training: texts -> ids -> (x, y) batches (files -> texts is `gpt.texts`)."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+# Reading text files lives in gpt.texts; these names stay importable from here.
+from gpt.texts import TEXT_SUFFIXES as TEXT_SUFFIXES
+from gpt.texts import read_texts as read_texts
+
 if TYPE_CHECKING:
     from gpt.tokenizer import Tokenizer
 
-logger = logging.getLogger(__name__)
-
 PathLike = Union[str, os.PathLike]
 TokenIds = Union[torch.Tensor, np.ndarray, Sequence[int]]
-TEXT_SUFFIXES = (".txt", ".md")
-
-
-def read_texts(source: PathLike | Iterable[PathLike]) -> list[str]:
-    """Read UTF-8 text files: a file, a directory (recursive, .txt and .md, sorted) or a list of paths.
-
-    Empty files are skipped; an input with no text at all is an error.
-    """
-    paths = [p for item in _as_path_list(source) for p in _expand(Path(item))]
-    texts = [_read_file(p) for p in paths]
-    for path, text in zip(paths, texts):
-        if not text:
-            logger.warning("skipping empty file %s", path)
-    nonempty = [t for t in texts if t]
-    if not nonempty:
-        names = ", ".join(map(str, paths)) or "an empty list of paths"
-        raise ValueError(f"no text to read in {names} (empty input)")
-    return nonempty
-
-
-def _as_path_list(source: PathLike | Iterable[PathLike]) -> list[PathLike]:
-    return [source] if isinstance(source, (str, os.PathLike)) else list(source)
-
-
-def _expand(path: Path) -> list[Path]:
-    """A file as itself, a directory as its text files (recursive, sorted)."""
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-        if not files:
-            raise ValueError(f"no {' or '.join(TEXT_SUFFIXES)} files in directory {path}")
-        return files
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file or directory: {path}")
-    return [path]
-
-
-def _read_file(path: Path) -> str:
-    """Strict UTF-8 read; binary (NUL bytes) or non-UTF-8 content is a ValueError naming the file."""
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise ValueError(f"{path} looks binary (contains NUL bytes); expected UTF-8 text")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not valid UTF-8 (byte {e.start}: {e.reason}); save it as UTF-8") from e
 
 
 class GetData(Dataset):

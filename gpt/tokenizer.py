@@ -15,8 +15,8 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from gpt.data import read_texts
 from gpt.files import atomic_write
+from gpt.texts import read_texts
 from gpt.word_cache import WordCache
 
 EOS_TOKEN = "<|endoftext|>"

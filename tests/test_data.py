@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gpt.data import GetData, collate_batch, encode_corpus, make_loaders, read_texts, split_ids
+from gpt.texts import TextFileError, read_text_file
 from gpt.tokenizer import Tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/shakespeare.txt"
@@ -69,6 +70,38 @@ def test_read_directory_without_text_files(tmp_path: Path) -> None:
 def test_read_missing_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         read_texts(tmp_path / "missing.txt")
+
+
+def test_read_drops_a_bom(tmp_path: Path) -> None:
+    (tmp_path / "bom.md").write_bytes("\ufeff# Привет\n".encode())
+    assert read_texts(tmp_path / "bom.md") == ["# Привет\n"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("blank.txt", b" \n\n ", "empty"),
+        ("image.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+        ("controls.txt", bytes(range(1, 32)) * 20, "binary"),
+        ("latin1.txt", "café".encode("latin-1"), "not_utf8"),
+        ("table.csv", b"a,b\n1,2\n", "file_type"),
+    ],
+)
+def test_text_files_are_refused_with_a_reason_naming_the_file(tmp_path: Path, name, content, reason) -> None:
+    """The rules the web app's uploads follow too (webapp/corpus.py maps the reasons to its messages)."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(TextFileError, match=name) as info:
+        read_text_file(tmp_path / name)
+    assert info.value.reason == reason and isinstance(info.value, ValueError)
+    with pytest.raises(ValueError, match=name):
+        read_texts(tmp_path / name)
+
+
+def test_a_text_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    (tmp_path / "big.txt").write_bytes(b"a" * 101)
+    with pytest.raises(TextFileError, match="big.txt is 101 bytes, over the 100-byte limit") as info:
+        read_text_file(tmp_path / "big.txt", max_bytes=100)
+    assert info.value.values == {"size": 101, "limit": 100}
 
 
 # GetData

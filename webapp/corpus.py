@@ -1,24 +1,29 @@
 """Training text: validated uploads, and built-in sample corpora that need no download.
 
-The "Python standard library" sample is built on the fly from the interpreter's own `.py` files
-(present on every machine); the Shakespeare sample appears only when `../shared/data/shakespeare.txt`
-exists beside the repository (it is not part of the product).
+Uploads follow `gpt.texts`, the rules the command line reads its files by (`.txt`/`.md`, strict
+UTF-8 without a byte-order mark, not empty, not binary), plus the app's size limits; its errors
+become translated `UserError`s. The "Python standard library" sample is built on the fly from the
+interpreter's own `.py` files (present on every machine); the Shakespeare sample is the excerpt
+shipped in `data/shakespeare-excerpt.txt`.
 """
 
 from __future__ import annotations
 
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt import texts
+from gpt.texts import TEXT_SUFFIXES as TEXT_SUFFIXES  # the app's upload types: `gpt.texts`' own
+from gpt.texts import TextFileError
 from webapp.i18n import Msg, UserError
 from webapp.settings import MB, REPO_ROOT
 
-TEXT_SUFFIXES = (".txt", ".md")
 STDLIB_SAMPLE = "python-stdlib"
 SHAKESPEARE_SAMPLE = "shakespeare"
-SHAKESPEARE_FILE = REPO_ROOT.parent / "shared" / "data" / "shakespeare.txt"
+SHAKESPEARE_FILE = REPO_ROOT / "data" / "shakespeare-excerpt.txt"
 STDLIB_SAMPLE_BYTES = 400_000
 # Readable, mostly pure-Python modules first (stable across Python versions); then any others.
 _STDLIB_MODULES = (
@@ -52,7 +57,9 @@ def sample_corpus(name: str) -> Corpus:
     if name == STDLIB_SAMPLE:
         return Corpus(stdlib_texts(), Msg(f"sample.{name}"))
     if name == SHAKESPEARE_SAMPLE and SHAKESPEARE_FILE.is_file():
-        return Corpus([SHAKESPEARE_FILE.read_text(encoding="utf-8")], Msg(f"sample.{name}"))
+        with _user_errors(max_file_mb=None):
+            text = texts.read_text_file(SHAKESPEARE_FILE, SHAKESPEARE_FILE.name)
+        return Corpus([text], Msg(f"sample.{name}"))
     raise UserError("error.unknown_sample", name=name, choices=", ".join(samples()))
 
 
@@ -79,48 +86,45 @@ def stdlib_texts(limit: int = STDLIB_SAMPLE_BYTES) -> list[str]:
 
 def read_uploads(paths: Sequence[str | Path], max_file_mb: float, max_total_mb: float) -> Corpus:
     """Validate uploaded text files and read them into memory (Gradio may clean its upload cache
-    during a long run): `.txt`/`.md`, not empty, not binary, strict UTF-8, each under `max_file_mb`
-    and together under `max_total_mb`."""
+    during a long run): text files by `gpt.texts`' rules, each under `max_file_mb` and together
+    under `max_total_mb`."""
     if not paths:
         raise UserError("error.no_files")
-    texts, total = [], 0
-    for raw in paths:
-        path = Path(raw)
-        name = _display_name(path)
-        if path.suffix.lower() not in TEXT_SUFFIXES:
-            raise UserError("error.file_type", name=name, allowed=", ".join(TEXT_SUFFIXES))
-        size = path.stat().st_size
-        if size > max_file_mb * MB:
-            raise UserError("error.file_too_big", name=name, size=_mb(size), limit=max_file_mb)
-        total += size
-        if total > max_total_mb * MB:
-            raise UserError("error.text_too_big", limit=max_total_mb)
-        data = path.read_bytes()
-        texts.append(decode_text(data, name))
+    found, total = [], 0
+    with _user_errors(max_file_mb):
+        for raw in paths:
+            path = Path(raw)
+            name = _display_name(path)
+            total += texts.check_text_file(path, name, max_bytes=int(max_file_mb * MB))
+            if total > max_total_mb * MB:
+                raise UserError("error.text_too_big", limit=max_total_mb)
+            found.append(texts.decode_text(path.read_bytes(), name))
     label = ", ".join(_display_name(Path(p)) for p in paths)
-    return Corpus(texts, label)
+    return Corpus(found, label)
 
 
 def decode_text(data: bytes, name: str) -> str:
     """Strict UTF-8 text of an upload; empty, binary or non-UTF-8 content raises `UserError`."""
-    if not data.strip():
-        raise UserError("error.file_empty", name=name)
-    if b"\x00" in data:
-        raise UserError("error.file_binary", name=name)
+    with _user_errors(max_file_mb=None):
+        return texts.decode_text(data, name)
+
+
+@contextmanager
+def _user_errors(max_file_mb: float | None) -> Iterator[None]:
+    """Turn `gpt.texts`' `TextFileError` into the `UserError` that says the same in the user's language."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError("error.file_not_utf8", name=name, position=err.start) from None
-    if _control_fraction(text) > 0.05:
-        raise UserError("error.file_binary", name=name)
-    return text.removeprefix("\ufeff")
-
-
-def _control_fraction(text: str) -> float:
-    """Share of control characters other than whitespace: high in binary data that happens to decode."""
-    sample = text[:100_000]
-    bad = sum(1 for c in sample if ord(c) < 32 and c not in "\n\r\t\f\v")
-    return bad / max(1, len(sample))
+        yield
+    except TextFileError as err:
+        name = err.file
+        if err.reason == "file_type":
+            raise UserError("error.file_type", name=name, allowed=err.values["allowed"]) from None
+        if err.reason == "too_big":
+            raise UserError("error.file_too_big", name=name, size=_mb(err.values["size"]), limit=max_file_mb) from None
+        if err.reason == "not_utf8":
+            raise UserError("error.file_not_utf8", name=name, position=err.values["position"]) from None
+        if err.reason in ("empty", "binary"):
+            raise UserError(f"error.file_{err.reason}", name=name) from None
+        raise
 
 
 def _display_name(path: Path) -> str:
