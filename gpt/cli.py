@@ -13,7 +13,7 @@ import torch
 
 from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, ModelCheckpoint
 from gpt.checkpoint import CheckpointError, latest_checkpoint
-from gpt.config import ACTIVATIONS
+from gpt.config import ACTIVATIONS, GPTConfig
 from gpt.data import encode_corpus, make_loaders
 from gpt.generation import PRESETS
 from gpt.memory import MemoryEstimate, estimate_training_memory
@@ -231,7 +231,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         log.info("resuming from %s", resume_from)
     else:
         tokenizer = Tokenizer.train(texts, vocab_size=args.vocab_size)
-        model = GPT(
+        config = GPTConfig(
             vocab_size=tokenizer.vocab_size,
             max_seq_len=args.context,
             emb_size=args.emb,
@@ -240,8 +240,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             num_layers=args.layers,
             dropout=args.dropout,
             activation=args.activation,
-            device=device,
         )
+        model = GPT(config, device=device)
         model.tokenizer = tokenizer
     ids = encode_corpus(texts, tokenizer)
     train_loader, valid_loader = make_loaders(

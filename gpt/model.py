@@ -145,35 +145,23 @@ class Block(nn.Module):
 
 
 class GPT(GenerationMixin, nn.Module):
-    """A decoder-only transformer language model.
+    """A decoder-only transformer language model of the shape `config` gives.
 
-    `GPT(vocab_size=..., max_seq_len=..., emb_size=..., num_heads=..., head_size=..., num_layers=...)`
-    as in the original design, or `GPT.from_config(config)`.
+    `GPT(config)` is the constructor. The keyword form of simple-llm's first API,
+    `GPT(vocab_size=..., max_seq_len=..., emb_size=..., num_heads=..., head_size=..., num_layers=...,
+    dropout=0.1)` (any other `GPTConfig` field too), builds that config itself; `device` places the weights.
     """
 
     def __init__(
-        self,
-        vocab_size: int,
-        max_seq_len: int,
-        emb_size: int = 128,
-        num_heads: int = 4,
-        head_size: int | None = None,
-        num_layers: int = 4,
-        dropout: float = 0.1,
-        device: str | torch.device | None = None,
-        **options: Any,
+        self, config: GPTConfig | int | None = None, *args: Any, device: str | torch.device | None = None, **fields: Any
     ) -> None:
         super().__init__()
-        self.config = GPTConfig(
-            vocab_size=vocab_size,
-            max_seq_len=max_seq_len,
-            emb_size=emb_size,
-            num_heads=num_heads,
-            head_size=head_size,
-            num_layers=num_layers,
-            dropout=dropout,
-            **options,
-        )
+        if isinstance(config, GPTConfig):
+            if args or fields:
+                raise TypeError("GPT(config) takes no other model arguments besides device")
+            self.config = config
+        else:
+            self.config = _config_from_arguments(*(() if config is None else (config,)), *args, **fields)
         config = self.config
         self.transformer = nn.ModuleDict(
             dict(
@@ -201,8 +189,8 @@ class GPT(GenerationMixin, nn.Module):
 
     @classmethod
     def from_config(cls, config: GPTConfig, device: str | torch.device | None = None) -> GPT:
-        values = config.to_dict()
-        return cls(**values, device=device)
+        """The same as `GPT(config, device=device)`."""
+        return cls(config, device=device)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -364,6 +352,29 @@ class GPT(GenerationMixin, nn.Module):
                 if tensor.shape != own[name].shape:
                     raise ValueError(f"{name}: GPT-2 shape {tuple(tensor.shape)} != ours {tuple(own[name].shape)}")
                 own[name].copy_(tensor)
+
+
+def _config_from_arguments(
+    vocab_size: int,
+    max_seq_len: int,
+    emb_size: int = 128,
+    num_heads: int = 4,
+    head_size: int | None = None,
+    num_layers: int = 4,
+    dropout: float = 0.1,
+    **fields: Any,
+) -> GPTConfig:
+    """The config of `GPT(vocab_size, max_seq_len, ...)`, with that form's defaults."""
+    return GPTConfig(
+        vocab_size=vocab_size,
+        max_seq_len=max_seq_len,
+        emb_size=emb_size,
+        num_heads=num_heads,
+        head_size=head_size,
+        num_layers=num_layers,
+        dropout=dropout,
+        **fields,
+    )
 
 
 def _gpt2_parameters(state_dict: Mapping[str, Tensor]) -> Iterator[tuple[str, Tensor]]:

@@ -98,6 +98,16 @@ def test_from_config_builds_the_same_shape():
     assert model.lm_head.weight is model.transformer.wte.weight  # tied head
 
 
+def test_gpt_of_a_config_and_the_argument_forms_build_the_same_model():
+    config = GPTConfig(**TINY)
+    assert GPT(config).config == config
+    assert GPT(**TINY).config == config
+    positional = GPT(TINY["vocab_size"], TINY["max_seq_len"], 128, 4, None, 4, 0.1)
+    assert positional.config == GPTConfig(vocab_size=TINY["vocab_size"], max_seq_len=TINY["max_seq_len"])
+    with pytest.raises(TypeError, match="no other model arguments"):
+        GPT(config, emb_size=8)
+
+
 def test_head_size_may_differ_from_emb_size():
     model = tiny(head_size=6)  # attention width 24, residual width 32
     assert model.transformer.h[0].attn.c_attn.weight.shape == (32, 3 * 24)  # [in, out], as GPT-2 stores it
