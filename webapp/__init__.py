@@ -4,5 +4,6 @@
 embedding. One job per module: `settings` (environment variables), `i18n` (English and Russian),
 `corpus` (uploads and built-in samples), `archive` (safe zips), `backends` (what runs here),
 `sessions` (per-browser state), `training` (runs in a worker thread), `generation`, `models`
-(saved models and ONNX exports) and `handlers` (the Gradio events).
+(saved models and ONNX exports), `handlers` (the Gradio events) and `tabs` (each tab's components
+and wiring).
 """

@@ -96,19 +96,11 @@ class Handlers:
 
     # Train ---------------------------------------------------------------------------------
     def preset(self, name: str) -> tuple:
-        """Advanced-setting values of a model preset."""
+        """Advanced-setting values of a model preset, in `training.SETTING_FIELDS` order."""
         c = training.PRESETS.get(name, training.PRESETS["tiny"])
-        return (
-            c.num_layers,
-            c.num_heads,
-            c.emb_size,
-            c.context,
-            c.vocab_size,
-            c.learning_rate,
-            c.batch_size,
-            min(c.steps, self.settings.max_steps),
-            c.dropout,
-        )
+        values = {field: getattr(c, field) for field in training.SETTING_FIELDS}
+        values["steps"] = min(c.steps, self.settings.max_steps)
+        return tuple(values[field] for field in training.SETTING_FIELDS)
 
     @friendly_stream
     def train(

@@ -94,6 +94,20 @@ PRESETS: dict[str, TrainConfig] = {
     "medium": TrainConfig(6, 6, 192, 256, 4096, 6e-4, 16, 5000, 0.1),
 }
 
+SETTING_FIELDS = (
+    "num_layers",
+    "num_heads",
+    "emb_size",
+    "context",
+    "vocab_size",
+    "learning_rate",
+    "batch_size",
+    "steps",
+    "dropout",
+)
+"""The advanced training settings in the order of the /train API (after source, files and sample)
+and of `Handlers.preset`'s values."""
+
 # (minimum, maximum) of each integer setting; steps are capped by the server settings too.
 LIMITS = {
     "num_layers": (1, 48),

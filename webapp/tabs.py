@@ -1,0 +1,407 @@
+"""The three tabs of the app, each built by its own function into a small dataclass of its
+components, and wired to `webapp.handlers` by its own function.
+
+Every API endpoint keeps its name and its input order (API clients depend on them); the order of
+the advanced training settings is `webapp.training.SETTING_FIELDS`, shared with the handlers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from webapp import backends, corpus, training
+from webapp.handlers import Handlers
+from webapp.i18n import I18N
+from webapp.settings import Settings
+
+SETTING_KEYS = {  # training field -> its UI key (label `train.<key>`, element id `train-<key>`)
+    "num_layers": "layers",
+    "num_heads": "heads",
+    "emb_size": "emb",
+    "context": "context",
+    "vocab_size": "vocab",
+    "learning_rate": "lr",
+    "batch_size": "batch",
+    "steps": "steps",
+    "dropout": "dropout",
+}
+SETTING_ROWS = (("layers", "heads"), ("emb", "context"), ("vocab", "batch"), ("lr", "steps"), ("dropout",))
+SAMPLING_PRESETS = ("custom", "precise", "creative", "code")
+
+
+def _setting(key: str, value: float) -> gr.Number:
+    """One advanced training setting: label `train.<key>`, element id `train-<key>`.
+
+    No `precision`: Gradio would round the value before the handler sees it (and fail on NaN or
+    inf with a traceback); the handler checks every number itself (`webapp.validation`)."""
+    return gr.Number(value, label=I18N(f"train.{key}"), elem_id=f"train-{key}")
+
+
+# Train ---------------------------------------------------------------------------------------
+@dataclass
+class TrainTab:
+    source: gr.Radio
+    sample: gr.Dropdown
+    files: gr.File
+    preset: gr.Radio
+    settings: dict[str, gr.Number]  # by training field (`SETTING_KEYS`)
+    device: gr.Radio
+    train_btn: gr.Button
+    stop_btn: gr.Button
+    resume_btn: gr.Button
+    status: gr.Markdown
+    plot: gr.LinePlot
+    sample_box: gr.Textbox
+
+    def setting_components(self) -> list[gr.Number]:
+        """The advanced settings in `training.SETTING_FIELDS` order (the /train API order)."""
+        return [self.settings[name] for name in training.SETTING_FIELDS]
+
+
+def _train_inputs() -> dict[str, Any]:
+    """The left column's choices: data source, sample, files, model preset."""
+    return {
+        "source": gr.Radio(
+            [(I18N("train.source_sample"), "sample"), (I18N("train.source_upload"), "upload")],
+            value="sample",
+            label=I18N("train.source"),
+            elem_id="train-source",
+        ),
+        "sample": gr.Dropdown(
+            [(I18N(f"sample.{name}"), name) for name in corpus.samples()],
+            value=corpus.STDLIB_SAMPLE,
+            label=I18N("train.sample"),
+            elem_id="train-sample-corpus",
+        ),
+        "files": gr.File(
+            label=I18N("train.files"),
+            file_count="multiple",
+            file_types=list(corpus.TEXT_SUFFIXES),
+            type="filepath",
+            visible=False,
+            elem_id="train-files",
+        ),
+        "preset": gr.Radio(
+            [(I18N(f"preset.{name}"), name) for name in training.PRESETS],
+            value="tiny",
+            label=I18N("train.preset"),
+            elem_id="train-preset",
+        ),
+    }
+
+
+def _advanced_settings(settings: Settings) -> tuple[dict[str, gr.Number], gr.Radio]:
+    """The "advanced" accordion: one number per training field (the tiny preset's values), and the device."""
+    tiny = training.PRESETS["tiny"]
+    values = {name: getattr(tiny, name) for name in SETTING_KEYS}
+    values["steps"] = min(tiny.steps, settings.max_steps)
+    by_key = {key: name for name, key in SETTING_KEYS.items()}
+    numbers: dict[str, gr.Number] = {}
+    devices = backends.devices()
+    unavailable = [d for d in devices.values() if not d.available]
+    with gr.Accordion(I18N("train.advanced"), open=False, elem_id="train-advanced"):
+        for row in SETTING_ROWS:
+            with gr.Row():
+                for key in row:
+                    numbers[by_key[key]] = _setting(key, values[by_key[key]])
+                if row == SETTING_ROWS[-1]:
+                    device = gr.Radio(
+                        [(d.label, d.name) for d in devices.values()],
+                        value="cpu",
+                        label=I18N("train.device"),
+                        info=backends.unavailable_text(unavailable, "en"),
+                        elem_id="train-device",
+                    )
+    return numbers, device
+
+
+def build_train_tab(settings: Settings) -> TrainTab:
+    """The Train tab: data and model settings on the left, status, loss plot and sample on the right."""
+    with gr.Tab(I18N("tab.train"), id="train"), gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            inputs = _train_inputs()
+            numbers, device = _advanced_settings(settings)
+            with gr.Row():
+                train_btn = gr.Button(I18N("train.start"), variant="primary", min_width=90, elem_id="train-start")
+                stop_btn = gr.Button(I18N("train.stop"), variant="stop", min_width=90, elem_id="train-stop")
+                resume_btn = gr.Button(I18N("train.resume"), min_width=90, elem_id="train-resume")
+        with gr.Column(scale=3, min_width=400):
+            status = gr.Markdown(I18N("train.idle"), label=I18N("train.status"), elem_id="train-status")
+            plot = gr.LinePlot(x="step", y="loss", color="split", label=I18N("train.plot"), elem_id="train-plot")
+            sample_box = gr.Textbox(
+                label=I18N("train.sample_box"), lines=8, max_lines=16, interactive=False, elem_id="train-sample"
+            )
+    return TrainTab(
+        **inputs,
+        settings=numbers,
+        device=device,
+        train_btn=train_btn,
+        stop_btn=stop_btn,
+        resume_btn=resume_btn,
+        status=status,
+        plot=plot,
+        sample_box=sample_box,
+    )
+
+
+def wire_train_tab(tab: TrainTab, h: Handlers, settings: Settings, current: gr.Markdown) -> None:
+    """Source switch, model presets, and the train / resume / stop_training endpoints."""
+    heavy = {"concurrency_limit": settings.train_concurrency, "concurrency_id": "train"}
+    outputs = [tab.status, tab.plot, tab.sample_box, current]  # the order `Handlers.train` yields
+    tab.source.change(
+        lambda s: (gr.update(visible=s == "sample"), gr.update(visible=s == "upload")),
+        tab.source,
+        [tab.sample, tab.files],
+        api_visibility="private",
+        queue=False,
+    )
+    # .input, not .change: a preset fills the settings only when the user picks one, never
+    # because the page (re)rendered the radio, which would overwrite values already typed
+    tab.preset.input(h.preset, tab.preset, tab.setting_components(), api_visibility="private", queue=False)
+    train_event = tab.train_btn.click(
+        h.train,
+        [tab.source, tab.files, tab.sample, *tab.setting_components(), tab.device],
+        outputs,
+        api_name="train",
+        show_progress_on=[tab.status],
+        **heavy,
+    )
+    resume_event = tab.resume_btn.click(
+        h.resume, [tab.settings["steps"]], outputs, api_name="resume", show_progress_on=[tab.status], **heavy
+    )
+    tab.stop_btn.click(
+        h.stop, None, outputs, api_name="stop_training", cancels=[train_event, resume_event], queue=False
+    )
+
+
+# Generate ------------------------------------------------------------------------------------
+@dataclass
+class GenerateTab:
+    prompt: gr.Textbox
+    backend: gr.Radio
+    mode: gr.Radio
+    sampling_preset: gr.Dropdown
+    max_new: gr.Slider
+    temperature: gr.Slider
+    top_k: gr.Slider
+    top_p: gr.Slider
+    penalty: gr.Slider
+    stops: gr.Textbox
+    seed: gr.Textbox
+    gen_btn: gr.Button
+    gen_stop: gr.Button
+    compare_btn: gr.Button
+    output: gr.Textbox
+    stats: gr.Markdown
+    report: gr.Markdown
+
+
+def _generation_settings(settings: Settings) -> dict[str, Any]:
+    """Backend, mode, sampling preset and the sampling numbers."""
+    gen_backends = backends.backends()
+    unavailable = [b for b in gen_backends.values() if not b.available]
+    found: dict[str, Any] = {}
+    found["backend"] = gr.Radio(
+        [(b.label, b.name) for b in gen_backends.values()],
+        value=backends.TORCH,
+        label=I18N("gen.backend"),
+        info=backends.unavailable_text(unavailable, "en"),
+        elem_id="gen-backend",
+    )
+    with gr.Row():
+        found["mode"] = gr.Radio(
+            [(I18N("gen.mode_greedy"), "greedy"), (I18N("gen.mode_sampling"), "sampling")],
+            value="greedy",
+            label=I18N("gen.mode"),
+            elem_id="gen-mode",
+        )
+        found["sampling_preset"] = gr.Dropdown(
+            [(I18N(f"gen.preset_{name}"), name) for name in SAMPLING_PRESETS],
+            value="custom",
+            label=I18N("gen.preset"),
+            elem_id="gen-preset",
+        )
+    found["max_new"] = gr.Slider(
+        1,
+        settings.max_new_tokens,
+        value=min(200, settings.max_new_tokens),
+        step=1,
+        label=I18N("gen.max_new_tokens"),
+        elem_id="gen-max-new",
+    )
+    with gr.Row():
+        found["temperature"] = gr.Slider(
+            0, 2, value=1.0, step=0.05, label=I18N("gen.temperature"), elem_id="gen-temperature"
+        )
+        found["top_k"] = gr.Slider(0, 200, value=0, step=1, label=I18N("gen.top_k"), elem_id="gen-top-k")
+    with gr.Row():
+        found["top_p"] = gr.Slider(0.05, 1, value=1.0, step=0.01, label=I18N("gen.top_p"), elem_id="gen-top-p")
+        found["penalty"] = gr.Slider(
+            0.5, 2, value=1.0, step=0.05, label=I18N("gen.repetition_penalty"), elem_id="gen-penalty"
+        )
+    return found
+
+
+def build_generate_tab(settings: Settings) -> GenerateTab:
+    """The Generate tab: prompt and sampling settings on the left, output and statistics on the right."""
+    with gr.Tab(I18N("tab.generate"), id="generate"), gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            prompt = gr.Textbox(label=I18N("gen.prompt"), lines=3, value="def ", elem_id="gen-prompt")
+            found = _generation_settings(settings)
+            with gr.Row():
+                stops = gr.Textbox("", label=I18N("gen.stop_strings"), lines=2, elem_id="gen-stops")
+                seed = gr.Textbox("", label=I18N("gen.seed"), max_lines=1, elem_id="gen-seed")
+            with gr.Row():
+                gen_btn = gr.Button(I18N("gen.generate"), variant="primary", min_width=90, elem_id="gen-start")
+                gen_stop = gr.Button(I18N("gen.stop"), variant="stop", min_width=90, elem_id="gen-stop")
+                compare_btn = gr.Button(I18N("gen.compare"), min_width=90, elem_id="gen-compare")
+        with gr.Column(scale=3, min_width=400):
+            output = gr.Textbox(
+                label=I18N("gen.output"), lines=14, max_lines=30, interactive=False, elem_id="gen-output"
+            )
+            stats = gr.Markdown(elem_id="gen-stats")
+            report = gr.Markdown(label=I18N("gen.compare_report"), elem_id="gen-compare-report")
+    return GenerateTab(
+        prompt=prompt,
+        **found,
+        stops=stops,
+        seed=seed,
+        gen_btn=gen_btn,
+        gen_stop=gen_stop,
+        compare_btn=compare_btn,
+        output=output,
+        stats=stats,
+        report=report,
+    )
+
+
+def wire_generate_tab(tab: GenerateTab, h: Handlers, settings: Settings) -> None:
+    """Sampling presets, and the generate / compare endpoints (raw values: `preprocess=False`)."""
+    light = {"concurrency_limit": settings.generate_concurrency, "concurrency_id": "generate"}
+    tab.sampling_preset.input(
+        h.sampling_preset,
+        tab.sampling_preset,
+        [tab.mode, tab.temperature, tab.top_k, tab.top_p],  # the order `Handlers.sampling_preset` returns
+        api_visibility="private",
+        queue=False,
+    )
+    gen_event = tab.gen_btn.click(
+        h.generate,
+        [
+            tab.prompt,
+            tab.max_new,
+            tab.mode,
+            tab.temperature,
+            tab.top_k,
+            tab.top_p,
+            tab.penalty,
+            tab.stops,
+            tab.seed,
+            tab.backend,
+        ],
+        [tab.output, tab.stats],
+        api_name="generate",
+        show_progress="minimal",
+        preprocess=False,  # raw values: the handler checks each (a slider would fail on text with a traceback)
+        **light,
+    )
+    tab.gen_stop.click(None, None, None, cancels=[gen_event], queue=False)
+    tab.compare_btn.click(
+        h.compare, [tab.prompt, tab.max_new, tab.backend], tab.report, api_name="compare", preprocess=False, **light
+    )
+
+
+# Models --------------------------------------------------------------------------------------
+@dataclass
+class ModelsTab:
+    current: gr.Markdown
+    message: gr.Markdown
+    saved: gr.Dropdown
+    refresh: gr.Button
+    load_btn: gr.Button
+    download_btn: gr.Button
+    model_zip: gr.File
+    save_name: gr.Textbox
+    save_btn: gr.Button
+    upload: gr.File
+    upload_btn: gr.Button
+    precision: gr.Radio
+    export_btn: gr.Button
+    export_zip: gr.File
+    export_report: gr.Markdown
+
+
+def _saved_models_column() -> dict[str, Any]:
+    """Saved models: pick, refresh, load, download, save, upload."""
+    found: dict[str, Any] = {}
+    with gr.Column(min_width=320):
+        with gr.Row():
+            found["saved"] = gr.Dropdown(
+                [], label=I18N("model.saved_models"), allow_custom_value=True, scale=4, elem_id="model-saved"
+            )
+            found["refresh"] = gr.Button(I18N("model.refresh"), scale=1, size="sm", elem_id="model-refresh")
+        with gr.Row():
+            found["load_btn"] = gr.Button(I18N("model.load"), elem_id="model-load")
+            found["download_btn"] = gr.Button(I18N("model.download"), elem_id="model-download")
+        found["model_zip"] = gr.File(
+            label=I18N("model.download_file"), interactive=False, visible=False, elem_id="model-zip"
+        )
+        with gr.Row():
+            found["save_name"] = gr.Textbox(
+                "", label=I18N("model.save_name"), max_lines=1, scale=4, elem_id="model-save-name"
+            )
+            found["save_btn"] = gr.Button(I18N("model.save"), scale=1, elem_id="model-save")
+        found["upload"] = gr.File(
+            label=I18N("model.upload"), file_types=[".zip"], type="filepath", height=140, elem_id="model-upload"
+        )
+        found["upload_btn"] = gr.Button(I18N("model.upload_button"), elem_id="model-upload-start")
+    return found
+
+
+def _export_column() -> dict[str, Any]:
+    """ONNX export: precision, button, zip and report."""
+    found: dict[str, Any] = {}
+    with gr.Column(min_width=320):
+        gr.Markdown("### " + I18N("export.title"))
+        found["precision"] = gr.Radio(
+            ["fp32", "fp16", "int8"], value="fp32", label=I18N("export.precision"), elem_id="export-precision"
+        )
+        found["export_btn"] = gr.Button(I18N("export.button"), variant="primary", elem_id="export-start")
+        found["export_zip"] = gr.File(label=I18N("export.file"), interactive=False, visible=False, elem_id="export-zip")
+        found["export_report"] = gr.Markdown(elem_id="export-report")
+    return found
+
+
+def build_models_tab() -> ModelsTab:
+    """The Models tab: the current model, saved models on the left, ONNX export on the right."""
+    with gr.Tab(I18N("tab.models"), id="models"):
+        current = gr.Markdown(elem_id="model-current")
+        message = gr.Markdown(elem_id="model-message")
+        with gr.Row():
+            saved = _saved_models_column()
+            exports = _export_column()
+    return ModelsTab(current=current, message=message, **saved, **exports)
+
+
+def wire_models_tab(tab: ModelsTab, h: Handlers) -> None:
+    """The list / load / download / save / upload / export endpoints."""
+    show = {"fn": lambda: gr.update(visible=True), "inputs": None, "api_visibility": "private", "queue": False}
+    tab.refresh.click(h.model_choices, None, tab.saved, api_name="list_models", queue=False)
+    tab.load_btn.click(h.load_model, tab.saved, [tab.current, tab.message], api_name="load_model")
+    tab.download_btn.click(h.download_model, tab.saved, tab.model_zip, api_name="download_model").success(
+        outputs=tab.model_zip, **show
+    )
+    changed = [tab.saved, tab.current, tab.message]  # the order save_model / upload_checkpoint return
+    tab.save_btn.click(h.save_model, tab.save_name, changed, api_name="save_model")
+    tab.upload_btn.click(h.upload_checkpoint, tab.upload, changed, api_name="upload_checkpoint")
+    tab.export_btn.click(
+        h.export,
+        tab.precision,
+        [tab.export_zip, tab.export_report],
+        api_name="export",
+        concurrency_id="export",
+        concurrency_limit=1,
+    ).success(outputs=tab.export_zip, **show)
