@@ -31,24 +31,16 @@ _ESCAPES = {"\\n": "\n", "\\t": "\t"}
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    max_new_tokens: int
-    do_sample: bool
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    repetition_penalty: float
+    """What the Generate tab asks for: the library's own `gpt.SamplingConfig`, plus stop strings."""
+
+    sampling: SamplingConfig
     stop_strings: tuple[str, ...]
-    seed: int | None
 
     def sampling_kwargs(self) -> dict[str, Any]:
-        return dict(
-            do_sample=self.do_sample,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-            seed=self.seed,
-        )
+        """`GenerationMixin.stream_text`'s sampling keywords (its stop tokens stay end-of-text)."""
+        values = dataclasses.asdict(self.sampling)
+        del values["max_new_tokens"], values["stop_tokens"]
+        return values
 
 
 def make_options(
@@ -72,32 +64,29 @@ def make_options(
     new_tokens = validation.integer("max_new_tokens", max_new_tokens, 1, max_allowed)
     k = 0 if validation.optional(top_k) else validation.integer("top_k", top_k, 0, MAX_TOP_K)
     p = 1.0 if validation.optional(top_p) else validation.real("top_p", top_p, 0.0, 1.0, open_low=True)
-    options = GenerationOptions(
-        max_new_tokens=new_tokens,
-        do_sample=mode == "sampling",
-        temperature=validation.real("temperature", temperature, 0.0, MAX_TEMPERATURE),
-        top_k=k if k > 0 else None,
-        top_p=p if p < 1.0 else None,
-        repetition_penalty=validation.real(
-            "repetition_penalty", repetition_penalty, 0.0, MAX_REPETITION_PENALTY, open_low=True
-        ),
-        stop_strings=parse_stop_strings(validation.text("stop_strings", stop_strings, MAX_STOP_CHARS)),
-        seed=None if validation.optional(seed) else validation.integer("seed", seed, 0, MAX_SEED),
-    )
-    if len(options.stop_strings) > MAX_STOP_STRINGS:
+    temp = validation.real("temperature", temperature, 0.0, MAX_TEMPERATURE)
+    penalty = validation.real("repetition_penalty", repetition_penalty, 0.0, MAX_REPETITION_PENALTY, open_low=True)
+    stops = parse_stop_strings(validation.text("stop_strings", stop_strings, MAX_STOP_CHARS))
+    drawn = None if validation.optional(seed) else validation.integer("seed", seed, 0, MAX_SEED)
+    if len(stops) > MAX_STOP_STRINGS:
         raise UserError(
-            "error.bad_value",
-            name="stop_strings",
-            value=len(options.stop_strings),
-            rule=f"at most {MAX_STOP_STRINGS} lines",
+            "error.bad_value", name="stop_strings", value=len(stops), rule=f"at most {MAX_STOP_STRINGS} lines"
         )
-    if options.do_sample and options.seed is None:
-        options = dataclasses.replace(options, seed=random.randrange(2**31))
+    if mode == "sampling" and drawn is None:
+        drawn = random.randrange(2**31)
     try:  # gpt's own validation: the same rules as the library and the CLI
-        SamplingConfig(max_new_tokens=new_tokens, **options.sampling_kwargs())
+        sampling = SamplingConfig(
+            max_new_tokens=new_tokens,
+            do_sample=mode == "sampling",
+            temperature=temp,
+            top_k=k if k > 0 else None,
+            top_p=p if p < 1.0 else None,
+            repetition_penalty=penalty,
+            seed=drawn,
+        )
     except ValueError as err:
         raise UserError("error.bad_sampling", detail=str(err)) from None
-    return options
+    return GenerationOptions(sampling, stops)
 
 
 def prompt_text(prompt: Any) -> str:
@@ -150,7 +139,11 @@ def stream(model: Any, prompt: str, options: GenerationOptions) -> Iterator[tupl
 
     text = ""
     pieces = model.stream_text(
-        prompt, options.max_new_tokens, stop_strings=options.stop_strings, on_token=count, **options.sampling_kwargs()
+        prompt,
+        options.sampling.max_new_tokens,
+        stop_strings=options.stop_strings,
+        on_token=count,
+        **options.sampling_kwargs(),
     )
     for piece in pieces:
         text += piece
@@ -168,8 +161,8 @@ def stats_text(stats: Stats, backend: str, provider: str, options: GenerationOpt
     if stats.first_token_s is not None:
         parts.append(t(lang, "gen.first_token", ms=f"{stats.first_token_s * 1000:.0f}"))
     parts.append(t(lang, "gen.backend_used", backend=backend, provider=provider))
-    if options.do_sample:
-        parts.append(t(lang, "gen.seed_used", seed=options.seed))
+    if options.sampling.do_sample:
+        parts.append(t(lang, "gen.seed_used", seed=options.sampling.seed))
     return " · ".join(parts)
 
 
