@@ -15,6 +15,7 @@ from gpt.data import GetData, encode_corpus, make_loaders, read_texts, split_ids
 from gpt.generation import PRESETS, SamplingConfig
 from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
+from gpt.texts import TEXT_SUFFIXES, TextFileError, check_text_file, decode_text, read_text_file
 from gpt.tokenizer import Tokenizer
 from gpt.training import Trainer, TrainingHistory, fit
 
@@ -33,16 +34,21 @@ __all__ = [
     "ModelCheckpoint",
     "ProgressBar",
     "SamplingConfig",
+    "TEXT_SUFFIXES",
+    "TextFileError",
     "Tokenizer",
     "Trainer",
     "TrainingHistory",
+    "check_text_file",
     "count_parameters",
+    "decode_text",
     "encode_corpus",
     "estimate_training_memory",
     "fit",
     "latest_checkpoint",
     "make_loaders",
     "read_config",
+    "read_text_file",
     "read_texts",
     "read_weights",
     "split_ids",

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt import texts
-from gpt.texts import TEXT_SUFFIXES as TEXT_SUFFIXES  # the app's upload types: `gpt.texts`' own
-from gpt.texts import TextFileError
+from gpt import TEXT_SUFFIXES as TEXT_SUFFIXES  # the app's upload types: the library's own
+from gpt import TextFileError, check_text_file, read_text_file
+from gpt import decode_text as decode_checked_text
 from webapp.i18n import Msg, UserError
 from webapp.settings import MB, REPO_ROOT
 
@@ -58,7 +58,7 @@ def sample_corpus(name: str) -> Corpus:
         return Corpus(stdlib_texts(), Msg(f"sample.{name}"))
     if name == SHAKESPEARE_SAMPLE and SHAKESPEARE_FILE.is_file():
         with _user_errors(max_file_mb=None):
-            text = texts.read_text_file(SHAKESPEARE_FILE, SHAKESPEARE_FILE.name)
+            text = read_text_file(SHAKESPEARE_FILE, SHAKESPEARE_FILE.name)
         return Corpus([text], Msg(f"sample.{name}"))
     raise UserError("error.unknown_sample", name=name, choices=", ".join(samples()))
 
@@ -95,10 +95,10 @@ def read_uploads(paths: Sequence[str | Path], max_file_mb: float, max_total_mb: 
         for raw in paths:
             path = Path(raw)
             name = _display_name(path)
-            total += texts.check_text_file(path, name, max_bytes=int(max_file_mb * MB))
+            total += check_text_file(path, name, max_bytes=int(max_file_mb * MB))
             if total > max_total_mb * MB:
                 raise UserError("error.text_too_big", limit=max_total_mb)
-            found.append(texts.decode_text(path.read_bytes(), name))
+            found.append(decode_checked_text(path.read_bytes(), name))
     label = ", ".join(_display_name(Path(p)) for p in paths)
     return Corpus(found, label)
 
@@ -106,7 +106,7 @@ def read_uploads(paths: Sequence[str | Path], max_file_mb: float, max_total_mb: 
 def decode_text(data: bytes, name: str) -> str:
     """Strict UTF-8 text of an upload; empty, binary or non-UTF-8 content raises `UserError`."""
     with _user_errors(max_file_mb=None):
-        return texts.decode_text(data, name)
+        return decode_checked_text(data, name)
 
 
 @contextmanager
