@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             a, b = client("A"), client("B")
-            tiny = training.PRESETS["tiny"]
-            background = training.PRESETS[args.train_preset]
+            tiny = training.MODEL_PRESETS["tiny"]
+            background = training.MODEL_PRESETS[args.train_preset]
             background_steps = min(background.steps * 100, settings.max_steps)  # never finishes within a block
 
             # client B needs its own model: A trains a short run and saves it, B loads it

@@ -204,10 +204,10 @@ def test_zip_round_trip_takes_only_the_wanted_files(tmp_path):
 
 # training settings ------------------------------------------------------------------------------
 def test_presets_are_valid_configs(settings):
-    for name, preset in training.PRESETS.items():
+    for name, preset in training.MODEL_PRESETS.items():
         config = training.make_config(Settings(artifacts=settings.artifacts), **{**preset.__dict__})
         assert config == preset, name
-    assert count_parameters(training.PRESETS["tiny"].gpt_config(512)) < 200_000
+    assert count_parameters(training.MODEL_PRESETS["tiny"].gpt_config(512)) < 200_000
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ class Handlers:
     # Train ---------------------------------------------------------------------------------
     def preset(self, name: str) -> tuple:
         """Advanced-setting values of a model preset, in `training.SETTING_FIELDS` order."""
-        c = training.PRESETS.get(name, training.PRESETS["tiny"])
+        c = training.MODEL_PRESETS.get(name, training.MODEL_PRESETS["tiny"])
         values = {field: getattr(c, field) for field in training.SETTING_FIELDS}
         values["steps"] = min(c.steps, self.settings.max_steps)
         return tuple(values[field] for field in training.SETTING_FIELDS)

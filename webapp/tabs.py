@@ -12,7 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from webapp import backends, corpus, training
+from gpt import PRESETS
+from webapp import backends, corpus, generation, training
 from webapp.handlers import Handlers
 from webapp.i18n import I18N
 from webapp.settings import Settings
@@ -29,7 +30,7 @@ SETTING_KEYS = {  # training field -> its UI key (label `train.<key>`, element i
     "dropout": "dropout",
 }
 SETTING_ROWS = (("layers", "heads"), ("emb", "context"), ("vocab", "batch"), ("lr", "steps"), ("dropout",))
-SAMPLING_PRESETS = ("custom", "precise", "creative", "code")
+SAMPLING_PRESETS = (generation.CUSTOM, *PRESETS)  # "custom" keeps the values as they are
 
 
 def _setting(key: str, value: float) -> gr.Number:
@@ -85,7 +86,7 @@ def _train_inputs() -> dict[str, Any]:
             elem_id="train-files",
         ),
         "preset": gr.Radio(
-            [(I18N(f"preset.{name}"), name) for name in training.PRESETS],
+            [(I18N(f"preset.{name}"), name) for name in training.MODEL_PRESETS],
             value="tiny",
             label=I18N("train.preset"),
             elem_id="train-preset",
@@ -95,7 +96,7 @@ def _train_inputs() -> dict[str, Any]:
 
 def _advanced_settings(settings: Settings) -> tuple[dict[str, gr.Number], gr.Radio]:
     """The "advanced" accordion: one number per training field (the tiny preset's values), and the device."""
-    tiny = training.PRESETS["tiny"]
+    tiny = training.MODEL_PRESETS["tiny"]
     values = {name: getattr(tiny, name) for name in SETTING_KEYS}
     values["steps"] = min(tiny.steps, settings.max_steps)
     by_key = {key: name for name, key in SETTING_KEYS.items()}

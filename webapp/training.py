@@ -87,7 +87,7 @@ class TrainConfig:
         )
 
 
-PRESETS: dict[str, TrainConfig] = {
+MODEL_PRESETS: dict[str, TrainConfig] = {  # model sizes; gpt.PRESETS are sampling presets
     # 137 K parameters: recognisable Python (indentation, def, docstrings) in about a minute on 2 cores.
     "tiny": TrainConfig(),
     "small": TrainConfig(4, 4, 128, 128, 2048, 1e-3, 16, 3000, 0.1),
