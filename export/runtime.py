@@ -267,7 +267,8 @@ class CacheBuffers:
     positions are filled; iterating gives them, one numpy array per past input, in input order.
 
     One-token steps write their logits into `step_logits` `[batch, 1, vocab]`, the same array every
-    step: a new output array for each run cost 7-9% of a batch-1 decode step at shape S."""
+    step: a new output array for each run costs a noticeable part of a batch-1 decode step at small
+    shapes (measured in docs/decisions.md)."""
 
     def __init__(
         self,

@@ -55,9 +55,7 @@ ABANDONED_S = 120.0  # nobody polled the job for this long (the page is gone): s
 PLOT_POINTS = 400
 STOPPED = "stopped"
 ABANDONED = "abandoned"
-TRAIN_NICE = (
-    10  # training yields the CPU to generation requests: 1.6x -> 1.0x busy/idle latency (bench/webapp_latency.py)
-)
+TRAIN_NICE = 10  # training yields the CPU to generation requests (bench/webapp_latency.py; docs/decisions.md)
 
 
 @dataclass(frozen=True)
