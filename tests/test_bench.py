@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "shakespeare.txt"
-needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} not found")
+FULL_TEXT = ROOT.parent / "shared" / "data" / "shakespeare.txt"  # beside this workspace only
+EXCERPT = ROOT / "data" / "shakespeare-excerpt.txt"  # shipped: every clone has it
 
 
 def run_quick(script: str) -> str:
@@ -46,6 +46,21 @@ def figure(cell: str) -> float:
     number = re.match(r"[\d,.]+", cell)
     assert number, f"no figure in {cell!r}"
     return float(number.group().replace(",", ""))
+
+
+def text_used(output: str) -> Path:
+    """The Shakespeare text a bench says it read, from its one `text: PATH (N bytes, ...)` line."""
+    lines = [line for line in output.splitlines() if line.startswith("text: ")]
+    assert len(lines) == 1, lines
+    match = re.fullmatch(r"text: (.+) \(([\d,]+) bytes, .+\)", lines[0])
+    assert match, lines[0]
+    assert Path(match[1]).stat().st_size == int(match[2].replace(",", ""))
+    return Path(match[1])
+
+
+def expected_text() -> Path:
+    """The full text when it is beside the repository, else the shipped excerpt."""
+    return FULL_TEXT if FULL_TEXT.is_file() else EXCERPT
 
 
 def measured(rows: list[list[str]], label: str, column: int) -> float:
@@ -98,11 +113,13 @@ def test_decode_cuda_rows_run_their_code_path_on_the_cpu() -> None:
     assert [row[4] for row in rows if row[3] == "onnxruntime CUDA fp32 (IOBinding)"] == ["not run"]
 
 
-@needs_shakespeare
 def test_tokenizer_bench() -> None:
-    rows = table_rows(run_quick("tokenizer"))
-    assert measured(rows, "ours `Tokenizer.train`, 1 MB, vocab 4096", 1) > 0
-    assert measured(rows, "ours `encode(text)`, one 1 MB string, fresh tokenizer", 1) > 0
+    output = run_quick("tokenizer")
+    assert text_used(output) == expected_text()
+    size = "1 MB" if expected_text() == FULL_TEXT else "0.2 MB"  # its first 1 MB, or the whole 200 KB excerpt
+    rows = table_rows(output)
+    assert measured(rows, f"ours `Tokenizer.train`, {size}, vocab 4096", 1) > 0
+    assert measured(rows, f"ours `encode(text)`, one {size} string, fresh tokenizer", 1) > 0
     assert any("EXTRAPOLATED" in row[0] for row in rows)
 
 
@@ -113,9 +130,10 @@ def test_memory_bench() -> None:
         assert measured(rows, label, 2) > 0
 
 
-@needs_shakespeare
 def test_quality_bench() -> None:
-    rows = table_rows(run_quick("quality"))
+    output = run_quick("quality")
+    assert text_used(output) == expected_text()
+    rows = table_rows(output)
     assert {row[0] for row in rows} == {
         "default fit (Muon + AdamW), bytes",
         "default fit with optimizer='adamw', bytes",
@@ -138,3 +156,12 @@ def test_webapp_latency_bench(monkeypatch: pytest.MonkeyPatch) -> None:
     assert measured(rows, "idle (no training)", 1) > 0
     assert measured(rows, "busy (another session trains `tiny`)", 1) > 0
     assert "target busy" in output
+
+
+def test_benches_fall_back_to_the_shipped_excerpt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    """Without ../shared (a fresh clone), the benches read data/shakespeare-excerpt.txt and say so."""
+    from bench import common
+
+    monkeypatch.setattr(common, "SHAKESPEARE_FULL", tmp_path / "shared" / "data" / "shakespeare.txt")
+    assert common.shakespeare_text() == EXCERPT
+    assert text_used(capsys.readouterr().out) == EXCERPT

@@ -71,7 +71,6 @@ def test_fit_validates_arguments(args, options, error, message):
         fit(tiny_model(), *(args or (train,)), progress=False, **options)
 
 
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} is not there")
 def test_fit_lowers_validation_loss_on_shakespeare():
     text = SHAKESPEARE.read_text(encoding="utf-8")[:20_000]
     model = tiny_model()

@@ -20,7 +20,7 @@ from gpt import GPT, checkpoint, make_loaders
 from gpt.callbacks import Callback
 from gpt.training import Trainer
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/shakespeare.txt"
+SHAKESPEARE = Path(__file__).resolve().parents[1] / "data/shakespeare-excerpt.txt"  # shipped with the repository
 _WORDS = "the cat sat on a mat and the dog ran to the sun while birds sang".split()
 
 
