@@ -37,7 +37,13 @@ def _add_data_argument(command: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gpt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_tokenizer_command(commands)
+    _add_train_command(commands)
+    _add_generate_command(commands)
+    return parser
 
+
+def _add_tokenizer_command(commands: argparse._SubParsersAction) -> None:
     tok = commands.add_parser(
         "tokenizer",
         help="train a byte-level BPE tokenizer",
@@ -52,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="target vocabulary size, special tokens included (default: %(default)s)",
     )
 
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train a model on text",
@@ -61,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out", required=True, help="folder for the final model (config.json, model.safetensors, tokenizer.json)"
     )
-    model = train.add_argument_group("model")
+    _add_model_arguments(train.add_argument_group("model"))
+    _add_fit_arguments(train.add_argument_group("training"))
+
+
+def _add_model_arguments(model: argparse._ArgumentGroup) -> None:
+    """`train`'s flags for the shape of a new model."""
     model.add_argument(
         "--vocab-size",
         type=int,
@@ -82,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=ACTIVATIONS[0],
         help="MLP activation: gelu_tanh (GPT-2's) or gelu (exact; trains faster on CPU, decodes slower) (default: %(default)s)",
     )
-    fit = train.add_argument_group("training")
+
+
+def _add_fit_arguments(fit: argparse._ArgumentGroup) -> None:
+    """`train`'s flags for the training run itself."""
     fit.add_argument("--batch-size", type=int, default=16, help="windows per step (default: %(default)s)")
     fit.add_argument("--epochs", type=int, default=1, help="passes over the training windows (default: %(default)s)")
     fit.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
@@ -126,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
+
+def _add_generate_command(commands: argparse._SubParsersAction) -> None:
     gen = commands.add_parser(
         "generate", help="generate text from a saved model", description="Continue a prompt with a saved model."
     )
@@ -137,7 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--threads", type=int, default=DEFAULT_DECODE_THREADS, help="torch CPU threads (default: %(default)s)"
     )
-    return parser
 
 
 def _positive_int(text: str) -> int:
