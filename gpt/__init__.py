@@ -3,7 +3,6 @@
 from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from gpt.checkpoint import (
     CONFIG_FILE,
-    TOKENIZER_FILE,
     WEIGHTS_FILE,
     CheckpointError,
     latest_checkpoint,
@@ -12,15 +11,16 @@ from gpt.checkpoint import (
 )
 from gpt.config import GPTConfig, count_parameters
 from gpt.data import GetData, encode_corpus, make_loaders, read_texts, split_ids
-from gpt.generation import PRESETS, SamplingConfig
+from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig
 from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
 from gpt.texts import TEXT_SUFFIXES, TextFileError, check_text_file, decode_text, read_text_file
-from gpt.tokenizer import Tokenizer
+from gpt.tokenizer import TOKENIZER_FILE, Tokenizer
 from gpt.training import Trainer, TrainingHistory, fit
 
 __all__ = [
     "CONFIG_FILE",
+    "DEFAULT_DECODE_THREADS",
     "GPT",
     "PRESETS",
     "TOKENIZER_FILE",

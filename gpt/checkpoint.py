@@ -27,16 +27,14 @@ from safetensors.torch import save_model as save_safetensors
 
 from gpt.config import GPTConfig, count_parameters
 from gpt.files import atomic_folder, atomic_write
+from gpt.tokenizer import TOKENIZER_FILE, Tokenizer
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
     from torch.optim import Optimizer
 
-    from gpt.tokenizer import Tokenizer
-
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng.safetensors"
@@ -140,8 +138,6 @@ def _load_out_in_weights(model: nn.Module, state: dict[str, Tensor]) -> None:
 
 def read_tokenizer(path: str | Path) -> Tokenizer | None:
     """The folder's tokenizer, or None when it has no `tokenizer.json`."""
-    from gpt.tokenizer import Tokenizer
-
     file = Path(path) / TOKENIZER_FILE
     if not file.exists():
         return None

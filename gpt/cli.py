@@ -15,7 +15,7 @@ from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, ModelCheckpoint
 from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.config import ACTIVATIONS, GPTConfig
 from gpt.data import encode_corpus, make_loaders
-from gpt.generation import PRESETS
+from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS
 from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
 from gpt.optim import OPTIMIZERS
@@ -24,8 +24,6 @@ from gpt.tokenizer import Tokenizer
 from gpt.training import bf16_pays
 
 log = logging.getLogger("gpt")
-
-DEFAULT_DECODE_THREADS = 1  # batch-1 decoding is latency bound: 2 threads on 2 busy cores were 10-80x slower
 
 
 def _add_data_argument(command: argparse.ArgumentParser) -> None:
