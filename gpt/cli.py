@@ -19,9 +19,9 @@ from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS
 from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
 from gpt.optim import OPTIMIZERS
+from gpt.precision import bf16_pays
 from gpt.texts import read_texts
 from gpt.tokenizer import Tokenizer
-from gpt.training import bf16_pays
 
 log = logging.getLogger("gpt")
 

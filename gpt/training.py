@@ -1,5 +1,7 @@
-"""Training: `fit` runs AdamW with warmup + cosine decay, gradient accumulation and clipping,
-periodic evaluation, callbacks, resumable checkpoints, and DistributedDataParallel under `torchrun`.
+"""Training: `fit` runs Muon on the blocks' weight matrices and AdamW on the rest (or AdamW
+everywhere; see `gpt.optim`) with warmup + cosine decay, gradient accumulation and clipping,
+periodic evaluation, callbacks and resumable checkpoints; bf16 autocast where it pays
+(`gpt.precision`) and DistributedDataParallel under `torchrun` (`gpt.distributed`).
 
 One `Trainer` runs one `fit` call and is what callbacks receive. Training stops cleanly, after the
 last completed optimizer step, when `max_steps` or `max_time` is reached, when `stop_training` is
@@ -12,11 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -24,16 +23,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from gpt import checkpoint
 from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, Callback, ModelCheckpoint, ProgressBar
 from gpt.checkpoint import CheckpointError, latest_checkpoint
+from gpt.distributed import data_parallel, join_process_group, shard, training_device
 from gpt.optim import OPTIMIZERS, make_optimizer, muon_available
+
+# The bf16 policy lives in gpt.precision; these names stay importable from here.
+from gpt.precision import CPU_BF16_MIN_EMB as CPU_BF16_MIN_EMB
+from gpt.precision import PRECISIONS, autocast, use_bf16
+from gpt.precision import bf16_pays as bf16_pays
+from gpt.signals import deferred_interrupt, on_sigterm
 
 if TYPE_CHECKING:
     from gpt.model import GPT
@@ -42,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor]
 """`(inputs, targets)`, int64 `[batch, seq]`, targets shifted by one token."""
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -172,7 +174,7 @@ def evaluate(model: GPT, loader: Iterable[Batch], max_batches: int | None = None
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     rng_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), _autocast(device, _use_bf16(precision, device, model)):
+    with torch.random.fork_rng(devices=rng_devices), autocast(device, use_bf16(precision, device, model)):
         for inputs, targets in islice(loader, max_batches):
             inputs, targets = inputs.to(device), targets.to(device)
             total += _lm_loss(model(inputs), targets, reduction="sum")
@@ -206,13 +208,13 @@ class Trainer:
         self.model = model
         self.options = options
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self.device = _training_device(model.device)
-        self.bf16 = _use_bf16(options.precision, self.device, model)  # autocast; the weights stay fp32
-        self.dist = _join_process_group(self.device)
+        self.device = training_device(model.device)
+        self.bf16 = use_bf16(options.precision, self.device, model)  # autocast; the weights stay fp32
+        self.dist = join_process_group(self.device)
         self.is_main = self.dist is None or self.dist.rank == 0
         self.world_size = 1 if self.dist is None else self.dist.world_size
         model.to(self.device)
-        self.train_loader = train_loader if self.dist is None else _shard(train_loader, self.dist)
+        self.train_loader = train_loader if self.dist is None else shard(train_loader, self.dist)
         self.valid_loader = valid_loader
         steps_per_epoch = _steps_per_epoch(self.train_loader, options.grad_accum_steps)
         self.batches_per_epoch = steps_per_epoch * options.grad_accum_steps  # a last incomplete step is skipped
@@ -226,8 +228,7 @@ class Trainer:
         )
         self.module: torch.nn.Module = model  # what the forward pass runs: the model, or its DDP wrapper
         if self.dist is not None:
-            device_ids = [self.device] if self.device.type == "cuda" else None
-            self.module = DistributedDataParallel(model, device_ids=device_ids)
+            self.module = data_parallel(model, self.device)
         self.callbacks = _with_defaults(list(callbacks or []), options, self.checkpoint_dir, self.is_main)
 
         self.step = 0
@@ -249,7 +250,7 @@ class Trainer:
     def run(self) -> TrainingHistory:
         """Train until every epoch has run or training stops; see `fit`."""
         try:
-            with _stop_on_sigterm(self):
+            with on_sigterm(self._terminate):
                 if self.options.resume:
                     self._resume()
                 elif self.checkpoint_dir is not None and latest_checkpoint(self.checkpoint_dir) is not None:
@@ -271,8 +272,8 @@ class Trainer:
                         self.epoch, self.batch = self.epoch + 1, 0
                 return self._finish()
         finally:
-            if self.dist is not None and self.dist.owns_group:
-                dist.destroy_process_group()
+            if self.dist is not None:
+                self.dist.leave()
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step; the first reason given is kept."""
@@ -282,11 +283,7 @@ class Trainer:
     def main_decides(self, flag: bool) -> bool:
         """Rank 0's `flag`, on every rank: for decisions that must agree, such as one taken on a
         clock. Every rank must call it at the same point (one broadcast under DDP)."""
-        if self.dist is None:
-            return flag
-        value = torch.tensor(float(flag), device=self.device)
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+        return flag if self.dist is None else self.dist.main_decides(flag, self.device)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a resumable checkpoint of the current step into folder `path` (atomically)."""
@@ -340,7 +337,7 @@ class Trainer:
         for i in range(accum):
             inputs, targets = (t.to(self.device, non_blocking=True) for t in next(batches))
             with self._gradient_sync(i == accum - 1):
-                with _autocast(self.device, self.bf16):
+                with autocast(self.device, self.bf16):
                     loss = _lm_loss(self.module(inputs), targets)
                 (loss / accum).backward()
             loss_sum += loss.detach()
@@ -351,7 +348,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_value = self._mean_over_ranks(loss_sum / accum)
-        with _deferred_interrupt():  # never leave a step half applied
+        with deferred_interrupt():  # never leave a step half applied
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self._record_step(loss_value, lr, tokens * self.world_size, time.perf_counter() - started)
@@ -413,12 +410,14 @@ class Trainer:
             self.request_stop("max_steps")
         if self.options.max_time is not None and time.monotonic() - self._started >= self.options.max_time:
             self.request_stop("max_time")
-        if self.dist is not None:
-            flag = torch.tensor(float(self.stop_training), device=self.device)
-            dist.all_reduce(flag)
-            if flag.item():
-                self.request_stop("stopped on another rank")
+        if self.dist is not None and self.dist.any(self.stop_training, self.device):
+            self.request_stop("stopped on another rank")
         return self.stop_training
+
+    def _terminate(self) -> None:
+        """SIGTERM: stop after the current step, with its final checkpoint."""
+        logger.warning("SIGTERM: stopping after step %d", self.step + 1)
+        self.request_stop("terminated")
 
     def _finish(self) -> TrainingHistory:
         self.optimizer.zero_grad(set_to_none=True)  # an interrupted step may have left gradients
@@ -429,7 +428,7 @@ class Trainer:
         self.history.stop_reason = self.stop_reason
         self._call("on_train_end")
         if self.dist is not None:
-            dist.barrier()  # rank 0's last checkpoint is on disk when fit returns on any rank
+            self.dist.barrier()  # rank 0's last checkpoint is on disk when fit returns on any rank
         return self.history
 
     def _resume(self) -> None:
@@ -492,69 +491,11 @@ class Trainer:
         return nullcontext() if sync or self.dist is None else self.module.no_sync()
 
     def _mean_over_ranks(self, value: Tensor) -> float:
-        if self.dist is not None:
-            dist.all_reduce(value)
-            value /= self.world_size
-        return value.item()
+        return value.item() if self.dist is None else self.dist.mean(value)
 
     def _call(self, hook: str) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self)
-
-
-@dataclass(frozen=True)
-class _Distributed:
-    rank: int
-    world_size: int
-    owns_group: bool  # fit initialised the process group, so it also destroys it
-
-
-def _join_process_group(device: torch.device) -> _Distributed | None:
-    """The process group `torchrun` describes (initialised here if needed); None for a single process."""
-    owns_group = False
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-            return None
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        owns_group = True
-    if dist.get_world_size() < 2:
-        return None
-    return _Distributed(dist.get_rank(), dist.get_world_size(), owns_group)
-
-
-def _training_device(device: torch.device) -> torch.device:
-    """The model's device; under `torchrun` on CUDA, this process's GPU (`LOCAL_RANK`)."""
-    if device.type != "cuda" or "LOCAL_RANK" not in os.environ:
-        return device
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    torch.cuda.set_device(device)
-    return device
-
-
-def _shard(loader: DataLoader, group: _Distributed) -> DataLoader:
-    """`loader` over this rank's share of its dataset, with the same batch size, shuffle and drop_last."""
-    if isinstance(loader.sampler, DistributedSampler):
-        return loader
-    if loader.batch_size is None:
-        raise ValueError("distributed training needs a DataLoader built with batch_size")
-    sampler = DistributedSampler(
-        loader.dataset,
-        num_replicas=group.world_size,
-        rank=group.rank,
-        shuffle=isinstance(loader.sampler, RandomSampler),
-        seed=0 if loader.generator is None else loader.generator.initial_seed(),
-        drop_last=loader.drop_last,
-    )
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        drop_last=loader.drop_last,
-        collate_fn=loader.collate_fn,
-        num_workers=loader.num_workers,
-        pin_memory=loader.pin_memory,
-        generator=loader.generator,
-    )
 
 
 def _steps_per_epoch(loader: DataLoader, grad_accum_steps: int) -> int:
@@ -575,72 +516,8 @@ def _with_defaults(
     return callbacks
 
 
-CPU_BF16_MIN_EMB = 256
-"""Smallest width at which "auto" picks bf16 on a CPU with native bf16. Measured here (AMD EPYC with
-AVX512-BF16, 1 thread, 2,048-token steps), bf16 autocast ÷ fp32 step speed: emb 96 0.96x, 128
-0.9-1.2x (0.88x on 768-token steps), 192 1.26x, 256 1.37x, 384 1.74x. Quality holds: nanoGPT's
-Shakespeare budget ends 1.761 nats/byte in bf16 against 1.766 in fp32 (bench/quality.py)."""
-
-
-def bf16_pays(model: GPT, device: torch.device) -> bool:
-    """Whether `precision="auto"` trains `model` on `device` with bf16 autocast.
-
-    On CUDA: when the GPU supports bf16. On a CPU: when it multiplies bf16 natively (AVX512-BF16 or
-    AMX) and the model is at least `CPU_BF16_MIN_EMB` wide; below that, casts cost more than the
-    faster matmuls save.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    native = [
-        getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    ]
-    return any(native) and model.config.emb_size >= CPU_BF16_MIN_EMB
-
-
-def _use_bf16(precision: str, device: torch.device, model: GPT) -> bool:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        return bf16_pays(model, device)
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"{device} does not support bf16; use precision='fp32'")
-    return precision == "bf16"
-
-
-def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 def _lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
-
-
-@contextmanager
-def _handling(signum: int, handler: Callable[[int, Any], None]) -> Iterator[Any]:
-    """Run the block with `handler` for `signum` and yield the handler it replaced; in a thread other
-    than the main one (which never receives signals), or over a handler set outside Python, change
-    nothing and yield None."""
-    previous = signal.getsignal(signum)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield None
-        return
-    signal.signal(signum, handler)
-    try:
-        yield previous
-    finally:
-        signal.signal(signum, previous)
-
-
-@contextmanager
-def _deferred_interrupt() -> Iterator[None]:
-    """Hold back Ctrl-C until the block has run."""
-    received: list[tuple[int, Any]] = []
-    with _handling(signal.SIGINT, lambda signum, frame: received.append((signum, frame))) as previous:
-        yield
-    if received and callable(previous):
-        previous(*received[0])
 
 
 def _saved_optimizer(folder: Path) -> str | None:
@@ -650,21 +527,6 @@ def _saved_optimizer(folder: Path) -> str | None:
         return state.get("optimizer", "adamw")
     except (OSError, ValueError, AttributeError):
         return None  # read_training_state reports what is wrong with the file
-
-
-@contextmanager
-def _stop_on_sigterm(trainer: Trainer) -> Iterator[None]:
-    """Make SIGTERM stop training after the current step, with its final checkpoint.
-
-    torchrun stops its workers with SIGTERM on Ctrl-C; so do `kill`, schedulers and containers.
-    """
-
-    def stop(signum: int, frame: Any) -> None:
-        logger.warning("SIGTERM: stopping after step %d", trainer.step + 1)
-        trainer.request_stop("terminated")
-
-    with _handling(signal.SIGTERM, stop):
-        yield
 
 
 @contextmanager
