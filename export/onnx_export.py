@@ -37,6 +37,7 @@ from export.report import REPORT_FILE
 from export.runtime import MODEL_FILE, PROVIDERS, OnnxGPT, create_session, session_options
 from gpt import checkpoint
 from gpt.model import GPT, KVBuffer
+from gpt.modes import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def to_onnx(
     out = Path(out_dir)
     log.info("exporting to %s (%s, opset %d)", out, precision, opset)
     started = time.perf_counter()
-    with _staging(out) as stage, _eval_mode(model):
+    with _staging(out) as stage, evaluating(model):
         graph = stage / (MODEL_FILE if precision == "fp32" else _FP32_FILE)
         exporter = export_graph(model, graph, opset, provider)
         strip_metadata(graph)
@@ -331,16 +332,6 @@ def _staging(out: Path) -> Iterator[Path]:
             stage.rename(out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 @contextlib.contextmanager

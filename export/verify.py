@@ -18,6 +18,7 @@ from torch import Tensor
 from export.runtime import OnnxGPT, PastValue, to_numpy
 from gpt.config import GPTConfig
 from gpt.model import GPT, KVCache
+from gpt.modes import evaluating
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,7 @@ def compare(
         raise ValueError(
             f"prompt {prompt_len} + {decode_steps} decode steps exceeds max_seq_len {model.config.max_seq_len}"
         )
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         prefill, decode, presents = _Diff(tolerance), _Diff(tolerance), _Diff(tolerance)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         torch_logits, torch_past, onnx_logits, onnx_past = _step(model, onnx_model, ids, mask, positions, None, None)
@@ -159,8 +158,6 @@ def compare(
             agree += int((onnx_logits[:, -1].argmax(-1) == torch_logits[:, -1].argmax(-1)).sum())
         _update_cache(presents, onnx_past, torch_past)
         first_difference = _greedy_first_difference(model, onnx_model, ids, mask[:, :prompt_len], decode_steps)
-    finally:
-        model.train(was_training)
     top1 = agree / (batch * decode_steps) if decode_steps else 1.0
     failures = [
         f"{name} outside atol {tolerance.atol:g} / rtol {tolerance.rtol:g} (max abs {diff.max_abs:.3g})"

@@ -14,6 +14,7 @@ from gpt.data import GetData, encode_corpus, make_loaders, read_texts, split_ids
 from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig
 from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
+from gpt.modes import evaluating
 from gpt.texts import TEXT_SUFFIXES, TextFileError, check_text_file, decode_text, read_text_file
 from gpt.tokenizer import TOKENIZER_FILE, Tokenizer
 from gpt.training import Trainer, TrainingHistory, fit
@@ -44,6 +45,7 @@ __all__ = [
     "decode_text",
     "encode_corpus",
     "estimate_training_memory",
+    "evaluating",
     "fit",
     "latest_checkpoint",
     "make_loaders",

@@ -31,6 +31,7 @@ from gpt import checkpoint
 from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, Callback, ModelCheckpoint, ProgressBar
 from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.distributed import data_parallel, join_process_group, shard, training_device
+from gpt.modes import evaluating
 from gpt.optim import OPTIMIZERS, make_optimizer, muon_available
 
 # The bf16 policy lives in gpt.precision; these names stay importable from here.
@@ -170,16 +171,14 @@ def evaluate(model: GPT, loader: Iterable[Batch], max_batches: int | None = None
     Runs in eval mode and leaves the model's mode and the random number generators as they were.
     """
     device = model.device
-    was_training = model.training
-    model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     rng_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), autocast(device, use_bf16(precision, device, model)):
+    bf16 = use_bf16(precision, device, model)
+    with evaluating(model), torch.random.fork_rng(devices=rng_devices), autocast(device, bf16):
         for inputs, targets in islice(loader, max_batches):
             inputs, targets = inputs.to(device), targets.to(device)
             total += _lm_loss(model(inputs), targets, reduction="sum")
             count += targets.numel()
-    model.train(was_training)
     if count == 0:
         raise ValueError("the validation loader yielded no batches")
     return total.item() / count

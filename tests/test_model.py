@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from gpt import GPT, GPTConfig, count_parameters
+from gpt import GPT, GPTConfig, count_parameters, evaluating
 
 TINY = dict(vocab_size=97, max_seq_len=64, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
 
@@ -281,3 +281,14 @@ def test_decode_step_head_copy_follows_weight_changes():
     check()
     model.lm_head.weight.data = torch.randn_like(model.lm_head.weight)  # new storage
     check()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluating_restores_the_mode_it_found_even_on_error(training):
+    model = tiny().train(training)
+    with evaluating(model):
+        assert not model.training and not model.transformer.h[0].training
+    assert model.training is training
+    with pytest.raises(RuntimeError), evaluating(model):
+        raise RuntimeError("fails inside")
+    assert model.training is training and model.transformer.h[0].training is training
