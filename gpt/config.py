@@ -30,7 +30,7 @@ routes it through oneDNN, whose fixed cost per call makes batch-1 decoding 10-18
 
 @dataclass
 class GPTConfig:
-    """Shape of a GPT. The first seven names are the original design's.
+    """Shape of a GPT. The first seven fields keep the names of simple-llm's first API (`GPT(vocab_size=...)`).
 
     `head_size` defaults to `emb_size // num_heads`; `num_heads * head_size` is the attention
     width and may differ from `emb_size` (the attention output projection maps it back).

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -69,15 +69,7 @@ PRESETS: dict[str, dict[str, float | int]] = {
     "creative": dict(temperature=1.2, top_k=60, top_p=0.9),
     "code": dict(temperature=0.8, top_k=50, top_p=0.85),
 }
-"""The original design's recommended sampling presets."""
-
-
-class Backend(Protocol):
-    max_seq_len: int
-
-    def decode_step(
-        self, input_ids: Tensor, past: Any, attention_mask: Tensor, position_ids: Tensor
-    ) -> tuple[Tensor, Any]: ...
+"""Sampling presets by name, with the values simple-llm's first API recommended."""
 
 
 def generate_stream(

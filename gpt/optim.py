@@ -6,7 +6,7 @@
   (`adjust_lr_fn="match_rms_adamw"`), so one learning rate and schedule drive both. In nanoGPT's
   Shakespeare budget (bench/quality.py) it reached 1.63 nats/byte where AdamW reached 1.77 with
   the same settings; its Newton-Schulz iterations (in bf16) make a step 10-30% slower on this CPU.
-- "adamw": AdamW everywhere, the original design.
+- "adamw": AdamW everywhere, as simple-llm trained before Muon became the default.
 
 AdamW decays 2-D weights only; `model.parameters()` yields a tied embedding once.
 """

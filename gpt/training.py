@@ -54,7 +54,7 @@ class TrainingOptions:
     """Every setting of `fit` besides the model, loaders, callbacks and checkpoint folder."""
 
     num_epoch: int = 1  # passes over the training data
-    # Peak learning rate, reached at the end of the warmup. The original's 1e-3 reached 1.888 nats/byte
+    # Peak learning rate, reached at the end of the warmup. The first API's 1e-3 reached 1.888 nats/byte
     # in nanoGPT's Shakespeare budget (bench/quality.py) with AdamW, 3e-3 reached 1.766 (2e-3..6e-3 is flat).
     learning_rate: float = 3e-3
     # "muon": Muon for the blocks' weight matrices, AdamW for the rest; "adamw": AdamW everywhere.
