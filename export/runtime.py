@@ -21,7 +21,7 @@ from torch import Tensor
 from export import signature
 from gpt import checkpoint
 from gpt.config import GPTConfig
-from gpt.generation import GenerationMixin
+from gpt.generation import DEFAULT_DECODE_THREADS, GenerationMixin
 from gpt.tokenizer import Tokenizer
 
 MODEL_FILE = "model.onnx"
@@ -32,10 +32,9 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-DEFAULT_THREADS = 1
+DEFAULT_THREADS = DEFAULT_DECODE_THREADS
 """Intra-op threads when none are given. Batch-1 decode is a chain of small operators, so a
-thread pool mostly waits: on a busy 2-core machine 2 threads made a step 10-80x slower than 1
-(OpenMP-style spinning on a preempted core). Benchmark `threads` for large models or batches."""
+thread pool mostly waits (`gpt.DEFAULT_DECODE_THREADS`, docs/decisions.md). Benchmark `threads` for large models or batches."""
 
 PastValue = np.ndarray | ort.OrtValue
 """One past/present tensor: a numpy array on the CPU, an `OrtValue` left on the device on CUDA."""

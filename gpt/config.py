@@ -23,9 +23,9 @@ layers), but finite: a config.json from anyone cannot ask for a model of any siz
 
 ACTIVATIONS = ("gelu_tanh", "gelu")
 """MLP activations. "gelu_tanh" is GPT-2's tanh approximation ("gelu_new"), the default, which
-GPT-2 weights need; "gelu" is the exact (erf) GELU, as nanoGPT. Both reach the same loss here.
-On CPU torch runs the exact one's forward + backward 2.4x faster (training +4% at shape S), but
-routes it through oneDNN, whose fixed cost per call makes batch-1 decoding 10-18% slower at S."""
+GPT-2 weights need; "gelu" is the exact (erf) GELU, as nanoGPT. Both reach the same loss. On a
+CPU torch trains faster with the exact one but routes it through oneDNN, whose fixed cost per call
+slows batch-1 decoding, so tanh stays the default (figures in docs/decisions.md)."""
 
 
 @dataclass

@@ -28,7 +28,7 @@ StepFn = Callable[[Tensor, Any, Tensor, Tensor], tuple[Tensor, Any]]
 
 DEFAULT_DECODE_THREADS = 1
 """CPU threads of a generation when none are given. Batch-1 decoding is a chain of small operators,
-so a thread pool mostly waits: on a busy 2-core machine 2 threads made a step 10-80x slower than 1."""
+so a thread pool mostly waits, and on a busy machine far longer than one thread takes (docs/decisions.md)."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from gpt.optim import OPTIMIZERS
 FP32, BF16, INT64 = 4, 2, 8  # bytes
 MMAP_THRESHOLD = 32 * 1024**2
 """glibc's malloc serves blocks from this size up with mmap and returns them when freed; it keeps
-smaller freed blocks for reuse. Training through them, peak RSS grew 30-55% beyond the live tensors."""
+smaller freed blocks for reuse, so peak RSS grows beyond the live tensors (tests/test_memory.py)."""
 KEPT_FRACTION = 0.5
 """Share of the transient bytes in blocks under `MMAP_THRESHOLD` counted as kept by the allocator."""
 

@@ -65,8 +65,7 @@ class Conv1D(nn.Module):
     """A linear layer that stores its weight as `[in_features, out_features]`: GPT-2's "Conv1D".
 
     Decoding multiplies one row by each weight. MKL on this project's AMD CPU streams that layout
-    faster than `nn.Linear`'s `[out, in]` (a whole decode step: 1.09x at shape S, 1.21x at M),
-    and training runs at the same speed. GPT-2 checkpoints use it too, so they load untransposed.
+    faster than `nn.Linear`'s `[out, in]`, and training runs at the same speed (docs/decisions.md). GPT-2 checkpoints use it too, so they load untransposed.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:

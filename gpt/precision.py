@@ -16,10 +16,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 """`precision` of `fit` and `evaluate`: "auto" is bf16 where it pays (`bf16_pays`), else fp32."""
 
 CPU_BF16_MIN_EMB = 256
-"""Smallest width at which "auto" picks bf16 on a CPU with native bf16. Measured here (AMD EPYC with
-AVX512-BF16, 1 thread, 2,048-token steps), bf16 autocast ÷ fp32 step speed: emb 96 0.96x, 128
-0.9-1.2x (0.88x on 768-token steps), 192 1.26x, 256 1.37x, 384 1.74x. Quality holds: nanoGPT's
-Shakespeare budget ends 1.761 nats/byte in bf16 against 1.766 in fp32 (bench/quality.py)."""
+"""Smallest width at which "auto" picks bf16 on a CPU with native bf16: narrower models ran no faster
+in bf16 autocast than in fp32, wider ones clearly faster, at the same quality (docs/decisions.md)."""
 
 
 def bf16_pays(model: GPT, device: torch.device) -> bool:

@@ -54,11 +54,11 @@ class TrainingOptions:
     """Every setting of `fit` besides the model, loaders, callbacks and checkpoint folder."""
 
     num_epoch: int = 1  # passes over the training data
-    # Peak learning rate, reached at the end of the warmup. The first API's 1e-3 reached 1.888 nats/byte
-    # in nanoGPT's Shakespeare budget (bench/quality.py) with AdamW, 3e-3 reached 1.766 (2e-3..6e-3 is flat).
+    # Peak learning rate, reached at the end of the warmup: 3e-3 beat the first API's 1e-3 in nanoGPT's
+    # Shakespeare budget (bench/quality.py; docs/decisions.md).
     learning_rate: float = 3e-3
     # "muon": Muon for the blocks' weight matrices, AdamW for the rest; "adamw": AdamW everywhere.
-    # Muon reached 1.63 nats/byte in that budget where AdamW reached 1.77 (see gpt/optim.py).
+    # Muon reaches a lower loss in that budget (gpt/optim.py; docs/decisions.md).
     optimizer: str = "muon"
     weight_decay: float = 0.1  # decoupled weight decay, on 2-D weights only
     betas: tuple[float, float] = (0.9, 0.99)  # AdamW moment decay rates

@@ -6,7 +6,7 @@ import torch
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """Tiny models on 2 shared cores: a second torch thread only waits for a busy core (10-80x slower)."""
+    """Tiny models on 2 shared cores: a second torch thread only waits for a busy core (docs/decisions.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -34,6 +34,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt import DEFAULT_DECODE_THREADS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "SIMPLE_LLM_"
 MB = 1024 * 1024
@@ -52,7 +54,7 @@ class Settings:
     train_concurrency: int = 1
     generate_concurrency: int = 4
     train_threads: int = 1
-    generate_threads: int = 1
+    generate_threads: int = DEFAULT_DECODE_THREADS
     session_ttl_minutes: float = 120.0
     max_train_memory_mb: int = 4096
     max_session_disk_mb: int = 2048
@@ -78,7 +80,7 @@ class Settings:
             train_concurrency=_number(env, "TRAIN_CONCURRENCY", 1, int),
             generate_concurrency=_number(env, "GENERATE_CONCURRENCY", 4, int),
             train_threads=_number(env, "TRAIN_THREADS", max(1, cores - 1), int),
-            generate_threads=_number(env, "GENERATE_THREADS", 1, int),
+            generate_threads=_number(env, "GENERATE_THREADS", DEFAULT_DECODE_THREADS, int),
             session_ttl_minutes=_number(env, "SESSION_TTL_MINUTES", 120.0, float),
             max_train_memory_mb=_number(env, "MAX_TRAIN_MEMORY_MB", _default_train_memory_mb(env), int),
             max_session_disk_mb=_number(env, "MAX_SESSION_DISK_MB", 2048, int),

@@ -36,6 +36,7 @@ from gpt import (
     count_parameters,
     encode_corpus,
     estimate_training_memory,
+    evaluating,
     latest_checkpoint,
     make_loaders,
     read_weights,
@@ -340,12 +341,8 @@ class TrainingJob:
 
     def _sample(self, step: int) -> None:
         """A short sampled continuation of an empty prompt (a new document), in eval mode."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with evaluating(self.model):
             text = self.model.generate_text("", SAMPLE_TOKENS, do_sample=True, temperature=0.8, top_k=40, seed=step)
-        finally:
-            self.model.train(was_training)
         self.last_sample = (step, text)
         self.samples.put((step, text))
 
