@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from gpt import DEFAULT_DECODE_THREADS
@@ -39,6 +39,7 @@ from gpt import DEFAULT_DECODE_THREADS
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "SIMPLE_LLM_"
 MB = 1024 * 1024
+_KINDS = {"int": int, "float": float}  # field annotations are strings here (postponed evaluation)
 
 
 @dataclass(frozen=True)
@@ -67,28 +68,17 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Settings from `environ` (default `os.environ`); a malformed value raises ValueError naming it."""
         env = os.environ if environ is None else environ
-        cores = os.cpu_count() or 1
-        return cls(
-            artifacts=Path(env.get(PREFIX + "ARTIFACTS") or REPO_ROOT / "artifacts").expanduser().resolve(),
-            max_upload_mb=_number(env, "MAX_UPLOAD_MB", 100, int),
-            max_text_mb=_number(env, "MAX_TEXT_MB", 20, int),
-            max_unzip_mb=_number(env, "MAX_UNZIP_MB", 1024, int),
-            max_params=_number(env, "MAX_PARAMS", 20_000_000, int),
-            max_steps=_number(env, "MAX_STEPS", 20_000, int),
-            max_train_minutes=_number(env, "MAX_TRAIN_MINUTES", 60.0, float),
-            max_new_tokens=_number(env, "MAX_NEW_TOKENS", 1024, int),
-            train_concurrency=_number(env, "TRAIN_CONCURRENCY", 1, int),
-            generate_concurrency=_number(env, "GENERATE_CONCURRENCY", 4, int),
-            train_threads=_number(env, "TRAIN_THREADS", max(1, cores - 1), int),
-            generate_threads=_number(env, "GENERATE_THREADS", DEFAULT_DECODE_THREADS, int),
-            session_ttl_minutes=_number(env, "SESSION_TTL_MINUTES", 120.0, float),
-            max_train_memory_mb=_number(env, "MAX_TRAIN_MEMORY_MB", _default_train_memory_mb(env), int),
-            max_session_disk_mb=_number(env, "MAX_SESSION_DISK_MB", 2048, int),
-            max_saved_models=_number(env, "MAX_SAVED_MODELS", 50, int),
-            max_saved_mb=_number(env, "MAX_SAVED_MB", 4096, int),
-            min_free_disk_mb=_number(env, "MIN_FREE_DISK_MB", 1024, int),
-            max_queue=_number(env, "MAX_QUEUE", 64, int),
-        )
+        computed = {  # defaults that depend on the machine; the others are the fields' own
+            "train_threads": max(1, (os.cpu_count() or 1) - 1),
+            "max_train_memory_mb": _default_train_memory_mb(env),
+        }
+        values = {
+            f.name: _number(env, f.name.upper(), computed.get(f.name, f.default), _KINDS[f.type])
+            for f in fields(cls)
+            if f.name != "artifacts"
+        }
+        artifacts = Path(env.get(PREFIX + "ARTIFACTS") or REPO_ROOT / "artifacts").expanduser().resolve()
+        return cls(artifacts=artifacts, **values)
 
     @property
     def models_dir(self) -> Path:
