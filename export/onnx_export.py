@@ -17,8 +17,6 @@ import io
 import json
 import logging
 import platform
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -35,7 +33,7 @@ from export import genai, signature, verify
 from export import precision as precisions
 from export.report import REPORT_FILE
 from export.runtime import MODEL_FILE, PROVIDERS, OnnxGPT, create_session, session_options
-from gpt import checkpoint
+from gpt import atomic_folder, checkpoint
 from gpt.model import GPT, KVBuffer
 from gpt.modes import evaluating
 
@@ -307,31 +305,16 @@ def _write_json(path: Path, value: Any) -> None:
 
 @contextlib.contextmanager
 def _staging(out: Path) -> Iterator[Path]:
-    """A temporary folder beside `out`, renamed to `out` when the block succeeds, removed when it fails.
-
-    An existing `out` is replaced only when it is empty or an earlier export (it has a report).
-    """
+    """`gpt.atomic_folder(out)`, where an existing `out` is replaced only when it is empty or an
+    earlier export (it has a report)."""
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / REPORT_FILE).is_file())):
         raise ExportError(f"{out} exists and is not an export folder: choose another output folder or remove it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    except OSError as err:
-        raise ExportError(f"cannot write the export folder {out}: {err}") from err
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stage = stack.enter_context(atomic_folder(out))
+        except OSError as err:
+            raise ExportError(f"cannot write the export folder {out}: {err}") from err
         yield stage
-        for file in stage.iterdir():  # mkdtemp/mkstemp make owner-only entries; an export is for sharing
-            file.chmod(0o644)
-        stage.chmod(0o755)
-        if out.exists():
-            old = stage.with_suffix(".old")
-            out.rename(old)
-            stage.rename(out)
-            shutil.rmtree(old)
-        else:
-            stage.rename(out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextlib.contextmanager

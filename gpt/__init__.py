@@ -10,6 +10,7 @@ from gpt.checkpoint import (
     read_weights,
 )
 from gpt.config import GPTConfig, count_parameters
+from gpt.files import atomic_folder
 from gpt.data import GetData, encode_corpus, make_loaders, read_texts, split_ids
 from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig
 from gpt.memory import MemoryEstimate, estimate_training_memory
@@ -40,6 +41,7 @@ __all__ = [
     "Tokenizer",
     "Trainer",
     "TrainingHistory",
+    "atomic_folder",
     "check_text_file",
     "count_parameters",
     "decode_text",

@@ -191,13 +191,12 @@ def save_training_checkpoint(
     tensors, groups = _flatten_optimizer(optimizer)
     text = json.dumps({**state, "optimizer_param_groups": groups}, indent=1) + "\n"
 
-    def write(tmp: Path) -> None:
+    with atomic_folder(Path(path)) as tmp:
         save_model(model, tmp, tokenizer=getattr(model, "tokenizer", None))
         atomic_write(tmp / OPTIMIZER_FILE, lambda f: save_file(tensors, str(f)))
         atomic_write(tmp / RNG_FILE, lambda f: save_file(rng, str(f)))
         atomic_write(tmp / TRAINER_STATE_FILE, lambda f: f.write_text(text, encoding="utf-8"))
-
-    return atomic_folder(Path(path), write)
+    return Path(path)
 
 
 def read_training_state(path: str | Path, optimizer: Optimizer) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_training import StopAt, assert_same_weights, byte_loaders, made_text, tiny_model
 
-from gpt import GPT, CheckpointError, Tokenizer, checkpoint
+from gpt import GPT, CheckpointError, Tokenizer, atomic_folder, checkpoint
 from gpt.callbacks import ModelCheckpoint
 
 TEXT = made_text(60)  # 24 training batches of 8 x 16 bytes
@@ -81,17 +81,39 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
 
 def test_atomic_folder_replaces_an_existing_folder_only_when_complete(tmp_path):
     target = tmp_path / "best"
-    checkpoint.atomic_folder(target, lambda tmp: (tmp / "a.txt").write_text("old"))
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("old")
 
-    def broken(tmp: Path) -> None:
+    with pytest.raises(KeyboardInterrupt), atomic_folder(target) as tmp:
         (tmp / "a.txt").write_text("half")
         raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_folder(target, broken)
     assert [p.name for p in tmp_path.iterdir()] == ["best"] and (target / "a.txt").read_text() == "old"
-    checkpoint.atomic_folder(target, lambda tmp: (tmp / "b.txt").write_text("new"))
+    with atomic_folder(target) as tmp:
+        (tmp / "b.txt").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["best"] and [p.name for p in target.iterdir()] == ["b.txt"]
+
+
+def test_atomic_folder_without_replace_never_overwrites(tmp_path):
+    target = tmp_path / "saved"
+    with atomic_folder(target, replace=False, prefix=".saving-") as tmp:
+        assert tmp.name.startswith(".saving-")
+        (tmp / "a.txt").write_text("first")
+
+    with pytest.raises(FileExistsError), atomic_folder(target, replace=False) as tmp:
+        pytest.fail("the block must not run when the folder exists")
+
+    def race(tmp: Path) -> None:  # another process takes the name while this one writes
+        (tmp / "b.txt").write_text("second")
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "c.txt").write_text("theirs")
+        other.rename(tmp_path / "raced")
+
+    with pytest.raises(FileExistsError), atomic_folder(tmp_path / "raced", replace=False) as tmp:
+        race(tmp)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raced", "saved"]
+    assert [p.name for p in (tmp_path / "raced").iterdir()] == ["c.txt"]
+    assert (target / "a.txt").read_text() == "first"
 
 
 def _truncate(file: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from gpt import (
     CheckpointError,
     GPTConfig,
     count_parameters,
+    atomic_folder,
     read_config,
 )
 from webapp import backends, storage, validation
@@ -119,15 +119,11 @@ def save_current(session: Session, name: str, settings: Settings, lang: str) -> 
         raise UserError("error.name_taken", name=folder_name)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     storage.check_saved_room(settings, storage.model_bytes(model.num_parameters()))
-    tmp = Path(tempfile.mkdtemp(prefix=storage.saving_prefix(), dir=settings.models_dir))
-    try:
-        model.save(tmp)
-        try:
-            os.rename(tmp, target)  # atomic; fails if another session took the name meanwhile
-        except OSError:
-            raise UserError("error.name_taken", name=folder_name) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    try:  # refused if another session takes the name meanwhile
+        with atomic_folder(target, replace=False, prefix=storage.saving_prefix()) as tmp:
+            model.save(tmp)
+    except FileExistsError:
+        raise UserError("error.name_taken", name=folder_name) from None
     session.model_label = session.model_name = folder_name
     return folder_name
 
