@@ -1,4 +1,5 @@
-"""The files onnxruntime-genai reads beside `model.onnx`: `genai_config.json` and `tokenizer_config.json`.
+"""`genai_config.json`: what onnxruntime-genai reads beside the fast graph (with `tokenizer.json`
+and `tokenizer_config.json`, which `gpt.hub` writes).
 
 The model type is "decoder", genai's generic decoder-only model with one key and one value
 cache tensor per layer; its "gpt2" type expects the older combined `past_{i}` layout instead.
@@ -13,15 +14,16 @@ from typing import Any
 
 from export import signature
 from gpt.config import GPTConfig
-from gpt.tokenizer import EOS_TOKEN, Tokenizer
+from gpt.tokenizer import Tokenizer
 
 GENAI_CONFIG_FILE = "genai_config.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
-def genai_config(config: GPTConfig, tokenizer: Tokenizer, model_file: str, cache_buffers: bool) -> dict[str, Any]:
+def genai_config(
+    config: GPTConfig, tokenizer: Tokenizer, model_file: str, cache_buffers: bool, provider: str = "cpu"
+) -> dict[str, Any]:
     """`genai_config.json` for the graph `model_file` exported from a model of `config`, with or
-    without cache buffers."""
+    without cache buffers, for `provider` ("cpu" or "cuda": then genai runs it on CUDA)."""
     eos = tokenizer.eos_token_id
     return {
         "model": {
@@ -33,7 +35,7 @@ def genai_config(config: GPTConfig, tokenizer: Tokenizer, model_file: str, cache
             "pad_token_id": eos,
             "decoder": {
                 "filename": model_file,
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": _provider_options(provider)},
                 "head_size": config.head_size,
                 "hidden_size": config.emb_size,
                 "num_attention_heads": config.num_heads,
@@ -72,14 +74,6 @@ def genai_config(config: GPTConfig, tokenizer: Tokenizer, model_file: str, cache
     }
 
 
-def tokenizer_config(config: GPTConfig) -> dict[str, Any]:
-    """`tokenizer_config.json`: tells genai's tokenizer to read `tokenizer.json` as GPT-2-style byte-level BPE."""
-    return {
-        "tokenizer_class": "GPT2Tokenizer",
-        "model_max_length": config.max_seq_len,
-        "bos_token": EOS_TOKEN,
-        "eos_token": EOS_TOKEN,
-        "unk_token": EOS_TOKEN,
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False,
-    }
+def _provider_options(provider: str) -> list[dict[str, dict[str, str]]]:
+    """genai's execution providers in order of preference; none means the CPU."""
+    return [{"cuda": {}}] if provider == "cuda" else []

@@ -20,6 +20,7 @@ import platform
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,21 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from export import genai, signature, verify
+from export import card, genai, signature, verify
 from export import precision as precisions
 from export.report import REPORT_FILE
-from export.runtime import MODEL_FILE, PROVIDERS, OnnxGPT, create_session, session_options
-from gpt import atomic_folder, checkpoint
+from export.runtime import (
+    MODEL_FILE,
+    PORTABLE_DIR,
+    PORTABLE_FILE,
+    PORTABLE_VARIANTS,
+    PROVIDERS,
+    OnnxGPT,
+    create_session,
+    session_options,
+)
+from gpt import atomic_folder, checkpoint, hub
+from gpt.hub import gpt2_incompatibility
 from gpt.model import GPT, KVBuffer
 from gpt.modes import evaluating
 
@@ -56,15 +67,22 @@ def to_onnx(
     provider: str | None = None,
     opset: int | None = None,
     threads: int | None = None,
+    portable: bool = True,
 ) -> Path:
     """Export a `GPT` (or a checkpoint folder) to `out_dir` and return that folder.
 
-    Writes `model.onnx`, `config.json`, `tokenizer.json`, `genai_config.json`,
-    `tokenizer_config.json` and `export_report.json`. `precision` is "fp32", "fp16" (for the CUDA
-    provider) or "int8" (8-bit weights in blocks, for the CPU provider); `provider` ("cpu" or "cuda")
-    is the execution provider the graph is built for (its attention op, see `export.attention`),
-    by default "cuda" for fp16 and "cpu" otherwise; `opset` defaults to `DEFAULT_OPSET`;
-    `threads` are onnxruntime's intra-op threads for the parity run (always on the CPU).
+    Writes the fast graph `model_fast.onnx` (for `OnnxGPT` and onnxruntime-genai), the portable
+    graph `onnx/model.onnx` (with `onnx/model_quantized.onnx` for int8, `onnx/model_fp16.onnx`
+    for fp16: the layout optimum and transformers.js load), the model's configs (`config.json`,
+    a transformers GPT-2 config for GPT-2-shaped models, and `generation_config.json`), with a
+    tokenizer its files and `genai_config.json`, a model card `README.md` and `export_report.json`.
+    `precision` is "fp32", "fp16" (for the CUDA provider) or "int8" (8-bit weights in blocks, for
+    the CPU provider); `provider` ("cpu" or "cuda") is the execution provider the fast graph is
+    built for (its attention op, see `export.attention`), by default "cuda" for fp16 and "cpu"
+    otherwise; `opset` defaults to `DEFAULT_OPSET`; `threads` are onnxruntime's intra-op threads
+    for the parity runs (always on the CPU); `portable=False` skips the portable graphs, which
+    are also skipped for a model that is not GPT-2-shaped (no runtime but ours could load them).
+    Every graph passes its parity run against the torch model before the folder appears.
     Raises ValueError for bad arguments, `gpt.CheckpointError` for a bad checkpoint folder and
     `ExportError` when the folder cannot be written or the export fails its checks.
     """
@@ -80,33 +98,95 @@ def to_onnx(
         )
     options = session_options(threads)  # checked now, before the slow part
     model = GPT.load(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
-    if model.tokenizer is None:
-        raise ExportError(
-            f"{model_or_dir if isinstance(model_or_dir, (str, Path)) else 'the model'} has no tokenizer: "
-            "save the model with its tokenizer (model.save(dir, tokenizer=...)) before exporting"
-        )
+    notes = left_out(model, portable)
+    for note in notes:
+        log.warning("%s", note)
     out = Path(out_dir)
     log.info("exporting to %s (%s, opset %d)", out, precision, opset)
     started = time.perf_counter()
     with _staging(out) as stage, evaluating(model):
-        graph = stage / (MODEL_FILE if precision == "fp32" else _FP32_FILE)
-        exporter = export_graph(model, graph, opset, provider)
-        strip_metadata(graph)
-        if precision != "fp32":
-            precisions.convert(graph, stage / MODEL_FILE, precision)
-        check_graph(stage / MODEL_FILE)
-        onnx_model = OnnxGPT(create_session(stage / MODEL_FILE, "cpu", options), model.config, model.tokenizer)
-        buffers = onnx_model.cache_capacity is not None
-        _write_metadata(model, stage, buffers)
-        log.info("checking parity with the torch model")
-        probe = verify.probe_inputs(model.config)
-        parity = verify.compare(model, onnx_model, *probe, tolerance=verify.TOLERANCES[precision])
-        if not parity.passed:
-            raise ExportError(f"the {precision} export does not match the torch model:\n{parity.format()}")
+        exporter = _write_graph(model, stage / MODEL_FILE, precision, opset, provider)
+        graphs = {MODEL_FILE: _checked(model, stage, MODEL_FILE, precision, options)}
+        fast = graphs[MODEL_FILE].cache_buffers
+        if portable and not gpt2_incompatibility(model.config):
+            (stage / PORTABLE_DIR).mkdir()
+            for name, graph_precision in portable_files(precision).items():
+                if graph_precision == "fp32":
+                    _write_graph(model, stage / name, "fp32", opset, provider=None)
+                else:
+                    precisions.convert(stage / PORTABLE_FILE, stage / name, graph_precision)
+                graphs[name] = _checked(model, stage, name, graph_precision, options)
+        _write_metadata(model, stage, fast, provider)
         seconds = time.perf_counter() - started
-        report = _report(model, stage, precision, provider, buffers, opset, exporter, parity, seconds)
+        report = _report(model, stage, precision, provider, fast, opset, exporter, graphs, notes, seconds)
         _write_json(stage / REPORT_FILE, report)
+        card.write(stage, model, report)
     return out
+
+
+def portable_files(precision: str) -> dict[str, str]:
+    """The portable graphs of an export in `precision`: file -> its precision. The fp32 graph is
+    always there (optimum loads `model.onnx`); transformers.js picks a precision by file name."""
+    files = {PORTABLE_FILE: "fp32"}
+    if precision != "fp32":
+        files[f"{PORTABLE_DIR}/{PORTABLE_VARIANTS[precision]}"] = precision
+    return files
+
+
+def left_out(model: GPT, portable: bool = True) -> list[str]:
+    """What an export of `model` will not hold, and why (empty when it holds everything)."""
+    notes = []
+    if model.tokenizer is None:
+        notes.append(
+            "the model has no tokenizer: the export has no tokenizer.json, tokenizer_config.json, "
+            "special_tokens_map.json or genai_config.json, so runtimes take token ids, not text "
+            "(onnxruntime-genai cannot load it); save the model with a tokenizer to include them"
+        )
+    reason = gpt2_incompatibility(model.config)
+    if reason:
+        notes.append(
+            f"the model is not GPT-2 compatible ({reason}): config.json holds simple-llm's fields only and "
+            "there is no portable onnx/ graph, so transformers, optimum and transformers.js cannot load it"
+        )
+    elif not portable:
+        notes.append("portable graphs skipped: no onnx/ folder, so optimum and transformers.js cannot load it")
+    return notes
+
+
+def _write_graph(model: GPT, path: Path, precision: str, opset: int, provider: str | None) -> str:
+    """Export `model` to `path` in `precision` for `provider` (None: the portable layout); return
+    the exporter used."""
+    fp32 = path if precision == "fp32" else path.with_name(_FP32_FILE)
+    exporter = export_graph(model, fp32, opset, provider)
+    strip_metadata(fp32)
+    if precision != "fp32":
+        precisions.convert(fp32, path, precision)
+        precisions.remove(fp32)
+    return exporter
+
+
+@dataclass(frozen=True)
+class CheckedGraph:
+    """A graph of the export that passed the ONNX checks and its parity run."""
+
+    precision: str
+    cache_buffers: bool
+    parity: verify.ParityReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision, "cache_buffers": self.cache_buffers, "parity": self.parity.to_dict()}
+
+
+def _checked(model: GPT, stage: Path, name: str, precision: str, options: ort.SessionOptions) -> CheckedGraph:
+    """Run the ONNX checks and the parity run on graph `stage/name`; raise `ExportError` when it fails."""
+    check_graph(stage / name)
+    onnx_model = OnnxGPT(create_session(stage / name, "cpu", options), model.config)
+    log.info("checking %s against the torch model", name)
+    probe = verify.probe_inputs(model.config)
+    parity = verify.compare(model, onnx_model, *probe, tolerance=verify.TOLERANCES[precision])
+    if not parity.passed:
+        raise ExportError(f"{name} ({precision}) does not match the torch model:\n{parity.format()}")
+    return CheckedGraph(precision, onnx_model.cache_capacity is not None, parity)
 
 
 class _ExportWrapper(nn.Module):
@@ -133,9 +213,9 @@ class _ExportWrapper(nn.Module):
         return (logits, *(tensor for pair in presents for tensor in pair))
 
 
-def export_graph(model: GPT, path: Path, opset: int, provider: str = "cpu") -> str:
-    """Write the fp32 graph of `model` for `provider` to `path`; return the exporter used
-    ("dynamo" or "torchscript")."""
+def export_graph(model: GPT, path: Path, opset: int, provider: str | None = "cpu") -> str:
+    """Write the fp32 graph of `model` for `provider` to `path` (None: the portable layout, with
+    growing pasts); return the exporter used ("dynamo" or "torchscript")."""
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > precisions.WEIGHTS_LIMIT
     try:
         _export_dynamo(model, path, opset, external, provider)
@@ -164,7 +244,7 @@ def _example_inputs(model: GPT, capacity: int | None = None) -> tuple[Tensor, Te
     return input_ids, attention_mask, position_ids, cache
 
 
-def _export_dynamo(model: GPT, path: Path, opset: int, external: bool, provider: str) -> None:
+def _export_dynamo(model: GPT, path: Path, opset: int, external: bool, provider: str | None) -> None:
     """The dynamo exporter, with attention and its cache as one contrib op per layer in the
     layout for `provider` (`export.attention`) and the other transformer fusions
     (`export.fusion`) applied before saving."""
@@ -176,7 +256,7 @@ def _export_dynamo(model: GPT, path: Path, opset: int, external: bool, provider:
 
     batch, seq, total = Dim(signature.BATCH), Dim(signature.SEQUENCE), Dim(signature.TOTAL_SEQUENCE)
     config = model.config
-    buffers = attention.uses_cache_buffers(config, provider)
+    buffers = provider is not None and attention.uses_cache_buffers(config, provider)
     past = {0: batch} if buffers else {0: batch, 2: Dim(signature.PAST_SEQUENCE, min=0)}
     dynamic_shapes = (
         {0: batch, 1: seq},
@@ -248,14 +328,14 @@ def check_graph(path: Path) -> None:
         raise ExportError(f"{path.name} failed the ONNX checks: {err}") from err
 
 
-def _write_metadata(model: GPT, folder: Path, buffers: bool) -> None:
-    """config.json, tokenizer.json and the onnxruntime-genai files (for a graph with or without cache buffers)."""
-    model.config.save(folder / checkpoint.CONFIG_FILE)
-    model.tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
-    _write_json(
-        folder / genai.GENAI_CONFIG_FILE, genai.genai_config(model.config, model.tokenizer, MODEL_FILE, buffers)
-    )
-    _write_json(folder / genai.TOKENIZER_CONFIG_FILE, genai.tokenizer_config(model.config))
+def _write_metadata(model: GPT, folder: Path, buffers: bool, provider: str) -> None:
+    """The model's configs (`gpt.hub`) and, with a tokenizer, its files and onnxruntime-genai's
+    config (for a fast graph with or without cache buffers, on `provider`)."""
+    if model.tokenizer is not None:
+        model.tokenizer.save(folder / checkpoint.TOKENIZER_FILE)
+        values = genai.genai_config(model.config, model.tokenizer, MODEL_FILE, buffers, provider)
+        _write_json(folder / genai.GENAI_CONFIG_FILE, values)
+    hub.write_configs(folder, model.config, model.tokenizer)
 
 
 def _report(
@@ -266,9 +346,11 @@ def _report(
     buffers: bool,
     opset: int,
     exporter: str,
-    parity: verify.ParityReport,
+    graphs: dict[str, CheckedGraph],
+    notes: list[str],
     seconds: float,
 ) -> dict[str, Any]:
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
     return {
         "precision": precision,
         "provider": provider,
@@ -277,9 +359,13 @@ def _report(
         "exporter": exporter,
         "export_seconds": round(seconds, 2),
         "model": {**model.config.to_dict(), "parameters": model.num_parameters()},
-        "files": {f.name: f.stat().st_size for f in sorted(folder.iterdir())},
+        "gpt2_compatible": gpt2_incompatibility(model.config) is None,
+        "left_out": notes,
+        "files": {f.relative_to(folder).as_posix(): f.stat().st_size for f in files},
         "signature": signature.describe(folder / MODEL_FILE),
-        "parity": parity.to_dict(),
+        "parity": graphs[MODEL_FILE].parity.to_dict(),
+        "graphs": {name: graph.to_dict() for name, graph in graphs.items()},
+        "training": model.training_record,
         "versions": {
             "python": platform.python_version(),
             "simple-llm": _version("simple-llm"),

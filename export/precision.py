@@ -33,14 +33,18 @@ DATA_SUFFIX = ".data"
 
 
 def convert(source: Path, target: Path, precision: str) -> None:
-    """Write the fp32 graph `source` to `target` in `precision` ("fp16" or "int8"), then delete `source`."""
+    """Write the fp32 graph `source` to `target` in `precision` ("fp16" or "int8")."""
     if precision == "fp16":
         _to_fp16(source, target)
     elif precision == "int8":
         _to_int8(source, target)
     else:
         raise ValueError(f"cannot convert an fp32 graph to {precision!r}: choose fp16 or int8")
-    for file in files(source):
+
+
+def remove(path: Path) -> None:
+    """Delete graph `path` and its external-data file."""
+    for file in files(path):
         file.unlink()
 
 

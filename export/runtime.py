@@ -24,7 +24,15 @@ from gpt.config import GPTConfig
 from gpt.generation import DEFAULT_DECODE_THREADS, GenerationMixin
 from gpt.tokenizer import Tokenizer
 
-MODEL_FILE = "model.onnx"
+MODEL_FILE = "model_fast.onnx"
+"""The fast graph of an export folder, which `OnnxGPT.load` and onnxruntime-genai run. Not named
+`model.onnx`: optimum takes any file of that name, and it is built for our runtime only."""
+LEGACY_MODEL_FILE = "model.onnx"  # the fast graph's name in exports before the portable graphs
+PORTABLE_DIR = "onnx"
+PORTABLE_FILE = "onnx/model.onnx"
+"""The portable graph (fp32, growing pasts, optimum's names): what optimum and transformers.js load."""
+PORTABLE_VARIANTS = {"int8": "model_quantized.onnx", "fp16": "model_fp16.onnx"}
+"""Portable graphs in other precisions, under `PORTABLE_DIR`, named as transformers.js looks for them."""
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -158,12 +166,21 @@ class OnnxGPT(GenerationMixin):
 
     @classmethod
     def load(
-        cls, path: str | Path, provider: str = "cpu", threads: int | None = None, optimization: str = "all"
+        cls,
+        path: str | Path,
+        provider: str = "cpu",
+        threads: int | None = None,
+        optimization: str = "all",
+        graph: str | None = None,
     ) -> OnnxGPT:
-        """Load an export folder (`model.onnx`, `config.json`, `tokenizer.json`) written by `export.to_onnx`."""
+        """Load an export folder written by `export.to_onnx` (its graph, `config.json` and
+        `tokenizer.json` when it has one). `graph` is the graph's path inside the folder: by default
+        the fast graph `MODEL_FILE` (or `model.onnx` in older exports), e.g. "onnx/model.onnx"."""
         folder = Path(path)
         config = checkpoint.read_config(folder)
-        model_file = folder / MODEL_FILE
+        if graph is None and not (folder / MODEL_FILE).is_file() and (folder / LEGACY_MODEL_FILE).is_file():
+            graph = LEGACY_MODEL_FILE
+        model_file = folder / (graph or MODEL_FILE)
         if not model_file.is_file():
             raise FileNotFoundError(f"{model_file}: missing from the export folder (run `python -m export` first)")
         session = create_session(model_file, provider, session_options(threads, optimization))

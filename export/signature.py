@@ -21,7 +21,7 @@ PAST_VALUE = "past_key_values.%d.value"
 PRESENT_KEY = "present.%d.key"
 PRESENT_VALUE = "present.%d.value"
 
-BATCH = "batch"
+BATCH = "batch_size"  # the name transformers.js gives the batch when it builds an empty past
 SEQUENCE = "sequence_length"
 PAST_SEQUENCE = "past_sequence_length"
 TOTAL_SEQUENCE = "total_sequence_length"  # attention_mask: past + new tokens

@@ -3,6 +3,7 @@
 from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from gpt.checkpoint import (
     CONFIG_FILE,
+    MODEL_FILES,
     WEIGHTS_FILE,
     CheckpointError,
     latest_checkpoint,
@@ -10,8 +11,8 @@ from gpt.checkpoint import (
     read_weights,
 )
 from gpt.config import GPTConfig, count_parameters
-from gpt.files import atomic_folder
 from gpt.data import GetData, encode_corpus, make_loaders, read_texts, split_ids
+from gpt.files import atomic_folder
 from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig
 from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
@@ -24,6 +25,7 @@ __all__ = [
     "CONFIG_FILE",
     "DEFAULT_DECODE_THREADS",
     "GPT",
+    "MODEL_FILES",
     "PRESETS",
     "TOKENIZER_FILE",
     "WEIGHTS_FILE",

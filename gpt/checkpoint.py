@@ -1,4 +1,5 @@
-"""The one checkpoint format: a folder with `config.json`, `model.safetensors`, `tokenizer.json`.
+"""The one checkpoint format: a folder with `config.json`, `model.safetensors`, `tokenizer.json`
+(and the Hugging Face configs beside them, `gpt.hub`, so transformers loads it as a GPT-2).
 
 A training checkpoint (`step-00000123/` under a checkpoint folder) is the same folder plus what a
 resume needs: `optimizer.safetensors`, `trainer_state.json` and `rng.safetensors`.
@@ -27,16 +28,36 @@ from safetensors.torch import save_model as save_safetensors
 
 from gpt.config import GPTConfig, count_parameters
 from gpt.files import atomic_folder, atomic_write
+from gpt.hub import (
+    CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
+    SPECIAL_TOKENS_FILE,
+    TOKENIZER_CONFIG_FILE,
+    read_config_values,
+    write_configs,
+)
 from gpt.tokenizer import TOKENIZER_FILE, Tokenizer
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
     from torch.optim import Optimizer
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
+TRAINING_FILE = "training.json"
+"""What the model was trained on and how far (`GPT.training_record`), for its model card."""
+MAX_TRAINING_BYTES = 1024 * 1024
+MODEL_FILES = (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
+    SPECIAL_TOKENS_FILE,
+    GENERATION_CONFIG_FILE,
+    TRAINING_FILE,
+)
+"""Every file `save_model` may write (the first two always, the tokenizer's with a tokenizer)."""
 RNG_FILE = "rng.safetensors"
 BEST_DIR = "best"
 LINEAR_LAYOUT = "in_out"
@@ -67,7 +88,11 @@ def save_model(model: nn.Module, path: str | Path, tokenizer: Tokenizer | None =
     atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_safetensors(model, str(tmp), metadata=metadata))
     if tokenizer is not None:
         atomic_write(folder / TOKENIZER_FILE, lambda tmp: tokenizer.save(tmp))
-    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(model.config.to_json() + "\n", encoding="utf-8"))
+    record = getattr(model, "training_record", None)
+    if record:
+        text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+        atomic_write(folder / TRAINING_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_configs(folder, model.config, tokenizer)  # config.json last
     return folder
 
 
@@ -78,7 +103,7 @@ def read_config(path: str | Path) -> GPTConfig:
     if size > MAX_CONFIG_BYTES:
         raise CheckpointError(f"{file}: {size:,} bytes, more than a model config's {MAX_CONFIG_BYTES:,}")
     try:
-        return GPTConfig.from_json(file.read_text(encoding="utf-8"))
+        return GPTConfig.from_dict(read_config_values(json.loads(file.read_text(encoding="utf-8"))))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as err:
         raise CheckpointError(f"{file}: not a valid model config ({err})") from err
 
@@ -147,6 +172,22 @@ def read_tokenizer(path: str | Path) -> Tokenizer | None:
         raise
     except Exception as err:  # tokenizers raises its own exception types for bad JSON
         raise CheckpointError(f"{file}: not a valid tokenizer ({err})") from err
+
+
+def read_training_record(path: str | Path) -> dict[str, Any]:
+    """The folder's `training.json` (an empty dict when it has none)."""
+    file = Path(path) / TRAINING_FILE
+    if not file.is_file():
+        return {}
+    if file.stat().st_size > MAX_TRAINING_BYTES:
+        raise CheckpointError(f"{file}: larger than {MAX_TRAINING_BYTES:,} bytes")
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err})") from err
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    return record
 
 
 def _existing(folder: Path, name: str) -> Path:

@@ -258,6 +258,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
         model = GPT(config, device=device)
         model.tokenizer = tokenizer
+    trained_on = model.training_record.setdefault("texts", [])
+    trained_on += [name for name in map(str, args.data) if name not in trained_on]
     ids = encode_corpus(texts, tokenizer)
     train_loader, valid_loader = make_loaders(
         ids, model.max_seq_len, args.batch_size, args.valid_fraction, seed=args.seed

@@ -182,6 +182,9 @@ class GPT(GenerationMixin, nn.Module):
         self.train_loss: list[float] = []
         self.validation_loss: list[float] | None = None
         self.history: TrainingHistory | None = None  # per-step history of the last `fit`
+        self.training_record: dict[str, Any] = {}
+        """What the model was trained on and how far, saved as `training.json` (its model card reads
+        it): `fit` records steps, tokens and losses; callers add `"texts"`, the names of the texts."""
         self._head_cache: tuple[tuple, Tensor] | None = None  # see `_head_columns`
         if device is not None:
             self.to(device)
@@ -313,6 +316,12 @@ class GPT(GenerationMixin, nn.Module):
         self.history = history
         self.train_loss = list(history.train_loss)
         self.validation_loss = None if valid_loader is None else list(history.validation_loss)
+        self.training_record.update(
+            steps=history.steps[-1] if history.steps else self.training_record.get("steps", 0),
+            tokens_seen=history.tokens_seen,
+            train_loss=history.loss[-1] if history.loss else None,
+            validation_loss=history.evaluations[-1][1] if history.evaluations else None,
+        )
         return history
 
     def save(self, path: str | Path, tokenizer: Tokenizer | None = None) -> Path:
@@ -327,6 +336,7 @@ class GPT(GenerationMixin, nn.Module):
         model = cls.from_config(config, device=device)
         checkpoint.read_weights(model, path)
         model.tokenizer = checkpoint.read_tokenizer(path)
+        model.training_record = checkpoint.read_training_record(path)
         return model.eval()
 
     def load_out_in_state_dict(self, state: dict[str, Tensor]) -> None:

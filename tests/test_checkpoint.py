@@ -12,7 +12,10 @@ from gpt import GPT, CheckpointError, Tokenizer, atomic_folder, checkpoint
 from gpt.callbacks import ModelCheckpoint
 
 TEXT = made_text(60)  # 24 training batches of 8 x 16 bytes
-TRAINING_FILES = {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json", "rng.safetensors"}
+TRAINING_FILES = {
+    *("config.json", "generation_config.json", "model.safetensors"),
+    *("optimizer.safetensors", "trainer_state.json", "rng.safetensors"),
+}
 
 
 def trained(tmp_path: Path, steps: int = 5, **options) -> GPT:
@@ -31,7 +34,8 @@ def test_checkpoint_folder_layout(tmp_path):
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step-00000005"]
     folder = tmp_path / "step-00000005"
-    assert {p.name for p in folder.iterdir()} == TRAINING_FILES | {"tokenizer.json"}
+    tokenizer_files = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    assert {p.name for p in folder.iterdir()} == TRAINING_FILES | tokenizer_files
     state = json.loads((folder / "trainer_state.json").read_text())
     assert (state["step"], state["epoch"], state["batch"]) == (5, 0, 5)
     assert state["history"]["loss"] == model.history.loss
@@ -122,7 +126,7 @@ def _truncate(file: Path) -> None:
 
 def _change_emb_size(file: Path) -> None:
     config = json.loads(file.read_text())
-    file.write_text(json.dumps({**config, "emb_size": 64, "head_size": 16}))
+    file.write_text(json.dumps({**config, "emb_size": 64, "head_size": 16, "n_embd": 64}))  # both readers' names
 
 
 @pytest.mark.parametrize(
@@ -245,7 +249,7 @@ def test_an_oversized_weights_file_is_refused_before_it_is_read(tmp_path, monkey
 def test_a_config_claiming_a_huge_model_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
     folder = tiny_model().save(tmp_path / "m")
     config = json.loads((folder / checkpoint.CONFIG_FILE).read_text())
-    huge = {**config, "num_layers": 1024, "emb_size": 4096, "head_size": 1024}  # 206 billion parameters
+    huge = {**config, "num_layers": 1024, "emb_size": 4096, "head_size": 1024, "n_layer": 1024, "n_embd": 4096}
     (folder / checkpoint.CONFIG_FILE).write_text(json.dumps(huge))
 
     def no_building(*args, **kwargs):

@@ -13,7 +13,18 @@ import onnx
 import pytest
 import torch
 
-from export import TOLERANCES, ExportError, OnnxGPT, ProviderError, Tolerance, attention, compare, onnx_export, to_onnx
+from export import (
+    TOLERANCES,
+    ExportError,
+    OnnxGPT,
+    ProviderError,
+    Tolerance,
+    attention,
+    compare,
+    onnx_export,
+    signature,
+    to_onnx,
+)
 from export.runtime import PROVIDERS, CacheBuffers, session_options
 from gpt import GPT, CheckpointError, Tokenizer
 from gpt.model import KVBuffer
@@ -118,38 +129,77 @@ def _cuda_model(folder: Path) -> OnnxGPT:
 # --- the exported folder -------------------------------------------------------------------------
 
 
-def test_folder_holds_one_self_contained_graph_and_its_metadata(random_dir, random_model):
-    assert sorted(p.name for p in random_dir.iterdir()) == [
+def test_folder_holds_the_fast_and_portable_graphs_and_their_metadata(trained_dir, trained_model):
+    assert sorted(p.relative_to(trained_dir).as_posix() for p in trained_dir.rglob("*") if p.is_file()) == [
+        "README.md",
         "config.json",
         "export_report.json",
         "genai_config.json",
-        "model.onnx",
+        "generation_config.json",
+        "model_fast.onnx",
+        "onnx/model.onnx",
+        "special_tokens_map.json",
         "tokenizer.json",
         "tokenizer_config.json",
-    ]  # no model.onnx.data: weights are inside below 2 GB
-    assert not list(random_dir.parent.glob(".*partial*"))
-    assert json.loads((random_dir / "config.json").read_text()) == random_model.config.to_dict()
-    genai = json.loads((random_dir / "genai_config.json").read_text())
+    ]  # no .onnx.data: weights are inside below 2 GB
+    assert not list(trained_dir.parent.glob(".*tmp*"))
+    assert OnnxGPT.load(trained_dir).config == trained_model.config
+    config = json.loads((trained_dir / "config.json").read_text())
+    assert {k: config[k] for k in trained_model.config.to_dict()} == trained_model.config.to_dict()
+    assert config["model_type"] == "gpt2" and config["n_embd"] == trained_model.config.emb_size
+    genai = json.loads((trained_dir / "genai_config.json").read_text())
     assert genai["search"]["past_present_share_buffer"] is True
+    assert genai["model"]["decoder"]["filename"] == "model_fast.onnx"
+    assert genai["model"]["decoder"]["session_options"]["provider_options"] == []  # the CPU
     assert genai["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
 
-    report = json.loads((random_dir / "export_report.json").read_text())
+    report = json.loads((trained_dir / "export_report.json").read_text())
     assert report["precision"] == "fp32" and report["opset"] == onnx_export.DEFAULT_OPSET
-    assert report["exporter"] == "dynamo"
+    assert report["exporter"] == "dynamo" and report["gpt2_compatible"] and report["left_out"] == []
     assert report["versions"]["torch"] and report["versions"]["onnx"] and report["versions"]["onnxruntime"]
     assert report["parity"]["passed"] and report["parity"]["decode_max_abs"] < 1e-4
+    assert list(report["graphs"]) == ["model_fast.onnx", "onnx/model.onnx"]
+    assert [g["cache_buffers"] for g in report["graphs"].values()] == [True, False]
+    assert all(g["parity"]["passed"] and g["parity"]["greedy_identical"] for g in report["graphs"].values())
     inputs = {v["name"]: v for v in report["signature"]["inputs"]}
     outputs = {v["name"]: v for v in report["signature"]["outputs"]}
     assert list(inputs)[:3] == ["input_ids", "attention_mask", "position_ids"]
-    assert inputs["input_ids"] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence_length"]}
-    assert inputs["attention_mask"]["shape"] == ["batch", "total_sequence_length"]
+    assert inputs["input_ids"] == {"name": "input_ids", "dtype": "int64", "shape": ["batch_size", "sequence_length"]}
+    assert inputs["attention_mask"]["shape"] == ["batch_size", "total_sequence_length"]
     assert inputs["past_key_values.1.value"] == {
         "name": "past_key_values.1.value",
         "dtype": "float32",
-        "shape": ["batch", 4, MAX_SEQ_LEN, 8],  # a buffer of the whole context
+        "shape": ["batch_size", 4, MAX_SEQ_LEN, 16],  # a buffer of the whole context
     }
-    assert outputs["logits"]["dtype"] == "float32" and outputs["logits"]["shape"][2] == random_model.config.vocab_size
+    assert outputs["logits"]["dtype"] == "float32" and outputs["logits"]["shape"][2] == trained_model.config.vocab_size
     assert list(outputs) == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+
+    portable = signature.describe(trained_dir / "onnx" / "model.onnx")
+    past = {v["name"]: v for v in portable["inputs"]}["past_key_values.0.key"]
+    assert past["shape"] == ["batch_size", 4, "past_sequence_length", 16]  # grows; transformers.js names the batch
+    assert [v["name"] for v in portable["inputs"]] == [v["name"] for v in report["signature"]["inputs"]]
+
+
+def test_a_model_that_is_not_gpt2_shaped_exports_without_the_portable_graph_and_says_why(random_dir, random_model):
+    files = sorted(p.relative_to(random_dir).as_posix() for p in random_dir.rglob("*") if p.is_file())
+    assert "model_fast.onnx" in files and not any(name.startswith("onnx/") for name in files)
+    assert json.loads((random_dir / "config.json").read_text()) == random_model.config.to_dict()  # no GPT-2 fields
+    report = json.loads((random_dir / "export_report.json").read_text())
+    assert not report["gpt2_compatible"] and list(report["graphs"]) == ["model_fast.onnx"]
+    (note,) = report["left_out"]
+    assert "not GPT-2 compatible (bias=False" in note and "4 * 8 = 32 differs from emb_size = 24" in note
+    assert note in (random_dir / "README.md").read_text()
+    inputs = {v["name"]: v for v in report["signature"]["inputs"]}
+    assert inputs["past_key_values.1.value"]["shape"] == ["batch_size", 4, MAX_SEQ_LEN, 8]
+
+
+def test_the_model_card_has_hub_metadata_and_says_how_to_load(trained_dir):
+    card = (trained_dir / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "library_name: transformers.js" in front and "pipeline_tag: text-generation" in front
+    assert "- onnx" in front and "- gpt2" in front
+    assert "`onnx/model.onnx` | fp32 |" in card and "ORTModelForCausalLM.from_pretrained" in card
+    assert "og.Model(folder)" in card and "AutoModelForCausalLM" in card
 
 
 def test_one_graph_runs_prefill_from_an_empty_cache_and_decode(random_dir, random_model):
@@ -185,11 +235,14 @@ def test_growing_pasts_for_the_cuda_provider_and_odd_head_sizes(tokenizer, tmp_p
     shape, provider = (RANDOM, "cuda") if case == "cuda provider" else ({**RANDOM, "head_size": 5}, "cpu")
     model = _model(tokenizer, **shape)
     folder = to_onnx(model, tmp_path / "onnx", provider=provider)
-    ops = Counter(node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node)
+    ops = Counter(node.op_type for node in onnx.load(str(folder / "model_fast.onnx")).graph.node)
     assert ops["MultiHeadAttention"] == model.config.num_layers and not ops["GroupQueryAttention"]
     report = json.loads((folder / "export_report.json").read_text())
     assert report["provider"] == provider and report["cache_buffers"] is False
-    assert json.loads((folder / "genai_config.json").read_text())["search"]["past_present_share_buffer"] is False
+    genai = json.loads((folder / "genai_config.json").read_text())
+    assert genai["search"]["past_present_share_buffer"] is False
+    expected_options = [{"cuda": {}}] if provider == "cuda" else []  # genai then runs it on CUDA
+    assert genai["model"]["decoder"]["session_options"]["provider_options"] == expected_options
     onnx_model = OnnxGPT.load(folder)  # runs on the CPU provider too
     assert onnx_model.cache_capacity is None
     _, past = onnx_model.run(np.array([[5, 6, 7]]), np.ones((1, 3), np.int64), np.arange(3)[None])
@@ -247,11 +300,11 @@ def test_graph_is_fused_for_onnxruntime(random_dir, trained_dir):
     """Attention with its cache is one contrib op per layer and the causal/padding mask is built
     once per step; with biases (the GPT-2 default) residual adds, layer norms and GELUs are fused too."""
     for folder in (random_dir, trained_dir):
-        ops = Counter(node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node)
+        ops = Counter(node.op_type for node in onnx.load(str(folder / "model_fast.onnx")).graph.node)
         layers = json.loads((folder / "config.json").read_text())["num_layers"]
         assert ops["GroupQueryAttention"] == layers and ops["Where"] == 1
         assert not ops["Concat"] and ops["Reshape"] <= 1 and ops["Transpose"] <= 1  # 1: a tied LM head's weight
-    ops = Counter(node.op_type for node in onnx.load(str(trained_dir / "model.onnx")).graph.node)
+    ops = Counter(node.op_type for node in onnx.load(str(trained_dir / "model_fast.onnx")).graph.node)
     assert ops["SkipLayerNormalization"] == 2 * layers + 1 and ops["FastGelu"] == layers
     assert not ops["LayerNormalization"] and ops["Add"] == layers  # the QKV biases (the op has no bias input)
     assert sum(ops.values()) <= 9 * layers + 30  # + once per step: the mask, the op's lengths, embeddings, head
@@ -259,8 +312,8 @@ def test_graph_is_fused_for_onnxruntime(random_dir, trained_dir):
 
 def test_exact_gelu_with_bias_is_fused_to_bias_gelu(tokenizer, tmp_path):
     model = _model(tokenizer, **{**TRAINED, "activation": "gelu"})
-    folder = to_onnx(model, tmp_path / "onnx")
-    ops = Counter(node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node)
+    folder = to_onnx(model, tmp_path / "onnx", portable=False)
+    ops = Counter(node.op_type for node in onnx.load(str(folder / "model_fast.onnx")).graph.node)
     assert ops["BiasGelu"] == model.config.num_layers and not ops["Gelu"] and not ops["FastGelu"]
     assert json.loads((folder / "export_report.json").read_text())["parity"]["passed"]
 
@@ -319,7 +372,7 @@ def test_reduced_precision_graphs(reduced_dir, trained_dir):
     report = json.loads((folder / "export_report.json").read_text())
     assert report["precision"] == precision and report["parity"]["passed"]
     types = {v["name"]: v["dtype"] for v in report["signature"]["inputs"] + report["signature"]["outputs"]}
-    ops = {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
+    ops = {node.op_type for node in onnx.load(str(folder / "model_fast.onnx")).graph.node}
     assert types["logits"] == "float32"
     if precision == "fp16":  # for the CUDA provider: fp16 cache, fused LayerNorm, fp32 logits
         assert report["provider"] == "cuda" and not report["cache_buffers"]
@@ -329,15 +382,20 @@ def test_reduced_precision_graphs(reduced_dir, trained_dir):
         assert report["provider"] == "cpu" and report["cache_buffers"]
         assert types["past_key_values.0.key"] == "float32" and "GroupQueryAttention" in ops
         assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and not ops & {"MatMul", "Gather", "Transpose"}
-        assert (folder / "model.onnx").stat().st_size < (trained_dir / "model.onnx").stat().st_size / 2
+        assert (folder / "model_fast.onnx").stat().st_size < (trained_dir / "model_fast.onnx").stat().st_size / 2
+    variant = {"fp16": "onnx/model_fp16.onnx", "int8": "onnx/model_quantized.onnx"}[precision]
+    assert list(report["graphs"]) == ["model_fast.onnx", "onnx/model.onnx", variant]  # each passed its parity run
+    assert report["graphs"][variant]["precision"] == precision and not report["graphs"][variant]["cache_buffers"]
+    portable = OnnxGPT.load(folder, graph=variant)
+    assert portable.cache_capacity is None and OnnxGPT.load(folder, graph="onnx/model.onnx").past_dtype == np.float32
 
 
 def test_int8_embedding_table_is_quantized_once_for_the_lookup_and_the_tied_head(trained_model, tmp_path):
     """The tied table is stored once in 8 bits (blocks along each row, zero point 128), read by
     `GatherBlockQuantized` and, reshaped, by the head's `MatMulNBits`; it dequantizes to the
     trained weights within half a quantization step."""
-    folder = to_onnx(trained_model, tmp_path / "onnx", precision="int8")
-    graph = onnx.load(str(folder / "model.onnx")).graph
+    folder = to_onnx(trained_model, tmp_path / "onnx", precision="int8", portable=False)
+    graph = onnx.load(str(folder / "model_fast.onnx")).graph
     embeddings = ("model.lm_head.weight", "model.transformer.wpe.weight")
     tables = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name.startswith(embeddings)}
     assert sorted(tables) == [
@@ -381,7 +439,7 @@ def test_session_settings(random_dir):
 
 def test_loading_a_folder_without_a_graph(random_dir, tmp_path):
     (tmp_path / "config.json").write_text((random_dir / "config.json").read_text())
-    with pytest.raises(FileNotFoundError, match="model.onnx: missing from the export folder"):
+    with pytest.raises(FileNotFoundError, match="model_fast.onnx: missing from the export folder"):
         OnnxGPT.load(tmp_path)
 
 
@@ -464,14 +522,36 @@ def test_bad_arguments(random_model, tmp_path, options, message):
     _nothing_written(tmp_path / "out")
 
 
-@pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json"])
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors"])
 def test_checkpoint_with_a_missing_file(random_model, tmp_path, missing):
     checkpoint = random_model.save(tmp_path / "checkpoint")
     (checkpoint / missing).unlink()
-    error = ExportError if missing == "tokenizer.json" else CheckpointError
-    with pytest.raises(error, match="tokenizer" if missing == "tokenizer.json" else missing):
+    with pytest.raises(CheckpointError, match=missing):
         to_onnx(checkpoint, tmp_path / "out")
     _nothing_written(tmp_path / "out")
+
+
+def test_a_model_without_a_tokenizer_exports_and_says_what_it_leaves_out(trained_model, tmp_path, caplog):
+    model = GPT(trained_model.config)  # built from the shape alone, as a model trained on token ids
+    model.load_state_dict(trained_model.state_dict())
+    model.eval()
+    with caplog.at_level("WARNING", logger="export"):
+        out = to_onnx(model, tmp_path / "out", portable=False)
+    files = {p.name for p in out.iterdir()}
+    assert {"model_fast.onnx", "config.json", "generation_config.json", "export_report.json", "README.md"} <= files
+    assert not files & {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "genai_config.json"}
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["parity"]["passed"] and report["parity"]["greedy_identical"]
+    assert any("has no tokenizer" in note and "genai_config.json" in note for note in report["left_out"])
+    assert any("portable graphs skipped" in note for note in report["left_out"])
+    assert "has no tokenizer" in caplog.text
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["eos_token_id"] is None  # no token ids to name
+    onnx_model = OnnxGPT.load(out)
+    assert onnx_model.tokenizer is None
+    ids = torch.tensor([[5, 6, 7]])
+    expected = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert onnx_model.generate(ids, max_new_tokens=6, do_sample=False).tolist() == expected.tolist()
 
 
 def test_unwritable_or_foreign_output_folder(random_model, tmp_path):
@@ -518,8 +598,8 @@ def test_parity_failure_leaves_nothing(random_model, tmp_path, fast_exporter, mo
 def test_weights_go_to_one_data_file_above_the_protobuf_limit(random_model, tmp_path, monkeypatch, precision):
     monkeypatch.setattr(onnx_export.precisions, "WEIGHTS_LIMIT", 1024)  # pretend the model is above 2 GB
     out = to_onnx(random_model, tmp_path / "onnx", precision=precision)
-    assert {"model.onnx", "model.onnx.data"} <= {p.name for p in out.iterdir()}
-    assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
+    assert {"model_fast.onnx", "model_fast.onnx.data"} <= {p.name for p in out.iterdir()}
+    assert (out / "model_fast.onnx").stat().st_size < (out / "model_fast.onnx.data").stat().st_size
     onnx_model = OnnxGPT.load(out)
     ids, mask = _prompts(random_model.config.vocab_size, 5, 2)
     assert compare(random_model, onnx_model, ids, mask, 10, TOLERANCES[precision]).passed

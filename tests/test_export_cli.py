@@ -87,7 +87,7 @@ def test_export_without_subcommand_writes_the_folder(exported):
     report = json.loads((exported / "export_report.json").read_text())
     assert report["precision"] == "int8" and report["parity"]["passed"]
     assert report["provider"] == "cpu" and report["cache_buffers"]
-    assert (exported / "model.onnx").is_file() and (exported / "genai_config.json").is_file()
+    assert (exported / "model_fast.onnx").is_file() and (exported / "genai_config.json").is_file()
 
 
 def test_verify_prints_a_parity_report(checkpoint, exported):

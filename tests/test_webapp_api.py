@@ -142,16 +142,18 @@ def test_train_generate_on_both_backends_compare_export_and_run_the_download(tra
     assert "PASS" in parity
     with zipfile.ZipFile(zip_path) as archive:
         archive.extractall(tmp_path)
-    folder = next(tmp_path.glob("*/model.onnx")).parent
-    assert {p.name for p in folder.iterdir()} >= {
-        "model.onnx",
+    folder = next(tmp_path.glob("*/model_fast.onnx")).parent
+    assert {p.relative_to(folder).as_posix() for p in folder.rglob("*")} >= {
+        "model_fast.onnx",
+        "onnx/model.onnx",
+        "README.md",
         "config.json",
         "tokenizer.json",
         "genai_config.json",
         "export_report.json",
     }
     config = json.loads((folder / "config.json").read_text())
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(folder / "model_fast.onnx"), providers=["CPUExecutionProvider"])
     ids = np.array([[5, 6, 7]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(3, dtype=np.int64)[None]}
     for value in session.get_inputs():

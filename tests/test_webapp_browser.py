@@ -177,8 +177,9 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
         link.click()
     saved = tmp_path / "export.zip"
     download.value.save_as(saved)
-    names = {Path(n).name for n in zipfile.ZipFile(saved).namelist()}
-    assert {"model.onnx", "config.json", "tokenizer.json", "genai_config.json", "export_report.json"} <= names
+    names = {n.split("/", 1)[1] for n in zipfile.ZipFile(saved).namelist()}  # inside its top folder
+    expected = {"model_fast.onnx", "onnx/model.onnx", "config.json", "tokenizer.json", "genai_config.json"}
+    assert expected | {"export_report.json", "README.md"} <= names
     page.screenshot(path=str(shots / "models.png"), full_page=True)
     assert outside == []  # fully offline: no fonts, CDNs or analytics
     context.close()

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from webapp_common import TINY, Request, error_of, generate, plain, text, train
 
-from gpt import count_parameters
+from gpt import MODEL_FILES, count_parameters
 from webapp import archive, backends, corpus, generation, training
 from webapp.handlers import Handlers
 from webapp.i18n import EN, LANGUAGES, RU, TABLES, Msg, UserError, language, t
@@ -399,9 +399,11 @@ def test_export_zip_holds_the_onnx_folder_and_its_report(trained, handlers):
     request, _ = trained
     outputs = list(handlers.export("fp32", request=request))
     zip_path, report = outputs[-1]
-    names = {Path(n).name for n in zipfile.ZipFile(zip_path).namelist()}
+    names = {n.split("/", 1)[1] for n in zipfile.ZipFile(zip_path).namelist()}  # inside its top folder
     assert {
-        "model.onnx",
+        "model_fast.onnx",
+        "onnx/model.onnx",
+        "README.md",
         "config.json",
         "tokenizer.json",
         "genai_config.json",
@@ -432,11 +434,8 @@ def test_save_list_load_download_and_upload_models(trained, handlers, settings, 
     assert "no saved model called '../models'" in error_of(lambda: handlers.load_model("../models", request=other))
 
     zip_path = Path(handlers.download_model("моя-модель", request=other))
-    assert sorted(Path(n).name for n in zipfile.ZipFile(zip_path).namelist()) == [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-    ]
+    names = [Path(n).name for n in zipfile.ZipFile(zip_path).namelist()]
+    assert sorted(names) == sorted(MODEL_FILES)  # weights, configs, tokenizer and the training record
     upload = tmp_path / "копия.zip"
     upload.write_bytes(zip_path.read_bytes())
     update, summary, message = handlers.upload_checkpoint(str(upload), request=Request("uploader"))
@@ -462,9 +461,12 @@ def test_bad_checkpoint_uploads_are_refused(trained, handlers, tmp_path):
     assert "not a usable checkpoint" in upload("config.zip", **{"config.json": b"{not json"})
     config = json.loads(good["config.json"])
     assert "not a usable checkpoint" in upload(
-        "shape.zip", **{"config.json": json.dumps({**config, "emb_size": 32}).encode()}
+        "shape.zip", **{"config.json": json.dumps({**config, "emb_size": 32, "n_embd": 32}).encode()}
     )
-    huge = json.dumps({**config, "emb_size": 1024, "num_layers": 12}).encode()
+    assert "n_embd = 32 disagrees with emb_size = 16" in upload(
+        "disagree.zip", **{"config.json": json.dumps({**config, "n_embd": 32}).encode()}
+    )
+    huge = json.dumps({**config, "emb_size": 1024, "n_embd": 1024, "num_layers": 12, "n_layer": 12}).encode()
     assert "over this server's limit" in upload("huge.zip", **{"config.json": huge})
     assert "lacks tokenizer.json" in upload("partial.zip", **{"tokenizer.json": None})
     slip = tmp_path / "slip.zip"

@@ -98,14 +98,15 @@ def _copy_limited(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path,
 
 
 def zip_folder(folder: Path, zip_path: Path, names: Iterable[str] | None = None, root: str | None = None) -> Path:
-    """Write `folder`'s files (or just `names`) into `zip_path` under a top folder `root` (default: the folder name)."""
+    """Write `folder`'s files, subfolders included (or just those of `names` it has), into
+    `zip_path` under a top folder `root` (default: the folder name)."""
     root = root or folder.name
-    files = [folder / n for n in names] if names is not None else sorted(p for p in folder.iterdir() if p.is_file())
+    files = [folder / n for n in names] if names is not None else sorted(folder.rglob("*"))
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = zip_path.with_name(zip_path.name + ".partial")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         for file in files:
-            if file.is_file():
-                archive.write(file, f"{root}/{file.name}")
+            if file.is_file() and not file.is_symlink():
+                archive.write(file, f"{root}/{file.relative_to(folder).as_posix()}")
     tmp.replace(zip_path)
     return zip_path

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 from gpt import (
     CONFIG_FILE,
     GPT,
+    MODEL_FILES,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     CheckpointError,
     GPTConfig,
-    count_parameters,
     atomic_folder,
+    count_parameters,
     read_config,
 )
 from webapp import backends, storage, validation
@@ -31,7 +32,7 @@ from webapp.settings import MB, Settings
 if TYPE_CHECKING:
     from export import ExportReport
 
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)  # of a model the app can use
 MAX_NAME_CHARS = 200
 _UNSAFE = re.compile(r"[^\w.-]+")
 
@@ -145,7 +146,7 @@ def import_zip(session: Session, zip_path: str | Path, settings: Settings) -> st
     work = session.new_folder("uploads")
     try:
         files = safe_extract(path, work, MODEL_FILES, settings.max_unzip_mb * MB)
-        missing = [name for name in MODEL_FILES if name not in files]
+        missing = [name for name in REQUIRED_FILES if name not in files]
         if missing:
             raise UserError("error.zip_missing", names=", ".join(missing))
         model = load_checked(work, settings)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 RUN_COPIES = 4  # checkpoints on disk at once in a run: the 2 kept, `best/`, and one being written
 OPTIMIZER_BYTES = 8  # per parameter: at most AdamW's two fp32 moments
-EXPORT_COPIES = 3  # an fp32 export holds the graph's weights about this often (graphs, parity folder)
+EXPORT_COPIES = 4  # an export holds the weights about this often: the fast and portable graphs, their fp32 sources
 SLACK = 16 * MB  # tokenizer, configs, reports
 SAVING_PREFIX = ".saving-"
 _PROCESS = f"{os.getpid()}-process"  # names this process's saves

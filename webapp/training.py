@@ -233,6 +233,7 @@ class TrainingJob:
         on_done: Callable[[TrainingJob], None] | None = None,
     ) -> None:
         self.model = model
+        model.training_record.setdefault("texts", [str(data.corpus_label)])  # its model card names them
         self.data = data
         self.config = config
         self.checkpoint_dir = checkpoint_dir

@@ -1,0 +1,63 @@
+"""Runs the runtimes that live outside the suite's environment, on an export folder.
+
+- transformers.js: Node with `@huggingface/transformers` from `package.json` / `package-lock.json`
+  (`ONNXRUNTIME_NODE_INSTALL=skip npm ci` in the repository root; `.ci/run` does it).
+- optimum: `ORTModelForCausalLM` in `.venv-optimum`, a side environment because optimum-onnx pins
+  `transformers<4.58` (`.ci/run` builds it: torch, then `optimum-onnx[onnxruntime]`).
+
+Each call skips the calling test with the install command when its runtime is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRANSFORMERS_JS = REPO / "node_modules" / "@huggingface" / "transformers"
+NODE_SCRIPT = REPO / "tests" / "js" / "transformers_js.mjs"
+OPTIMUM_PYTHON = REPO / ".venv-optimum" / "bin" / "python"
+OPTIMUM_SCRIPT = REPO / "tests" / "optimum_greedy.py"
+TIMEOUT = 600
+
+
+def _answer(command: list[str]) -> dict:
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _transformers_js(request: dict) -> dict:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("transformers.js needs Node.js 18 or newer")
+    if not TRANSFORMERS_JS.is_dir():
+        pytest.skip("transformers.js is not installed: run `ONNXRUNTIME_NODE_INSTALL=skip npm ci` in the repository")
+    return _answer([node, str(NODE_SCRIPT), json.dumps(request)])
+
+
+def transformers_js_generate(folder: Path, ids: list[int], new_tokens: int, dtype: str = "fp32") -> list[int]:
+    """transformers.js's greedy continuation of `ids` from the export `folder` (`dtype` "fp32" loads
+    `onnx/model.onnx`, "q8" `onnx/model_quantized.onnx`)."""
+    request = {"folder": str(folder), "dtype": dtype, "generate": ids, "new_tokens": new_tokens}
+    return _transformers_js(request)["generated"]
+
+
+def transformers_js_encode(folder: Path, text: str) -> list[int]:
+    """transformers.js's token ids of `text` with the export `folder`'s tokenizer."""
+    return _transformers_js({"folder": str(folder), "encode": [text]})["encoded"][0]
+
+
+def optimum_generate(folder: Path, ids: list[int], new_tokens: int) -> tuple[list[int], str]:
+    """optimum's greedy continuation of `ids` from the export `folder`, and the graph it loaded."""
+    if not OPTIMUM_PYTHON.is_file():
+        pytest.skip(
+            "optimum is not installed: python -m venv .venv-optimum && .venv-optimum/bin/pip install "
+            "torch 'optimum-onnx[onnxruntime]'"
+        )
+    answer = _answer([str(OPTIMUM_PYTHON), str(OPTIMUM_SCRIPT), str(folder), str(new_tokens), *map(str, ids)])
+    return answer["generated"], answer["graph"]
