@@ -210,8 +210,8 @@ def train_args(preset: Any, steps: int) -> list:
 
 
 def generate_args(max_new_tokens: int) -> list:
-    # prompt, max new tokens, mode, temperature, top-k, top-p, repetition penalty, stop strings, seed, backend
-    return [PROMPT, max_new_tokens, "greedy", 1.0, 0, 1.0, 1.0, "", "", "torch"]
+    # prompt, max new tokens, mode, temperature, top-k, top-p, min-p, repetition penalty, stop strings, seed, backend
+    return [PROMPT, max_new_tokens, "greedy", 1.0, 0, 1.0, 0.0, 1.0, "", "", "torch"]
 
 
 def ms_span(seconds: list[float]) -> str:

@@ -3,6 +3,7 @@
     python -m export --model CHECKPOINT_DIR --out DIR [--precision fp32|fp16|int8] [--provider cpu|cuda] [--opset N]
     python -m export verify --model CHECKPOINT_DIR --onnx DIR
     python -m export generate --onnx DIR --prompt TEXT [sampling flags] [--provider cpu|cuda]
+    python -m export eval --onnx DIR --data FILE [--provider cpu|cuda]
 
 Without a subcommand the arguments are those of `export`.
 """
@@ -23,10 +24,10 @@ from export.onnx_export import DEFAULT_OPSET, REPORT_FILE, SUPPORTED_OPSETS, Exp
 from export.precision import PRECISIONS
 from export.runtime import OnnxGPT, ProviderError
 from gpt.checkpoint import CheckpointError
-from gpt.cli import add_sampling_arguments, print_generation
+from gpt.cli import add_eval_arguments, add_sampling_arguments, print_evaluation, print_generation
 from gpt.model import GPT
 
-COMMANDS = ("export", "verify", "generate")
+COMMANDS = ("export", "verify", "generate", "eval")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a simple-llm checkpoint to ONNX and run it with onnxruntime. "
         "Without a subcommand, the arguments are those of 'export'.",
     )
-    commands = parser.add_subparsers(title="commands", metavar="{export,verify,generate}")
+    commands = parser.add_subparsers(title="commands", metavar="{export,verify,generate,eval}")
 
     export_cmd = commands.add_parser("export", help="export a checkpoint folder to an ONNX folder (the default)")
     export_cmd.add_argument(
@@ -118,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_argument("--stream", action="store_true", help="print text as it is generated")
     _add_runtime(generate_cmd)
     generate_cmd.set_defaults(run=_generate)
+
+    eval_cmd = commands.add_parser(
+        "eval", help="score a text with onnxruntime: loss per token, perplexity, nats and bits per byte"
+    )
+    eval_cmd.add_argument("--onnx", required=True, metavar="DIR", help="the export folder")
+    add_eval_arguments(eval_cmd)
+    _add_runtime(eval_cmd)
+    eval_cmd.set_defaults(run=_eval)
     return parser
 
 
@@ -203,4 +212,9 @@ def _generate(args: argparse.Namespace) -> int:
     model = OnnxGPT.load(args.onnx, provider=args.provider, threads=args.threads)
     logging.getLogger(__name__).info("running on %s", model.provider)
     print_generation(model, args)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    print_evaluation(OnnxGPT.load(args.onnx, provider=args.provider, threads=args.threads), args)
     return 0

@@ -218,6 +218,14 @@ class OnnxGPT(GenerationMixin):
         logits, *presents = self.session.run(self._output_names, feeds)
         return logits, presents
 
+    def window_logits(self, input_ids: Tensor) -> Tensor:
+        """Every position's logits `[batch, seq, vocab]` of unpadded rows, from an empty cache
+        (`gpt.evaluation`), as on `gpt.GPT`."""
+        ids = input_ids.numpy()
+        positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape)
+        logits, _ = self.run(ids, np.ones_like(ids), positions)
+        return torch.from_numpy(np.array(logits))  # a copy: one-token logits live in the cache's buffer
+
     def new_cache(self, batch: int) -> CacheBuffers:
         """Empty cache buffers for `batch` rows, on the session's device, bound to this session."""
         config = self.config

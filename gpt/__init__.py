@@ -12,6 +12,7 @@ from gpt.checkpoint import (
 )
 from gpt.config import GPTConfig, count_parameters
 from gpt.data import GetData, encode_corpus, make_loaders, read_texts, split_ids
+from gpt.evaluation import TextScore, evaluate_text
 from gpt.files import atomic_folder
 from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig
 from gpt.memory import MemoryEstimate, estimate_training_memory
@@ -40,6 +41,7 @@ __all__ = [
     "SamplingConfig",
     "TEXT_SUFFIXES",
     "TextFileError",
+    "TextScore",
     "Tokenizer",
     "Trainer",
     "TrainingHistory",
@@ -49,6 +51,7 @@ __all__ = [
     "decode_text",
     "encode_corpus",
     "estimate_training_memory",
+    "evaluate_text",
     "evaluating",
     "fit",
     "latest_checkpoint",

@@ -1,4 +1,4 @@
-"""Command line: `python -m gpt tokenizer|train|generate ...` (`--help` on each for every flag)."""
+"""Command line: `python -m gpt tokenizer|train|generate|eval ...` (`--help` on each for every flag)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, ModelCheckpoint
 from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.config import ACTIVATIONS, GPTConfig
 from gpt.data import encode_corpus, make_loaders
+from gpt.evaluation import DEFAULT_EVAL_BATCH, evaluate_text
 from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS
 from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
 from gpt.optim import OPTIMIZERS
 from gpt.precision import bf16_pays
-from gpt.texts import read_texts
+from gpt.texts import read_text_file, read_texts
 from gpt.tokenizer import Tokenizer
 
 log = logging.getLogger("gpt")
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_command(commands)
     _add_train_command(commands)
     _add_generate_command(commands)
+    _add_eval_command(commands)
     return parser
 
 
@@ -155,6 +157,37 @@ def _add_generate_command(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_eval_command(commands: argparse._SubParsersAction) -> None:
+    ev = commands.add_parser(
+        "eval",
+        help="score a text: loss per token, perplexity, nats and bits per byte",
+        description="How well a saved model predicts a text it may not have seen; per byte compares "
+        "models with different tokenizers.",
+    )
+    ev.add_argument("--model", required=True, help="model folder written by `train` (or any checkpoint folder)")
+    add_eval_arguments(ev)
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: %(default)s)")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of every `eval` command (the export CLI reuses them)."""
+    parser.add_argument("--data", required=True, help="a UTF-8 text file (.txt/.md) to score")
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_EVAL_BATCH,
+        help="windows of max_seq_len tokens scored at once (default: %(default)s)",
+    )
+
+
+def print_evaluation(backend, args: argparse.Namespace) -> None:
+    """Score `--data` with any backend and print the figures."""
+    text = read_text_file(args.data)
+    score = evaluate_text(backend, text, batch_size=args.batch_size, progress=True)
+    print(f"{args.data}: {score.format()}")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -191,6 +224,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         "--top-p", type=float, default=None, help="sample from the smallest set with this probability mass"
     )
     group.add_argument(
+        "--min-p", type=float, default=None, help="sample among tokens at least this fraction as likely as the top one"
+    )
+    group.add_argument(
         "--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (default: %(default)s)"
     )
     group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
@@ -201,7 +237,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def sampling_options(args: argparse.Namespace) -> dict:
     """Keyword arguments for `stream_text` from the flags of `add_sampling_arguments`."""
     options: dict = dict(PRESETS[args.preset]) if args.preset else {}
-    for name in ("temperature", "top_k", "top_p"):
+    for name in ("temperature", "top_k", "top_p", "min_p"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     options.update(
@@ -307,12 +343,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print_generation(model, args)
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    print_evaluation(GPT.load(args.model, device=args.device), args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    command = {"tokenizer": cmd_tokenizer, "train": cmd_train, "generate": cmd_generate}[args.command]
+    commands = {"tokenizer": cmd_tokenizer, "train": cmd_train, "generate": cmd_generate, "eval": cmd_eval}
+    command = commands[args.command]
     try:
         command(args)
     except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, no traceback

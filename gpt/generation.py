@@ -14,6 +14,7 @@ to its end the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,12 @@ so a thread pool mostly waits, and on a busy machine far longer than one thread 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to choose each next token. Temperature 0 or `do_sample=False` means greedy."""
+    """How to choose each next token. Temperature 0 or `do_sample=False` means greedy.
+
+    Sampling divides the (penalized) logits by `temperature`, then keeps the `top_k` most likely
+    tokens, then the smallest set of top tokens whose probability reaches `top_p`, then the tokens
+    at least `min_p` times as likely as the most likely one; None turns a filter off.
+    """
 
     max_new_tokens: int = 100
     do_sample: bool = False
@@ -43,6 +49,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
     stop_tokens: tuple[int, ...] = ()
     seed: int | None = None
+    min_p: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
@@ -55,6 +62,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not 0 < self.min_p <= 1:
+            raise ValueError(f"min_p must be in (0, 1], got {self.min_p}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         object.__setattr__(self, "stop_tokens", tuple(int(t) for t in self.stop_tokens))
@@ -152,6 +161,8 @@ def _choose(logits: Tensor, config: SamplingConfig, generator: torch.Generator |
         logits = top_k_filter(logits, config.top_k)
     if config.top_p is not None:
         logits = top_p_filter(logits, config.top_p)
+    if config.min_p is not None:
+        logits = min_p_filter(logits, config.min_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
@@ -175,6 +186,14 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     before = probs.cumsum(dim=-1) - probs  # probability mass strictly above each token
     sorted_logits = sorted_logits.masked_fill(before >= p, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter_(-1, order, sorted_logits)
+
+
+def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
+    """Keep the tokens at least `min_p` times as probable as each row's most probable one, the rest
+    -inf. A probability ratio is a logit difference, so no softmax is needed: p_i / p_max =
+    exp(logit_i - logit_max)."""
+    threshold = logits.max(dim=-1, keepdim=True).values + math.log(min_p)
+    return logits.masked_fill(logits < threshold, float("-inf"))
 
 
 def stream_text(
@@ -254,6 +273,7 @@ class GenerationMixin:
         seed: int | None = None,
         generator: torch.Generator | None = None,
         pad_token_id: int | None = None,
+        min_p: float | None = None,
     ) -> Iterator[Tensor]:
         """Yield the next token of every row `[batch]` as soon as it is final (see `generate_stream`)."""
         config = SamplingConfig(
@@ -265,6 +285,7 @@ class GenerationMixin:
             repetition_penalty=repetition_penalty,
             stop_tokens=tuple(stop_tokens or ()),
             seed=seed,
+            min_p=min_p,
         )
         ids = _as_batch(input_ids, self.device)
         if attention_mask is not None:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from gpt import checkpoint
 from gpt.config import GPTConfig
 from gpt.generation import GenerationMixin
+from gpt.modes import evaluating
 
 if TYPE_CHECKING:
     from gpt.tokenizer import Tokenizer
@@ -268,6 +269,12 @@ class GPT(GenerationMixin, nn.Module):
             )
         if past is not None and len(past) != self.config.num_layers:
             raise ValueError(f"past_key_values has {len(past)} layers, the model has {self.config.num_layers}")
+
+    @torch.inference_mode()
+    def window_logits(self, input_ids: Tensor) -> Tensor:
+        """Every position's logits `[batch, seq, vocab]` of unpadded rows, in eval mode (`gpt.evaluation`)."""
+        with evaluating(self):
+            return self(input_ids.to(self.device))
 
     @torch.inference_mode()
     def decode_step(

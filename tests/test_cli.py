@@ -75,7 +75,7 @@ def trained(corpus, tmp_path_factory) -> Path:
 
 
 def test_help_documents_every_command():
-    for command in ("tokenizer", "train", "generate"):
+    for command in ("tokenizer", "train", "generate", "eval"):
         text = run_cli(command, "--help").stdout
         assert "--" in text and "usage" in text
     assert "--repetition-penalty" in run_cli("generate", "--help").stdout
@@ -164,6 +164,8 @@ def test_bad_input_gives_a_clear_error(tmp_path, trained):
     assert missing.returncode == 2 and "nope" in missing.stderr
     bad = run_cli("generate", "--model", str(trained), "--sample", "--top-p", "2", check=False)
     assert bad.returncode == 2 and "top_p must be in (0, 1]" in bad.stderr
+    bad = run_cli("generate", "--model", str(trained), "--sample", "--min-p", "0", check=False)
+    assert bad.returncode == 2 and "min_p must be in (0, 1]" in bad.stderr
 
 
 @pytest.mark.parametrize(

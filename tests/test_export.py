@@ -340,7 +340,14 @@ def test_generation_is_the_same_loop_as_torch(pair):
     greedy = dict(attention_mask=mask)
     assert torch.equal(onnx_model.generate(ids, 50, **greedy), model.generate(ids, 50, **greedy))
     sampled = dict(
-        do_sample=True, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.3, seed=7, attention_mask=mask
+        do_sample=True,
+        temperature=0.9,
+        top_k=40,
+        top_p=0.95,
+        min_p=0.02,
+        repetition_penalty=1.3,
+        seed=7,
+        attention_mask=mask,
     )
     assert torch.equal(onnx_model.generate(ids, 50, **sampled), model.generate(ids, 50, **sampled))
     long = onnx_model.generate(ids[:1], 100)  # past max_seq_len: the window is rebuilt the same way

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gpt import GPT, SamplingConfig
-from gpt.generation import apply_repetition_penalty, stream_text, top_k_filter, top_p_filter
+from gpt.generation import apply_repetition_penalty, min_p_filter, stream_text, top_k_filter, top_p_filter
 
 TINY = dict(vocab_size=61, max_seq_len=32, emb_size=32, num_heads=4, num_layers=2, dropout=0.0, tie_embeddings=False)
 
@@ -55,7 +55,7 @@ def test_left_padded_batch_matches_rows_alone(model):
         assert torch.equal(batched[i, width:], alone[0, len(row) :])
 
 
-@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(top_k=1), dict(top_p=1e-6)])
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(top_k=1), dict(top_p=1e-6), dict(min_p=1.0)])
 def test_degenerate_sampling_equals_greedy(model, settings):
     ids = torch.randint(0, 61, (2, 4))
     greedy = model.generate(ids, 12)
@@ -96,6 +96,33 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert torch.isfinite(top_p_filter(logits, 0.8)).tolist() == [[True, True, False, False]]
     assert torch.isfinite(top_p_filter(logits, 0.81)).tolist() == [[True, True, True, False]]
     assert torch.isfinite(top_p_filter(logits, 1.0)).all()
+
+
+def test_min_p_keeps_tokens_at_least_that_fraction_as_likely_as_the_top_one():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]])
+    logits = torch.log(probs) + torch.tensor([[3.0], [-2.0]])  # a per-row shift changes no probability
+    assert torch.isfinite(min_p_filter(logits, 0.3)).tolist() == [[True, True, True, False], [False, True, True, True]]
+    assert torch.isfinite(min_p_filter(logits, 0.6)).tolist() == [
+        [True, True, False, False],
+        [False, False, True, True],
+    ]
+    assert torch.isfinite(min_p_filter(logits, 0.61)).tolist() == [
+        [True, False, False, False],
+        [False, False, False, True],
+    ]
+    kept = min_p_filter(logits, 0.1)
+    assert torch.equal(kept[:, 1], logits[:, 1])  # kept logits are unchanged
+
+
+def test_min_p_samples_only_from_the_kept_tokens():
+    from gpt.generation import _choose
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    config = SamplingConfig(do_sample=True, min_p=0.5)  # keeps 0.5 and 0.3: renormalized 0.625 / 0.375
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.cat([_choose(logits, config, gen) for _ in range(4000)]), minlength=4)
+    assert counts[2] == counts[3] == 0
+    assert abs(counts[0] / 4000 - 0.625) < 0.03
 
 
 def test_repetition_penalty_lowers_seen_tokens():
@@ -154,6 +181,8 @@ def test_generation_slides_past_max_seq_len(model):
         (dict(top_k=0), "top_k must be an integer >= 1"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(min_p=0.0), r"min_p must be in \(0, 1\]"),
+        (dict(min_p=float("nan")), r"min_p must be in \(0, 1\]"),
         (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
         (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
     ],

@@ -99,6 +99,7 @@ def generate_args(prompt: str = "the cat", backend: str = "torch", **options) ->
         temperature=1.0,
         top_k=0,
         top_p=1.0,
+        min_p=0.0,
         repetition_penalty=1.0,
         stop_strings="",
         seed="",

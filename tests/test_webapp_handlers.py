@@ -345,6 +345,13 @@ def test_sampling_is_reproducible_with_a_seed_and_presets_fill_the_settings(trai
     assert all(v == gr.skip() for v in handlers.sampling_preset("custom"))
 
 
+def test_min_p_one_keeps_only_the_top_token(trained, handlers):
+    request, _ = trained
+    greedy = generate(handlers, request, max_new_tokens=30)[0]
+    assert generate(handlers, request, mode="sampling", seed="5", min_p=1.0, max_new_tokens=30)[0] == greedy
+    assert generate(handlers, request, mode="sampling", seed="5", min_p=0.0, max_new_tokens=30)[0] != greedy
+
+
 def test_stop_strings_end_the_output(trained, handlers):
     request, _ = trained
     sampled = dict(mode="sampling", seed="3", max_new_tokens=60)

@@ -70,7 +70,14 @@ def train_args(file: Path, steps: int, **overrides) -> list:
 
 def generate_args(prompt: str = "the", backend: str = "torch", **options) -> list:
     values = dict(
-        max_new_tokens=16, mode="greedy", temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, stop_strings=""
+        max_new_tokens=16,
+        mode="greedy",
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        repetition_penalty=1.0,
+        stop_strings="",
     )
     values.update(options)
     seed = values.pop("seed", "")
@@ -157,6 +164,7 @@ ADVERSARIAL = [
     (generate_args(mode="sampling", seed="1e999"), "seed"),
     (generate_args(mode="sampling", seed=-3), "seed"),
     (generate_args(mode="sampling", top_p="nan"), "top_p"),
+    (generate_args(mode="sampling", min_p="1e999"), "min_p"),
     (generate_args(mode="sampling", temperature="-inf"), "temperature"),
     (generate_args(max_new_tokens=10**12), "max_new_tokens"),
     (generate_args(top_k=[1, 2]), "top_k"),

@@ -71,7 +71,7 @@ def test_zero_and_negative_training_numbers(handlers, name):
         assert name in error_of(lambda: train(handlers, Request("bad-train"), **{name: value}))
 
 
-GENERATE_NUMBERS = ["max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed"]
+GENERATE_NUMBERS = ["max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"]
 
 
 @pytest.mark.parametrize("name", GENERATE_NUMBERS)
@@ -92,6 +92,8 @@ def test_every_generation_number_is_checked(handlers, trained, name, value):
         ("top_k", 2.5),
         ("top_p", 0),
         ("top_p", 1.01),
+        ("min_p", -0.01),
+        ("min_p", 1.01),
         ("repetition_penalty", 0),
         ("repetition_penalty", 11),
         ("seed", -1),
@@ -103,7 +105,7 @@ def test_generation_numbers_out_of_range(handlers, trained, name, value):
 
 
 def test_empty_fields_mean_off_and_big_exact_seeds_work(handlers, trained):
-    greedy = generate(handlers, trained, top_k="", top_p=None, seed="")[0]
+    greedy = generate(handlers, trained, top_k="", top_p=None, min_p="", seed="")[0]
     assert greedy == generate(handlers, trained)[0]
     first = generate(handlers, trained, mode="sampling", seed=str(2**63 - 1))[0]
     assert first == generate(handlers, trained, mode="sampling", seed=2**63 - 1)[0]

@@ -73,7 +73,14 @@ def generate(
     **options,
 ) -> tuple[str, str]:
     values = dict(
-        max_new_tokens=20, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, stop_strings="", seed=""
+        max_new_tokens=20,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        repetition_penalty=1.0,
+        stop_strings="",
+        seed="",
     )
     values.update(options)
     *_, last = handlers.generate(
@@ -83,6 +90,7 @@ def generate(
         values["temperature"],
         values["top_k"],
         values["top_p"],
+        values["min_p"],
         values["repetition_penalty"],
         values["stop_strings"],
         values["seed"],

@@ -49,6 +49,7 @@ def make_options(
     temperature: Any,
     top_k: Any,
     top_p: Any,
+    min_p: Any,
     repetition_penalty: Any,
     stop_strings: Any,
     seed: Any,
@@ -56,7 +57,7 @@ def make_options(
 ) -> GenerationOptions:
     """Options from UI values, each checked on the server (`webapp.validation`).
 
-    top-k 0 and top-p 1 mean "off"; an empty top-k / top-p is off too; an empty seed draws one
+    top-k 0, top-p 1 and min-p 0 mean "off"; an empty top-k / top-p / min-p is off too; an empty seed draws one
     (shown to the user).
     """
     if mode not in MODES:
@@ -64,6 +65,7 @@ def make_options(
     new_tokens = validation.integer("max_new_tokens", max_new_tokens, 1, max_allowed)
     k = 0 if validation.optional(top_k) else validation.integer("top_k", top_k, 0, MAX_TOP_K)
     p = 1.0 if validation.optional(top_p) else validation.real("top_p", top_p, 0.0, 1.0, open_low=True)
+    relative = 0.0 if validation.optional(min_p) else validation.real("min_p", min_p, 0.0, 1.0)
     temp = validation.real("temperature", temperature, 0.0, MAX_TEMPERATURE)
     penalty = validation.real("repetition_penalty", repetition_penalty, 0.0, MAX_REPETITION_PENALTY, open_low=True)
     stops = parse_stop_strings(validation.text("stop_strings", stop_strings, MAX_STOP_CHARS))
@@ -81,6 +83,7 @@ def make_options(
             temperature=temp,
             top_k=k if k > 0 else None,
             top_p=p if p < 1.0 else None,
+            min_p=relative if relative > 0.0 else None,
             repetition_penalty=penalty,
             seed=drawn,
         )

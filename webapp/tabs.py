@@ -189,6 +189,7 @@ class GenerateTab:
     temperature: gr.Slider
     top_k: gr.Slider
     top_p: gr.Slider
+    min_p: gr.Slider
     penalty: gr.Slider
     stops: gr.Textbox
     seed: gr.Textbox
@@ -240,9 +241,10 @@ def _generation_settings(settings: Settings) -> dict[str, Any]:
         found["top_k"] = gr.Slider(0, 200, value=0, step=1, label=I18N("gen.top_k"), elem_id="gen-top-k")
     with gr.Row():
         found["top_p"] = gr.Slider(0.05, 1, value=1.0, step=0.01, label=I18N("gen.top_p"), elem_id="gen-top-p")
-        found["penalty"] = gr.Slider(
-            0.5, 2, value=1.0, step=0.05, label=I18N("gen.repetition_penalty"), elem_id="gen-penalty"
-        )
+        found["min_p"] = gr.Slider(0, 1, value=0.0, step=0.01, label=I18N("gen.min_p"), elem_id="gen-min-p")
+    found["penalty"] = gr.Slider(
+        0.5, 2, value=1.0, step=0.05, label=I18N("gen.repetition_penalty"), elem_id="gen-penalty"
+    )
     return found
 
 
@@ -298,6 +300,7 @@ def wire_generate_tab(tab: GenerateTab, h: Handlers, settings: Settings) -> None
             tab.temperature,
             tab.top_k,
             tab.top_p,
+            tab.min_p,
             tab.penalty,
             tab.stops,
             tab.seed,

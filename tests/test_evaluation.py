@@ -1,0 +1,140 @@
+"""Scoring a text (`gpt.evaluate_text`, `python -m gpt eval`, `python -m export eval`): checked
+against transformers' GPT-2 loss on the same checkpoint, the same on both backends."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from export import OnnxGPT, to_onnx
+from gpt import GPT, evaluate_text
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO / "data" / "shakespeare-excerpt.txt"
+CONTEXT = 32
+HELD_OUT = "KING RICHARD:\nNow is the winter of our discontent\nMade glorious summer by this sun of York;\n"
+
+
+def _run(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "model"
+    shape = ["--vocab-size", "300", "--context", str(CONTEXT), "--emb", "32", "--heads", "4", "--layers", "2"]
+    _run("gpt", "train", "--data", str(SHAKESPEARE), "--out", str(out), *shape, "--batch-size", "8", "--steps", "20",
+         "--eval-interval", "10", "--threads", "1")  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint) -> GPT:
+    return GPT.load(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory) -> Path:
+    return to_onnx(model, tmp_path_factory.mktemp("eval") / "onnx", portable=False, threads=1)
+
+
+def _transformers_nats(checkpoint: Path, ids: list[int], window: int) -> float:
+    """Summed loss of `ids[1:]`, each window of `window` predictions scored by GPT2LMHeadModel."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(checkpoint).eval()
+    total = 0.0
+    for start in range(0, len(ids) - 1, window):
+        chunk = torch.tensor([ids[start : start + window + 1]])
+        with torch.no_grad():
+            logits = hf(chunk[:, :-1]).logits
+        total += torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum").item()
+    return total
+
+
+def test_scores_match_transformers_across_windows_and_batches(checkpoint, model):
+    text = SHAKESPEARE.read_text(encoding="utf-8")[:3000]
+    ids = [model.tokenizer.eos_token_id, *model.tokenizer.encode(text)]
+    assert len(ids) > 4 * CONTEXT  # several windows and a shorter last one
+    score = evaluate_text(model, text, batch_size=3)
+    assert score.tokens == len(ids) - 1 and score.bytes == len(text.encode("utf-8"))
+    assert score.total_nats == pytest.approx(_transformers_nats(checkpoint, ids, CONTEXT), rel=1e-5)
+    assert evaluate_text(model, text, batch_size=1).total_nats == pytest.approx(score.total_nats, rel=1e-6)
+    assert score.loss == pytest.approx(score.total_nats / score.tokens)
+    assert score.perplexity == pytest.approx(math.exp(score.loss))
+    assert score.nats_per_byte == pytest.approx(score.total_nats / score.bytes)
+    assert score.bits_per_byte == pytest.approx(score.nats_per_byte / math.log(2))
+
+
+def test_training_lowers_the_loss_on_held_out_text(model):
+    untrained = GPT(model.config)
+    untrained.tokenizer = model.tokenizer
+    trained_score, untrained_score = evaluate_text(model, HELD_OUT), evaluate_text(untrained, HELD_OUT)
+    assert trained_score.loss < untrained_score.loss
+    assert untrained_score.loss == pytest.approx(math.log(model.config.vocab_size), rel=0.1)  # about uniform
+
+
+def test_both_backends_give_the_same_figures(model, exported):
+    text = SHAKESPEARE.read_text(encoding="utf-8")[:1500]
+    torch_score = evaluate_text(model, text)
+    onnx_score = evaluate_text(OnnxGPT.load(exported, threads=1), text)
+    assert onnx_score.tokens == torch_score.tokens
+    assert onnx_score.total_nats == pytest.approx(torch_score.total_nats, rel=1e-5)
+    one_token = evaluate_text(OnnxGPT.load(exported, threads=1), "a")  # a one-token window: a decode-sized run
+    assert one_token.total_nats == pytest.approx(evaluate_text(model, "a").total_nats, rel=1e-5)
+
+
+def test_bad_input(model):
+    with pytest.raises(ValueError, match="the text is empty"):
+        evaluate_text(model, "")
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        evaluate_text(model, "text", batch_size=0)
+    bare = GPT(model.config)
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        evaluate_text(bare, "text")
+
+
+def test_eval_commands_print_the_same_figures(checkpoint, model, exported, tmp_path):
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(HELD_OUT, encoding="utf-8")
+    expected = evaluate_text(model, HELD_OUT)
+    from_torch = _run("gpt", "eval", "--model", str(checkpoint), "--data", str(held_out), "--threads", "1").stdout
+    from_onnx = _run("export", "eval", "--onnx", str(exported), "--data", str(held_out), "--threads", "1").stdout
+    pattern = (
+        r"(\d+) tokens, (\d+) bytes: loss ([\d.]+) nats/token, perplexity ([\d.]+), ([\d.]+) nats/byte "
+        r"\(([\d.]+) bits/byte\)"
+    )
+    for output in (from_torch, from_onnx):
+        tokens, size, loss, perplexity, nats, bits = re.search(pattern, output).groups()
+        assert (int(tokens), int(size)) == (expected.tokens, expected.bytes)
+        figures = [float(loss), float(perplexity), float(nats), float(bits)]
+        wanted = [expected.loss, expected.perplexity, expected.nats_per_byte, expected.bits_per_byte]
+        assert figures == pytest.approx(wanted, rel=1e-3)
+
+
+@pytest.mark.parametrize("module", ["gpt", "export"])
+def test_eval_commands_refuse_bad_files_clearly(checkpoint, exported, tmp_path, module):
+    model_flag = ["--model", str(checkpoint)] if module == "gpt" else ["--onnx", str(exported)]
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\x00\x01\x02\xff" * 10)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for path, reason in ((binary, "blob.txt"), (empty, "empty.txt"), (tmp_path / "missing.txt", "missing.txt")):
+        result = _run(module, "eval", *model_flag, "--data", str(path), check=False)
+        assert result.returncode == 2 and reason in result.stderr and "Traceback" not in result.stderr
+    wrong = _run(module, "eval", *(["--model"] if module == "gpt" else ["--onnx"]), str(tmp_path), "--data",
+                 str(binary), check=False)  # fmt: skip
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
