@@ -68,6 +68,10 @@ def _training(record: dict[str, Any]) -> str:
     texts = record.get("texts") or []
     if texts:
         lines.append("- trained on: " + ", ".join(f"`{name}`" for name in texts))
+    earlier = record.get("started_from")
+    if isinstance(earlier, dict):
+        before = ", ".join(f"`{name}`" for name in earlier.get("texts") or []) or "texts not recorded"
+        lines.append(f"- went on from the saved model `{earlier.get('model', '?')}` (trained on {before})")
     for key, label in (("steps", "optimizer steps"), ("tokens_seen", "tokens seen")):
         if record.get(key) is not None:
             lines.append(f"- {label}: {record[key]:,}")

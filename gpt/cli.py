@@ -14,7 +14,7 @@ import torch
 from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, ModelCheckpoint
 from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.config import ACTIVATIONS, GPTConfig
-from gpt.data import encode_corpus, make_loaders
+from gpt.data import check_vocabulary, encode_corpus, make_loaders
 from gpt.evaluation import DEFAULT_EVAL_BATCH, evaluate_text
 from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS
 from gpt.memory import MemoryEstimate, estimate_training_memory
@@ -63,36 +63,67 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train a model on text",
-        description="Train a tokenizer and a GPT on text, with checkpoints in OUT/checkpoints.",
+        description="Train a tokenizer and a GPT on text, with checkpoints in OUT/checkpoints; or go on "
+        "training a saved model on new text (--init-from), or train a new model with a saved tokenizer (--tokenizer).",
     )
     _add_data_argument(train)
     train.add_argument(
         "--out", required=True, help="folder for the final model (config.json, model.safetensors, tokenizer.json)"
     )
-    _add_model_arguments(train.add_argument_group("model"))
+    start = train.add_argument_group("start from").add_mutually_exclusive_group()
+    start.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="a saved model to train further: its weights, shape and tokenizer, with a new optimizer and schedule",
+    )
+    start.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="tokenizer.json (or its folder) from `python -m gpt tokenizer` for a new model",
+    )
+    _add_model_arguments(train.add_argument_group("model (a new one)"))
     _add_fit_arguments(train.add_argument_group("training"))
+
+
+NEW_MODEL_DEFAULTS = {
+    "vocab_size": 4096,
+    "context": 128,
+    "emb": 128,
+    "heads": 4,
+    "head_size": None,
+    "layers": 4,
+    "dropout": 0.0,
+    "activation": ACTIVATIONS[0],
+}
+"""`train`'s shape flags and their defaults: they describe a new model, so they cannot go with --init-from."""
 
 
 def _add_model_arguments(model: argparse._ArgumentGroup) -> None:
     """`train`'s flags for the shape of a new model."""
+    default = NEW_MODEL_DEFAULTS
     model.add_argument(
         "--vocab-size",
         type=int,
-        default=4096,
+        default=default["vocab_size"],
         help="tokenizer vocabulary size; 257 = plain bytes (default: %(default)s)",
     )
     model.add_argument(
-        "--context", type=int, default=128, help="max_seq_len, tokens the model sees (default: %(default)s)"
+        "--context",
+        type=int,
+        default=default["context"],
+        help="max_seq_len, tokens the model sees (default: %(default)s)",
     )
-    model.add_argument("--emb", type=int, default=128, help="emb_size, width of the model (default: %(default)s)")
-    model.add_argument("--heads", type=int, default=4, help="num_heads (default: %(default)s)")
-    model.add_argument("--head-size", type=int, default=None, help="head_size (default: emb / heads)")
-    model.add_argument("--layers", type=int, default=4, help="num_layers (default: %(default)s)")
-    model.add_argument("--dropout", type=float, default=0.0, help="dropout (default: %(default)s)")
+    model.add_argument(
+        "--emb", type=int, default=default["emb"], help="emb_size, width of the model (default: %(default)s)"
+    )
+    model.add_argument("--heads", type=int, default=default["heads"], help="num_heads (default: %(default)s)")
+    model.add_argument("--head-size", type=int, default=default["head_size"], help="head_size (default: emb / heads)")
+    model.add_argument("--layers", type=int, default=default["layers"], help="num_layers (default: %(default)s)")
+    model.add_argument("--dropout", type=float, default=default["dropout"], help="dropout (default: %(default)s)")
     model.add_argument(
         "--activation",
         choices=ACTIVATIONS,
-        default=ACTIVATIONS[0],
+        default=default["activation"],
         help="MLP activation: gelu_tanh (GPT-2's) or gelu (exact; trains faster on CPU, decodes slower) (default: %(default)s)",
     )
 
@@ -276,27 +307,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     resume_from = latest_checkpoint(checkpoints) if args.resume else None
     if args.resume and resume_from is None:
         raise CheckpointError(f"{checkpoints}: no checkpoint to resume from")
-    if resume_from is not None:
-        model = GPT.load(resume_from, device=device)  # the checkpoint decides shape and tokenizer
-        tokenizer = model.tokenizer
-        log.info("resuming from %s", resume_from)
-    else:
-        tokenizer = Tokenizer.train(texts, vocab_size=args.vocab_size)
-        config = GPTConfig(
-            vocab_size=tokenizer.vocab_size,
-            max_seq_len=args.context,
-            emb_size=args.emb,
-            num_heads=args.heads,
-            head_size=args.head_size,
-            num_layers=args.layers,
-            dropout=args.dropout,
-            activation=args.activation,
-        )
-        model = GPT(config, device=device)
-        model.tokenizer = tokenizer
+    model = _starting_model(args, texts, device, resume_from)
+    tokenizer = model.tokenizer
     trained_on = model.training_record.setdefault("texts", [])
     trained_on += [name for name in map(str, args.data) if name not in trained_on]
     ids = encode_corpus(texts, tokenizer)
+    check_vocabulary(ids, model.config.vocab_size)
     train_loader, valid_loader = make_loaders(
         ids, model.max_seq_len, args.batch_size, args.valid_fraction, seed=args.seed
     )
@@ -326,6 +342,44 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"done: {history.steps[-1] if history.steps else 0} steps, train loss {model.train_loss[-1]:.4f}, "
         f"validation loss {valid}, {history.tokens_seen / max(seconds, 1e-9):,.0f} tokens/s, {seconds:.1f} s -> {out}"
     )
+
+
+def _starting_model(args: argparse.Namespace, texts: list[str], device: str, resume_from: Path | None) -> GPT:
+    """The model a run starts from: the run's checkpoint (--resume), a saved model (--init-from),
+    or a new one with a new or saved (--tokenizer) tokenizer. Checked before anything is written."""
+    given = [name for name, value in NEW_MODEL_DEFAULTS.items() if getattr(args, name) != value]
+    if args.init_from is not None and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"{flags}: the shape of a new model; --init-from takes the shape of {args.init_from}")
+    if args.tokenizer is not None and "vocab_size" in given:
+        raise ValueError(f"--vocab-size trains a new tokenizer; --tokenizer {args.tokenizer} has its own vocabulary")
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+        return GPT.load(resume_from, device=device)  # the checkpoint decides shape and tokenizer
+    if args.init_from is not None:
+        model = GPT.load(args.init_from, device=device)
+        if model.tokenizer is None:
+            raise CheckpointError(f"{args.init_from}: no tokenizer.json, so it cannot read new text")
+        log.info("starting from %s: its weights, shape and tokenizer; a new optimizer and schedule", args.init_from)
+        model.training_record = {"started_from": {"model": str(args.init_from), **model.training_record}}
+        return model
+    if args.tokenizer is not None:
+        tokenizer = Tokenizer.load(args.tokenizer)
+    else:
+        tokenizer = Tokenizer.train(texts, vocab_size=args.vocab_size)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size,
+        max_seq_len=args.context,
+        emb_size=args.emb,
+        num_heads=args.heads,
+        head_size=args.head_size,
+        num_layers=args.layers,
+        dropout=args.dropout,
+        activation=args.activation,
+    )
+    model = GPT(config, device=device)
+    model.tokenizer = tokenizer
+    return model
 
 
 def _memory_estimate(model: GPT, args: argparse.Namespace) -> MemoryEstimate:

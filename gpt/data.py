@@ -77,6 +77,17 @@ def encode_corpus(texts: str | Iterable[str], tokenizer: Tokenizer) -> torch.Ten
     return torch.tensor(ids[:-1], dtype=torch.long)
 
 
+def check_vocabulary(ids: torch.Tensor, vocab_size: int) -> None:
+    """Raise ValueError when `ids` hold an id a model of `vocab_size` has no embedding for: the
+    tokenizer that made them does not fit the model."""
+    top = int(ids.max()) if ids.numel() else -1
+    if top >= vocab_size:
+        raise ValueError(
+            f"the tokenizer gives token id {top}, outside the model's vocabulary of {vocab_size}: "
+            "it does not fit this model"
+        )
+
+
 def split_ids(
     ids: TokenIds, valid_fraction: float = 0.1, min_tokens: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

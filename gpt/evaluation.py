@@ -21,12 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from gpt.config import GPTConfig
+from gpt.data import check_vocabulary
 from gpt.tokenizer import Tokenizer
 
 DEFAULT_EVAL_BATCH = 8
 
 
 class Scorable(Protocol):
+    config: GPTConfig
     max_seq_len: int
     tokenizer: Tokenizer | None
 
@@ -81,6 +84,7 @@ def evaluate_text(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids = torch.tensor([model.tokenizer.eos_token_id, *model.tokenizer.encode(text)])
+    check_vocabulary(ids, model.config.vocab_size)
     windows = list(_windows(len(ids) - 1, model.max_seq_len))
     batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
     total = 0.0

@@ -185,7 +185,8 @@ class GPT(GenerationMixin, nn.Module):
         self.history: TrainingHistory | None = None  # per-step history of the last `fit`
         self.training_record: dict[str, Any] = {}
         """What the model was trained on and how far, saved as `training.json` (its model card reads
-        it): `fit` records steps, tokens and losses; callers add `"texts"`, the names of the texts."""
+        it): `fit` records steps, tokens and losses; callers add `"texts"`, the names of the texts,
+        and `"started_from"`, the record of the saved model a run went on from (with its `"model"`)."""
         self._head_cache: tuple[tuple, Tensor] | None = None  # see `_head_columns`
         if device is not None:
             self.to(device)

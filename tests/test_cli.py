@@ -1,8 +1,9 @@
-"""`python -m gpt`: tokenizer, train (with resume) and generate, as a user runs them."""
+"""`python -m gpt`: tokenizer, train (with resume, --init-from, --tokenizer), generate and eval, as a user runs them."""
 
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from gpt import GPT, checkpoint
+from gpt import GPT, Tokenizer, checkpoint, evaluate_text
 from gpt.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,3 +224,76 @@ def test_kill_9_during_training_loses_at_most_the_steps_since_the_last_timed_che
     assert f"done: {step + 3} steps" in resumed.stdout
     assert f"resumed from {latest} (epoch 1, step {step})" in resumed.stderr
     assert GPT.load(out).config == GPT.load(latest).config
+
+
+# --- going on from a saved model, and a saved tokenizer ---------------------------------------------
+
+NEW_TEXT = "Whan that Aprille with his shoures soote the droghte of March hath perced to the roote.\n" * 40
+
+
+@pytest.fixture(scope="module")
+def new_text(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("new") / "chaucer.txt"
+    path.write_text(NEW_TEXT, encoding="utf-8")
+    return path
+
+
+def _fit_args(out: Path, *extra: str) -> tuple[str, ...]:
+    return ("--out", str(out), "--batch-size", "8", "--steps", "4", "--threads", "1", *extra)
+
+
+def test_init_from_goes_on_training_a_saved_model_on_new_text(trained, new_text, tmp_path):
+    out = tmp_path / "tuned"
+    result = run_cli("train", "--init-from", str(trained), "--data", str(new_text), *_fit_args(out))
+    assert "done: 4 steps" in result.stdout and f"starting from {trained}" in result.stderr
+    before, after = GPT.load(trained), GPT.load(out)
+    assert after.config == before.config  # its shape and tokenizer, not the defaults of a new model
+    assert (out / "tokenizer.json").read_text() == (trained / "tokenizer.json").read_text()
+    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    record = json.loads((out / "training.json").read_text())
+    assert record["texts"] == [str(new_text)] and record["steps"] == 4  # a new run: its own steps
+    earlier = json.loads((trained / "training.json").read_text())
+    assert record["started_from"] == {"model": str(trained), **earlier}
+    # its weights, not a fresh start: the new text's loss starts far below a new model's
+    fresh = run_cli("train", "--tokenizer", str(trained), "--data", str(new_text), "--context", "32", "--emb", "32",
+                    "--heads", "2", "--layers", "1", "--activation", "gelu", *_fit_args(tmp_path / "fresh"))  # fmt: skip
+    assert evaluate_text(after, NEW_TEXT[:500]).loss < evaluate_text(GPT.load(tmp_path / "fresh"), NEW_TEXT[:500]).loss
+    assert "done: 4 steps" in fresh.stdout
+
+
+def test_tokenizer_flag_trains_a_new_model_with_a_saved_tokenizer(corpus, new_text, tmp_path):
+    run_cli("tokenizer", "--data", str(corpus), "--out", str(tmp_path / "tok.json"), "--vocab-size", "280")
+    out = tmp_path / "model"
+    run_cli("train", "--tokenizer", str(tmp_path / "tok.json"), "--data", str(new_text), "--context", "16",
+            "--emb", "16", "--heads", "2", "--layers", "1", *_fit_args(out))  # fmt: skip
+    model = GPT.load(out)
+    assert (
+        model.config.vocab_size == 280
+        and model.tokenizer.to_json_str() == Tokenizer.load(tmp_path / "tok.json").to_json_str()
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--init-from", "{tmp}/nope"), "checkpoint folder not found"),
+        (("--init-from", "{trained}", "--layers", "8"), "--layers: the shape of a new model; --init-from takes"),
+        (("--init-from", "{trained}", "--tokenizer", "{trained}"), "not allowed with argument"),
+        (("--tokenizer", "{tmp}/none.json"), "tokenizer file not found"),
+        (("--tokenizer", "{trained}", "--vocab-size", "500"), "--vocab-size trains a new tokenizer"),
+        (("--tokenizer", "{bad_tokenizer}"), "not a valid tokenizer.json"),
+        (("--init-from", "{too_big}"), "outside the model's vocabulary of 100: it does not fit this model"),
+    ],
+)
+def test_bad_starting_points_are_refused_before_anything_is_written(trained, new_text, tmp_path, flags, message):
+    bad_tokenizer = tmp_path / "bad.json"
+    bad_tokenizer.write_text('{"not": "a tokenizer"}')
+    too_big = tmp_path / "too_big"  # a checkpoint whose tokenizer has more ids than its model
+    GPT(vocab_size=100, max_seq_len=16, emb_size=16, num_heads=2, num_layers=1).save(too_big)
+    shutil.copy(trained / "tokenizer.json", too_big / "tokenizer.json")
+    values = {"tmp": tmp_path, "trained": trained, "bad_tokenizer": bad_tokenizer, "too_big": too_big}
+    args = [flag.format(**values) for flag in flags]
+    out = tmp_path / "out"
+    result = run_cli("train", *args, "--data", str(new_text), *_fit_args(out), check=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not out.exists()

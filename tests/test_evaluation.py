@@ -105,6 +105,10 @@ def test_bad_input(model):
     bare = GPT(model.config)
     with pytest.raises(ValueError, match="has no tokenizer"):
         evaluate_text(bare, "text")
+    small = GPT(vocab_size=100, max_seq_len=16, emb_size=16, num_heads=2, num_layers=1)
+    small.tokenizer = model.tokenizer  # 300 ids
+    with pytest.raises(ValueError, match="outside the model's vocabulary of 100: it does not fit"):
+        evaluate_text(small, HELD_OUT)
 
 
 def test_eval_commands_print_the_same_figures(checkpoint, model, exported, tmp_path):
