@@ -206,6 +206,8 @@ def train_args(preset: Any, steps: int) -> list:
         steps,
         preset.dropout,
         "cpu",
+        "new",  # start from a new model
+        None,
     ]
 
 

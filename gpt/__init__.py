@@ -11,7 +11,7 @@ from gpt.checkpoint import (
     read_weights,
 )
 from gpt.config import GPTConfig, count_parameters
-from gpt.data import GetData, encode_corpus, make_loaders, read_texts, split_ids
+from gpt.data import GetData, check_vocabulary, encode_corpus, make_loaders, read_texts, split_ids
 from gpt.evaluation import TextScore, evaluate_text
 from gpt.files import atomic_folder
 from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig
@@ -47,6 +47,7 @@ __all__ = [
     "TrainingHistory",
     "atomic_folder",
     "check_text_file",
+    "check_vocabulary",
     "count_parameters",
     "decode_text",
     "encode_corpus",

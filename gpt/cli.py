@@ -361,7 +361,7 @@ def _starting_model(args: argparse.Namespace, texts: list[str], device: str, res
         if model.tokenizer is None:
             raise CheckpointError(f"{args.init_from}: no tokenizer.json, so it cannot read new text")
         log.info("starting from %s: its weights, shape and tokenizer; a new optimizer and schedule", args.init_from)
-        model.training_record = {"started_from": {"model": str(args.init_from), **model.training_record}}
+        model.begin_run_from(str(args.init_from))
         return model
     if args.tokenizer is not None:
         tokenizer = Tokenizer.load(args.tokenizer)

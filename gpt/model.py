@@ -191,6 +191,11 @@ class GPT(GenerationMixin, nn.Module):
         if device is not None:
             self.to(device)
 
+    def begin_run_from(self, name: str) -> None:
+        """Mark a new training run that goes on from these weights: the record so far moves under
+        `"started_from"` (with `name`, the model they came from), and `fit` records the new run."""
+        self.training_record = {"started_from": {"model": name, **self.training_record}}
+
     @classmethod
     def from_config(cls, config: GPTConfig, device: str | torch.device | None = None) -> GPT:
         """The same as `GPT(config, device=device)`."""

@@ -69,7 +69,7 @@ def client(url: str, lang: str = "en-US") -> Client:
 
 
 def train_args(file: Path, steps: int, **overrides) -> list:
-    values = {**TINY, "steps": steps, **overrides}
+    values = {**TINY, "steps": steps, "start": "new", "start_model": None, **overrides}
     return [
         "upload",
         [handle_file(str(file))],
@@ -87,6 +87,8 @@ def train_args(file: Path, steps: int, **overrides) -> list:
                 "steps",
                 "dropout",
                 "device",
+                "start",
+                "start_model",
             )
         ),
     ]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gpt import GPT, Tokenizer
 from webapp.app import build_demo, launch_kwargs
 from webapp.settings import Settings
 
@@ -182,6 +183,31 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
     assert expected | {"export_report.json", "README.md"} <= names
     page.screenshot(path=str(shots / "models.png"), full_page=True)
     assert outside == []  # fully offline: no fonts, CDNs or analytics
+    context.close()
+
+
+def test_train_a_saved_model_further_on_another_text(browser, server, shots):
+    url, demo = server
+    texts = [Path("data/shakespeare-excerpt.txt").read_text(encoding="utf-8")[:20_000]]
+    seed = GPT(vocab_size=300, max_seq_len=32, emb_size=16, num_heads=2, num_layers=1)
+    seed.tokenizer = Tokenizer.train(texts, vocab_size=300)
+    seed.save(demo.handlers.settings.models_dir / "seed-model")
+    context, page, outside = open_page(browser, url, "en-US")
+    page.locator("#train-start-from label", has_text="A saved model").click()
+    page.click("#train-start-model input")
+    page.get_by_role("option", name=re.compile("^seed-model")).click()
+    page.locator("#train-source label", has_text="Built-in sample").click()
+    page.click("#train-sample-corpus input")
+    page.get_by_role("option", name=re.compile("^Shakespeare")).click()
+    page.click("#train-advanced button, #train-advanced .label-wrap")
+    type_number(page, "#train-steps input", 30)
+    page.click("#train-start")
+    wait_text(page, "#train-status", r"Finished at step 30\b", TRAIN_TIMEOUT_MS)
+    page.screenshot(path=str(shots / "train-further.png"), full_page=True)
+    page.get_by_role("tab", name="Models").click()
+    summary = wait_text(page, "#model-current", "trained further on")
+    assert "seed-model, trained further on Shakespeare" in summary and "context 32" in summary  # its shape
+    assert outside == []
     context.close()
 
 

@@ -65,6 +65,8 @@ def train_args(file: Path, steps: int, **overrides) -> list:
         steps,
         values["dropout"],
         "cpu",
+        "new",  # start from a new model
+        None,
     ]
 
 

@@ -59,6 +59,8 @@ def train(
             values["steps"],
             values["dropout"],
             values["device"],
+            values.get("start", "new"),
+            values.get("start_model"),
             request=request,
         )
     )

@@ -6,6 +6,7 @@ No `from __future__ import annotations` here: Gradio reads the `gr.Request` / `g
 annotations at runtime to inject them.
 """
 
+import copy
 import functools
 import logging
 import threading
@@ -118,17 +119,24 @@ class Handlers:
         steps: float,
         dropout: float,
         device: str,
+        start: str,
+        start_model: str | None,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[tuple]:
-        """Train a new model on uploaded files or a built-in sample; streams (status, loss plot, sample, model)."""
+        """Train on uploaded files or a built-in sample: a new model, or the current or a saved model
+        further (`start`: "new" / "current" / "saved", then `start_model` names it); streams
+        (status, loss plot, sample, model)."""
         lang = _lang(request)
         session = self.session(request)
         with session.lock:
             if session.training:
                 raise UserError("error.already_training")
+            model = models.starting_model(session, start, start_model, self.settings, training.checked_device(device))
+            earlier = self._earlier_curve(session, start, model)
             config = training.make_config(
                 self.settings,
+                start=model.config if model is not None else None,
                 num_layers=num_layers,
                 num_heads=num_heads,
                 emb_size=emb_size,
@@ -152,11 +160,26 @@ class Handlers:
             run_folder = session.new_folder("runs")
         yield t(lang, "train.preparing"), training.empty_frame(), "", gr.skip()
         torch.set_num_threads(self.settings.train_threads)
-        data = training.prepare_data(texts, config)
-        model = training.build_model(config, data.tokenizer, self.settings)
-        label = t(lang, "model.trained_on", corpus=data.corpus_label)
-        job = self._job(session, model, data, config, run_folder / "checkpoints", label)
+        data = training.prepare_data(texts, config, model.tokenizer if model is not None else None)
+        if model is None:
+            model = training.build_model(config, data.tokenizer, self.settings)
+            label = t(lang, "model.trained_on", corpus=data.corpus_label)
+        else:
+            base = model.training_record["started_from"]["model"]
+            label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
+        job = self._job(session, model, data, config, run_folder / "checkpoints", label, earlier=earlier)
         yield from self._run(session, job, lang, progress)
+
+    @staticmethod
+    def _earlier_curve(session: Session, start: str, model: Any) -> training.Curve | None:
+        """The loss curve of the model a run goes on from: the whole curve when it is the current
+        model and this session trained it, else the last losses its record keeps."""
+        if model is None:
+            return None
+        job = session.job
+        if start == "current" and job is not None and job.model is session.model:
+            return job.curve()
+        return training.Curve.from_record(model.training_record["started_from"])
 
     @friendly_stream
     def resume(self, steps: float, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
@@ -174,8 +197,10 @@ class Handlers:
             config = training.resume_config(last, validation.integer("steps", steps, 1, 10**9), self.settings)
             storage.check_free_disk(self.settings)
             model = training.build_model(config, last.data.tokenizer, self.settings)
-            label = t(lang, "model.trained_on", corpus=last.data.corpus_label)
-            job = self._job(session, model, last.data, config, last.checkpoint_dir, label, resume=True)
+            model.training_record = copy.deepcopy(last.model.training_record)  # e.g. the model it went on from
+            job = self._job(
+                session, model, last.data, config, last.checkpoint_dir, last.label, resume=True, earlier=last.earlier
+            )
         yield from self._run(session, job, lang, progress)
 
     def _job(self, session: Session, model: Any, data: Any, config: Any, checkpoints: Path, label: str, **kw: Any):
@@ -184,13 +209,14 @@ class Handlers:
 
         def install(job: training.TrainingJob) -> None:
             if job.usable:
-                session.set_model(job.model, label, f"simple-llm-{checkpoints.parent.name}")
+                session.set_model(job.model, job.label, f"simple-llm-{checkpoints.parent.name}")
 
         return training.TrainingJob(
             model,
             data,
             config,
             checkpoints,
+            label=label,
             threads=self.settings.train_threads,
             max_minutes=self.settings.max_train_minutes,
             on_done=install,
@@ -343,6 +369,10 @@ class Handlers:
         saved = models.list_saved(self.settings)
         choices = [(m.label(), m.name) for m in saved]
         return gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+    def start_choices(self, start: str) -> Any:
+        """The Train tab's saved-model picker: shown, with the saved models, when a run starts from one."""
+        return {**self.model_choices(), "visible": start == "saved"}
 
     @friendly
     def model_info(self, request: gr.Request) -> str:

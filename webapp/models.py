@@ -3,6 +3,7 @@ ONNX exports of a session's current model (made by `export.to_onnx`, run by `exp
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -167,6 +168,33 @@ def import_zip(session: Session, zip_path: str | Path, settings: Settings) -> st
         raise UserError("error.name_taken", name=base)
     session.set_model(model, name, name)
     return name
+
+
+START_FROM = ("new", "current", "saved")
+"""What a training run starts from: a new model, the session's current model, or a saved one."""
+
+
+def starting_model(session: Session, start: str, name: str | None, settings: Settings, device: str) -> GPT | None:
+    """A copy of the model a run goes on from (the run changes its weights, the original stays as
+    it is until the run has a checkpoint), its record marking the new run; None for a new model."""
+    if start not in START_FROM:
+        raise UserError("error.bad_value", name="start", value=start, rule=" / ".join(START_FROM))
+    if start == "new":
+        return None
+    if start == "saved":
+        if not name:
+            raise UserError("error.pick_model")
+        saved = find_saved(settings, str(name))
+        model = load_checked(saved.path, settings, device=device)
+        model.begin_run_from(saved.name)
+        return model
+    source = require_model(session)
+    model = GPT.from_config(source.config, device=device)
+    model.load_state_dict(source.state_dict())
+    model.tokenizer = source.tokenizer  # immutable: shared
+    model.training_record = copy.deepcopy(source.training_record)
+    model.begin_run_from(session.model_name or "current model")
+    return model.eval()
 
 
 def require_model(session: Session) -> GPT:

@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from gpt import PRESETS
-from webapp import backends, corpus, generation, training
+from webapp import backends, corpus, generation, models, training
 from webapp.handlers import Handlers
 from webapp.i18n import I18N
 from webapp.settings import Settings
@@ -47,6 +47,8 @@ class TrainTab:
     source: gr.Radio
     sample: gr.Dropdown
     files: gr.File
+    start: gr.Radio
+    start_model: gr.Dropdown
     preset: gr.Radio
     settings: dict[str, gr.Number]  # by training field (`SETTING_KEYS`)
     device: gr.Radio
@@ -63,7 +65,7 @@ class TrainTab:
 
 
 def _train_inputs() -> dict[str, Any]:
-    """The left column's choices: data source, sample, files, model preset."""
+    """The left column's choices: data source, sample, files, the model to start from, model preset."""
     return {
         "source": gr.Radio(
             [(I18N("train.source_sample"), "sample"), (I18N("train.source_upload"), "upload")],
@@ -85,6 +87,14 @@ def _train_inputs() -> dict[str, Any]:
             visible=False,
             elem_id="train-files",
         ),
+        "start": gr.Radio(
+            [(I18N(f"train.start_{name}"), name) for name in models.START_FROM],
+            value="new",
+            label=I18N("train.start_from"),
+            info=I18N("train.start_info"),
+            elem_id="train-start-from",
+        ),
+        "start_model": gr.Dropdown([], label=I18N("train.start_model"), visible=False, elem_id="train-start-model"),
         "preset": gr.Radio(
             [(I18N(f"preset.{name}"), name) for name in training.MODEL_PRESETS],
             value="tiny",
@@ -162,9 +172,16 @@ def wire_train_tab(tab: TrainTab, h: Handlers, settings: Settings, current: gr.M
     # .input, not .change: a preset fills the settings only when the user picks one, never
     # because the page (re)rendered the radio, which would overwrite values already typed
     tab.preset.input(h.preset, tab.preset, tab.setting_components(), api_visibility="private", queue=False)
+    tab.start.change(  # going on from a model: pick the saved one; its shape replaces the presets
+        lambda start: (h.start_choices(start), gr.update(visible=start == "new")),
+        tab.start,
+        [tab.start_model, tab.preset],
+        api_visibility="private",
+        queue=False,
+    )
     train_event = tab.train_btn.click(
         h.train,
-        [tab.source, tab.files, tab.sample, *tab.setting_components(), tab.device],
+        [tab.source, tab.files, tab.sample, *tab.setting_components(), tab.device, tab.start, tab.start_model],
         outputs,
         api_name="train",
         show_progress_on=[tab.status],

@@ -4,7 +4,9 @@ that runs `gpt`'s `fit` in a worker thread and reports through a callback.
 The handler that owns a job polls it between yields, so a Gradio cancel or the Stop button lands
 between two optimizer steps: `stop()` sets the trainer's stop flag, `fit` finishes the step, writes
 a checkpoint and returns, and the model is left at that clean step. A stopped run resumes from its
-newest checkpoint with the same data and tokenizer.
+newest checkpoint with the same data and tokenizer. A run may also go on from an existing model
+(its weights, shape and tokenizer; `TrainConfig.start`); its loss curve then continues the
+model's earlier one (`Curve`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gpt import (
     ModelCheckpoint,
     Tokenizer,
     Trainer,
+    check_vocabulary,
     count_parameters,
     encode_corpus,
     estimate_training_memory,
@@ -73,9 +76,12 @@ class TrainConfig:
     steps: int = 1500
     dropout: float = 0.0
     device: str = "cpu"
+    start: GPTConfig | None = None  # the shape of the model the run goes on from; None: a new model
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         """The model this run trains, for a tokenizer of `vocab_size` tokens."""
+        if self.start is not None:
+            return self.start
         return GPTConfig(
             vocab_size=vocab_size,
             max_seq_len=self.context,
@@ -120,9 +126,10 @@ LIMITS = {
 MAX_DROPOUT = 0.9
 
 
-def make_config(settings: Settings, **values: Any) -> TrainConfig:
+def make_config(settings: Settings, start: GPTConfig | None = None, **values: Any) -> TrainConfig:
     """A validated `TrainConfig` from UI values (numbers may arrive as floats or strings), refused
-    before any work when the model is over the size cap or the run over the memory budget."""
+    before any work when the model is over the size cap or the run over the memory budget.
+    With `start`, the run goes on from a model of that shape, which replaces the UI's."""
     parsed = {name: validation.integer(name, values[name], low, high) for name, (low, high) in LIMITS.items()}
     if parsed["steps"] > settings.max_steps:
         raise UserError("error.too_many_steps", steps=parsed["steps"], limit=settings.max_steps)
@@ -130,15 +137,30 @@ def make_config(settings: Settings, **values: Any) -> TrainConfig:
         raise UserError("error.heads_divide", emb=parsed["emb_size"], heads=parsed["num_heads"])
     learning_rate = validation.real("learning_rate", values["learning_rate"], 0.0, 1.0, open_low=True)
     dropout = validation.real("dropout", values["dropout"], 0.0, MAX_DROPOUT)
-    device = str(values.get("device") or "cpu")
+    device = checked_device(values.get("device"))
+    if start is not None:
+        parsed.update(
+            num_layers=start.num_layers,
+            num_heads=start.num_heads,
+            emb_size=start.emb_size,
+            context=start.max_seq_len,
+            vocab_size=start.vocab_size,
+        )
+        dropout = start.dropout
+    config = TrainConfig(learning_rate=learning_rate, dropout=dropout, device=device, start=start, **parsed)
+    check_size(config, config.vocab_size, settings)  # an upper bound: the trained vocabulary may be smaller
+    return config
+
+
+def checked_device(value: Any) -> str:
+    """The training device the UI value names ("cpu" when empty); unknown or unavailable raises `UserError`."""
+    device = str(value or "cpu")
     found = backends.devices().get(device)
     if found is None:
         raise UserError("error.bad_value", name="device", value=device, rule=" / ".join(backends.DEVICES))
     if not found.available:
         raise UserError("error.device_unavailable", device=device, reason=found.reason)
-    config = TrainConfig(learning_rate=learning_rate, dropout=dropout, device=device, **parsed)
-    check_size(config, config.vocab_size, settings)  # an upper bound: the trained vocabulary may be smaller
-    return config
+    return device
 
 
 def check_size(config: TrainConfig, vocab_size: int, settings: Settings) -> None:
@@ -170,10 +192,15 @@ class PreparedData:
     corpus_label: Any  # str, or a translatable `Msg`
 
 
-def prepare_data(corpus: Corpus, config: TrainConfig) -> PreparedData:
-    """Train the tokenizer on the corpus, encode it and cut it into windows; too little text raises `UserError`."""
-    tokenizer = Tokenizer.train(corpus.texts, vocab_size=config.vocab_size)
+def prepare_data(corpus: Corpus, config: TrainConfig, tokenizer: Tokenizer | None = None) -> PreparedData:
+    """Encode the corpus with `tokenizer` (by default one trained on it) and cut it into windows;
+    too little text, or a tokenizer that does not fit the model, raises `UserError`."""
+    tokenizer = tokenizer or Tokenizer.train(corpus.texts, vocab_size=config.vocab_size)
     ids = encode_corpus(corpus.texts, tokenizer)
+    try:
+        check_vocabulary(ids, config.gpt_config(tokenizer.vocab_size).vocab_size)
+    except ValueError as err:
+        raise UserError("error.bad_checkpoint", detail=str(err)) from None
     needed = minimum_tokens(config)
     if len(ids) < needed:
         raise UserError(
@@ -199,6 +226,29 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer, settings: Settings, s
     return model
 
 
+@dataclass(frozen=True)
+class Curve:
+    """A model's losses before a run, by step: train `(step, loss)` points and validation evaluations."""
+
+    train: tuple[tuple[int, float], ...] = ()
+    evaluations: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def end(self) -> int:
+        """The step the curve reaches: a run that goes on from it counts its steps from there."""
+        return max((step for step, _ in self.train + self.evaluations), default=0)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Curve:
+        """The last losses a model's `training_record` holds (a saved model keeps no whole curve)."""
+        step = record.get("steps")
+        if not isinstance(step, int) or step <= 0:
+            return cls()
+        points = {name: record.get(name) for name in ("train_loss", "validation_loss")}
+        found = {name: ((step, float(v)),) if isinstance(v, (int, float)) else () for name, v in points.items()}
+        return cls(found["train_loss"], found["validation_loss"])
+
+
 @dataclass
 class Snapshot:
     """A consistent-enough view of a running job for the UI (read from another thread)."""
@@ -214,6 +264,7 @@ class Snapshot:
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     evaluations: list[tuple[int, float]] = field(default_factory=list)
+    earlier: Curve = field(default_factory=Curve)  # the model's losses before this run (steps before `earlier.end`)
 
 
 class TrainingJob:
@@ -229,10 +280,14 @@ class TrainingJob:
         threads: int,
         max_minutes: float,
         resume: bool = False,
+        earlier: Curve | None = None,
+        label: Any = "",
         sample_every_s: float = SAMPLE_EVERY_S,
         on_done: Callable[[TrainingJob], None] | None = None,
     ) -> None:
         self.model = model
+        self.earlier = earlier or Curve()  # the losses of the model this run goes on from
+        self.label = label  # what the app calls the model this run trains
         model.training_record.setdefault("texts", [str(data.corpus_label)])  # its model card names them
         self.data = data
         self.config = config
@@ -353,7 +408,7 @@ class TrainingJob:
         trainer = self.trainer
         elapsed = time.monotonic() - self.started
         if trainer is None:
-            return Snapshot("starting", 0, self.config.steps, None, None, 0.0, elapsed, None)
+            return Snapshot("starting", 0, self.config.steps, None, None, 0.0, elapsed, None, earlier=self.earlier)
         history = trainer.history
         steps, losses = list(history.steps), list(history.loss)
         n = min(len(steps), len(losses))
@@ -373,7 +428,15 @@ class TrainingJob:
             steps[:n],
             losses[:n],
             list(history.evaluations),
+            self.earlier,
         )
+
+    def curve(self) -> Curve:
+        """The model's whole loss curve after this run: the earlier one, then this run's (averaged)."""
+        snap, offset = self.snapshot(), self.earlier.end
+        train = tuple((offset + step, loss) for step, loss in _averaged(snap.steps, snap.losses))
+        evaluations = tuple((offset + step, loss) for step, loss in snap.evaluations)
+        return Curve(self.earlier.train + train, self.earlier.evaluations + evaluations)
 
     def _rates(self, window: float = 10.0) -> tuple[float, float]:
         """Steps/s and tokens/s over the last `window` seconds (evaluations and samples included)."""
@@ -437,17 +500,23 @@ def loss_frame(snapshot: Snapshot, lang: str) -> pd.DataFrame:
     draws, so a first frame with train rows only would hide the validation line for good.
     """
     train_name, valid_name = t(lang, "plot.train"), t(lang, "plot.validation")
-    rows: list[tuple[int, float, str]] = []
     if not snapshot.evaluations:
         return empty_frame()
-    steps, losses = snapshot.steps, snapshot.losses
-    if steps:
-        size = max(1, math.ceil(len(steps) / PLOT_POINTS))
-        for start in range(0, len(steps), size):
-            chunk = losses[start : start + size]
-            rows.append((steps[min(start + size, len(steps)) - 1], sum(chunk) / len(chunk), train_name))
-    rows += [(step, loss, valid_name) for step, loss in snapshot.evaluations]
+    earlier, offset = snapshot.earlier, snapshot.earlier.end  # a run that goes on from a model continues its curve
+    rows = [(step, loss, t(lang, "plot.earlier")) for step, loss in earlier.train or earlier.evaluations]
+    rows += [(offset + step, loss, train_name) for step, loss in _averaged(snapshot.steps, snapshot.losses)]
+    rows += [(offset + step, loss, valid_name) for step, loss in snapshot.evaluations]
     return pd.DataFrame(rows, columns=["step", "loss", "split"])
+
+
+def _averaged(steps: list[int], losses: list[float]) -> list[tuple[int, float]]:
+    """The train loss averaged into at most `PLOT_POINTS` points, each at its chunk's last step."""
+    size = max(1, math.ceil(len(steps) / PLOT_POINTS))
+    points = []
+    for start in range(0, len(steps), size):
+        chunk = losses[start : start + size]
+        points.append((steps[min(start + size, len(steps)) - 1], sum(chunk) / len(chunk)))
+    return points
 
 
 def empty_frame() -> pd.DataFrame:

@@ -1,0 +1,129 @@
+"""The Train tab's "start from": going on training the current or a saved model on new text, in
+process through the handlers, with the bad starting points refused before anything is written."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from webapp_common import Request, error_of, plain, text, train
+
+from gpt import GPT, evaluate_text
+from webapp import training
+from webapp.handlers import Handlers
+from webapp.settings import Settings
+
+NEW_WORDS = "zebra quartz vixen jumps over lazy fog under amber skies".split()
+
+
+@pytest.fixture(scope="module")
+def handlers(tmp_path_factory) -> Handlers:
+    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1, max_steps=500)
+    return Handlers(settings)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("texts")
+    first, new = folder / "first.txt", folder / "new.txt"
+    first.write_text(text(), encoding="utf-8")
+    new.write_text(text(words=NEW_WORDS, seed=1), encoding="utf-8")
+    return {"first": first, "new": new}
+
+
+@pytest.fixture(scope="module")
+def base(handlers, files) -> Request:
+    """A session whose model trained 40 steps on the first text, saved as `base`."""
+    request = Request("base")
+    train(handlers, request, [files["first"]], steps=40)
+    handlers.save_model("base", request=request)
+    return request
+
+
+def _runs(handlers: Handlers, request: Request) -> set[str]:
+    folder = handlers.session(request).folder / "runs"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def test_the_current_model_goes_on_training_on_new_text(handlers, files, base):
+    session = handlers.session(base)
+    before = session.model
+    before_weights = {k: v.clone() for k, v in before.state_dict().items()}
+    earlier_end = session.job.steps_done
+    new_text = files["new"].read_text(encoding="utf-8")
+    loss_before = evaluate_text(before, new_text[:2000]).loss
+
+    outputs = train(handlers, base, [files["new"]], steps=30, start="current", num_layers=3, vocab_size=999)
+    status, plot, _, summary = outputs[-1]
+    after = session.model
+    assert after is not before and after.config == before.config  # its shape, not the UI's settings
+    assert after.tokenizer is before.tokenizer
+    assert all(torch.equal(before_weights[k], v) for k, v in before.state_dict().items())  # trained a copy
+    assert evaluate_text(after, new_text[:2000]).loss < loss_before
+    assert "trained further on new.txt" in plain(summary)
+    assert after.training_record["started_from"]["steps"] == earlier_end
+    assert after.training_record["texts"] == ["new.txt"]
+
+    # the loss curve shows the earlier run, then this one from where it ended
+    earlier = plot[plot["split"] == "before this run"]
+    current = plot[plot["split"] == "train"]
+    assert len(earlier) > 1 and earlier["step"].max() <= earlier_end
+    assert current["step"].min() > earlier_end and current["step"].max() == earlier_end + 30
+
+
+def test_a_saved_model_goes_on_training_in_another_session(handlers, files, base):
+    request = Request("other")
+    saved = GPT.load(handlers.settings.models_dir / "base")
+    outputs = train(handlers, request, [files["new"]], steps=20, start="saved", start_model="base")
+    model = handlers.session(request).model
+    assert model.config == saved.config and model.tokenizer.to_json_str() == saved.tokenizer.to_json_str()
+    assert model.training_record["started_from"]["model"] == "base"
+    plot = outputs[-1][1]
+    assert (
+        plot["step"].min() >= json.loads((handlers.settings.models_dir / "base" / "training.json").read_text())["steps"]
+    )
+    handlers.save_model("tuned", request=request)
+    record = json.loads((handlers.settings.models_dir / "tuned" / "training.json").read_text())
+    assert record["started_from"]["model"] == "base" and record["steps"] == 20
+
+
+def test_a_stopped_continued_run_resumes_as_the_same_run(handlers, files, base):
+    request = Request("resumer")
+    train(handlers, request, [files["new"]], steps=10, start="saved", start_model="base")
+    first = handlers.session(request).job
+    *_, last = handlers.resume(25, request=request)
+    job = handlers.session(request).job
+    assert job is not first and job.earlier == first.earlier and job.label == first.label
+    assert job.model.training_record["started_from"]["model"] == "base"
+    assert "trained further on new.txt" in plain(last[3])
+
+
+@pytest.mark.parametrize(
+    "start, name, message",
+    [
+        ("bogus", None, "start = 'bogus' is not valid"),
+        ("saved", None, "Choose a saved model first."),
+        ("saved", "../base", "no saved model called '../base'"),
+        ("current", None, "There is no model yet"),
+    ],
+)
+def test_bad_starting_points_are_refused_before_anything_is_written(handlers, files, start, name, message):
+    request = Request(f"bad-{start}-{name}")
+    assert message in error_of(lambda: train(handlers, request, [files["new"]], steps=5, start=start, start_model=name))
+    assert _runs(handlers, request) == set() and handlers.session(request).model is None
+
+
+def test_a_saved_model_whose_tokenizer_does_not_fit_is_refused(handlers, files, base):
+    folder = handlers.settings.models_dir / "misfit"
+    GPT(vocab_size=100, max_seq_len=16, emb_size=16, num_heads=2, num_layers=1).save(folder)
+    (folder / "tokenizer.json").write_text((handlers.settings.models_dir / "base" / "tokenizer.json").read_text())
+    request = Request("misfit")
+    message = error_of(lambda: train(handlers, request, [files["new"]], steps=5, start="saved", start_model="misfit"))
+    assert "outside the model's vocabulary of 100" in message and handlers.session(request).model is None
+
+
+def test_a_saved_record_gives_the_curve_its_starting_point():
+    curve = training.Curve.from_record({"steps": 120, "train_loss": 2.5, "validation_loss": 2.7})
+    assert curve.end == 120 and curve.train == ((120, 2.5),) and curve.evaluations == ((120, 2.7),)
+    assert training.Curve.from_record({}).end == 0
+    assert training.Curve.from_record({"steps": "many", "train_loss": "low"}) == training.Curve()
