@@ -207,6 +207,18 @@ def test_train_a_saved_model_further_on_another_text(browser, server, shots):
     page.get_by_role("tab", name="Models").click()
     summary = wait_text(page, "#model-current", "trained further on")
     assert "seed-model, trained further on Shakespeare" in summary and "context 32" in summary  # its shape
+    held_out = "KING RICHARD:\nNow is the winter of our discontent\nMade glorious summer by this sun of York."
+    page.locator("#eval-text textarea").fill(held_out)
+    page.click("#eval-start")
+    assert "nats per byte" in wait_text(page, "#eval-message", "nats per byte")
+    page.locator("#eval-model label", has_text="The saved model chosen above").click()
+    page.click("#model-saved input")
+    page.get_by_role("option", name="seed-model").click()
+    page.click("#eval-start")
+    wait_text(page, "#eval-message", "^seed-model on")  # the saved one, before it trained further
+    table = page.inner_text("#eval-table")
+    assert table.count("seed-model") == 2 and "trained further" in table and "nats per byte" in table
+    page.screenshot(path=str(shots / "evaluate.png"), full_page=True)
     assert outside == []
     context.close()
 

@@ -1,5 +1,6 @@
-"""The Train tab's "start from": going on training the current or a saved model on new text, in
-process through the handlers, with the bad starting points refused before anything is written."""
+"""Models after their first run, through the handlers: going on training the current or a saved
+model on new text (the Train tab's "start from"), with bad starting points refused before anything
+is written, and scoring models on a held-out text (the Models tab's evaluation)."""
 
 import json
 from pathlib import Path
@@ -127,3 +128,54 @@ def test_a_saved_record_gives_the_curve_its_starting_point():
     assert curve.end == 120 and curve.train == ((120, 2.5),) and curve.evaluations == ((120, 2.7),)
     assert training.Curve.from_record({}).end == 0
     assert training.Curve.from_record({"steps": "many", "train_loss": "low"}) == training.Curve()
+
+
+# --- the Models tab's evaluation ---------------------------------------------------------------------
+
+
+def test_two_models_compare_on_the_same_held_out_text(handlers, files, base):
+    request = Request("evaluator")
+    train(handlers, request, [files["new"]], steps=20, start="saved", start_model="base")
+    held_out = text(words=NEW_WORDS, seed=9, count=300)
+    table, message = handlers.evaluate("current", None, held_out, None, request=request)
+    table, message = handlers.evaluate("saved", "base", held_out, None, request=request)
+    assert list(table.columns) == [
+        "model", "text", "tokens", "loss per token", "perplexity", "nats per byte", "bits per byte"
+    ]  # fmt: skip
+    assert list(table["model"]) == ["base", handlers.session(request).model_label]  # newest first
+    expected = evaluate_text(GPT.load(handlers.settings.models_dir / "base"), held_out)
+    assert table["nats per byte"][0] == pytest.approx(expected.nats_per_byte, abs=1e-4)
+    assert table["tokens"][0] == expected.tokens and f"{expected.nats_per_byte:.4f} nats per byte" in message
+    original, tuned = table["nats per byte"]  # newest first: the saved base, then the current model
+    assert tuned < original  # the model trained further on this kind of text predicts it better
+
+
+def test_an_uploaded_file_is_scored_by_the_upload_rules(handlers, files, base, tmp_path):
+    table, message = handlers.evaluate("current", None, "", str(files["new"]), request=base)
+    assert table["text"][0] == "new.txt" and "new.txt" in message
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(b"\x7fELF\x02\x01\x01\x00" * 8)
+    assert "binary" in error_of(lambda: handlers.evaluate("current", None, "", str(blob), request=base))
+
+
+@pytest.mark.parametrize(
+    "which, name, pasted, message",
+    [
+        ("current", None, "   ", "Paste a text or upload a text file"),
+        ("saved", None, "some text", "Choose a saved model first."),
+        ("saved", "nope", "some text", "no saved model called 'nope'"),
+        ("best", None, "some text", "model = 'best' is not valid"),
+        ("current", None, 42, "text = 42 is not valid"),
+    ],
+)
+def test_bad_evaluation_requests_say_why(handlers, base, which, name, pasted, message):
+    assert message in error_of(lambda: handlers.evaluate(which, name, pasted, None, request=base))
+
+
+def test_evaluation_without_a_model_or_over_the_text_limit(tmp_path):
+    handlers = Handlers(Settings(artifacts=tmp_path, max_eval_mb=1))
+    assert "no model yet" in error_of(lambda: handlers.evaluate("current", None, "text", None, request=Request("a")))
+    too_long = "a" * (1024 * 1024 + 1)
+    assert "over the limit" in error_of(
+        lambda: handlers.evaluate("current", None, too_long, None, request=Request("a"))
+    )

@@ -274,7 +274,9 @@ def test_training_streams_progress_plot_samples_and_model(trained, handlers):
 
 def test_stop_keeps_the_last_checkpoint_and_resume_finishes_the_run(handlers, text_file):
     request = Request("stop-resume")
-    run = handlers.train("upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, "cpu", "new", None, request=request)
+    run = handlers.train(
+        "upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, "cpu", "new", None, request=request
+    )
     session = handlers.session(request)
     for _ in run:
         if session.job is not None and session.job.steps_done >= 5:
@@ -308,7 +310,9 @@ def test_stop_without_a_run_and_resume_without_a_run(handlers):
 
 def test_a_second_training_in_the_same_session_is_refused(handlers, text_file):
     request = Request("twice")
-    run = handlers.train("upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, "cpu", "new", None, request=request)
+    run = handlers.train(
+        "upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, "cpu", "new", None, request=request
+    )
     next(run), next(run)
     try:
         assert "already running" in error_of(lambda: train(handlers, request, [text_file]))

@@ -62,7 +62,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             models = tabs.build_models_tab()
         tabs.wire_train_tab(train, h, settings, current=models.current)
         tabs.wire_generate_tab(generate, h, settings)
-        tabs.wire_models_tab(models, h)
+        tabs.wire_models_tab(models, h, settings)
         demo.load(h.model_choices, None, models.saved, api_visibility="private", queue=False)
         demo.load(h.model_info, None, models.current, api_name="model_info", queue=False)
         demo.load(h.availability, None, [generate.backend, train.device], api_visibility="private", queue=False)

@@ -19,7 +19,7 @@ import gradio as gr
 import torch
 
 from gpt import count_parameters
-from webapp import backends, corpus, generation, models, storage, training, validation
+from webapp import backends, corpus, evaluation, generation, models, storage, training, validation
 from webapp.i18n import UserError, language, t
 from webapp.sessions import Session, SessionRegistry
 from webapp.settings import Settings
@@ -373,6 +373,26 @@ class Handlers:
     def start_choices(self, start: str) -> Any:
         """The Train tab's saved-model picker: shown, with the saved models, when a run starts from one."""
         return {**self.model_choices(), "visible": start == "saved"}
+
+    @friendly
+    def evaluate(
+        self,
+        which: str,
+        saved_name: str | None,
+        pasted: str,
+        upload: Any,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),
+    ) -> tuple[Any, str]:
+        """Score the current or a saved model on pasted or uploaded text; (results table, message)."""
+        lang = _lang(request)
+        session = self.session(request)
+        upload_path = _path(_file_list(upload)[0]) if _file_list(upload) else None
+        text, text_name = evaluation.read_text(pasted, upload_path, self.settings)
+        model, model_name = evaluation.pick_model(session, which, saved_name, self.settings)
+        torch.set_num_threads(self.settings.generate_threads)
+        result = evaluation.score(session, model, model_name, text, text_name)
+        return evaluation.table(session, lang), evaluation.message(result, model_name, text_name, lang)
 
     @friendly
     def model_info(self, request: gr.Request) -> str:

@@ -5,6 +5,7 @@
 | `SIMPLE_LLM_ARTIFACTS` | `<repo>/artifacts` | artifact folder: `models/<name>/` (saved models, shared by all users) and `sessions/<id>/` (each browser session's uploads, training checkpoints and ONNX exports, deleted with the session) |
 | `SIMPLE_LLM_MAX_UPLOAD_MB` | 100 | largest uploaded file (text or checkpoint zip); also `launch(max_file_size=...)` |
 | `SIMPLE_LLM_MAX_TEXT_MB` | 20 | total training text of one run |
+| `SIMPLE_LLM_MAX_EVAL_MB` | 2 | text of one evaluation (Models tab) |
 | `SIMPLE_LLM_MAX_UNZIP_MB` | 1024 | total unpacked size of an uploaded checkpoint zip |
 | `SIMPLE_LLM_MAX_PARAMS` | 20000000 | largest model (parameters) a user may train, load or upload |
 | `SIMPLE_LLM_MAX_STEPS` | 20000 | most optimizer steps of one training run |
@@ -47,6 +48,7 @@ class Settings:
     artifacts: Path
     max_upload_mb: int = 100
     max_text_mb: int = 20
+    max_eval_mb: int = 2
     max_unzip_mb: int = 1024
     max_params: int = 20_000_000
     max_steps: int = 20_000

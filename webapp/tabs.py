@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from gpt import PRESETS
-from webapp import backends, corpus, generation, models, training
+from webapp import backends, corpus, evaluation, generation, models, training
 from webapp.handlers import Handlers
 from webapp.i18n import I18N
 from webapp.settings import Settings
@@ -353,6 +353,12 @@ class ModelsTab:
     export_btn: gr.Button
     export_zip: gr.File
     export_report: gr.Markdown
+    eval_model: gr.Radio
+    eval_text: gr.Textbox
+    eval_file: gr.File
+    eval_btn: gr.Button
+    eval_message: gr.Markdown
+    eval_table: gr.Dataframe
 
 
 def _saved_models_column() -> dict[str, Any]:
@@ -396,6 +402,36 @@ def _export_column() -> dict[str, Any]:
     return found
 
 
+def _evaluation_row() -> dict[str, Any]:
+    """Evaluation: which model, a pasted text or a file, the button; then the session's results."""
+    found: dict[str, Any] = {}
+    gr.Markdown("### " + I18N("eval.title"))
+    with gr.Row():
+        with gr.Column(min_width=320):
+            found["eval_model"] = gr.Radio(
+                [(I18N(f"eval.{name}"), name) for name in evaluation.MODELS],
+                value="current",
+                label=I18N("eval.model"),
+                elem_id="eval-model",
+            )
+            found["eval_text"] = gr.Textbox("", label=I18N("eval.text"), lines=4, elem_id="eval-text")
+        with gr.Column(min_width=320):
+            found["eval_file"] = gr.File(
+                label=I18N("eval.file"), file_types=list(corpus.TEXT_SUFFIXES), type="filepath", height=120,
+                elem_id="eval-file",
+            )  # fmt: skip
+            found["eval_btn"] = gr.Button(I18N("eval.button"), variant="primary", elem_id="eval-start")
+    found["eval_message"] = gr.Markdown(elem_id="eval-message")
+    found["eval_table"] = gr.Dataframe(
+        label=I18N("eval.results"),
+        interactive=False,
+        wrap=True,
+        column_widths=["28%", "18%", "9%", "12%", "11%", "11%", "11%"],
+        elem_id="eval-table",
+    )
+    return found
+
+
 def build_models_tab() -> ModelsTab:
     """The Models tab: the current model, saved models on the left, ONNX export on the right."""
     with gr.Tab(I18N("tab.models"), id="models"):
@@ -404,11 +440,20 @@ def build_models_tab() -> ModelsTab:
         with gr.Row():
             saved = _saved_models_column()
             exports = _export_column()
-    return ModelsTab(current=current, message=message, **saved, **exports)
+        evaluations = _evaluation_row()
+    return ModelsTab(current=current, message=message, **saved, **exports, **evaluations)
 
 
-def wire_models_tab(tab: ModelsTab, h: Handlers) -> None:
-    """The list / load / download / save / upload / export endpoints."""
+def wire_models_tab(tab: ModelsTab, h: Handlers, settings: Settings) -> None:
+    """The list / load / download / save / upload / export / evaluate endpoints."""
+    tab.eval_btn.click(
+        h.evaluate,
+        [tab.eval_model, tab.saved, tab.eval_text, tab.eval_file],
+        [tab.eval_table, tab.eval_message],
+        api_name="evaluate",
+        concurrency_limit=settings.generate_concurrency,
+        concurrency_id="generate",
+    )
     show = {"fn": lambda: gr.update(visible=True), "inputs": None, "api_visibility": "private", "queue": False}
     tab.refresh.click(h.model_choices, None, tab.saved, api_name="list_models", queue=False)
     tab.load_btn.click(h.load_model, tab.saved, [tab.current, tab.message], api_name="load_model")

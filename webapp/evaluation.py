@@ -1,0 +1,86 @@
+"""The Models tab's evaluation: how well the current or a saved model predicts a pasted or uploaded
+text (`gpt.evaluate_text`), each result kept in the session's table, so that two models (say, one
+and its fine-tuned copy) compare side by side on the same held-out text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gpt import GPT, TextScore, evaluate_text
+from webapp import corpus, models, validation
+from webapp.i18n import UserError, t
+from webapp.sessions import Session
+from webapp.settings import MB, Settings
+
+MODELS = ("current", "saved")
+MAX_ROWS = 20  # results a session keeps; the oldest go first
+COLUMNS = ("model", "text", "tokens", "loss", "perplexity", "nats_per_byte", "bits_per_byte")
+
+
+def read_text(pasted: Any, upload: Path | None, settings: Settings) -> tuple[str, str]:
+    """The text to score and its name: the uploaded file when there is one (by the training
+    uploads' rules), else the pasted text; each at most `max_eval_mb`."""
+    limit = settings.max_eval_mb
+    if upload is not None:
+        found = corpus.read_uploads([upload], min(settings.max_upload_mb, limit), limit)
+        return found.texts[0], str(found.label)
+    text = validation.text("text", pasted, int(limit * MB))
+    if not text.strip():
+        raise UserError("error.eval_no_text")
+    return text, f"{len(text):,} chars".replace(",", " ")
+
+
+def pick_model(session: Session, which: str, saved_name: Any, settings: Settings) -> tuple[GPT, str]:
+    """The model to score with and its name: the session's current model or a saved one."""
+    if which not in MODELS:
+        raise UserError("error.bad_value", name="model", value=which, rule=" / ".join(MODELS))
+    if which == "current":
+        return models.require_model(session), str(session.model_label)
+    if not saved_name:
+        raise UserError("error.pick_model")
+    saved = models.find_saved(settings, str(saved_name))
+    return models.load_checked(saved.path, settings), saved.name
+
+
+def score(session: Session, model: GPT, model_name: str, text: str, text_name: str) -> TextScore:
+    """Score `text` and add the result to the session's table."""
+    try:
+        result = evaluate_text(model, text, progress=True)  # the app shows tqdm's bar (gr.Progress)
+    except ValueError as err:  # a tokenizer that does not fit the model
+        raise UserError("error.bad_checkpoint", detail=str(err)) from None
+    row = {"model": model_name, "text": text_name, **result.to_dict()}
+    with session.lock:
+        session.evaluations = [*session.evaluations, row][-MAX_ROWS:]
+    return result
+
+
+def table(session: Session, lang: str) -> pd.DataFrame:
+    """The session's results, newest first, with the column names in `lang`."""
+    rows = [
+        [
+            row["model"],
+            row["text"],
+            row["tokens"],
+            round(row["loss"], 4),
+            round(row["perplexity"], 2),
+            round(row["nats_per_byte"], 4),
+            round(row["bits_per_byte"], 4),
+        ]
+        for row in reversed(session.evaluations)
+    ]
+    return pd.DataFrame(rows, columns=[t(lang, f"eval.col_{name}") for name in COLUMNS])
+
+
+def message(result: TextScore, model_name: str, text_name: str, lang: str) -> str:
+    return t(
+        lang,
+        "eval.done",
+        model=model_name,
+        text=text_name,
+        nats=f"{result.nats_per_byte:.4f}",
+        bits=f"{result.bits_per_byte:.4f}",
+        ppl=f"{result.perplexity:.2f}",
+    )
