@@ -12,9 +12,9 @@ from gpt.checkpoint import (
 )
 from gpt.config import GPTConfig, count_parameters
 from gpt.data import GetData, check_vocabulary, encode_corpus, make_loaders, read_texts, split_ids
-from gpt.evaluation import TextScore, evaluate_text
+from gpt.evaluation import TextScore, evaluate_text, token_losses
 from gpt.files import atomic_folder
-from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig
+from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig, TokenScores
 from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
 from gpt.modes import evaluating
@@ -42,6 +42,7 @@ __all__ = [
     "TEXT_SUFFIXES",
     "TextFileError",
     "TextScore",
+    "TokenScores",
     "Tokenizer",
     "Trainer",
     "TrainingHistory",
@@ -62,4 +63,5 @@ __all__ = [
     "read_texts",
     "read_weights",
     "split_ids",
+    "token_losses",
 ]

@@ -76,7 +76,17 @@ def evaluate_text(
     model: Scorable, text: str, batch_size: int = DEFAULT_EVAL_BATCH, progress: bool = False
 ) -> TextScore:
     """Score `text` under `model` (see the module docstring); `progress` shows a bar over the
-    batches of windows. Raises ValueError for an empty text or a model without a tokenizer."""
+    batches of windows. Raises ValueError for an empty text, a model without a tokenizer or a
+    tokenizer that does not fit the model."""
+    ids, losses = token_losses(model, text, batch_size, progress)
+    return TextScore(tokens=len(ids), bytes=len(text.encode("utf-8")), total_nats=losses.double().sum().item())
+
+
+def token_losses(
+    model: Scorable, text: str, batch_size: int = DEFAULT_EVAL_BATCH, progress: bool = False
+) -> tuple[list[int], Tensor]:
+    """Every token of `text` and its loss in nats, `-log p(token | the tokens before it)`: how
+    much it surprised the model. The figures of `evaluate_text` are their sum and mean."""
     if model.tokenizer is None:
         raise ValueError("this model has no tokenizer: evaluating a text needs one")
     if not text:
@@ -87,10 +97,10 @@ def evaluate_text(
     check_vocabulary(ids, model.config.vocab_size)
     windows = list(_windows(len(ids) - 1, model.max_seq_len))
     batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
-    total = 0.0
+    losses: list[Tensor] = []
     for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress or len(batches) < 2):
-        total += _batch_nats(model, ids, batch)
-    return TextScore(tokens=len(ids) - 1, bytes=len(text.encode("utf-8")), total_nats=total)
+        losses += _window_losses(model, ids, batch)
+    return ids[1:].tolist(), torch.cat(losses)
 
 
 def _windows(predictions: int, size: int) -> Iterator[tuple[int, int]]:
@@ -99,13 +109,15 @@ def _windows(predictions: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(size, predictions - start)
 
 
-def _batch_nats(model: Scorable, ids: Tensor, windows: list[tuple[int, int]]) -> float:
-    """Summed loss of the windows; same-length windows run as one batch (only the last is shorter)."""
-    total = 0.0
-    for length in sorted({length for _, length in windows}, reverse=True):
+def _window_losses(model: Scorable, ids: Tensor, windows: list[tuple[int, int]]) -> list[Tensor]:
+    """Each window's per-token losses, in window order; same-length windows run as one batch
+    (only the text's last window is shorter)."""
+    found: dict[int, Tensor] = {}
+    for length in {length for _, length in windows}:
         starts = [start for start, n in windows if n == length]
         inputs = torch.stack([ids[s : s + length] for s in starts])
         targets = torch.stack([ids[s + 1 : s + length + 1] for s in starts])
         logits = model.window_logits(inputs).float()
-        total += F.cross_entropy(logits.flatten(0, 1), targets.flatten().to(logits.device), reduction="sum").item()
-    return total
+        nats = F.cross_entropy(logits.transpose(1, 2), targets.to(logits.device), reduction="none").cpu()
+        found.update(zip(starts, nats))
+    return [found[start] for start, _ in windows]

@@ -81,6 +81,24 @@ PRESETS: dict[str, dict[str, float | int]] = {
 """Sampling presets by name, with the values simple-llm's first API recommended."""
 
 
+@dataclass(frozen=True)
+class TokenScores:
+    """What the model thought at one decoding step, for every row: log-probabilities of its own
+    distribution (log-softmax of the raw logits, before the repetition penalty, temperature and
+    filters) for the chosen token and for the `k` most likely ones."""
+
+    tokens: Tensor  # [batch] the chosen tokens
+    logprobs: Tensor  # [batch] their log-probabilities
+    top_tokens: Tensor  # [batch, k] the most likely tokens, most likely first
+    top_logprobs: Tensor  # [batch, k] theirs
+
+    @classmethod
+    def of(cls, logits: Tensor, tokens: Tensor, k: int) -> TokenScores:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        top = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+        return cls(tokens, logprobs.gather(1, tokens[:, None])[:, 0], top.indices, top.values)
+
+
 def generate_stream(
     step: StepFn,
     input_ids: Tensor,
@@ -89,12 +107,16 @@ def generate_stream(
     attention_mask: Tensor | None = None,
     pad_token_id: int = 0,
     generator: torch.Generator | None = None,
+    on_scores: Callable[[TokenScores], None] | None = None,
+    alternatives: int = 5,
 ) -> Iterator[Tensor]:
     """Yield the next token of every row, `[batch]`, one step at a time, as soon as it is chosen.
 
     `input_ids` `[batch, seq]` may be left-padded, with `attention_mask` marking real tokens.
     A row that produced one of `config.stop_tokens` is finished: it yields `pad_token_id` from
     then on, and the loop ends when every row is finished or `max_new_tokens` is reached.
+    `on_scores`, when given, sees each step's `TokenScores` (with `alternatives` top tokens) before
+    its tokens are yielded.
     """
     batch, prompt_len = input_ids.shape
     if prompt_len == 0:
@@ -127,6 +149,7 @@ def generate_stream(
             logits, past = step(generated[-1][:, None], past, mask[:, start:end], positions)
         if logits.dtype != torch.float32:  # a no-op torch call still costs ~10 us a step beside onnxruntime
             logits = logits.float()
+        raw = logits
         if config.repetition_penalty != 1.0:
             if seen is None:
                 seen = _seen_tokens(input_ids, mask[:, :prompt_len], logits.shape[-1])
@@ -134,6 +157,8 @@ def generate_stream(
         next_token = _choose(logits, config, generator)
         if stop.numel():  # rows finish only on a stop token
             next_token = torch.where(finished, pad_token_id, next_token)
+        if on_scores is not None:
+            on_scores(TokenScores.of(raw, next_token, alternatives))
         generated.append(next_token)
         end += 1
         if seen is not None:
@@ -274,8 +299,11 @@ class GenerationMixin:
         generator: torch.Generator | None = None,
         pad_token_id: int | None = None,
         min_p: float | None = None,
+        on_scores: Callable[[TokenScores], None] | None = None,
+        alternatives: int = 5,
     ) -> Iterator[Tensor]:
-        """Yield the next token of every row `[batch]` as soon as it is final (see `generate_stream`)."""
+        """Yield the next token of every row `[batch]` as soon as it is final (see `generate_stream`;
+        `on_scores` sees each step's log-probabilities, with `alternatives` top tokens)."""
         config = SamplingConfig(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
@@ -295,8 +323,9 @@ class GenerationMixin:
         if pad_token_id is None:
             pad_token_id = config.stop_tokens[0] if config.stop_tokens else 0
         yield from generate_stream(
-            self.decode_step, ids, self.max_seq_len, config, attention_mask, pad_token_id, generator
-        )
+            self.decode_step, ids, self.max_seq_len, config, attention_mask, pad_token_id, generator, on_scores,
+            alternatives,
+        )  # fmt: skip
 
     def generate(
         self,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from export import OnnxGPT, to_onnx
-from gpt import GPT, evaluate_text
+from gpt import GPT, evaluate_text, token_losses
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "shakespeare-excerpt.txt"
@@ -77,6 +77,17 @@ def test_scores_match_transformers_across_windows_and_batches(checkpoint, model)
     assert score.perplexity == pytest.approx(math.exp(score.loss))
     assert score.nats_per_byte == pytest.approx(score.total_nats / score.bytes)
     assert score.bits_per_byte == pytest.approx(score.nats_per_byte / math.log(2))
+
+
+def test_token_losses_are_each_tokens_surprise(model):
+    ids, losses = token_losses(model, HELD_OUT)
+    assert ids == model.tokenizer.encode(HELD_OUT) and losses.shape == (len(ids),)
+    assert losses.sum().item() == pytest.approx(evaluate_text(model, HELD_OUT).total_nats, rel=1e-6)
+    eos = model.tokenizer.eos_token_id
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([[eos, *ids[:5]]]))[0], dim=-1)
+    expected = [-logprobs[i, token].item() for i, token in enumerate(ids[:5])]  # each from the tokens before it
+    assert losses[:5].tolist() == pytest.approx(expected, abs=1e-5)
 
 
 def test_training_lowers_the_loss_on_held_out_text(model):

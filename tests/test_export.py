@@ -354,6 +354,22 @@ def test_generation_is_the_same_loop_as_torch(pair):
     assert long.shape[1] == 9 + 100 and torch.equal(long, model.generate(ids[:1], 100))
 
 
+def test_both_backends_report_the_same_token_scores(pair):
+    """The scores come from the one loop: same tokens, same alternatives, log-probabilities within
+    the fp32 tolerance, also across a window rebuild."""
+    model, onnx_model = pair
+    ids, mask = _prompts(model.config.vocab_size, 9, 3, seed=2)
+    seen: dict[str, list] = {"torch": [], "onnx": []}
+    options = dict(do_sample=True, temperature=1.1, top_k=20, seed=3, attention_mask=mask, alternatives=4)
+    out = model.generate(ids, 80, on_scores=seen["torch"].append, **options)  # 9 + 80 > MAX_SEQ_LEN
+    assert torch.equal(onnx_model.generate(ids, 80, on_scores=seen["onnx"].append, **options), out)
+    assert len(seen["torch"]) == len(seen["onnx"]) == 80
+    for ours, theirs in zip(seen["torch"], seen["onnx"]):
+        assert torch.equal(ours.tokens, theirs.tokens) and torch.equal(ours.top_tokens, theirs.top_tokens)
+        assert torch.allclose(ours.logprobs, theirs.logprobs, atol=1e-4)
+        assert torch.allclose(ours.top_logprobs, theirs.top_logprobs, atol=1e-4)
+
+
 def test_text_generation_matches_torch(trained_model, trained_dir):
     onnx_model = OnnxGPT.load(trained_dir)
     for sampling in (dict(), dict(do_sample=True, temperature=0.8, top_k=50, seed=3)):

@@ -249,3 +249,25 @@ def test_generate_text_with_a_tokenizer(model):
     text = model.generate_text("abc", 10, tokenizer=tok, stop_tokens=[])
     ids = model.generate(tok.encode("abc"), 10)[0, 3:].tolist()
     assert text == tok.decode(ids)
+
+
+def test_scores_are_the_models_own_log_probabilities_at_each_step(model):
+    """The loop reports the raw distribution (before penalty, temperature and filters); here it is
+    checked against one uncached forward pass over the whole output."""
+    ids = torch.randint(0, 61, (2, 5))
+    steps = []
+    sampled = dict(do_sample=True, temperature=1.7, top_k=4, repetition_penalty=1.3, seed=1)
+    out = model.generate(ids, 8, **sampled, on_scores=steps.append, alternatives=3)
+    assert torch.equal(out, model.generate(ids, 8, **sampled))  # watching changes nothing
+    with torch.no_grad():
+        expected = torch.log_softmax(model(out)[:, 4:-1], dim=-1)  # the predictions of positions 5..12
+    assert len(steps) == 8
+    for i, scores in enumerate(steps):
+        assert torch.equal(scores.tokens, out[:, 5 + i])
+        chosen = expected[:, i].gather(1, scores.tokens[:, None])[:, 0]
+        assert torch.allclose(scores.logprobs, chosen, atol=1e-5)
+        top = expected[:, i].topk(3)
+        assert torch.equal(scores.top_tokens, top.indices)
+        assert torch.allclose(scores.top_logprobs, top.values, atol=1e-5)
+        assert (scores.top_logprobs[:, 0] >= scores.logprobs).all()
+
