@@ -44,6 +44,11 @@ class TextScore:
     bytes: int
     total_nats: float
 
+    @classmethod
+    def of(cls, text: str, losses: Tensor) -> TextScore:
+        """The score of `text` from its tokens' losses (`token_losses`)."""
+        return cls(tokens=len(losses), bytes=len(text.encode("utf-8")), total_nats=losses.double().sum().item())
+
     @property
     def loss(self) -> float:
         """Mean cross-entropy per token, in nats."""
@@ -78,8 +83,7 @@ def evaluate_text(
     """Score `text` under `model` (see the module docstring); `progress` shows a bar over the
     batches of windows. Raises ValueError for an empty text, a model without a tokenizer or a
     tokenizer that does not fit the model."""
-    ids, losses = token_losses(model, text, batch_size, progress)
-    return TextScore(tokens=len(ids), bytes=len(text.encode("utf-8")), total_nats=losses.double().sum().item())
+    return TextScore.of(text, token_losses(model, text, batch_size, progress)[1])
 
 
 def token_losses(

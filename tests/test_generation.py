@@ -270,4 +270,3 @@ def test_scores_are_the_models_own_log_probabilities_at_each_step(model):
         assert torch.equal(scores.top_tokens, top.indices)
         assert torch.allclose(scores.top_logprobs, top.values, atol=1e-5)
         assert (scores.top_logprobs[:, 0] >= scores.logprobs).all()
-

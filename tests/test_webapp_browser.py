@@ -146,6 +146,10 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
     torch_stats = wait_text(page, "#gen-stats", DONE + "tokens/s")
     torch_text = page.locator("#gen-output textarea").input_value()
     assert torch_text.startswith("def ") and "torch cpu" in torch_stats
+    page.click("#gen-look button, #gen-look .label-wrap")  # why it wrote this: tokens by probability
+    wait_text(page, "#gen-token-details", "Click a token")
+    page.locator("#gen-tokens .token").nth(1).click()
+    assert "most likely tokens" in wait_text(page, "#gen-token-details", "had probability")
     page.locator("#gen-backend label", has_text="onnxruntime CPU").click()
     page.click("#gen-start")
     wait_text(page, "#gen-stats", DONE + "CPUExecutionProvider")

@@ -1,16 +1,19 @@
 """Models after their first run, through the handlers: going on training the current or a saved
 model on new text (the Train tab's "start from"), with bad starting points refused before anything
-is written, and scoring models on a held-out text (the Models tab's evaluation)."""
+is written, scoring models on a held-out text (the Models tab's evaluation), and looking inside: a generation's
+probabilities and alternatives, a text's surprise."""
 
 import json
+import math
 from pathlib import Path
 
+import gradio as gr
 import pytest
 import torch
-from webapp_common import Request, error_of, plain, text, train
+from webapp_common import Request, error_of, generate, plain, text, train
 
-from gpt import GPT, evaluate_text
-from webapp import training
+from gpt import GPT, Tokenizer, evaluate_text, token_losses
+from webapp import insight, training
 from webapp.handlers import Handlers
 from webapp.settings import Settings
 
@@ -137,8 +140,8 @@ def test_two_models_compare_on_the_same_held_out_text(handlers, files, base):
     request = Request("evaluator")
     train(handlers, request, [files["new"]], steps=20, start="saved", start_model="base")
     held_out = text(words=NEW_WORDS, seed=9, count=300)
-    table, message = handlers.evaluate("current", None, held_out, None, request=request)
-    table, message = handlers.evaluate("saved", "base", held_out, None, request=request)
+    table, message, _ = handlers.evaluate("current", None, held_out, None, request=request)
+    table, message, _ = handlers.evaluate("saved", "base", held_out, None, request=request)
     assert list(table.columns) == [
         "model", "text", "tokens", "loss per token", "perplexity", "nats per byte", "bits per byte"
     ]  # fmt: skip
@@ -151,7 +154,7 @@ def test_two_models_compare_on_the_same_held_out_text(handlers, files, base):
 
 
 def test_an_uploaded_file_is_scored_by_the_upload_rules(handlers, files, base, tmp_path):
-    table, message = handlers.evaluate("current", None, "", str(files["new"]), request=base)
+    table, message, _ = handlers.evaluate("current", None, "", str(files["new"]), request=base)
     assert table["text"][0] == "new.txt" and "new.txt" in message
     blob = tmp_path / "blob.txt"
     blob.write_bytes(b"\x7fELF\x02\x01\x01\x00" * 8)
@@ -179,3 +182,60 @@ def test_evaluation_without_a_model_or_over_the_text_limit(tmp_path):
     assert "over the limit" in error_of(
         lambda: handlers.evaluate("current", None, too_long, None, request=Request("a"))
     )
+
+
+# --- looking inside: the generation's probabilities and a text's surprise ---------------------------
+
+
+def _select(index: int) -> gr.SelectData:
+    return gr.SelectData(None, {"index": index, "value": None})
+
+
+def test_the_generation_view_shows_each_tokens_probability_and_alternatives(handlers, base):
+    text_out, _ = generate(handlers, base, max_new_tokens=24)
+    view, hint = handlers.token_view(request=base)
+    assert "".join(piece for piece, _ in view) == text_out[len("the cat") :]  # the continuation, piece by piece
+    assert all(0.0 <= surprise <= 1.0 for _, surprise in view) and "Click a token" in hint
+    pieces = handlers.session(base).pieces
+    for piece in pieces:  # greedy: every chosen token was the model's most likely one
+        assert piece.alternatives[0][1] == pytest.approx(piece.probability, rel=1e-5)
+        assert len(piece.alternatives) == 5 and piece.alternatives[0][1] >= piece.alternatives[-1][1]
+    details = handlers.token_details(_select(2), request=base)
+    assert f"{pieces[2].probability:.1%}" in details and details.count("\n") == 5
+    assert "Generate some text first" in handlers.token_details(_select(10_000), request=base)
+
+
+def test_both_backends_show_the_same_probabilities(handlers, base):
+    views = {}
+    for backend in ("torch", "ort-cpu"):
+        generate(handlers, base, backend=backend, max_new_tokens=16)
+        views[backend] = handlers.session(base).pieces
+    assert [p.text for p in views["torch"]] == [p.text for p in views["ort-cpu"]]
+    for ours, theirs in zip(views["torch"], views["ort-cpu"]):
+        assert ours.probability == pytest.approx(theirs.probability, abs=1e-4)
+        assert [a for a, _ in ours.alternatives] == [a for a, _ in theirs.alternatives]
+
+
+def test_a_fresh_session_has_no_view(handlers):
+    view, hint = handlers.token_view(request=Request("no-view"))
+    assert view == [] and "Generate some text first" in hint
+
+
+def test_evaluation_shows_the_text_coloured_by_surprise(handlers, base):
+    held_out = "the cat sat on a mat; кот сидел на ковре\n"
+    _, _, view = handlers.evaluate("current", None, held_out, None, request=base)
+    assert "".join(piece for piece, _ in view) == held_out
+    model = handlers.session(base).model
+    ids, losses = token_losses(model, held_out)
+    pieces = insight.surprise_pieces(ids, losses, model.tokenizer)
+    assert view == [(piece.text, round(1 - piece.probability, 3)) for piece in pieces]
+    assert sum(-math.log(piece.probability) for piece in pieces) == pytest.approx(losses.sum().item(), rel=1e-5)
+
+
+def test_a_character_split_across_tokens_is_one_piece():
+    tokenizer = Tokenizer()  # bytes: "é" is two tokens
+    ids = tokenizer.encode("aé")
+    losses = torch.tensor([0.1, 0.2, 0.3])
+    pieces = insight.surprise_pieces(ids, losses, tokenizer)
+    assert [p.text for p in pieces] == ["a", "é"]
+    assert pieces[1].probability == pytest.approx(math.exp(-0.5))

@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from gpt import GPT, TextScore, evaluate_text
-from webapp import corpus, models, validation
+from gpt import GPT, TextScore, token_losses
+from webapp import corpus, insight, models, validation
 from webapp.i18n import UserError, t
 from webapp.sessions import Session
 from webapp.settings import MB, Settings
@@ -45,16 +45,18 @@ def pick_model(session: Session, which: str, saved_name: Any, settings: Settings
     return models.load_checked(saved.path, settings), saved.name
 
 
-def score(session: Session, model: GPT, model_name: str, text: str, text_name: str) -> TextScore:
-    """Score `text` and add the result to the session's table."""
+def score(session: Session, model: GPT, model_name: str, text: str, text_name: str) -> tuple[TextScore, list[Any]]:
+    """Score `text`, add the result to the session's table; the result, and the text's first
+    tokens each with its surprise (`insight.TokenPiece`s)."""
     try:
-        result = evaluate_text(model, text, progress=True)  # the app shows tqdm's bar (gr.Progress)
+        ids, losses = token_losses(model, text, progress=True)  # the app shows tqdm's bar (gr.Progress)
     except ValueError as err:  # a tokenizer that does not fit the model
         raise UserError("error.bad_checkpoint", detail=str(err)) from None
+    result = TextScore.of(text, losses)
     row = {"model": model_name, "text": text_name, **result.to_dict()}
     with session.lock:
         session.evaluations = [*session.evaluations, row][-MAX_ROWS:]
-    return result
+    return result, insight.surprise_pieces(ids, losses, model.tokenizer)
 
 
 def table(session: Session, lang: str) -> pd.DataFrame:

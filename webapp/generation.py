@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from gpt import PRESETS, SamplingConfig
-from webapp import validation
+from gpt import PRESETS, SamplingConfig, TokenScores
+from webapp import insight, validation
 from webapp.i18n import UserError, t
 
 MODES = ("greedy", "sampling")
@@ -124,11 +124,13 @@ class Stats:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def stream(model: Any, prompt: str, options: GenerationOptions) -> Iterator[tuple[str, Stats]]:
+def stream(
+    model: Any, prompt: str, options: GenerationOptions, scores: list[TokenScores] | None = None
+) -> Iterator[tuple[str, Stats]]:
     """Yield (continuation so far, stats) as text arrives; `model` is a `GPT` or an `OnnxGPT`.
 
     Generation ends at end-of-text or a stop string (`GenerationMixin.stream_text`); the generated
-    tokens are counted on the way for tokens/s.
+    tokens are counted on the way for tokens/s, and each step's `TokenScores` is added to `scores`.
     """
     if model.tokenizer is None:
         raise UserError("error.no_tokenizer")
@@ -146,6 +148,8 @@ def stream(model: Any, prompt: str, options: GenerationOptions) -> Iterator[tupl
         options.sampling.max_new_tokens,
         stop_strings=options.stop_strings,
         on_token=count,
+        on_scores=None if scores is None else scores.append,
+        alternatives=insight.ALTERNATIVES,
         **options.sampling_kwargs(),
     )
     for piece in pieces:

@@ -19,7 +19,7 @@ import gradio as gr
 import torch
 
 from gpt import count_parameters
-from webapp import backends, corpus, evaluation, generation, models, storage, training, validation
+from webapp import backends, corpus, evaluation, generation, insight, models, storage, training, validation
 from webapp.i18n import UserError, language, t
 from webapp.sessions import Session, SessionRegistry
 from webapp.settings import Settings
@@ -323,8 +323,8 @@ class Handlers:
         torch.set_num_threads(self.settings.generate_threads)
         model, label, provider = self._backend_model(session, backend)
         last = 0.0
-        text, stats = "", generation.Stats()
-        for text, stats in generation.stream(model, prompt, options):
+        text, stats, scores = "", generation.Stats(), []
+        for text, stats in generation.stream(model, prompt, options, scores):
             now = time.perf_counter()
             if now - last >= STREAM_EVERY_S:
                 last = now
@@ -332,7 +332,23 @@ class Handlers:
                     prompt + text,
                     generation.stats_text(stats, label, provider, options, lang) + t(lang, "gen.streaming"),
                 )
+        session.pieces = insight.generated_pieces(scores, model.tokenizer, text)
         yield prompt + text, generation.stats_text(stats, label, provider, options, lang)
+
+    @friendly
+    def token_view(self, request: gr.Request) -> tuple[Any, str]:
+        """The last generation coloured by surprise (1 - the token's probability), and a hint."""
+        pieces = self.session(request).pieces
+        return insight.highlighted(pieces), t(_lang(request), "look.hint" if pieces else "look.none")
+
+    @friendly
+    def token_details(self, evt: gr.SelectData, request: gr.Request) -> str:
+        """The probability and the alternatives of the token the user selected in the view."""
+        pieces = self.session(request).pieces
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not isinstance(index, int) or not 0 <= index < len(pieces):
+            return t(_lang(request), "look.none")
+        return insight.describe(pieces[index], _lang(request))
 
     @friendly
     def compare(self, prompt: str, max_new_tokens: float, backend: str, request: gr.Request) -> str:
@@ -383,16 +399,18 @@ class Handlers:
         upload: Any,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(track_tqdm=True),
-    ) -> tuple[Any, str]:
-        """Score the current or a saved model on pasted or uploaded text; (results table, message)."""
+    ) -> tuple[Any, str, Any]:
+        """Score the current or a saved model on pasted or uploaded text; (results table, message,
+        the text coloured by each token's surprise)."""
         lang = _lang(request)
         session = self.session(request)
         upload_path = _path(_file_list(upload)[0]) if _file_list(upload) else None
         text, text_name = evaluation.read_text(pasted, upload_path, self.settings)
         model, model_name = evaluation.pick_model(session, which, saved_name, self.settings)
         torch.set_num_threads(self.settings.generate_threads)
-        result = evaluation.score(session, model, model_name, text, text_name)
-        return evaluation.table(session, lang), evaluation.message(result, model_name, text_name, lang)
+        result, pieces = evaluation.score(session, model, model_name, text, text_name)
+        message = evaluation.message(result, model_name, text_name, lang)
+        return evaluation.table(session, lang), message, insight.highlighted(pieces)
 
     @friendly
     def model_info(self, request: gr.Request) -> str:

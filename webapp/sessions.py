@@ -44,6 +44,7 @@ class Session:
     exports: dict[str, Path] = field(default_factory=dict)  # precision -> ONNX folder of the current model
     onnx_models: dict[tuple[str, str], Any] = field(default_factory=dict)  # (folder, provider) -> OnnxGPT
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # the Models tab's results, oldest first
+    pieces: list[Any] = field(default_factory=list)  # the last generation's `insight.TokenPiece`s
     last_seen: float = field(default_factory=time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _counter: int = 0

@@ -216,6 +216,8 @@ class GenerateTab:
     output: gr.Textbox
     stats: gr.Markdown
     report: gr.Markdown
+    tokens: gr.HighlightedText
+    token_details: gr.Markdown
 
 
 def _generation_settings(settings: Settings) -> dict[str, Any]:
@@ -283,6 +285,11 @@ def build_generate_tab(settings: Settings) -> GenerateTab:
                 label=I18N("gen.output"), lines=14, max_lines=30, interactive=False, elem_id="gen-output"
             )
             stats = gr.Markdown(elem_id="gen-stats")
+            with gr.Accordion(I18N("look.title"), open=False, elem_id="gen-look"):
+                tokens = gr.HighlightedText(
+                    label=I18N("look.view"), show_legend=False, show_inline_category=False, elem_id="gen-tokens"
+                )
+                token_details = gr.Markdown(I18N("look.none"), elem_id="gen-token-details")
             report = gr.Markdown(label=I18N("gen.compare_report"), elem_id="gen-compare-report")
     return GenerateTab(
         prompt=prompt,
@@ -295,6 +302,8 @@ def build_generate_tab(settings: Settings) -> GenerateTab:
         output=output,
         stats=stats,
         report=report,
+        tokens=tokens,
+        token_details=token_details,
     )
 
 
@@ -330,6 +339,8 @@ def wire_generate_tab(tab: GenerateTab, h: Handlers, settings: Settings) -> None
         **light,
     )
     tab.gen_stop.click(None, None, None, cancels=[gen_event], queue=False)
+    gen_event.then(h.token_view, None, [tab.tokens, tab.token_details], api_name="token_view", queue=False)
+    tab.tokens.select(h.token_details, None, tab.token_details, api_visibility="private", queue=False)
     tab.compare_btn.click(
         h.compare, [tab.prompt, tab.max_new, tab.backend], tab.report, api_name="compare", preprocess=False, **light
     )
@@ -359,6 +370,7 @@ class ModelsTab:
     eval_btn: gr.Button
     eval_message: gr.Markdown
     eval_table: gr.Dataframe
+    eval_view: gr.HighlightedText
 
 
 def _saved_models_column() -> dict[str, Any]:
@@ -429,6 +441,9 @@ def _evaluation_row() -> dict[str, Any]:
         column_widths=["28%", "18%", "9%", "12%", "11%", "11%", "11%"],
         elem_id="eval-table",
     )
+    found["eval_view"] = gr.HighlightedText(
+        label=I18N("eval.surprise"), show_legend=False, show_inline_category=False, elem_id="eval-view"
+    )
     return found
 
 
@@ -449,7 +464,7 @@ def wire_models_tab(tab: ModelsTab, h: Handlers, settings: Settings) -> None:
     tab.eval_btn.click(
         h.evaluate,
         [tab.eval_model, tab.saved, tab.eval_text, tab.eval_file],
-        [tab.eval_table, tab.eval_message],
+        [tab.eval_table, tab.eval_message, tab.eval_view],
         api_name="evaluate",
         concurrency_limit=settings.generate_concurrency,
         concurrency_id="generate",
