@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(generate_cmd)
     generate_cmd.set_defaults(run=_generate)
 
+    _add_eval_command(commands)
+    return parser
+
+
+def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     eval_cmd = commands.add_parser(
         "eval", help="score a text with onnxruntime: loss per token, perplexity, nats and bits per byte"
     )
@@ -127,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(eval_cmd)
     _add_runtime(eval_cmd)
     eval_cmd.set_defaults(run=_eval)
-    return parser
 
 
 def _add_threads(parser: argparse.ArgumentParser) -> None:
