@@ -99,7 +99,7 @@ def export(model: GPT, folder: Path, precision: str, provider: str = "cpu") -> t
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        to_onnx(model, folder, precision=precision, provider=provider, portable=False)
+        to_onnx(model, folder, precision=precision, provider=provider, portable=False, web=False)
     seconds = time.perf_counter() - started
     size = sum(f.stat().st_size for f in folder.glob("model_fast.onnx*"))
     return seconds, size

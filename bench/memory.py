@@ -101,7 +101,7 @@ def child(kind: str, shape: str, threads: int, folder: str | None) -> None:
         if kind.startswith("export"):
             model = GPT(**model_kwargs(shape, context), dropout=0.0).eval()
             model.tokenizer = Tokenizer()
-            export.to_onnx(model, folder, precision=kind.removeprefix("export-"), portable=False)
+            export.to_onnx(model, folder, precision=kind.removeprefix("export-"), portable=False, web=False)
         elif kind.startswith("gen-ort"):
             model = export.OnnxGPT.load(Path(folder) / kind.removeprefix("gen-ort-"), threads=threads)
             model.generate(prompt, NEW_TOKENS)

@@ -114,6 +114,9 @@ def _loading(report: dict[str, Any], portable: bool, tokenizer: bool) -> str:
             "| optimum | `ORTModelForCausalLM.from_pretrained(folder)`: loads `onnx/model.onnx` |",
             f"| transformers.js | `AutoModelForCausalLM.from_pretrained(folder)`{variants} |",
         ]
+    if "web/index.html" in report["files"]:
+        rows.append("| your browser | serve the folder (`python -m http.server`) and open `web/index.html`: "
+                    "onnxruntime-web runs the model in the visitor's browser |")  # fmt: skip
     if report["gpt2_compatible"] and tokenizer:
         rows.append("| transformers | `AutoTokenizer.from_pretrained(folder)`; the PyTorch weights are the "
                     "training checkpoint's: `GPT2LMHeadModel.from_pretrained(checkpoint)` |")  # fmt: skip

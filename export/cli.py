@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the portable graphs under onnx/ (what optimum and transformers.js load)",
     )
+    export_cmd.add_argument(
+        "--no-web", dest="web", action="store_false", help="skip web/, the page that runs the model in a browser"
+    )
     _add_threads(export_cmd)
     export_cmd.set_defaults(run=_export)
 
@@ -171,6 +174,7 @@ def _export(args: argparse.Namespace) -> int:
         opset=args.opset,
         threads=args.threads,
         portable=args.portable,
+        web=args.web,
     )
     report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
     print(

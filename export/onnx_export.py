@@ -30,7 +30,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from export import card, genai, signature, verify
+from export import card, genai, signature, verify, webpage
 from export import precision as precisions
 from export.report import REPORT_FILE
 from export.runtime import (
@@ -68,6 +68,7 @@ def to_onnx(
     opset: int | None = None,
     threads: int | None = None,
     portable: bool = True,
+    web: bool = True,
 ) -> Path:
     """Export a `GPT` (or a checkpoint folder) to `out_dir` and return that folder.
 
@@ -81,7 +82,8 @@ def to_onnx(
     built for (its attention op, see `export.attention`), by default "cuda" for fp16 and "cpu"
     otherwise; `opset` defaults to `DEFAULT_OPSET`; `threads` are onnxruntime's intra-op threads
     for the parity runs (always on the CPU); `portable=False` skips the portable graphs, which
-    are also skipped for a model that is not GPT-2-shaped (no runtime but ours could load them).
+    are also skipped for a model that is not GPT-2-shaped (no runtime but ours could load them);
+    `web=False` skips `web/`, the page that runs the model in a browser (`export.webpage`).
     Every graph passes its parity run against the torch model before the folder appears.
     Raises ValueError for bad arguments, `gpt.CheckpointError` for a bad checkpoint folder and
     `ExportError` when the folder cannot be written or the export fails its checks.
@@ -117,6 +119,8 @@ def to_onnx(
                     precisions.convert(stage / PORTABLE_FILE, stage / name, graph_precision)
                 graphs[name] = _checked(model, stage, name, graph_precision, options)
         _write_metadata(model, stage, fast, provider)
+        if web:
+            notes += _write_web_page(model, stage, provider, graphs)
         seconds = time.perf_counter() - started
         report = _report(model, stage, precision, provider, fast, opset, exporter, graphs, notes, seconds)
         _write_json(stage / REPORT_FILE, report)
@@ -150,6 +154,19 @@ def left_out(model: GPT, portable: bool = True) -> list[str]:
         )
     elif not portable:
         notes.append("portable graphs skipped: no onnx/ folder, so optimum and transformers.js cannot load it")
+    return notes
+
+
+def _write_web_page(model: GPT, stage: Path, provider: str, graphs: dict[str, CheckedGraph]) -> list[str]:
+    """`web/` for the graph a browser runs (onnxruntime-web has the CPU graph's ops); notes on what it lacks."""
+    if model.tokenizer is None:
+        return ["no web/ page: the model has no tokenizer to turn text into tokens"]
+    graph = MODEL_FILE if provider == "cpu" else PORTABLE_FILE if PORTABLE_FILE in graphs else None
+    if graph is None:
+        return ["no web/ page: a CUDA export without the portable graph has no graph a browser runs"]
+    notes = webpage.write_page(stage, graph, graphs[graph].precision)
+    for note in notes:
+        log.warning("%s", note)
     return notes
 
 

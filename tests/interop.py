@@ -1,7 +1,8 @@
 """Runs the runtimes that live outside the suite's environment, on an export folder.
 
-- transformers.js: Node with `@huggingface/transformers` from `package.json` / `package-lock.json`
-  (`ONNXRUNTIME_NODE_INSTALL=skip npm ci` in the repository root; `.ci/run` does it).
+- Node: transformers.js (`@huggingface/transformers`), onnxruntime-node and the tokenizers of
+  `package.json` / `package-lock.json` (`ONNXRUNTIME_NODE_INSTALL=skip npm ci` in the repository
+  root; `.ci/run` does it).
 - optimum: `ORTModelForCausalLM` in `.venv-optimum`, a side environment because optimum-onnx pins
   `transformers<4.58` (`.ci/run` builds it: torch, then `optimum-onnx[onnxruntime]`).
 
@@ -31,13 +32,19 @@ def _answer(command: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _transformers_js(request: dict) -> dict:
+def node_answer(script: Path, request: dict, package: Path) -> dict:
+    """Run `script` under Node with `request` as JSON and return its JSON answer; skip the calling
+    test when Node or the npm `package` it needs is missing."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("transformers.js needs Node.js 18 or newer")
-    if not TRANSFORMERS_JS.is_dir():
-        pytest.skip("transformers.js is not installed: run `ONNXRUNTIME_NODE_INSTALL=skip npm ci` in the repository")
-    return _answer([node, str(NODE_SCRIPT), json.dumps(request)])
+        pytest.skip("the JavaScript tests need Node.js 18 or newer")
+    if not package.is_dir():
+        pytest.skip(f"{package.name} is not installed: run `ONNXRUNTIME_NODE_INSTALL=skip npm ci` in the repository")
+    return _answer([node, str(script), json.dumps(request)])
+
+
+def _transformers_js(request: dict) -> dict:
+    return node_answer(NODE_SCRIPT, request, TRANSFORMERS_JS)
 
 
 def transformers_js_generate(folder: Path, ids: list[int], new_tokens: int, dtype: str = "fp32") -> list[int]:

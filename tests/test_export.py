@@ -130,7 +130,8 @@ def _cuda_model(folder: Path) -> OnnxGPT:
 
 
 def test_folder_holds_the_fast_and_portable_graphs_and_their_metadata(trained_dir, trained_model):
-    assert sorted(p.relative_to(trained_dir).as_posix() for p in trained_dir.rglob("*") if p.is_file()) == [
+    files = sorted(p.relative_to(trained_dir).as_posix() for p in trained_dir.rglob("*") if p.is_file())
+    assert [f for f in files if not f.startswith("web/")] == [
         "README.md",
         "config.json",
         "export_report.json",
@@ -142,6 +143,7 @@ def test_folder_holds_the_fast_and_portable_graphs_and_their_metadata(trained_di
         "tokenizer.json",
         "tokenizer_config.json",
     ]  # no .onnx.data: weights are inside below 2 GB
+    assert {"web/index.html", "web/model.json", "web/simple_llm.mjs"} <= set(files)  # tests/test_web_page.py runs it
     assert not list(trained_dir.parent.glob(".*tmp*"))
     assert OnnxGPT.load(trained_dir).config == trained_model.config
     config = json.loads((trained_dir / "config.json").read_text())

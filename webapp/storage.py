@@ -29,6 +29,7 @@ RUN_COPIES = 4  # checkpoints on disk at once in a run: the 2 kept, `best/`, and
 OPTIMIZER_BYTES = 8  # per parameter: at most AdamW's two fp32 moments
 EXPORT_COPIES = 4  # an export holds the weights about this often: the fast and portable graphs, their fp32 sources
 SLACK = 16 * MB  # tokenizer, configs, reports
+WEB_PAGE = 16 * MB  # an export's web/: the page and its WebAssembly runtime (about 15 MB)
 SAVING_PREFIX = ".saving-"
 _PROCESS = f"{os.getpid()}-process"  # names this process's saves
 _OURS: set[str] = {_PROCESS}  # instance folder names made by this process
@@ -59,8 +60,8 @@ def run_bytes(params: int) -> int:
 
 
 def export_bytes(params: int) -> int:
-    """Disk an ONNX export of a `params`-parameter model may use."""
-    return EXPORT_COPIES * params * 4 + SLACK
+    """Disk an ONNX export of a `params`-parameter model may use (with its web page's runtime)."""
+    return EXPORT_COPIES * params * 4 + WEB_PAGE + SLACK
 
 
 def check_free_disk(settings: Settings, need: int = 0) -> None:

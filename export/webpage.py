@@ -1,0 +1,106 @@
+"""`web/`: a page inside every export that runs the model in the visitor's browser, offline from
+any static file server (`python -m http.server`, GitHub Pages, a static Space).
+
+The page (`export/web/index.html`, `page.mjs`) generates with `simple_llm.mjs`, the decoding loop
+of `gpt/generation.py` for onnxruntime's JavaScript API, on onnxruntime-web (WebAssembly), with
+the tokenizer of @huggingface/tokenizers reading the export's `tokenizer.json`. Both libraries are
+pinned in `export/web/runtime.json`: their files are copied from `node_modules` (`npm ci`) when
+they are there with the pinned hashes, else the page loads them from a CDN, checked against the
+same hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+WEB_DIR = "web"
+PAGE_FILE = "web/index.html"
+SOURCE = Path(__file__).resolve().parent / "web"
+PAGE_ASSETS = ("page.mjs", "simple_llm.mjs")
+NODE_MODULES = Path(__file__).resolve().parents[1] / "node_modules"
+RUNTIME = json.loads((SOURCE / "runtime.json").read_text(encoding="utf-8"))
+
+
+def write_page(folder: Path, graph: str, precision: str, node_modules: Path = NODE_MODULES) -> list[str]:
+    """Write `folder/web/` for the graph `graph` (a path inside `folder`); return what the page
+    leaves to the network (empty when it runs offline)."""
+    web = folder / WEB_DIR
+    web.mkdir()
+    local = local_runtime(node_modules)
+    if local is not None:
+        for source in local:
+            shutil.copyfile(source, web / source.name)
+        tags = _runtime_tags(
+            {name: f"./{Path(path).name}" for name, path in RUNTIME["imports"].items()}, {}, "./", None
+        )
+        notes = []
+    else:
+        tags = _cdn_tags()
+        notes = [f"the web page loads onnxruntime-web and the tokenizer from {RUNTIME['cdn']} (integrity-checked): "
+                 "run `npm ci` in simple-llm before exporting for a page that works offline"]  # fmt: skip
+    page = (SOURCE / "index.html").read_text(encoding="utf-8").replace("<!-- RUNTIME -->", tags)
+    (web / "index.html").write_text(page, encoding="utf-8")
+    for name in PAGE_ASSETS:
+        shutil.copyfile(SOURCE / name, web / name)
+    model = {"graph": graph, "precision": precision}
+    (web / "model.json").write_text(json.dumps(model, indent=2) + "\n", encoding="utf-8")
+    return notes
+
+
+def local_runtime(node_modules: Path = NODE_MODULES) -> list[Path] | None:
+    """The pinned runtime files in `node_modules`, or None when any is missing or not the pinned one."""
+    found = []
+    for package, pinned in RUNTIME["packages"].items():
+        for file, integrity in pinned["files"].items():
+            path = node_modules / package / file
+            if not path.is_file() or sri(path) != integrity:
+                return None
+            found.append(path)
+    return found
+
+
+def sri(path: Path) -> str:
+    """The subresource-integrity hash of a file, as the browser checks it."""
+    return "sha384-" + base64.b64encode(hashlib.sha384(path.read_bytes()).digest()).decode()
+
+
+def _cdn_url(path: str) -> str:
+    """The CDN address of `package/file`, at the pinned version."""
+    for package, pinned in RUNTIME["packages"].items():
+        if path.startswith(package + "/"):
+            return f"{RUNTIME['cdn']}{package}@{pinned['version']}/{path[len(package) + 1 :]}"
+    raise KeyError(path)
+
+
+def _integrity(path: str) -> str:
+    for package, pinned in RUNTIME["packages"].items():
+        if path.startswith(package + "/"):
+            return pinned["files"][path[len(package) + 1 :]]
+    raise KeyError(path)
+
+
+def _cdn_tags() -> str:
+    imports = {name: _cdn_url(path) for name, path in RUNTIME["imports"].items()}
+    modules = [path for path in (*RUNTIME["imports"].values(), RUNTIME["wasm"].replace(".wasm", ".mjs"))]
+    integrity = {_cdn_url(path): _integrity(path) for path in modules}
+    wasm = RUNTIME["wasm"]
+    return _runtime_tags(imports, integrity, _cdn_url(wasm).rsplit("/", 1)[0] + "/", _integrity(wasm))
+
+
+def _runtime_tags(
+    imports: dict[str, str], integrity: dict[str, str], wasm_paths: str, wasm_integrity: str | None
+) -> str:
+    """The import map (with integrity for CDN modules) and the page's runtime settings."""
+    importmap: dict[str, Any] = {"imports": imports}
+    if integrity:
+        importmap["integrity"] = integrity
+    settings = {"wasmPaths": wasm_paths, "wasmIntegrity": wasm_integrity}
+    return (
+        f'<script type="importmap">{json.dumps(importmap)}</script>\n'
+        f'<script type="application/json" id="simple-llm-runtime">{json.dumps(settings)}</script>'
+    )

@@ -1,0 +1,176 @@
+"""The page inside every export (`web/`): served by `python -m http.server`, it runs the model in
+Chromium with onnxruntime-web and writes PyTorch's greedy text; its logits match onnxruntime's.
+Playwright drives Debian's Chromium, as in the app's browser test; skips without them."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export import OnnxGPT, to_onnx, webpage
+from gpt import GPT, Tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+TEXT = (REPO / "data" / "shakespeare-excerpt.txt").read_text(encoding="utf-8")[:60_000]
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    """A tiny model trained a few steps on the shipped excerpt."""
+    from gpt import encode_corpus, make_loaders
+
+    tokenizer = Tokenizer.train([TEXT], vocab_size=300)
+    model = GPT(vocab_size=tokenizer.vocab_size, max_seq_len=48, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
+    model.tokenizer = tokenizer
+    train, valid = make_loaders(encode_corpus([TEXT], tokenizer), 48, 8)
+    model.fit(train, valid, max_steps=30, progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exports(model, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("web-exports")
+    return {p: to_onnx(model, root / p, precision=p, portable=False, threads=1) for p in ("fp32", "int8")}
+
+
+def test_runtime_pins_match_the_installed_packages():
+    if not (webpage.NODE_MODULES / "onnxruntime-web").is_dir():
+        pytest.skip("the JavaScript runtime is not installed: run `ONNXRUNTIME_NODE_INSTALL=skip npm ci`")
+    package = json.loads((REPO / "package.json").read_text())["dependencies"]
+    for name, pinned in webpage.RUNTIME["packages"].items():
+        assert package[name] == pinned["version"]  # package.json and runtime.json pin the same versions
+    assert webpage.local_runtime() is not None  # every file there, with the pinned hash
+
+
+def test_every_export_holds_the_page(exports):
+    folder = exports["fp32"]
+    names = {p.name for p in (folder / "web").iterdir()}
+    assert {"index.html", "page.mjs", "simple_llm.mjs", "model.json"} <= names
+    assert json.loads((folder / "web" / "model.json").read_text()) == {"graph": "model_fast.onnx", "precision": "fp32"}
+    if webpage.local_runtime() is not None:  # offline: the runtime is beside the page, no CDN address anywhere
+        assert {
+            "ort.wasm.min.mjs",
+            "ort-wasm-simd-threaded.mjs",
+            "ort-wasm-simd-threaded.wasm",
+            "tokenizers.min.mjs",
+        } <= names
+        assert "https://" not in (folder / "web" / "index.html").read_text()
+
+
+def test_without_the_installed_runtime_the_page_uses_the_cdn_with_integrity(tmp_path):
+    notes = webpage.write_page(tmp_path, "model_fast.onnx", "fp32", node_modules=tmp_path / "none")
+    assert notes and "npm ci" in notes[0]
+    html = (tmp_path / "web" / "index.html").read_text()
+    importmap = json.loads(html.split('<script type="importmap">', 1)[1].split("</script>", 1)[0])
+    url = "https://cdn.jsdelivr.net/npm/onnxruntime-web@1.30.0/dist/ort.wasm.min.mjs"
+    assert importmap["imports"]["onnxruntime-web"] == url and importmap["integrity"][url].startswith("sha384-")
+    glue = "https://cdn.jsdelivr.net/npm/onnxruntime-web@1.30.0/dist/ort-wasm-simd-threaded.mjs"
+    assert glue in importmap["integrity"]  # the module onnxruntime-web imports itself
+    runtime = json.loads(html.split('id="simple-llm-runtime">', 1)[1].split("</script>", 1)[0])
+    assert (
+        runtime["wasmIntegrity"]
+        == webpage.RUNTIME["packages"]["onnxruntime-web"]["files"]["dist/ort-wasm-simd-threaded.wasm"]
+    )
+    assert not (tmp_path / "web" / "ort-wasm-simd-threaded.wasm").exists()
+
+
+# --- in a real browser ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
+    if webpage.local_runtime() is None:
+        pytest.skip(
+            "the JavaScript runtime is not installed (ONNXRUNTIME_NODE_INSTALL=skip npm ci): an offline page needs it"
+        )
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def served(exports, tmp_path_factory):
+    """`python -m http.server` over the folder that holds both exports, as a user would serve one."""
+    root = next(iter(exports.values())).parent
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    server.terminate()
+    server.wait(10)
+
+
+def _open(browser, server: str, path: str):
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    outside = []  # anything not from the static server: fonts, CDNs, analytics
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "data:", "blob:")) else None)
+    page.goto(server + path)
+    page.wait_for_function("document.querySelector('#status').textContent.includes('Ready')")
+    return page, outside
+
+
+def test_the_served_page_writes_pytorchs_greedy_text(browser, served, model):
+    page, outside = _open(browser, served, "/fp32/web/index.html")
+    prompt = "ROMEO:\n"
+    expected = model.generate_text(prompt, 60)
+    page.fill("#prompt", prompt)
+    page.fill("#max-new-tokens", "60")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    assert page.eval_on_selector("#output", "e => e.textContent") == prompt + expected
+    assert "tokens/s" in page.inner_text("#status") and outside == []
+    page.close()
+
+
+def test_onnxruntime_web_logits_match_onnxruntime(browser, served, exports, model):
+    page, _ = _open(browser, served, "/fp32/web/index.html")
+    ids = model.tokenizer.encode("KING HENRY:\nOnce more unto the breach")
+    web = page.evaluate(
+        "async (ids) => { const { model } = await window.simpleLLM.ready;"
+        " return Array.from((await model.step(ids, null, 0, 0)).logits); }",
+        ids,
+    )
+    onnx = OnnxGPT.load(exports["fp32"], threads=1)
+    positions = np.arange(len(ids), dtype=np.int64)[None]
+    logits, _ = onnx.run(np.array([ids], np.int64), np.ones((1, len(ids)), np.int64), positions)
+    assert np.abs(np.array(web, np.float32) - logits[0, -1]).max() < 1e-4
+    page.close()
+
+
+def test_the_int8_page_runs_its_quantized_graph(browser, served):
+    page, outside = _open(browser, served, "/int8/web/index.html")
+    assert "int8" in page.inner_text("#status")
+    page.select_option("#mode", "sampling")
+    page.fill("#seed", "3")
+    page.fill("#max-new-tokens", "40")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    assert len(page.eval_on_selector("#output", "e => e.textContent")) > 0 and outside == []
+    page.close()
