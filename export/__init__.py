@@ -11,6 +11,7 @@ from export.precision import PRECISIONS
 from export.report import REPORT_FILE, ExportReport, read_report
 from export.runtime import DEFAULT_THREADS, OnnxGPT, ProviderError, provider_available
 from export.verify import TOLERANCES, ParityReport, Tolerance, compare
+from export.webpage import BrowserRuntime, browser_runtime, runtime_tags
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -19,14 +20,17 @@ __all__ = [
     "REPORT_FILE",
     "SUPPORTED_OPSETS",
     "TOLERANCES",
+    "BrowserRuntime",
     "ExportError",
     "ExportReport",
     "OnnxGPT",
     "ParityReport",
     "ProviderError",
     "Tolerance",
+    "browser_runtime",
     "compare",
     "provider_available",
     "read_report",
+    "runtime_tags",
     "to_onnx",
 ]

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,7 @@ def write_page(folder: Path, graph: str, precision: str, node_modules: Path = NO
     if local is not None:
         for source in local:
             shutil.copyfile(source, web / source.name)
-        tags = _runtime_tags(
-            {name: f"./{Path(path).name}" for name, path in RUNTIME["imports"].items()}, {}, "./", None
-        )
+        tags = runtime_tags({name: f"./{Path(path).name}" for name, path in RUNTIME["imports"].items()}, {}, "./", None)
         notes = []
     else:
         tags = _cdn_tags()
@@ -85,14 +84,13 @@ def _integrity(path: str) -> str:
 
 
 def _cdn_tags() -> str:
-    imports = {name: _cdn_url(path) for name, path in RUNTIME["imports"].items()}
-    modules = [path for path in (*RUNTIME["imports"].values(), RUNTIME["wasm"].replace(".wasm", ".mjs"))]
-    integrity = {_cdn_url(path): _integrity(path) for path in modules}
-    wasm = RUNTIME["wasm"]
-    return _runtime_tags(imports, integrity, _cdn_url(wasm).rsplit("/", 1)[0] + "/", _integrity(wasm))
+    cdn = browser_runtime(Path("/nonexistent"))
+    return runtime_tags(
+        {k: str(v) for k, v in cdn.modules.items()}, cdn.integrity, str(cdn.wasm_dir), cdn.wasm_integrity
+    )
 
 
-def _runtime_tags(
+def runtime_tags(
     imports: dict[str, str], integrity: dict[str, str], wasm_paths: str, wasm_integrity: str | None
 ) -> str:
     """The import map (with integrity for CDN modules) and the page's runtime settings."""
@@ -104,3 +102,31 @@ def _runtime_tags(
         f'<script type="importmap">{json.dumps(importmap)}</script>\n'
         f'<script type="application/json" id="simple-llm-runtime">{json.dumps(settings)}</script>'
     )
+
+
+@dataclass(frozen=True)
+class BrowserRuntime:
+    """Where a page finds the JavaScript runtime: for each module specifier a local file (to be
+    served) or a CDN address (with its integrity hash), and the same for the WebAssembly."""
+
+    modules: dict[str, Path | str]  # "onnxruntime-web" / "@huggingface/tokenizers" -> file or URL
+    integrity: dict[str, str]  # CDN URL -> hash (empty when local)
+    wasm_dir: Path | str  # the folder (or URL prefix) of ort-wasm-simd-threaded.{mjs,wasm}
+    wasm_integrity: str | None
+    page_modules: Path = SOURCE  # page.mjs and simple_llm.mjs
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.wasm_dir, Path)
+
+
+def browser_runtime(node_modules: Path = NODE_MODULES) -> BrowserRuntime:
+    """The runtime of a page served by an app: the installed pinned files, else the CDN's."""
+    if local_runtime(node_modules) is not None:
+        modules = {name: node_modules / path for name, path in RUNTIME["imports"].items()}
+        return BrowserRuntime(modules, {}, (node_modules / RUNTIME["wasm"]).parent, None)
+    modules = {name: _cdn_url(path) for name, path in RUNTIME["imports"].items()}
+    glue = RUNTIME["wasm"].replace(".wasm", ".mjs")
+    integrity = {_cdn_url(path): _integrity(path) for path in (*RUNTIME["imports"].values(), glue)}
+    wasm_dir = _cdn_url(RUNTIME["wasm"]).rsplit("/", 1)[0] + "/"
+    return BrowserRuntime(modules, integrity, wasm_dir, _integrity(RUNTIME["wasm"]))

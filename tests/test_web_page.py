@@ -174,3 +174,18 @@ def test_the_int8_page_runs_its_quantized_graph(browser, served):
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
     assert len(page.eval_on_selector("#output", "e => e.textContent")) > 0 and outside == []
     page.close()
+
+
+def test_the_apps_browser_backend_falls_back_to_the_cdn_with_integrity(tmp_path):
+    from webapp import browser
+
+    cdn = webpage.browser_runtime(tmp_path / "none")
+    assert not cdn.local and browser.static_paths(cdn) == [webpage.SOURCE]  # only the page's own modules
+    head = browser.head(cdn)
+    importmap = json.loads(head.split('<script type="importmap">', 1)[1].split("</script>", 1)[0])
+    assert all(url.startswith("https://cdn.jsdelivr.net/npm/") for url in importmap["imports"].values())
+    assert set(importmap["imports"].values()) <= set(importmap["integrity"])
+    if webpage.local_runtime() is not None:
+        local = webpage.browser_runtime()
+        assert local.local and "https://" not in browser.head(local)
+        assert webpage.NODE_MODULES / "onnxruntime-web" / "dist" in browser.static_paths(local)

@@ -154,6 +154,7 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
     page.click("#gen-start")
     wait_text(page, "#gen-stats", DONE + "CPUExecutionProvider")
     assert page.locator("#gen-output textarea").input_value() == torch_text  # greedy: same text on both backends
+    generate_in_the_browser(page, server[1], torch_text)
     page.click("#gen-compare")
     report = wait_text(page, "#gen-compare-report", "Max logit difference")
     assert re.search(r"greedy tokens:\s*agree", report)
@@ -225,6 +226,27 @@ def test_train_a_saved_model_further_on_another_text(browser, server, shots):
     page.screenshot(path=str(shots / "evaluate.png"), full_page=True)
     assert outside == []
     context.close()
+
+
+def generate_in_the_browser(page, demo, torch_text: str) -> None:
+    """The browser backend: the same greedy text as PyTorch, computed by onnxruntime-web in this
+    page from the app's own copy of the runtime, without a generate call reaching the server."""
+    fn = {fn.api_name: i for i, fn in demo.fns.items()}
+    calls, files = [], []
+    page.on("request", lambda r: calls.append(r.post_data or "") if "queue/join" in r.url else None)
+    page.on("request", lambda r: files.append(r.url) if "gradio_api/file=" in r.url else None)
+    page.locator("#gen-backend label", has_text="In your browser").click()
+    assert not page.locator("#gen-start").is_visible()  # its own button instead
+    page.locator("#gen-browser-precision label", has_text="fp32").click()
+    page.click("#gen-browser")
+    stats = wait_text(page, "#gen-stats", "in your browser|Error")
+    assert "in your browser (onnxruntime-web, fp32" in stats and "tokens/s" in stats, stats
+    assert page.locator("#gen-output textarea").input_value() == torch_text
+    assert any(url.endswith("ort-wasm-simd-threaded.wasm") for url in files)  # served by the app
+    called = [body.replace(" ", "") for body in calls]
+    assert any(f'"fn_index":{fn["browser_model"]},' in body for body in called)  # the files, from the server
+    assert not any(f'"fn_index":{fn["generate"]},' in body for body in called)  # the tokens, from this page
+    page.locator("#gen-backend label", has_text="PyTorch").click()
 
 
 def test_russian_interface_and_messages(browser, server, shots):

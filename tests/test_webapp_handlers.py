@@ -570,3 +570,21 @@ def test_webapp_uses_only_the_public_api_of_gpt_and_export() -> None:
                 else:
                     wrong += [f"{where} {package}.{a.name}" for a in node.names if a.name not in public[package]]
     assert not wrong, "webapp/ uses names outside gpt.__all__ / export.__all__:\n" + "\n".join(wrong)
+
+
+# the browser backend -------------------------------------------------------------------------------
+def test_the_browser_backend_gets_files_and_never_runs_on_the_server(trained, handlers):
+    request, _ = trained
+    files = [Path(f) for f in handlers.browser_model("int8", request=request)]
+    assert [f.name for f in files] == [
+        "model_fast.onnx",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.json",
+    ]
+    assert json.loads(files[-1].read_text()) == {"graph": "model_fast.onnx", "precision": "int8"}
+    assert all(f.is_relative_to(handlers.session(request).downloads) for f in files)  # where the app may serve from
+    assert "runs in your browser" in error_of(lambda: generate(handlers, request, backend="browser"))
+    assert "precision = 'fp16' is not valid" in error_of(lambda: handlers.browser_model("fp16", request=request))
+    assert "no model yet" in error_of(lambda: handlers.browser_model("int8", request=Request("nobody")))

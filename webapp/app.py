@@ -19,7 +19,7 @@ if str(_ROOT) not in sys.path:  # `python webapp/app.py` puts webapp/, not the r
 
 import gradio as gr  # noqa: E402
 
-from webapp import backends, tabs  # noqa: E402
+from webapp import backends, browser, tabs  # noqa: E402
 from webapp.handlers import Handlers  # noqa: E402
 from webapp.i18n import I18N  # noqa: E402
 from webapp.settings import Settings  # noqa: E402
@@ -51,8 +51,11 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
     """The app: three tabs (`webapp.tabs`), each wired to one `Handlers` shared by every user."""
     settings = settings or Settings.from_env()
     h = Handlers(settings)
+    runtime = browser.runtime()
+    gr.set_static_paths(browser.static_paths(runtime))  # the browser backend's modules (public files)
     with gr.Blocks(title="simple-llm", delete_cache=(3600, 24 * 3600), analytics_enabled=False) as demo:
         demo.handlers = h  # for tests and embedding apps
+        demo.simple_llm_head = browser.head(runtime)  # the browser backend's import map, for `launch`
         demo.simple_llm_css = _css()
         gr.Markdown("# simple-llm")
         gr.Markdown(I18N("app.intro"))
@@ -61,7 +64,7 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
             generate = tabs.build_generate_tab(settings)
             models = tabs.build_models_tab()
         tabs.wire_train_tab(train, h, settings, current=models.current)
-        tabs.wire_generate_tab(generate, h, settings)
+        tabs.wire_generate_tab(generate, h, settings, runtime)
         tabs.wire_models_tab(models, h, settings)
         demo.load(h.model_choices, None, models.saved, api_visibility="private", queue=False)
         demo.load(h.model_info, None, models.current, api_name="model_info", queue=False)
@@ -77,6 +80,7 @@ def launch_kwargs(settings: Settings, demo: gr.Blocks) -> dict:
         i18n=I18N,
         theme=gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
         css=demo.simple_llm_css,
+        head=demo.simple_llm_head,
         max_file_size=f"{settings.max_upload_mb}mb",
         footer_links=["api", "settings"],
     )

@@ -18,7 +18,13 @@ log = logging.getLogger(__name__)
 TORCH = "torch"
 ORT_CPU = "ort-cpu"
 ORT_CUDA = "ort-cuda"
-BACKENDS = {TORCH: "PyTorch", ORT_CPU: "onnxruntime CPU", ORT_CUDA: "onnxruntime CUDA"}
+BROWSER = "browser"  # runs in the visitor's browser (webapp/browser.py), never on the server
+BACKENDS = {
+    TORCH: "PyTorch",
+    ORT_CPU: "onnxruntime CPU",
+    ORT_CUDA: "onnxruntime CUDA",
+    BROWSER: "In your browser (onnxruntime-web)",
+}
 ORT_PROVIDERS = {ORT_CPU: "cpu", ORT_CUDA: "cuda"}
 DEVICES = ("cpu", "cuda")
 
@@ -38,6 +44,7 @@ def backends() -> dict[str, Availability]:
         TORCH: Availability(TORCH, BACKENDS[TORCH], True),
         ORT_CPU: _ort_cpu(),
         ORT_CUDA: _ort_cuda(),
+        BROWSER: Availability(BROWSER, BACKENDS[BROWSER], True),
     }
 
 

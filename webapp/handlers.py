@@ -19,7 +19,7 @@ import gradio as gr
 import torch
 
 from gpt import count_parameters
-from webapp import backends, corpus, evaluation, generation, insight, models, storage, training, validation
+from webapp import backends, browser, corpus, evaluation, generation, insight, models, storage, training, validation
 from webapp.i18n import UserError, language, t
 from webapp.sessions import Session, SessionRegistry
 from webapp.settings import Settings
@@ -279,6 +279,8 @@ class Handlers:
         """(model, backend label, provider really used) for `backend`."""
         if backend not in backends.BACKENDS:
             raise UserError("error.bad_value", name="backend", value=backend, rule=" / ".join(backends.BACKENDS))
+        if backend == backends.BROWSER:
+            raise UserError("error.browser_backend")
         if backend == backends.TORCH:
             model = models.require_model(session)
             return model, backends.BACKENDS[backend], f"torch {model.device}"
@@ -334,6 +336,15 @@ class Handlers:
                 )
         session.pieces = insight.generated_pieces(scores, model.tokenizer, text)
         yield prompt + text, generation.stats_text(stats, label, provider, options, lang)
+
+    @friendly
+    def browser_model(self, precision: str, request: gr.Request) -> list[str]:
+        """The current model's files for the in-browser backend (exported in `precision` on first use)."""
+        if precision not in browser.PRECISIONS:
+            raise UserError("error.bad_value", name="precision", value=precision, rule=" / ".join(browser.PRECISIONS))
+        session = self.session(request)
+        models.require_model(session)
+        return [str(path) for path in models.browser_files(session, precision, self.settings)]
 
     @friendly
     def token_view(self, request: gr.Request) -> tuple[Any, str]:

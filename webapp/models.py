@@ -4,6 +4,7 @@ ONNX exports of a session's current model (made by `export.to_onnx`, run by `exp
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -256,6 +257,30 @@ def export_current(session: Session, precision: str, settings: Settings, cancel:
         if session.model_version == version:
             session.exports[precision] = folder
     return folder
+
+
+def browser_files(session: Session, precision: str, settings: Settings) -> list[Path]:
+    """The files the browser backend fetches, from the current model's export in `precision`:
+    the graph its page runs, the configs and tokenizer, and `web/model.json` (which names them);
+    copied among the session's downloads, which the app may serve."""
+    folder = export_current(session, precision, settings)
+    page = folder / "web" / "model.json"
+    if not page.is_file():
+        raise UserError("error.no_web_page")
+    graph = json.loads(page.read_text(encoding="utf-8"))["graph"]
+    target = session.downloads / f"browser-{folder.name}"
+    target.mkdir(parents=True, exist_ok=True)
+    found = []
+    for source in (
+        folder / graph,
+        *(folder / name for name in (CONFIG_FILE, TOKENIZER_FILE, "tokenizer_config.json")),
+        page,
+    ):
+        copy = target / source.name
+        if not copy.exists():
+            shutil.copyfile(source, copy)
+        found.append(copy)
+    return found
 
 
 def export_zip(session: Session, folder: Path, precision: str) -> Path:

@@ -12,8 +12,9 @@ from typing import Any
 
 import gradio as gr
 
+from export import BrowserRuntime
 from gpt import PRESETS
-from webapp import backends, corpus, evaluation, generation, models, training
+from webapp import backends, browser, corpus, evaluation, generation, models, training
 from webapp.handlers import Handlers
 from webapp.i18n import I18N
 from webapp.settings import Settings
@@ -211,6 +212,9 @@ class GenerateTab:
     stops: gr.Textbox
     seed: gr.Textbox
     gen_btn: gr.Button
+    browser_btn: gr.Button
+    browser_precision: gr.Radio
+    browser_files: gr.File
     gen_stop: gr.Button
     compare_btn: gr.Button
     output: gr.Textbox
@@ -276,8 +280,16 @@ def build_generate_tab(settings: Settings) -> GenerateTab:
             with gr.Row():
                 stops = gr.Textbox("", label=I18N("gen.stop_strings"), lines=2, elem_id="gen-stops")
                 seed = gr.Textbox("", label=I18N("gen.seed"), max_lines=1, elem_id="gen-seed")
+            browser_precision = gr.Radio(
+                list(browser.PRECISIONS), value=browser.PRECISIONS[0], label=I18N("gen.browser_precision"),
+                visible=False, elem_id="gen-browser-precision",
+            )  # fmt: skip
+            browser_files = gr.File(file_count="multiple", visible=False, elem_id="gen-browser-files")
             with gr.Row():
                 gen_btn = gr.Button(I18N("gen.generate"), variant="primary", min_width=90, elem_id="gen-start")
+                browser_btn = gr.Button(
+                    I18N("gen.browser_generate"), variant="primary", min_width=90, visible=False, elem_id="gen-browser"
+                )
                 gen_stop = gr.Button(I18N("gen.stop"), variant="stop", min_width=90, elem_id="gen-stop")
                 compare_btn = gr.Button(I18N("gen.compare"), min_width=90, elem_id="gen-compare")
         with gr.Column(scale=3, min_width=400):
@@ -297,6 +309,9 @@ def build_generate_tab(settings: Settings) -> GenerateTab:
         stops=stops,
         seed=seed,
         gen_btn=gen_btn,
+        browser_btn=browser_btn,
+        browser_precision=browser_precision,
+        browser_files=browser_files,
         gen_stop=gen_stop,
         compare_btn=compare_btn,
         output=output,
@@ -307,7 +322,7 @@ def build_generate_tab(settings: Settings) -> GenerateTab:
     )
 
 
-def wire_generate_tab(tab: GenerateTab, h: Handlers, settings: Settings) -> None:
+def wire_generate_tab(tab: GenerateTab, h: Handlers, settings: Settings, runtime: BrowserRuntime) -> None:
     """Sampling presets, and the generate / compare endpoints (raw values: `preprocess=False`)."""
     light = {"concurrency_limit": settings.generate_concurrency, "concurrency_id": "generate"}
     tab.sampling_preset.input(
@@ -338,7 +353,24 @@ def wire_generate_tab(tab: GenerateTab, h: Handlers, settings: Settings) -> None
         preprocess=False,  # raw values: the handler checks each (a slider would fail on text with a traceback)
         **light,
     )
-    tab.gen_stop.click(None, None, None, cancels=[gen_event], queue=False)
+    tab.backend.change(  # the browser backend has its own button: its generation never reaches the server
+        lambda backend: [gr.update(visible=(backend == browser.BROWSER) != server) for server in (True, False, False)],
+        tab.backend,
+        [tab.gen_btn, tab.browser_btn, tab.browser_precision],
+        api_visibility="private",
+        queue=False,
+    )
+    settings_inputs = [tab.prompt, tab.max_new, tab.mode, tab.temperature, tab.top_k, tab.top_p, tab.min_p]
+    fetch_model = tab.browser_btn.click(
+        h.browser_model, tab.browser_precision, tab.browser_files, api_name="browser_model", show_progress="minimal"
+    )
+    fetch_model.success(  # client-side only: no server function
+        None,
+        [tab.browser_files, *settings_inputs, tab.penalty, tab.stops, tab.seed],
+        [tab.output, tab.stats],
+        js=browser.run_js(runtime),
+    )
+    tab.gen_stop.click(None, None, None, cancels=[gen_event, fetch_model], js=browser.STOP_JS, queue=False)
     gen_event.then(h.token_view, None, [tab.tokens, tab.token_details], api_name="token_view", queue=False)
     tab.tokens.select(h.token_details, None, tab.token_details, api_visibility="private", queue=False)
     tab.compare_btn.click(

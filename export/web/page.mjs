@@ -1,5 +1,6 @@
 // The export's web page: loads the model beside it (see model.json) with onnxruntime-web and
-// generates with simple_llm.mjs, the decoding loop of gpt/generation.py.
+// generates with simple_llm.mjs, the decoding loop of gpt/generation.py. The web app's browser
+// backend uses `loadModel` and `samplingFrom` from here too (webapp/browser.py).
 import * as ort from "onnxruntime-web";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { OnnxModel, samplingConfig, streamText } from "./simple_llm.mjs";
@@ -15,7 +16,7 @@ async function json(url) {
 /** Set up onnxruntime-web: its WebAssembly from beside the page, or from the CDN with its integrity hash. */
 async function setUpRuntime() {
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-  ort.env.wasm.wasmPaths = new URL(RUNTIME.wasmPaths, import.meta.url).href;
+  ort.env.wasm.wasmPaths = new URL(RUNTIME.wasmPaths, document.baseURI).href; // relative to the page
   if (RUNTIME.wasmIntegrity) {
     const url = new URL("ort-wasm-simd-threaded.wasm", ort.env.wasm.wasmPaths);
     const response = await fetch(url, { integrity: RUNTIME.wasmIntegrity });
@@ -23,40 +24,62 @@ async function setUpRuntime() {
   }
 }
 
-/** The model, tokenizer and end-of-text id of the export folder at `base`. */
-export async function loadModel(base) {
+/** The model, tokenizer and end-of-text id from the addresses of an export's files:
+ * `{graph, config, tokenizer, tokenizerConfig}` (and `precision`, shown). */
+export async function loadModel(urls) {
   await setUpRuntime();
   const started = performance.now();
-  const [config, page, tokenizerJson, tokenizerConfig] = await Promise.all([
-    json(new URL("config.json", base)),
-    json(new URL("web/model.json", base)),
-    json(new URL("tokenizer.json", base)),
-    json(new URL("tokenizer_config.json", base)),
+  const [config, tokenizerJson, tokenizerConfig] = await Promise.all([
+    json(urls.config),
+    json(urls.tokenizer),
+    json(urls.tokenizerConfig),
   ]);
-  const session = await ort.InferenceSession.create(new URL(page.graph, base).href, { executionProviders: ["wasm"] });
+  const session = await ort.InferenceSession.create(String(urls.graph), { executionProviders: ["wasm"] });
   const tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig);
   const eosId = tokenizerJson.added_tokens.find((t) => t.content === tokenizerConfig.eos_token).id;
   const model = new OnnxModel(ort, session, config);
-  return { model, tokenizer, eosId, page, loadSeconds: (performance.now() - started) / 1000 };
+  const threads = ort.env.wasm.numThreads;
+  return { model, tokenizer, eosId, precision: urls.precision, threads, loadSeconds: (performance.now() - started) / 1000 };
+}
+
+/** The files of the export folder at `base` (its web/model.json names the graph the browser runs). */
+async function folderUrls(base) {
+  const page = await json(new URL("web/model.json", base));
+  const url = (name) => new URL(name, base);
+  return { graph: url(page.graph), config: url("config.json"), tokenizer: url("tokenizer.json"), tokenizerConfig: url("tokenizer_config.json"), precision: page.precision };
+}
+
+/** Sampling settings from the controls' values, where top-k 0, top-p 1 and min-p 0 mean off and
+ * an empty seed draws one; stop strings one per line, with \\n and \\t for a newline and a tab. */
+export function samplingFrom(v) {
+  const topK = Number(v.topK);
+  const topP = Number(v.topP);
+  const minP = Number(v.minP);
+  return samplingConfig({
+    maxNewTokens: Number(v.maxNewTokens),
+    doSample: v.mode === "sampling",
+    temperature: Number(v.temperature),
+    topK: topK > 0 ? topK : null,
+    topP: topP < 1 ? topP : null,
+    minP: minP > 0 ? minP : null,
+    repetitionPenalty: Number(v.repetitionPenalty),
+    stopStrings: String(v.stopStrings ?? "").split("\n").map((s) => s.replaceAll("\\n", "\n").replaceAll("\\t", "\t")).filter((s) => s),
+    seed: v.seed === "" || v.seed === null || v.seed === undefined ? null : Number(v.seed),
+  });
 }
 
 function settings(doc) {
   const value = (id) => doc.getElementById(id).value;
-  const number = (id) => Number(value(id));
-  const sampling = value("mode") === "sampling";
-  const topK = number("top-k");
-  const topP = number("top-p");
-  const minP = number("min-p");
-  return samplingConfig({
-    maxNewTokens: number("max-new-tokens"),
-    doSample: sampling,
-    temperature: number("temperature"),
-    topK: topK > 0 ? topK : null,
-    topP: topP < 1 ? topP : null,
-    minP: minP > 0 ? minP : null,
-    repetitionPenalty: number("repetition-penalty"),
-    stopStrings: value("stop-strings").split("\n").map((s) => s.replaceAll("\\n", "\n").replaceAll("\\t", "\t")).filter((s) => s),
-    seed: value("seed") === "" ? null : number("seed"),
+  return samplingFrom({
+    maxNewTokens: value("max-new-tokens"),
+    mode: value("mode"),
+    temperature: value("temperature"),
+    topK: value("top-k"),
+    topP: value("top-p"),
+    minP: value("min-p"),
+    repetitionPenalty: value("repetition-penalty"),
+    stopStrings: value("stop-strings"),
+    seed: value("seed"),
   });
 }
 
@@ -71,10 +94,10 @@ export function mountPage(doc, base) {
     status.textContent = text;
     status.classList.toggle("error", error);
   };
-  const ready = loadModel(base);
+  const ready = folderUrls(base).then(loadModel);
   ready.then(
     (loaded) => {
-      show(`Model loaded in ${loaded.loadSeconds.toFixed(1)} s (${loaded.page.precision}, ${ort.env.wasm.numThreads} thread(s)). Ready.`);
+      show(`Model loaded in ${loaded.loadSeconds.toFixed(1)} s (${loaded.precision}, ${loaded.threads} thread(s)). Ready.`);
       generateButton.disabled = false;
     },
     (error) => show(`Could not load the model: ${error.message}`, true),

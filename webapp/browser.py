@@ -1,0 +1,102 @@
+"""The Generate tab's "In your browser" backend: the session's exported model runs in the visitor's
+browser with onnxruntime-web, through the export page's own code (`export/web/page.mjs`,
+`simple_llm.mjs`: gpt's decoding loop in JavaScript). The server exports the model and serves
+files; it computes nothing for the generation.
+
+The JavaScript runtime is served by this app when it is installed (`npm ci`), else the browser
+loads it from the CDN with integrity hashes, and only once a user picks this backend: the import
+map in the page's head names the modules, it fetches nothing by itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from export import BrowserRuntime, browser_runtime, runtime_tags
+
+BROWSER = "browser"
+FILE_ROUTE = "./gradio_api/file="  # where Gradio serves a static path, relative to the app's root
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")  # beside the graph
+PRECISIONS = ("int8", "fp32")  # int8 first: the smaller download
+
+
+def runtime() -> BrowserRuntime:
+    return browser_runtime()
+
+
+def static_paths(found: BrowserRuntime) -> list[Path]:
+    """Folders the app serves for this backend: the page's modules and the installed runtime."""
+    paths = [found.page_modules]
+    if found.local:
+        paths += sorted({Path(path).parent for path in found.modules.values()} | {Path(found.wasm_dir)})
+    return paths
+
+
+def _url(target: Path | str) -> str:
+    return f"{FILE_ROUTE}{target}" if isinstance(target, Path) else target
+
+
+def head(found: BrowserRuntime) -> str:
+    """The import map and runtime settings `page.mjs` reads, for the app's page head."""
+    wasm_dir = _url(found.wasm_dir) + ("/" if found.local else "")
+    imports = {name: _url(target) for name, target in found.modules.items()}
+    return runtime_tags(imports, found.integrity, wasm_dir, found.wasm_integrity)
+
+
+def run_js(found: BrowserRuntime) -> str:
+    """The event's client-side function: generate in the browser from the files the server gave
+    (the graph and `MODEL_FILES`, as Gradio file values) with the Generate tab's settings; it
+    streams into the output box and returns (output, statistics)."""
+    page = json.dumps(_url(found.page_modules / "page.mjs"))
+    loop = json.dumps(_url(found.page_modules / "simple_llm.mjs"))
+    return _RUN_JS.replace("PAGE_URL", page).replace("LOOP_URL", loop)
+
+
+STOP_JS = "() => { window.simpleLLMStop = true; }"
+
+_RUN_JS = """
+async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetitionPenalty, stopStrings, seed) => {
+  const ru = (navigator.language || "").startsWith("ru");
+  const box = document.querySelector("#gen-output textarea");
+  const fail = (error) => [prompt, (ru ? "Ошибка в браузере: " : "Error in your browser: ") + (error.message || error)];
+  try {
+    const page = await import(new URL(PAGE_URL, document.baseURI).href);  // relative to the app, not this script
+    const loop = await import(new URL(LOOP_URL, document.baseURI).href);
+    const urls = Object.fromEntries((files || []).map((f) => [f.orig_name, new URL(f.url, document.baseURI).href]));
+    if (!urls["model.json"]) return fail(ru ? "модель не получена" : "no model files");
+    const info = await (await fetch(urls["model.json"])).json();
+    const graph = urls[info.graph.split("/").pop()];
+    const state = (window.simpleLLM ??= {});
+    if (state.graph !== graph) {
+      state.loaded = await page.loadModel({
+        graph, config: urls["config.json"], tokenizer: urls["tokenizer.json"],
+        tokenizerConfig: urls["tokenizer_config.json"], precision: info.precision,
+      });
+      state.graph = graph;
+    }
+    const { model, tokenizer, eosId, threads } = state.loaded;
+    if (mode === "sampling" && (seed === "" || seed === null)) seed = Math.floor(Math.random() * 2 ** 31);
+    const sampling = page.samplingFrom({ maxNewTokens, mode, temperature, topK, topP, minP, repetitionPenalty, stopStrings, seed });
+    window.simpleLLMStop = false;
+    let text = "";
+    let tokens = 0;
+    const started = performance.now();
+    for await (const piece of loop.streamText(model, tokenizer, eosId, prompt, sampling, () => (tokens += 1))) {
+      text += piece;
+      box.value = prompt + text;
+      if (window.simpleLLMStop) break;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    const rate = (tokens / Math.max(seconds, 1e-9)).toFixed(1);
+    const { precision } = state.loaded;
+    const where = ru ? `в вашем браузере (onnxruntime-web, ${precision}, потоков: ${threads})` : `in your browser (onnxruntime-web, ${precision}, ${threads} thread(s))`;
+    const parts = [ru ? `${tokens} токенов` : `${tokens} tokens`, ru ? `**${rate} ток/с**` : `**${rate} tokens/s**`, where];
+    if (mode === "sampling") parts.push((ru ? "сид " : "seed ") + seed);
+    if (window.simpleLLMStop) parts.push(ru ? "остановлено" : "stopped");
+    return [prompt + text, parts.join(" · ")];
+  } catch (error) {
+    return fail(error);
+  }
+}
+"""
