@@ -18,7 +18,7 @@ DEFAULT = "en"
 
 EN: dict[str, str] = {
     # page
-    "app.intro": "Train a small GPT on your own text, watch it learn, generate with PyTorch or onnxruntime, export it to ONNX.",
+    "app.intro": "Train a small GPT on your own text, watch it learn, generate with PyTorch, onnxruntime or in your own browser, export it to ONNX.",
     "tab.train": "Train",
     "tab.generate": "Generate",
     "tab.models": "Models",
@@ -229,7 +229,7 @@ EN: dict[str, str] = {
 }
 
 RU: dict[str, str] = {
-    "app.intro": "Обучите маленькую GPT на своём тексте, смотрите, как она учится, генерируйте через PyTorch или onnxruntime, экспортируйте в ONNX.",
+    "app.intro": "Обучите маленькую GPT на своём тексте, смотрите, как она учится, генерируйте через PyTorch, onnxruntime или прямо в браузере, экспортируйте в ONNX.",
     "tab.train": "Обучение",
     "tab.generate": "Генерация",
     "tab.models": "Модели",
