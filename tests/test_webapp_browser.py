@@ -246,6 +246,9 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     called = [body.replace(" ", "") for body in calls]
     assert any(f'"fn_index":{fn["browser_model"]},' in body for body in called)  # the files, from the server
     assert not any(f'"fn_index":{fn["generate"]},' in body for body in called)  # the tokens, from this page
+    page.click("#gen-compare")  # Compare covers it: the browser's greedy ids against PyTorch's
+    report = wait_text(page, "#gen-compare-report", "In your browser|Error in your browser")
+    assert re.search(r"In your browser \(onnxruntime-web, fp32\): greedy tokens agree with PyTorch \((\d+) of \1\)", report)
     page.locator("#gen-backend label", has_text="PyTorch").click()
 
 

@@ -588,3 +588,13 @@ def test_the_browser_backend_gets_files_and_never_runs_on_the_server(trained, ha
     assert "runs in your browser" in error_of(lambda: generate(handlers, request, backend="browser"))
     assert "precision = 'fp16' is not valid" in error_of(lambda: handlers.browser_model("fp16", request=request))
     assert "no model yet" in error_of(lambda: handlers.browser_model("int8", request=Request("nobody")))
+
+
+def test_compare_on_the_browser_backend_hands_over_pytorchs_greedy_ids(trained, handlers):
+    request, _ = trained
+    assert handlers.browser_reference("the cat", 8, "torch", "fp32", request=request) == (gr.skip(), gr.skip())
+    files, reference = handlers.browser_reference("the cat", 8, "browser", "fp32", request=request)
+    model = handlers.session(request).model
+    assert reference["ids"] == model.tokenizer.encode("the cat") and len(reference["expected"]) == 8
+    assert model.generate([reference["ids"]], 8)[0, len(reference["ids"]) :].tolist() == reference["expected"]
+    assert json.loads(Path(files[-1]).read_text())["precision"] == "fp32"

@@ -48,12 +48,45 @@ def run_js(found: BrowserRuntime) -> str:
     """The event's client-side function: generate in the browser from the files the server gave
     (the graph and `MODEL_FILES`, as Gradio file values) with the Generate tab's settings; it
     streams into the output box and returns (output, statistics)."""
+    return _with_modules(_RUN_JS, found)
+
+
+def compare_js(found: BrowserRuntime) -> str:
+    """Compare's client-side step on the browser backend: the browser's greedy ids for the prompt
+    PyTorch's reference was made from, and where they first differ, above the server's report."""
+    return _with_modules(_COMPARE_JS, found)
+
+
+def _with_modules(script: str, found: BrowserRuntime) -> str:
     page = json.dumps(_url(found.page_modules / "page.mjs"))
     loop = json.dumps(_url(found.page_modules / "simple_llm.mjs"))
-    return _RUN_JS.replace("PAGE_URL", page).replace("LOOP_URL", loop)
+    return script.replace("PAGE_URL", page).replace("LOOP_URL", loop)
 
 
 STOP_JS = "() => { window.simpleLLMStop = true; }"
+
+_COMPARE_JS = """
+async (backend, files, reference, report) => {
+  if (backend !== "browser" || !reference || !reference.expected) return report;
+  const ru = (navigator.language || "").startsWith("ru");
+  try {
+    const page = await import(new URL(PAGE_URL, document.baseURI).href);
+    const { model, tokenizer, precision } = await page.loadFromFiles(files);
+    const got = [];
+    for await (const token of model.generateTokens(reference.ids, { maxNewTokens: reference.expected.length }, [])) got.push(token);
+    const first = reference.expected.findIndex((token, i) => got[i] !== token);
+    const n = reference.expected.length;
+    const verdict = first < 0
+      ? (ru ? `жадные токены совпадают с PyTorch (${n} из ${n})` : `greedy tokens agree with PyTorch (${n} of ${n})`)
+      : (ru ? `жадные токены расходятся с PyTorch с позиции ${first}` : `greedy tokens differ from PyTorch from position ${first}`);
+    const text = tokenizer.decode(got).replaceAll("`", "'").replaceAll("\\n", "⏎");
+    const title = ru ? `**В вашем браузере** (onnxruntime-web, ${precision})` : `**In your browser** (onnxruntime-web, ${precision})`;
+    return `${title}: ${verdict}\\n\\n\\`${text}\\`\\n\\n${report}`;
+  } catch (error) {
+    return `${ru ? "Ошибка в браузере" : "Error in your browser"}: ${error.message || error}\\n\\n${report}`;
+  }
+}
+"""
 
 _RUN_JS = """
 async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetitionPenalty, stopStrings, seed) => {
@@ -63,19 +96,7 @@ async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetit
   try {
     const page = await import(new URL(PAGE_URL, document.baseURI).href);  // relative to the app, not this script
     const loop = await import(new URL(LOOP_URL, document.baseURI).href);
-    const urls = Object.fromEntries((files || []).map((f) => [f.orig_name, new URL(f.url, document.baseURI).href]));
-    if (!urls["model.json"]) return fail(ru ? "модель не получена" : "no model files");
-    const info = await (await fetch(urls["model.json"])).json();
-    const graph = urls[info.graph.split("/").pop()];
-    const state = (window.simpleLLM ??= {});
-    if (state.graph !== graph) {
-      state.loaded = await page.loadModel({
-        graph, config: urls["config.json"], tokenizer: urls["tokenizer.json"],
-        tokenizerConfig: urls["tokenizer_config.json"], precision: info.precision,
-      });
-      state.graph = graph;
-    }
-    const { model, tokenizer, eosId, threads } = state.loaded;
+    const { model, tokenizer, eosId, threads, precision } = await page.loadFromFiles(files);
     if (mode === "sampling" && (seed === "" || seed === null)) seed = Math.floor(Math.random() * 2 ** 31);
     const sampling = page.samplingFrom({ maxNewTokens, mode, temperature, topK, topP, minP, repetitionPenalty, stopStrings, seed });
     window.simpleLLMStop = false;
@@ -89,7 +110,6 @@ async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetit
     }
     const seconds = (performance.now() - started) / 1000;
     const rate = (tokens / Math.max(seconds, 1e-9)).toFixed(1);
-    const { precision } = state.loaded;
     const where = ru ? `в вашем браузере (onnxruntime-web, ${precision}, потоков: ${threads})` : `in your browser (onnxruntime-web, ${precision}, ${threads} thread(s))`;
     const parts = [ru ? `${tokens} токенов` : `${tokens} tokens`, ru ? `**${rate} ток/с**` : `**${rate} tokens/s**`, where];
     if (mode === "sampling") parts.push((ru ? "сид " : "seed ") + seed);

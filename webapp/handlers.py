@@ -382,6 +382,22 @@ class Handlers:
         onnx_text = onnx.tokenizer.decode(onnx.generate([ids], steps)[0, len(ids) :])
         return generation.compare_text(report, precision, torch_text, onnx_text, lang)
 
+    @friendly
+    def browser_reference(
+        self, prompt: str, max_new_tokens: float, backend: str, precision: str, request: gr.Request
+    ) -> tuple[Any, Any]:
+        """Compare on the browser backend: the model's files, and PyTorch's greedy ids for the prompt
+        (cropped as Compare crops it) that the browser's must equal; nothing for other backends."""
+        if backend != backends.BROWSER:
+            return gr.skip(), gr.skip()
+        files = self.browser_model(precision, request=request)
+        model = models.require_model(self.session(request))
+        new_tokens = validation.integer("max_new_tokens", max_new_tokens, 1, self.settings.max_new_tokens)
+        ids, steps = generation.compare_prompt_ids(model, generation.prompt_text(prompt), new_tokens)
+        torch.set_num_threads(self.settings.generate_threads)
+        expected = model.generate([ids], steps)[0, len(ids) :].tolist()
+        return files, {"ids": ids, "expected": expected}
+
     def availability(self, request: gr.Request) -> tuple:
         """The "unavailable here" notes of the backend and device choices, in the reader's language."""
         lang = _lang(request)

@@ -215,6 +215,7 @@ class GenerateTab:
     browser_btn: gr.Button
     browser_precision: gr.Radio
     browser_files: gr.File
+    browser_reference: gr.JSON
     gen_stop: gr.Button
     compare_btn: gr.Button
     output: gr.Textbox
@@ -285,6 +286,7 @@ def build_generate_tab(settings: Settings) -> GenerateTab:
                 visible=False, elem_id="gen-browser-precision",
             )  # fmt: skip
             browser_files = gr.File(file_count="multiple", visible=False, elem_id="gen-browser-files")
+            browser_reference = gr.JSON(visible=False)  # PyTorch's greedy ids, for Compare in the browser
             with gr.Row():
                 gen_btn = gr.Button(I18N("gen.generate"), variant="primary", min_width=90, elem_id="gen-start")
                 browser_btn = gr.Button(
@@ -312,6 +314,7 @@ def build_generate_tab(settings: Settings) -> GenerateTab:
         browser_btn=browser_btn,
         browser_precision=browser_precision,
         browser_files=browser_files,
+        browser_reference=browser_reference,
         gen_stop=gen_stop,
         compare_btn=compare_btn,
         output=output,
@@ -375,6 +378,17 @@ def wire_generate_tab(tab: GenerateTab, h: Handlers, settings: Settings, runtime
     tab.tokens.select(h.token_details, None, tab.token_details, api_visibility="private", queue=False)
     tab.compare_btn.click(
         h.compare, [tab.prompt, tab.max_new, tab.backend], tab.report, api_name="compare", preprocess=False, **light
+    ).success(  # the browser backend: the browser's greedy ids against PyTorch's, above the server's report
+        h.browser_reference,
+        [tab.prompt, tab.max_new, tab.backend, tab.browser_precision],
+        [tab.browser_files, tab.browser_reference],
+        api_visibility="private",
+        **light,
+    ).success(
+        None,
+        [tab.backend, tab.browser_files, tab.browser_reference, tab.report],
+        tab.report,
+        js=browser.compare_js(runtime),
     )
 
 

@@ -42,6 +42,22 @@ export async function loadModel(urls) {
   return { model, tokenizer, eosId, precision: urls.precision, threads, loadSeconds: (performance.now() - started) / 1000 };
 }
 
+const loaded = new Map(); // graph address -> the loading model, for loadFromFiles
+
+/** The model from the files a web app hands over (Gradio file values: the graph, config.json,
+ * tokenizer.json, tokenizer_config.json and web/model.json), loaded once per graph. */
+export async function loadFromFiles(files) {
+  const urls = Object.fromEntries((files || []).map((f) => [f.orig_name, new URL(f.url, document.baseURI).href]));
+  if (!urls["model.json"]) throw new Error("no model files");
+  const info = await json(urls["model.json"]);
+  const graph = urls[info.graph.split("/").pop()];
+  if (!loaded.has(graph)) {
+    const model = { graph, config: urls["config.json"], tokenizer: urls["tokenizer.json"], tokenizerConfig: urls["tokenizer_config.json"] };
+    loaded.set(graph, loadModel({ ...model, precision: info.precision }));
+  }
+  return loaded.get(graph);
+}
+
 /** The files of the export folder at `base` (its web/model.json names the graph the browser runs). */
 async function folderUrls(base) {
   const page = await json(new URL("web/model.json", base));
