@@ -158,6 +158,21 @@ def test_webapp_latency_bench(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "target busy" in output
 
 
+def test_browser_decode_bench() -> None:
+    """In-browser decoding beside native onnxruntime (skips without Chromium or the JS runtime)."""
+    if not Path("/usr/bin/chromium").is_file():
+        pytest.skip("/usr/bin/chromium not found: apt-get install -y chromium")
+    if not (ROOT / "node_modules" / "onnxruntime-web").is_dir():
+        pytest.skip("the JavaScript runtime is not installed: ONNXRUNTIME_NODE_INSTALL=skip npm ci")
+    rows = table_rows(run_quick("browser_decode"))
+    assert {(row[0], row[1]) for row in rows} == {("S", "fp32"), ("S", "int8")}
+    runs = {re.sub(r" \(\d+\)$", "", row[2]) for row in rows}
+    assert runs == {"onnxruntime (native), 1 thread", "browser, 1 thread", "browser, all threads"}
+    for row in rows:
+        assert figure(row[3]) > 0 and figure(row[4]) > 0  # tokens/s and the ratio to native
+        assert (row[5] == "-") == row[2].startswith("onnxruntime")  # page load: browser rows only
+
+
 def test_benches_fall_back_to_the_shipped_excerpt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
     """Without ../shared (a fresh clone), the benches read data/shakespeare-excerpt.txt and say so."""
     from bench import common

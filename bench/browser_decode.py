@@ -1,0 +1,178 @@
+"""Greedy decoding in the visitor's browser: the export's web page (onnxruntime-web, WebAssembly)
+in headless Chromium, beside native onnxruntime on the same graph, at shapes S and M, fp32 and int8.
+
+Rows per shape and precision (random weights, the byte-level tokenizer; a 32-token prompt + N new tokens):
+- `onnxruntime (native), 1 thread`: `OnnxGPT.load(folder, threads=1).generate(ids, N)`, the reference;
+- `browser, 1 thread`: the page served without cross-origin isolation (as `python -m http.server`
+  or a Space serves it): onnxruntime-web runs single-threaded;
+- `browser, all threads`: the page served with the COOP/COEP headers, so the page may start up to
+  4 WebAssembly threads (here: the machine's cores, at most 4).
+tokens/s = new tokens / seconds of `generateTokens` (prefill included), timed inside the page;
+page load = from opening the page to the model being ready (runtime, graph and tokenizer, from
+localhost). Every round runs every row once (interleaved); medians (min-max) over rounds; the
+ratio is the median of per-round ratios to native onnxruntime.
+
+Needs the JavaScript runtime (`ONNXRUNTIME_NODE_INSTALL=skip npm ci`), Playwright for Python and
+Debian's Chromium at /usr/bin/chromium.
+
+    python bench/browser_decode.py [--shapes S,M] [--repeats 3] [--new-tokens 200] [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import functools
+import http.server
+import logging
+import statistics
+import tempfile
+import threading
+import time
+
+import torch
+
+from bench.common import DECODE_CONTEXT, environment_lines, median_span, model_kwargs, print_table
+from export import OnnxGPT, to_onnx
+from export.webpage import RUNTIME
+from gpt import GPT, Tokenizer
+
+PROMPT = 32
+CHROMIUM = Path("/usr/bin/chromium")
+ROWS = ("native", "browser-1", "browser-all")
+LABELS = {
+    "native": "onnxruntime (native), 1 thread",
+    "browser-1": "browser, 1 thread",
+    "browser-all": "browser, all threads",
+}
+_DECODE_JS = """
+async ([ids, newTokens]) => {
+  const { model, threads } = await window.simpleLLM.ready;
+  const started = performance.now();
+  let count = 0;
+  for await (const _ of model.generateTokens(ids, { maxNewTokens: newTokens })) count += 1;
+  return { seconds: (performance.now() - started) / 1000, count, threads };
+}
+"""
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    isolated = False
+
+    def end_headers(self) -> None:
+        if self.isolated:  # cross-origin isolation: SharedArrayBuffer, so WebAssembly threads
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def serve(root: Path, isolated: bool) -> tuple[http.server.ThreadingHTTPServer, str]:
+    handler = type("Handler", (_Handler,), {"isolated": isolated})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def export(shape: str, precision: str, folder: Path) -> Path:
+    torch.manual_seed(0)
+    model = GPT(**model_kwargs(shape, DECODE_CONTEXT[shape]), dropout=0.0).eval()
+    model.tokenizer = Tokenizer()
+    return to_onnx(model, folder, precision=precision, portable=False, threads=1)
+
+
+def native_decode(folder: Path, ids: list[int], new_tokens: int) -> float:
+    model = OnnxGPT.load(folder, threads=1)
+    model.generate([ids], 4)  # warm-up
+    started = time.perf_counter()
+    model.generate([ids], new_tokens)
+    return new_tokens / (time.perf_counter() - started)
+
+
+def browser_decode(chromium, url: str, ids: list[int], new_tokens: int) -> tuple[float, float, int]:
+    """(tokens/s, page load seconds, threads) of one fresh page."""
+    page = chromium.new_page()
+    page.set_default_timeout(600_000)
+    started = time.perf_counter()
+    page.goto(url)
+    page.wait_for_function("document.querySelector('#status').textContent.includes('Ready')")
+    load = time.perf_counter() - started
+    page.evaluate(_DECODE_JS, [ids, 4])  # warm-up
+    result = page.evaluate(_DECODE_JS, [ids, new_tokens])
+    page.close()
+    return result["count"] / result["seconds"], load, result["threads"]
+
+
+def measure(
+    chromium, shapes: list[str], precisions: list[str], repeats: int, new_tokens: int, tmp: Path
+) -> list[list[str]]:
+    plain, plain_url = serve(tmp, isolated=False)
+    isolated, isolated_url = serve(tmp, isolated=True)
+    table = []
+    try:
+        for shape in shapes:
+            for precision in precisions:
+                name = f"{shape}-{precision}"
+                folder = export(shape, precision, tmp / name)
+                ids = torch.randint(0, 256, (PROMPT,), generator=torch.Generator().manual_seed(1)).tolist()
+                rates = {row: [] for row in ROWS}
+                loads = {row: [] for row in ROWS[1:]}
+                threads = {}
+                for _ in range(repeats):
+                    rates["native"].append(native_decode(folder, ids, new_tokens))
+                    for row, base in (("browser-1", plain_url), ("browser-all", isolated_url)):
+                        rate, load, used = browser_decode(chromium, f"{base}/{name}/web/index.html", ids, new_tokens)
+                        rates[row].append(rate)
+                        loads[row].append(load)
+                        threads[row] = used
+                for row in ROWS:
+                    ratio = statistics.median(r / n for r, n in zip(rates[row], rates["native"]))
+                    label = LABELS[row] if row == "native" else f"{LABELS[row]} ({threads[row]})"
+                    load = median_span(loads[row], "{:.2f}") if row in loads else "-"
+                    table.append([shape, precision, label, median_span(rates[row], "{:,.1f}"), f"{ratio:.2f}", load])
+    finally:
+        plain.shutdown()
+        isolated.shutdown()
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="S,M", help="comma-separated shapes from S, M (default: %(default)s)")
+    parser.add_argument("--precisions", default="fp32,int8", help="exports to run (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default: %(default)s)")
+    parser.add_argument("--new-tokens", type=int, default=200, help="tokens generated per call (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="shape S, 1 round of 40 tokens (about a minute)")
+    args = parser.parse_args()
+    shapes = ["S"] if args.quick else args.shapes.split(",")
+    repeats = 1 if args.quick else args.repeats
+    new_tokens = 40 if args.quick else args.new_tokens
+    if not CHROMIUM.is_file():
+        raise SystemExit(f"{CHROMIUM} not found: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    logging.disable(logging.INFO)  # the exports' optimizer passes log at INFO
+    with tempfile.TemporaryDirectory(prefix="bench-browser-") as tmp, sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
+        try:
+            table = measure(chromium, shapes, args.precisions.split(","), repeats, new_tokens, Path(tmp))
+        finally:
+            chromium.close()
+    print(
+        f"Greedy decode in headless Chromium (onnxruntime-web {RUNTIME['packages']['onnxruntime-web']['version']}, "
+        f"WebAssembly) and native onnxruntime, {PROMPT}-token prompt + {new_tokens} new tokens, random weights, "
+        f"{repeats} interleaved round(s)"
+    )
+    print_table(["shape", "precision", "run (threads)", "tokens/s median (min-max)", "÷ native", "page load s"], table)
+    print("\n".join(environment_lines(1)))
+
+
+if __name__ == "__main__":
+    main()
