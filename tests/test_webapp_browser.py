@@ -249,6 +249,14 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     page.click("#gen-compare")  # Compare covers it: the browser's greedy ids against PyTorch's
     report = wait_text(page, "#gen-compare-report", "In your browser|Error in your browser")
     assert re.search(r"In your browser \(onnxruntime-web, fp32\): greedy tokens agree with PyTorch \((\d+) of \1\)", report)
+    page.locator("#gen-max-new input[type=number]").fill("1024")  # Stop ends a long one, between two steps
+    page.locator("#gen-max-new input[type=number]").press("Tab")
+    page.evaluate("document.querySelector('#gen-output textarea').value = ''")
+    page.click("#gen-browser")
+    page.wait_for_function("document.querySelector('#gen-output textarea').value.length > 8")
+    page.click("#gen-stop")
+    stopped = wait_text(page, "#gen-stats", "stopped|1024 tokens")
+    assert "stopped" in stopped and int(stopped.split(" tokens")[0]) < 1024, stopped
     page.locator("#gen-backend label", has_text="PyTorch").click()
 
 
