@@ -411,6 +411,7 @@ def test_export_zip_holds_the_onnx_folder_and_its_report(trained, handlers):
     outputs = list(handlers.export("fp32", request=request))
     zip_path, report = outputs[-1]
     names = {n.split("/", 1)[1] for n in zipfile.ZipFile(zip_path).namelist()}  # inside its top folder
+    assert {"web/index.html", "web/simple_llm.mjs", "web/model.json"} <= names  # unpacked and served: a demo
     assert {
         "model_fast.onnx",
         "onnx/model.onnx",
