@@ -68,18 +68,12 @@ def sri(path: Path) -> str:
     return "sha384-" + base64.b64encode(hashlib.sha384(path.read_bytes()).digest()).decode()
 
 
-def _cdn_url(path: str) -> str:
-    """The CDN address of `package/file`, at the pinned version."""
+def _pinned(path: str) -> tuple[str, str]:
+    """The CDN address of `package/file` at the pinned version, and its integrity hash."""
     for package, pinned in RUNTIME["packages"].items():
         if path.startswith(package + "/"):
-            return f"{RUNTIME['cdn']}{package}@{pinned['version']}/{path[len(package) + 1 :]}"
-    raise KeyError(path)
-
-
-def _integrity(path: str) -> str:
-    for package, pinned in RUNTIME["packages"].items():
-        if path.startswith(package + "/"):
-            return pinned["files"][path[len(package) + 1 :]]
+            file = path[len(package) + 1 :]
+            return f"{RUNTIME['cdn']}{package}@{pinned['version']}/{file}", pinned["files"][file]
     raise KeyError(path)
 
 
@@ -125,8 +119,8 @@ def browser_runtime(node_modules: Path = NODE_MODULES) -> BrowserRuntime:
     if local_runtime(node_modules) is not None:
         modules = {name: node_modules / path for name, path in RUNTIME["imports"].items()}
         return BrowserRuntime(modules, {}, (node_modules / RUNTIME["wasm"]).parent, None)
-    modules = {name: _cdn_url(path) for name, path in RUNTIME["imports"].items()}
+    modules = {name: _pinned(path)[0] for name, path in RUNTIME["imports"].items()}
     glue = RUNTIME["wasm"].replace(".wasm", ".mjs")
-    integrity = {_cdn_url(path): _integrity(path) for path in (*RUNTIME["imports"].values(), glue)}
-    wasm_dir = _cdn_url(RUNTIME["wasm"]).rsplit("/", 1)[0] + "/"
-    return BrowserRuntime(modules, integrity, wasm_dir, _integrity(RUNTIME["wasm"]))
+    integrity = dict(_pinned(path) for path in (*RUNTIME["imports"].values(), glue))
+    wasm_url, wasm_integrity = _pinned(RUNTIME["wasm"])
+    return BrowserRuntime(modules, integrity, wasm_url.rsplit("/", 1)[0] + "/", wasm_integrity)

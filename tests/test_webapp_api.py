@@ -22,6 +22,7 @@ from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 from webapp_common import TINY, WORDS
+from webapp_common import generate_args as common_generate_args
 
 from webapp.app import build_demo, launch_kwargs
 from webapp.settings import Settings
@@ -95,19 +96,7 @@ def train_args(file: Path, steps: int, **overrides) -> list:
 
 
 def generate_args(prompt: str = "the cat", backend: str = "torch", **options) -> list:
-    values = dict(
-        max_new_tokens=24,
-        mode="greedy",
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        min_p=0.0,
-        repetition_penalty=1.0,
-        stop_strings="",
-        seed="",
-    )
-    values.update(options)
-    return [prompt, *values.values(), backend]
+    return common_generate_args(prompt, backend, **{"max_new_tokens": 24, **options})
 
 
 def plain(markdown: str) -> str:

@@ -248,7 +248,9 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     assert not any(f'"fn_index":{fn["generate"]},' in body for body in called)  # the tokens, from this page
     page.click("#gen-compare")  # Compare covers it: the browser's greedy ids against PyTorch's
     report = wait_text(page, "#gen-compare-report", "In your browser|Error in your browser")
-    assert re.search(r"In your browser \(onnxruntime-web, fp32\): greedy tokens agree with PyTorch \((\d+) of \1\)", report)
+    assert re.search(
+        r"In your browser \(onnxruntime-web, fp32\): greedy tokens agree with PyTorch \((\d+) of \1\)", report
+    )
     page.locator("#gen-max-new input[type=number]").fill("1024")  # Stop ends a long one, between two steps
     page.locator("#gen-max-new input[type=number]").press("Tab")
     page.evaluate("document.querySelector('#gen-output textarea').value = ''")

@@ -22,6 +22,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from webapp_common import TINY, text
+from webapp_common import generate_args as common_generate_args
 
 from webapp.app import build_demo, launch_kwargs
 from webapp.settings import Settings
@@ -71,19 +72,7 @@ def train_args(file: Path, steps: int, **overrides) -> list:
 
 
 def generate_args(prompt: str = "the", backend: str = "torch", **options) -> list:
-    values = dict(
-        max_new_tokens=16,
-        mode="greedy",
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        min_p=0.0,
-        repetition_penalty=1.0,
-        stop_strings="",
-    )
-    values.update(options)
-    seed = values.pop("seed", "")
-    return [prompt, *values.values(), seed, backend]
+    return common_generate_args(prompt, backend, **{"max_new_tokens": 16, **options})
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,26 @@ def train(
     )
 
 
+GENERATE_DEFAULTS = dict(
+    max_new_tokens=20,
+    mode="greedy",
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    min_p=0.0,
+    repetition_penalty=1.0,
+    stop_strings="",
+    seed="",
+)
+"""The /generate inputs after the prompt and before the backend, in their API order."""
+
+
+def generate_args(prompt: str = "the cat", backend: str = "torch", **options) -> list:
+    """The /generate endpoint's inputs, in order: `options` override `GENERATE_DEFAULTS`."""
+    values = {**GENERATE_DEFAULTS, **options}
+    return [prompt, *values.values(), backend]
+
+
 def generate(
     handlers: Handlers,
     request: Request,
@@ -74,31 +94,7 @@ def generate(
     mode: str = "greedy",
     **options,
 ) -> tuple[str, str]:
-    values = dict(
-        max_new_tokens=20,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        min_p=0.0,
-        repetition_penalty=1.0,
-        stop_strings="",
-        seed="",
-    )
-    values.update(options)
-    *_, last = handlers.generate(
-        prompt,
-        values["max_new_tokens"],
-        mode,
-        values["temperature"],
-        values["top_k"],
-        values["top_p"],
-        values["min_p"],
-        values["repetition_penalty"],
-        values["stop_strings"],
-        values["seed"],
-        backend,
-        request=request,
-    )
+    *_, last = handlers.generate(*generate_args(prompt, backend, mode=mode, **options), request=request)
     return last
 
 

@@ -17,7 +17,6 @@ from export import BrowserRuntime, browser_runtime, runtime_tags
 
 BROWSER = "browser"
 FILE_ROUTE = "./gradio_api/file="  # where Gradio serves a static path, relative to the app's root
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")  # beside the graph
 PRECISIONS = ("int8", "fp32")  # int8 first: the smaller download
 
 
@@ -46,21 +45,19 @@ def head(found: BrowserRuntime) -> str:
 
 def run_js(found: BrowserRuntime) -> str:
     """The event's client-side function: generate in the browser from the files the server gave
-    (the graph and `MODEL_FILES`, as Gradio file values) with the Generate tab's settings; it
-    streams into the output box and returns (output, statistics)."""
-    return _with_modules(_RUN_JS, found)
+    (`models.browser_files`, as Gradio file values) with the Generate tab's settings; it streams
+    into the output box and returns (output, statistics)."""
+    return _with_page(_RUN_JS, found)
 
 
 def compare_js(found: BrowserRuntime) -> str:
     """Compare's client-side step on the browser backend: the browser's greedy ids for the prompt
     PyTorch's reference was made from, and where they first differ, above the server's report."""
-    return _with_modules(_COMPARE_JS, found)
+    return _with_page(_COMPARE_JS, found)
 
 
-def _with_modules(script: str, found: BrowserRuntime) -> str:
-    page = json.dumps(_url(found.page_modules / "page.mjs"))
-    loop = json.dumps(_url(found.page_modules / "simple_llm.mjs"))
-    return script.replace("PAGE_URL", page).replace("LOOP_URL", loop)
+def _with_page(script: str, found: BrowserRuntime) -> str:
+    return script.replace("PAGE_URL", json.dumps(_url(found.page_modules / "page.mjs")))
 
 
 STOP_JS = "() => { window.simpleLLMStop = true; }"
@@ -95,20 +92,14 @@ async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetit
   const fail = (error) => [prompt, (ru ? "Ошибка в браузере: " : "Error in your browser: ") + (error.message || error)];
   try {
     const page = await import(new URL(PAGE_URL, document.baseURI).href);  // relative to the app, not this script
-    const loop = await import(new URL(LOOP_URL, document.baseURI).href);
-    const { model, tokenizer, eosId, threads, precision } = await page.loadFromFiles(files);
+    const loaded = await page.loadFromFiles(files);
+    const { threads, precision } = loaded;
     if (mode === "sampling" && (seed === "" || seed === null)) seed = Math.floor(Math.random() * 2 ** 31);
     const sampling = page.samplingFrom({ maxNewTokens, mode, temperature, topK, topP, minP, repetitionPenalty, stopStrings, seed });
     window.simpleLLMStop = false;
-    let text = "";
-    let tokens = 0;
-    const started = performance.now();
-    for await (const piece of loop.streamText(model, tokenizer, eosId, prompt, sampling, () => (tokens += 1))) {
-      text += piece;
-      box.value = prompt + text;
-      if (window.simpleLLMStop) break;
-    }
-    const seconds = (performance.now() - started) / 1000;
+    const { text, tokens, seconds } = await page.generateText(
+      loaded, prompt, sampling, (text) => (box.value = prompt + text), () => window.simpleLLMStop,
+    );
     const rate = (tokens / Math.max(seconds, 1e-9)).toFixed(1);
     const where = ru ? `в вашем браузере (onnxruntime-web, ${precision}, потоков: ${threads})` : `in your browser (onnxruntime-web, ${precision}, ${threads} thread(s))`;
     const parts = [ru ? `${tokens} токенов` : `${tokens} tokens`, ru ? `**${rate} ток/с**` : `**${rate} tokens/s**`, where];

@@ -99,6 +99,21 @@ function settings(doc) {
   });
 }
 
+/** Generate from `prompt` with a loaded model, calling `onText(textSoFar)` as pieces arrive and
+ * stopping between two pieces once `shouldStop()` says so: `{text, tokens, seconds}`. */
+export async function generateText(loaded, prompt, sampling, onText, shouldStop = () => false) {
+  const { model, tokenizer, eosId } = loaded;
+  let text = "";
+  let tokens = 0;
+  const started = performance.now();
+  for await (const piece of streamText(model, tokenizer, eosId, prompt, sampling, () => (tokens += 1))) {
+    text += piece;
+    onText(text);
+    if (shouldStop()) break;
+  }
+  return { text, tokens, seconds: (performance.now() - started) / 1000 };
+}
+
 /** Wire the page's controls; returns `{ready, generate}` (the tests drive it through them too). */
 export function mountPage(doc, base) {
   const status = doc.getElementById("status");
@@ -120,17 +135,9 @@ export function mountPage(doc, base) {
   );
 
   async function generate(prompt, sampling) {
-    const { model, tokenizer, eosId } = await ready;
+    const loaded = await ready;
     stopRequested = false;
-    let text = "";
-    let tokens = 0;
-    const started = performance.now();
-    for await (const piece of streamText(model, tokenizer, eosId, prompt, sampling, () => (tokens += 1))) {
-      text += piece;
-      output.textContent = prompt + text;
-      if (stopRequested) break;
-    }
-    return { text, tokens, seconds: (performance.now() - started) / 1000 };
+    return generateText(loaded, prompt, sampling, (text) => (output.textContent = prompt + text), () => stopRequested);
   }
 
   generateButton.addEventListener("click", async () => {
