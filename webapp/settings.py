@@ -11,13 +11,20 @@
 | `SIMPLE_LLM_MAX_STEPS` | 20000 | most optimizer steps of one training run |
 | `SIMPLE_LLM_MAX_TRAIN_MINUTES` | 60 | wall-clock limit of one training run (it stops cleanly, keeping its checkpoint) |
 | `SIMPLE_LLM_MAX_NEW_TOKENS` | 1024 | most tokens of one generation |
-| `SIMPLE_LLM_TRAIN_CONCURRENCY` | 1 | trainings and exports that run at once; later ones wait in the queue |
+| `SIMPLE_LLM_MEMORY_MB` | 80% of the container's memory (cgroup limit, else the machine's) | the whole server's memory budget: the server itself, every heavy job's estimate (training, evaluation, export) and the models sessions hold; work that does not fit waits briefly, then is refused |
+| `SIMPLE_LLM_CPUS` | the container's CPUs (cgroup quota and affinity, else the machine's) | CPU slots of heavy jobs: each takes one per thread it runs |
+| `SIMPLE_LLM_MAX_MODELS_MEMORY_MB` | a quarter of `SIMPLE_LLM_MEMORY_MB` | models held in memory by all sessions; idle sessions' models are dropped first (reloaded from their checkpoint when used) |
+| `SIMPLE_LLM_MAX_SESSIONS` | 256 | live sessions; the longest idle are closed first, never one that is training |
+| `SIMPLE_LLM_TRAIN_CONCURRENCY` | 1 | trainings that run at once; later ones wait in the queue |
+| `SIMPLE_LLM_EXPORT_CONCURRENCY` | 1 | ONNX exports that run at once, from every entry point (Export, onnxruntime generation, Compare, the browser backend) |
+| `SIMPLE_LLM_EVAL_CONCURRENCY` | 1 | evaluations that run at once (outside the generation pool) |
 | `SIMPLE_LLM_GENERATE_CONCURRENCY` | 4 | generations that run at once |
-| `SIMPLE_LLM_TRAIN_THREADS` | CPU cores - 1 (at least 1) | torch threads of a training run: a free core keeps generation responsive |
+| `SIMPLE_LLM_TRAIN_THREADS` | the container's CPUs - 1 (at least 1) | torch threads of a training run: a free core keeps generation responsive |
 | `SIMPLE_LLM_GENERATE_THREADS` | 1 | torch / onnxruntime threads of a generation (batch-1 decoding is latency bound) |
 | `SIMPLE_LLM_SESSION_TTL_MINUTES` | 120 | idle sessions (not training) are deleted after this long |
-| `SIMPLE_LLM_MAX_TRAIN_MEMORY_MB` | half the machine's memory ÷ training concurrency | estimated peak memory of one training run (weights, optimizer, activations, logits) |
-| `SIMPLE_LLM_MAX_SESSION_DISK_MB` | 2048 | disk of one session (uploads, runs, exports); older runs and exports are pruned first |
+| `SIMPLE_LLM_MAX_TRAIN_MEMORY_MB` | half of `SIMPLE_LLM_MEMORY_MB` ÷ training concurrency | estimated peak memory of one training run (weights, optimizer, activations, logits) |
+| `SIMPLE_LLM_MAX_SESSION_DISK_MB` | 2048 | disk of one session (uploads, runs, exports, downloads); older runs and exports are pruned first |
+| `SIMPLE_LLM_MAX_DISK_MB` | 16384 | disk of all sessions together (their folders and downloads); work that would pass it is refused |
 | `SIMPLE_LLM_MAX_SAVED_MODELS` / `_MAX_SAVED_MB` | 50 / 4096 | saved models on the server: count and total size |
 | `SIMPLE_LLM_MIN_FREE_DISK_MB` | 1024 | free disk kept on the artifact folder's drive: new work is refused below it |
 | `SIMPLE_LLM_MAX_QUEUE` | 64 | requests waiting in the queue; beyond it a request is answered "busy, try again" |
@@ -36,6 +43,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from gpt import DEFAULT_DECODE_THREADS
+from webapp import container
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "SIMPLE_LLM_"
@@ -54,13 +62,20 @@ class Settings:
     max_steps: int = 20_000
     max_train_minutes: float = 60.0
     max_new_tokens: int = 1024
+    memory_mb: int = 8192
+    cpus: int = 2
+    max_models_memory_mb: int = 2048
+    max_sessions: int = 256
     train_concurrency: int = 1
     generate_concurrency: int = 4
+    export_concurrency: int = 1
+    eval_concurrency: int = 1
     train_threads: int = 1
     generate_threads: int = DEFAULT_DECODE_THREADS
     session_ttl_minutes: float = 120.0
     max_train_memory_mb: int = 4096
     max_session_disk_mb: int = 2048
+    max_disk_mb: int = 16384
     max_saved_models: int = 50
     max_saved_mb: int = 4096
     min_free_disk_mb: int = 1024
@@ -70,15 +85,11 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Settings from `environ` (default `os.environ`); a malformed value raises ValueError naming it."""
         env = os.environ if environ is None else environ
-        computed = {  # defaults that depend on the machine; the others are the fields' own
-            "train_threads": max(1, (os.cpu_count() or 1) - 1),
-            "max_train_memory_mb": _default_train_memory_mb(env),
-        }
-        values = {
-            f.name: _number(env, f.name.upper(), computed.get(f.name, f.default), _KINDS[f.type])
-            for f in fields(cls)
-            if f.name != "artifacts"
-        }
+        values = {}
+        for f in fields(cls):  # in order: a computed default may use the fields before it
+            if f.name != "artifacts":
+                default = _computed_default(f.name, values, f.default)
+                values[f.name] = _number(env, f.name.upper(), default, _KINDS[f.type])
         artifacts = Path(env.get(PREFIX + "ARTIFACTS") or REPO_ROOT / "artifacts").expanduser().resolve()
         return cls(artifacts=artifacts, **values)
 
@@ -111,11 +122,16 @@ def _number(env: dict[str, str], name: str, default: float, kind: type) -> float
     return value
 
 
-def _default_train_memory_mb(env: dict[str, str]) -> int:
-    """Half the machine's physical memory, shared by the trainings that may run at once."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
-        total = 8 * 1024 * MB
-    concurrency = _number(env, "TRAIN_CONCURRENCY", 1, int)
-    return max(256, int(total / 2 / MB / concurrency))
+def _computed_default(name: str, values: dict[str, float], default: float) -> float:
+    """Defaults that depend on the container (`webapp.container`) or on the settings before them."""
+    if name == "memory_mb":
+        return max(512, int(0.8 * container.detect().memory_bytes / MB))
+    if name == "cpus":
+        return container.detect().cpus
+    if name == "max_models_memory_mb":
+        return max(128, int(values["memory_mb"] / 4))
+    if name == "train_threads":
+        return max(1, int(values["cpus"]) - 1)
+    if name == "max_train_memory_mb":
+        return max(256, int(values["memory_mb"] / 2 / values["train_concurrency"]))
+    return default
