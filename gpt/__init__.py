@@ -12,10 +12,10 @@ from gpt.checkpoint import (
 )
 from gpt.config import GPTConfig, count_parameters
 from gpt.data import GetData, check_vocabulary, encode_corpus, make_loaders, read_texts, split_ids
-from gpt.evaluation import TextScore, evaluate_text, token_losses
+from gpt.evaluation import DEFAULT_EVAL_BATCH, TextScore, evaluate_text, token_losses
 from gpt.files import atomic_folder
 from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig, TokenScores
-from gpt.memory import MemoryEstimate, estimate_training_memory
+from gpt.memory import MemoryEstimate, estimate_evaluation_memory, estimate_training_memory, evaluation_batch_size
 from gpt.model import GPT
 from gpt.modes import evaluating
 from gpt.texts import TEXT_SUFFIXES, TextFileError, check_text_file, decode_text, read_text_file
@@ -23,6 +23,7 @@ from gpt.tokenizer import TOKENIZER_FILE, Tokenizer
 from gpt.training import Trainer, TrainingHistory, fit
 
 __all__ = [
+    "DEFAULT_EVAL_BATCH",
     "CONFIG_FILE",
     "DEFAULT_DECODE_THREADS",
     "GPT",
@@ -52,7 +53,9 @@ __all__ = [
     "count_parameters",
     "decode_text",
     "encode_corpus",
+    "estimate_evaluation_memory",
     "estimate_training_memory",
+    "evaluation_batch_size",
     "evaluate_text",
     "evaluating",
     "fit",

@@ -102,8 +102,9 @@ def token_losses(
     windows = list(_windows(len(ids) - 1, model.max_seq_len))
     batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
     losses: list[Tensor] = []
-    for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress or len(batches) < 2):
-        losses += _window_losses(model, ids, batch)
+    with torch.inference_mode():  # no autograd graph: each batch's activations are freed at once
+        for batch in tqdm(batches, desc="evaluating", unit="batch", disable=not progress or len(batches) < 2):
+            losses += _window_losses(model, ids, batch)
     return ids[1:].tolist(), torch.cat(losses)
 
 

@@ -103,6 +103,41 @@ def estimate_training_memory(
     )
 
 
+EVAL_FIXED = 160 * 1024**2
+"""What scoring a text costs beyond its tokens and logits: the forward pass's kernels and workspace."""
+EVAL_PER_TOKEN = 400
+"""Bytes a scored token costs: the tokenizer's encoding of the text, its ids, its loss and the
+lists handed to the app (2 M one-byte tokens grew the peak RSS by 0.7 GB on a CPU)."""
+EVAL_LOGITS_COPIES = 4
+"""The logits of a batch of windows are alive about this often at once: the head's output, its
+log-softmax inside the cross-entropy, the per-token losses' workspace (measured 3.3-3.8x)."""
+
+
+def estimate_evaluation_memory(config: GPTConfig, text_bytes: int, batch_size: int, *, weights: bool = False) -> int:
+    """Peak bytes of scoring `text_bytes` of UTF-8 with `gpt.token_losses` in batches of
+    `batch_size` windows of `config.max_seq_len` tokens (add the weights with `weights=True` when the
+    model is loaded for it). A byte-level BPE gives at most one token a byte, so the text's size
+    bounds its tokens before it is encoded."""
+    _check_positive("batch_size", batch_size)
+    tokens = text_bytes + 1
+    window = min(config.max_seq_len, tokens)
+    logits = EVAL_LOGITS_COPIES * FP32 * batch_size * window * config.vocab_size
+    E, A, H = config.emb_size, config.attn_size, config.mlp_ratio * config.emb_size
+    activations = FP32 * batch_size * window * (4 * E + 3 * A + 2 * H)  # one layer's, freed as the next runs
+    model = FP32 * count_parameters(config) if weights else 0
+    return EVAL_FIXED + EVAL_PER_TOKEN * tokens + logits + activations + model
+
+
+def evaluation_batch_size(
+    config: GPTConfig, text_bytes: int, budget: int, largest: int = 8, *, weights: bool = False
+) -> int:
+    """The largest batch of windows (at most `largest`, at least 1) whose evaluation fits `budget` bytes."""
+    for batch in range(largest, 1, -1):
+        if estimate_evaluation_memory(config, text_bytes, batch, weights=weights) <= budget:
+            return batch
+    return 1
+
+
 def _optimizer_bytes(config: GPTConfig, optimizer: str) -> int:
     """State and step temporaries (see `gpt.optim`).
 

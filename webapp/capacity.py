@@ -20,6 +20,7 @@ is refused at once. Waiting ends early when the caller cancels.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import threading
@@ -28,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from webapp.i18n import Msg, UserError
 from webapp.settings import MB
@@ -128,6 +130,7 @@ class Capacity:
             with self._cond:
                 del self._jobs[ticket]
                 self._cond.notify_all()
+            return_freed_memory()
 
     def _wait_for_turn(self, reservation: Reservation, cancelled: Callable[[], bool]) -> int:
         ticket = next(self._tickets)
@@ -176,12 +179,13 @@ class Capacity:
         return self.cpu_slots - sum(r.cpus for r in self._jobs.values())
 
     # Models held by sessions -------------------------------------------------------------------
-    def hold(self, key: str, memory: int) -> None:
+    def hold(self, key: str, memory: int, force: bool = False) -> None:
         """Count `memory` bytes as held by `key` (a session's models) from now on, replacing what it
         held; idle sessions' models are dropped to make room. Raises `UserError` when even that
-        leaves no room (nothing is changed then)."""
+        leaves no room (nothing is changed then), unless `force`: a training's model, whose memory
+        its run had reserved until now, is always kept."""
         memory = int(memory)
-        if memory > min(self.models_cap, self.job_budget):
+        if memory > min(self.models_cap, self.job_budget) and not force:
             raise UserError("error.model_too_big_for_memory", need=_mb(memory), limit=_mb(self.models_cap))
         for _ in range(2):  # try, drop idle models, try again
             with self._cond:
@@ -192,7 +196,10 @@ class Capacity:
                     return
             if self.evict is None or self.evict(short, key) <= 0:
                 break
-        raise UserError("error.models_memory_full", need=_mb(memory), limit=_mb(self.models_cap))
+        if not force:
+            raise UserError("error.models_memory_full", need=_mb(memory), limit=_mb(self.models_cap))
+        with self._cond:
+            self._holds[key] = memory
 
     def release(self, key: str) -> None:
         """`key` holds nothing any more."""
@@ -203,6 +210,22 @@ class Capacity:
     def held(self, key: str) -> int:
         with self._cond:
             return self._holds.get(key, 0)
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's freed blocks back to the system (glibc's `malloc_trim`): without it, the
+    memory a finished job freed stays in the server's RSS, where the container's limit counts it."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 def _job_name(job: str) -> Msg | str:

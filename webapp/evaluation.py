@@ -4,12 +4,23 @@ and its fine-tuned copy) compare side by side on the same held-out text."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from gpt import GPT, TextScore, token_losses
+from gpt import (
+    DEFAULT_EVAL_BATCH,
+    GPT,
+    CheckpointError,
+    GPTConfig,
+    TextScore,
+    estimate_evaluation_memory,
+    evaluation_batch_size,
+    read_config,
+    token_losses,
+)
 from webapp import corpus, insight, models, validation
 from webapp.i18n import UserError, t
 from webapp.sessions import Session
@@ -27,7 +38,7 @@ def read_text(pasted: Any, upload: Path | None, settings: Settings) -> tuple[str
     if upload is not None:
         found = corpus.read_uploads([upload], min(settings.max_upload_mb, limit), limit)
         return found.texts[0], str(found.label)
-    text = validation.text("text", pasted, int(limit * MB))
+    text = validation.text("text", pasted, int(limit * MB), max_bytes=int(limit * MB))
     if not text.strip():
         raise UserError("error.eval_no_text")
     return text, f"{len(text):,} chars".replace(",", " ")
@@ -45,11 +56,44 @@ def pick_model(session: Session, which: str, saved_name: Any, settings: Settings
     return models.load_checked(saved.path, settings), saved.name
 
 
-def score(session: Session, model: GPT, model_name: str, text: str, text_name: str) -> tuple[TextScore, list[Any]]:
-    """Score `text`, add the result to the session's table; the result, and the text's first
-    tokens each with its surprise (`insight.TokenPiece`s)."""
+@dataclass(frozen=True)
+class Plan:
+    """How an evaluation runs: the batch of windows it scores at once, and the memory it reserves."""
+
+    batch_size: int
+    memory: int
+
+
+def plan(session: Session, which: str, saved_name: Any, text: str, settings: Settings, budget: int) -> Plan:
+    """The largest batch whose estimated memory (`gpt.estimate_evaluation_memory`) fits half of
+    `budget` (the most one job may reserve), from the model's config, before anything is loaded."""
+    config, loads = _config_of(session, which, saved_name, settings)
+    text_bytes = len(text.encode("utf-8"))
+    batch = evaluation_batch_size(config, text_bytes, budget // 2, weights=loads)
+    return Plan(batch, estimate_evaluation_memory(config, text_bytes, batch, weights=loads))
+
+
+def _config_of(session: Session, which: str, saved_name: Any, settings: Settings) -> tuple[GPTConfig, bool]:
+    """The config of the model `pick_model` will score with, and whether it loads the weights for it."""
+    if which == "current":
+        return models.require_model(session).config, False
+    if which != "saved":
+        raise UserError("error.bad_value", name="model", value=which, rule=" / ".join(MODELS))
+    if not saved_name:
+        raise UserError("error.pick_model")
     try:
-        ids, losses = token_losses(model, text, progress=True)  # the app shows tqdm's bar (gr.Progress)
+        return read_config(models.find_saved(settings, str(saved_name)).path), True
+    except CheckpointError as err:
+        raise UserError("error.bad_checkpoint", detail=str(err)) from None
+
+
+def score(
+    session: Session, model: GPT, model_name: str, text: str, text_name: str, batch_size: int = DEFAULT_EVAL_BATCH
+) -> tuple[TextScore, list[Any]]:
+    """Score `text` in batches of `batch_size` windows, add the result to the session's table; the
+    result, and the text's first tokens each with its surprise (`insight.TokenPiece`s)."""
+    try:
+        ids, losses = token_losses(model, text, batch_size, progress=True)  # the app shows tqdm's bar (gr.Progress)
     except ValueError as err:  # a tokenizer that does not fit the model
         raise UserError("error.bad_checkpoint", detail=str(err)) from None
     result = TextScore.of(text, losses)

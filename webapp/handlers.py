@@ -158,17 +158,23 @@ class Handlers:
             params = count_parameters(config.gpt_config(config.vocab_size))
             storage.make_room(session.folder, self.settings, storage.run_bytes(params), keep=session.kept_folders())
             run_folder = session.new_folder("runs")
-        yield t(lang, "train.preparing"), training.empty_frame(), "", gr.skip()
-        torch.set_num_threads(self.settings.train_threads)
-        data = training.prepare_data(texts, config, model.tokenizer if model is not None else None)
-        if model is None:
-            model = training.build_model(config, data.tokenizer, self.settings)
-            label = t(lang, "model.trained_on", corpus=data.corpus_label)
-        else:
-            base = model.training_record["started_from"]["model"]
-            label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
-        job = self._job(session, model, data, config, run_folder / "checkpoints", label, earlier=earlier)
-        yield from self._run(session, job, lang, progress)
+        text_bytes = sum(len(text.encode("utf-8")) for text in texts.texts)
+        with self._admit(session, "training", training.run_memory(config, text_bytes), self.settings.train_threads):
+            yield t(lang, "train.preparing"), training.empty_frame(), "", gr.skip()
+            torch.set_num_threads(self.settings.train_threads)
+            data = training.prepare_data(texts, config, model.tokenizer if model is not None else None)
+            if model is None:
+                model = training.build_model(config, data.tokenizer, self.settings)
+                label = t(lang, "model.trained_on", corpus=data.corpus_label)
+            else:
+                base = model.training_record["started_from"]["model"]
+                label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
+            job = self._job(session, model, data, config, run_folder / "checkpoints", label, earlier=earlier)
+            yield from self._run(session, job, lang, progress)
+
+    def _admit(self, session: Session, job: str, memory: int, cpus: int) -> Any:
+        """The server-wide admission of a heavy job (`webapp.capacity`); waiting ends if the session closes."""
+        return self.sessions.capacity.admit(job, memory, cpus, cancelled=lambda: session.closed)
 
     @staticmethod
     def _earlier_curve(session: Session, start: str, model: Any) -> training.Curve | None:
@@ -201,7 +207,8 @@ class Handlers:
             job = self._job(
                 session, model, last.data, config, last.checkpoint_dir, last.label, resume=True, earlier=last.earlier
             )
-        yield from self._run(session, job, lang, progress)
+        with self._admit(session, "training", training.run_memory(config), self.settings.train_threads):
+            yield from self._run(session, job, lang, progress)
 
     def _job(self, session: Session, model: Any, data: Any, config: Any, checkpoints: Path, label: str, **kw: Any):
         """A training job whose model becomes the session's model only once the run has a checkpoint:
@@ -209,7 +216,10 @@ class Handlers:
 
         def install(job: training.TrainingJob) -> None:
             if job.usable:
-                session.set_model(job.model, job.label, f"simple-llm-{checkpoints.parent.name}")
+                source = training.latest_checkpoint(checkpoints)
+                session.set_model(
+                    job.model, job.label, f"simple-llm-{checkpoints.parent.name}", source=source, force=True
+                )
 
         return training.TrainingJob(
             model,
@@ -433,9 +443,12 @@ class Handlers:
         session = self.session(request)
         upload_path = _path(_file_list(upload)[0]) if _file_list(upload) else None
         text, text_name = evaluation.read_text(pasted, upload_path, self.settings)
-        model, model_name = evaluation.pick_model(session, which, saved_name, self.settings)
-        torch.set_num_threads(self.settings.generate_threads)
-        result, pieces = evaluation.score(session, model, model_name, text, text_name)
+        plan = evaluation.plan(session, which, saved_name, text, self.settings, self.sessions.capacity.job_budget)
+        with self._admit(session, "evaluation", plan.memory, self.settings.generate_threads):
+            model, model_name = evaluation.pick_model(session, which, saved_name, self.settings)
+            torch.set_num_threads(self.settings.generate_threads)
+            result, pieces = evaluation.score(session, model, model_name, text, text_name, plan.batch_size)
+            del model  # a saved model loaded for this goes before the reservation ends
         message = evaluation.message(result, model_name, text_name, lang)
         return evaluation.table(session, lang), message, insight.highlighted(pieces)
 

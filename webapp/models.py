@@ -28,7 +28,7 @@ from gpt import (
 from webapp import backends, storage, validation
 from webapp.archive import safe_extract, zip_folder
 from webapp.i18n import UserError, t
-from webapp.sessions import Session
+from webapp.sessions import Session, model_bytes
 from webapp.settings import MB, Settings
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def load_checked(folder: Path, settings: Settings, device: str = "cpu") -> GPT:
 def load_saved(session: Session, name: str, settings: Settings) -> GPT:
     saved = find_saved(settings, name)
     model = load_checked(saved.path, settings)
-    session.set_model(model, saved.name, saved.name)
+    session.set_model(model, saved.name, saved.name, source=saved.path)
     return model
 
 
@@ -167,7 +167,7 @@ def import_zip(session: Session, zip_path: str | Path, settings: Settings) -> st
             continue
     else:
         raise UserError("error.name_taken", name=base)
-    session.set_model(model, name, name)
+    session.set_model(model, name, name, source=settings.models_dir / name)
     return name
 
 
@@ -201,13 +201,14 @@ def starting_model(session: Session, start: str, name: str | None, settings: Set
 def require_model(session: Session) -> GPT:
     if session.training:
         raise UserError("error.busy_training")
-    if session.model is None:
+    model = session.current_model()
+    if model is None:
         raise UserError("error.no_model")
-    return session.model
+    return model
 
 
 def summary(session: Session, lang: str) -> str:
-    model = session.model
+    model = session.current_model()
     if model is None:
         return t(lang, "model.none")
     c = model.config
@@ -243,7 +244,7 @@ def export_current(session: Session, precision: str, settings: Settings, cancel:
     folder = session.new_folder("exports")
 
     def cancelled() -> bool:
-        return (cancel is not None and cancel.is_set()) or session.model is None  # `Session.close` drops it
+        return (cancel is not None and cancel.is_set()) or session.closed
 
     try:
         export_in_child(model, folder, precision, threads=settings.generate_threads, cancelled=cancelled)
@@ -334,8 +335,7 @@ def onnx_model(session: Session, backend: str, settings: Settings) -> tuple[Any,
         model = OnnxGPT.load(folder, provider=provider, threads=settings.generate_threads)
     except ProviderError as err:
         raise UserError("error.backend_unavailable", backend=available.label, reason=_short(err)) from None
-    with session.lock:
-        session.onnx_models[key] = model
+    session.add_onnx_model(key, model, model_bytes(require_model(session)))  # at most the fp32 weights
     return model, precision
 
 

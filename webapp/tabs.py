@@ -512,8 +512,8 @@ def wire_models_tab(tab: ModelsTab, h: Handlers, settings: Settings) -> None:
         [tab.eval_model, tab.saved, tab.eval_text, tab.eval_file],
         [tab.eval_table, tab.eval_message, tab.eval_view],
         api_name="evaluate",
-        concurrency_limit=settings.generate_concurrency,
-        concurrency_id="generate",
+        concurrency_limit=settings.eval_concurrency,  # its own pool: a long evaluation never delays generation
+        concurrency_id="evaluate",
     )
     show = {"fn": lambda: gr.update(visible=True), "inputs": None, "api_visibility": "private", "queue": False}
     tab.refresh.click(h.model_choices, None, tab.saved, api_name="list_models", queue=False)

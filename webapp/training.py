@@ -180,6 +180,19 @@ def check_size(config: TrainConfig, vocab_size: int, settings: Settings) -> None
         )
 
 
+PREPARE_BYTES_PER_TEXT_BYTE = 48
+"""Memory preparing the data takes per byte of training text: the tokenizer's training and the
+encoded ids (about 30 measured for 1 MB of English; the rest is margin)."""
+
+
+def run_memory(config: TrainConfig, text_bytes: int = 0) -> int:
+    """Bytes a run reserves from the server's memory budget (`webapp.capacity`): its estimated
+    training peak, and the data preparation of `text_bytes` of text (0 when it is prepared)."""
+    model = config.gpt_config(config.vocab_size)
+    estimate = estimate_training_memory(model, config.batch_size, precision="auto", device=config.device)
+    return estimate.total + PREPARE_BYTES_PER_TEXT_BYTE * text_bytes
+
+
 @dataclass
 class PreparedData:
     """Everything a run (and its resume) trains on."""

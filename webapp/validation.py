@@ -46,14 +46,21 @@ def optional(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def text(name: str, value: Any, max_chars: int) -> str:
-    """`value` as text of at most `max_chars` characters (None is empty text)."""
+def text(name: str, value: Any, max_chars: int, max_bytes: int | None = None) -> str:
+    """`value` as text of at most `max_chars` characters and `max_bytes` bytes of UTF-8 (None is
+    empty text); text that is not Unicode (a lone surrogate, which JSON can carry) is refused."""
     if value is None:
         return ""
     if not isinstance(value, str):
         raise _bad(name, value, "text")
     if len(value) > max_chars:
         raise UserError("error.text_field_too_long", name=name, chars=len(value), limit=max_chars)
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as err:
+        raise UserError("error.text_not_unicode", name=name, position=err.start) from None
+    if max_bytes is not None and size > max_bytes:
+        raise UserError("error.text_field_too_big", name=name, size=f"{size / 2**20:.1f}", limit=f"{max_bytes / 2**20:g}")
     return value
 
 
