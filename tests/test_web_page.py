@@ -189,3 +189,10 @@ def test_the_apps_browser_backend_falls_back_to_the_cdn_with_integrity(tmp_path)
         local = webpage.browser_runtime()
         assert local.local and "https://" not in browser.head(local)
         assert webpage.NODE_MODULES / "onnxruntime-web" / "dist" in browser.static_paths(local)
+    for found in (cdn, webpage.browser_runtime()):  # the page names files by the app's routes, never by server paths
+        scripts = browser.head(found) + browser.run_js(found) + browser.compare_js(found)
+        assert str(webpage.SOURCE) not in scripts and str(webpage.NODE_MODULES) not in scripts
+        assert "./simple-llm-web/0/page.mjs" in scripts
+        assert [route.path for route in browser.routes(found)] == [
+            f"/simple-llm-web/{n}" for n in range(len(browser.static_paths(found)))
+        ]

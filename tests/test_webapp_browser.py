@@ -234,7 +234,7 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     fn = {fn.api_name: i for i, fn in demo.fns.items()}
     calls, files = [], []
     page.on("request", lambda r: calls.append(r.post_data or "") if "queue/join" in r.url else None)
-    page.on("request", lambda r: files.append(r.url) if "gradio_api/file=" in r.url else None)
+    page.on("request", lambda r: files.append(r.url) if "/simple-llm-web/" in r.url else None)
     page.locator("#gen-backend label", has_text="In your browser").click()
     assert not page.locator("#gen-start").is_visible()  # its own button instead
     page.locator("#gen-browser-precision label", has_text="fp32").click()

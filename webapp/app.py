@@ -52,10 +52,10 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
     settings = settings or Settings.from_env()
     h = Handlers(settings)
     runtime = browser.runtime()
-    gr.set_static_paths(browser.static_paths(runtime))  # the browser backend's modules (public files)
     with gr.Blocks(title="simple-llm", delete_cache=(3600, 24 * 3600), analytics_enabled=False) as demo:
         demo.handlers = h  # for tests and embedding apps
         demo.simple_llm_head = browser.head(runtime)  # the browser backend's import map, for `launch`
+        demo.simple_llm_routes = browser.routes(runtime)  # and the files it names
         demo.simple_llm_css = _css()
         gr.Markdown("# simple-llm")
         gr.Markdown(I18N("app.intro"))
@@ -83,6 +83,7 @@ def launch_kwargs(settings: Settings, demo: gr.Blocks) -> dict:
         head=demo.simple_llm_head,
         max_file_size=f"{settings.max_upload_mb}mb",
         footer_links=["api", "settings"],
+        app_kwargs={"routes": demo.simple_llm_routes},  # before Gradio's own routes
     )
 
 

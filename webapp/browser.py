@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
 from export import BrowserRuntime, browser_runtime, runtime_tags
 
 BROWSER = "browser"
-FILE_ROUTE = "./gradio_api/file="  # where Gradio serves a static path, relative to the app's root
+ROUTE = "simple-llm-web"  # the app serves this backend's files under ./simple-llm-web/<n>/, never under a server path
 PRECISIONS = ("int8", "fp32")  # int8 first: the smaller download
 
 
@@ -32,14 +35,26 @@ def static_paths(found: BrowserRuntime) -> list[Path]:
     return paths
 
 
-def _url(target: Path | str) -> str:
-    return f"{FILE_ROUTE}{target}" if isinstance(target, Path) else target
+def routes(found: BrowserRuntime) -> list[Mount]:
+    """The app's routes for `static_paths`, each folder at `./simple-llm-web/<n>/` (for `launch`'s
+    `app_kwargs`): the page names files by these addresses, never by where they are on the server."""
+    return [Mount(f"/{ROUTE}/{n}", StaticFiles(directory=folder)) for n, folder in enumerate(static_paths(found))]
+
+
+def _url(target: Path | str, found: BrowserRuntime) -> str:
+    """The address of a served file or folder relative to the app's root (a CDN address stays)."""
+    if not isinstance(target, Path):
+        return target
+    for n, folder in enumerate(static_paths(found)):
+        if target == folder or folder in target.parents:
+            return f"./{ROUTE}/{n}/{target.relative_to(folder).as_posix()}".removesuffix("/.")
+    raise ValueError(f"{target.name} is not among the served folders")
 
 
 def head(found: BrowserRuntime) -> str:
     """The import map and runtime settings `page.mjs` reads, for the app's page head."""
-    wasm_dir = _url(found.wasm_dir) + ("/" if found.local else "")
-    imports = {name: _url(target) for name, target in found.modules.items()}
+    wasm_dir = _url(found.wasm_dir, found) + ("/" if found.local else "")
+    imports = {name: _url(target, found) for name, target in found.modules.items()}
     return runtime_tags(imports, found.integrity, wasm_dir, found.wasm_integrity)
 
 
@@ -57,7 +72,7 @@ def compare_js(found: BrowserRuntime) -> str:
 
 
 def _with_page(script: str, found: BrowserRuntime) -> str:
-    return script.replace("PAGE_URL", json.dumps(_url(found.page_modules / "page.mjs")))
+    return script.replace("PAGE_URL", json.dumps(_url(found.page_modules / "page.mjs", found)))
 
 
 STOP_JS = "() => { window.simpleLLMStop = true; }"

@@ -156,10 +156,12 @@ class Handlers:
             else:
                 texts = corpus.sample_corpus(sample)
             params = count_parameters(config.gpt_config(config.vocab_size))
-            storage.make_room(session.folder, self.settings, storage.run_bytes(params), keep=session.kept_folders())
-            run_folder = session.new_folder("runs")
         text_bytes = sum(len(text.encode("utf-8")) for text in texts.texts)
-        with self._admit(session, "training", training.run_memory(config, text_bytes), self.settings.train_threads):
+        with (
+            self._reserve_disk(session, storage.run_bytes(params)),
+            self._admit(session, "training", training.run_memory(config, text_bytes), self.settings.train_threads),
+        ):
+            run_folder = session.new_folder("runs")
             yield t(lang, "train.preparing"), training.empty_frame(), "", gr.skip()
             torch.set_num_threads(self.settings.train_threads)
             data = training.prepare_data(texts, config, model.tokenizer if model is not None else None)
@@ -171,6 +173,10 @@ class Handlers:
                 label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
             job = self._job(session, model, data, config, run_folder / "checkpoints", label, earlier=earlier)
             yield from self._run(session, job, lang, progress)
+
+    def _reserve_disk(self, session: Session, need: int) -> Any:
+        """`need` bytes of disk for the session's work while it runs (`storage.reserve`)."""
+        return storage.reserve(session.folder, self.settings, need, session.kept_folders(), session.downloads)
 
     def _admit(self, session: Session, job: str, memory: int, cpus: int) -> Any:
         """The server-wide admission of a heavy job (`webapp.capacity`); waiting ends if the session closes."""
@@ -363,10 +369,15 @@ class Handlers:
         return insight.highlighted(pieces), t(_lang(request), "look.hint" if pieces else "look.none")
 
     @friendly
-    def token_details(self, evt: gr.SelectData, request: gr.Request) -> str:
-        """The probability and the alternatives of the token the user selected in the view."""
+    def token_details(self, evt: gr.EventData, request: gr.Request) -> str:
+        """The probability and the alternatives of the token the user selected in the view.
+
+        `gr.EventData`, not `gr.SelectData`: Gradio builds a SelectData before the handler runs and
+        fails (HTTP 500) when a caller's event data lacks its keys; this reads what is there."""
         pieces = self.session(request).pieces
-        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        data = evt._data if isinstance(getattr(evt, "_data", None), dict) else {}
+        index = data.get("index")
+        index = index[0] if isinstance(index, (list, tuple)) and index else index
         if not isinstance(index, int) or not 0 <= index < len(pieces):
             return t(_lang(request), "look.none")
         return insight.describe(pieces[index], _lang(request))

@@ -100,6 +100,12 @@ def load_checked(folder: Path, settings: Settings, device: str = "cpu") -> GPT:
         raise UserError("error.bad_checkpoint", detail=_short(err)) from None
     if model.tokenizer is None:
         raise UserError("error.bad_checkpoint", detail=f"{TOKENIZER_FILE} is missing")
+    if model.tokenizer.vocab_size > model.config.vocab_size:  # its ids would index past the embeddings
+        raise UserError(
+            "error.bad_checkpoint",
+            detail=f"{TOKENIZER_FILE} has {model.tokenizer.vocab_size} tokens, more than the model's "
+            f"vocabulary of {model.config.vocab_size}: it does not fit this model",
+        )
     return model
 
 

@@ -4,7 +4,9 @@
   starts, the session's older runs and exports are pruned to make room for what it will write,
   and the work is refused when even that is not enough.
 - Saved models (shared by every user) have a count and a total-size cap.
-- Below a floor of free disk on the artifact folder's drive, new work is refused.
+- All sessions together have a cap, and below a floor of free disk on the artifact folder's drive,
+  new work is refused. Work reserves its disk before it starts (`reserve`), so concurrent work
+  cannot overcommit between a check and its writes.
 - Session folders live under one folder per server process (`sessions/<pid>/`), so a server
   killed with `kill -9` leaves nothing another server uses; at start, folders of processes that
   are gone (and unfinished saves) are deleted.
@@ -17,7 +19,8 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from webapp.i18n import UserError
@@ -34,7 +37,8 @@ SAVING_PREFIX = ".saving-"
 _PROCESS = f"{os.getpid()}-process"  # names this process's saves
 _OURS: set[str] = {_PROCESS}  # instance folder names made by this process
 _INSTANCES = itertools.count(1)
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+_RESERVED: dict[Path, int] = {}  # bytes reserved by work in progress, by session folder (`reserve`)
 
 
 def folder_size(path: Path) -> int:
@@ -72,21 +76,60 @@ def check_free_disk(settings: Settings, need: int = 0) -> None:
         raise UserError("error.disk_full", free=f"{free / MB:,.0f}", limit=settings.min_free_disk_mb)
 
 
-def make_room(session_folder: Path, settings: Settings, need: int, keep: Iterable[Path] = ()) -> None:
+@contextmanager
+def reserve(
+    session_folder: Path, settings: Settings, need: int, keep: Iterable[Path] = (), downloads: Path | None = None
+) -> Iterator[None]:
+    """Reserve `need` bytes of disk for work that writes into `session_folder` while the block runs.
+
+    Reservations are counted with what is on disk, so concurrent work cannot overcommit: the
+    session's folder and `downloads` (with its other reservations) stay under
+    `max_session_disk_mb` — its oldest runs and exports are pruned first, never those in `keep` —,
+    all sessions together under `max_disk_mb`, and the drive keeps `min_free_disk_mb` free.
+    Refused with a `UserError` saying which limit."""
+    key = session_folder.resolve()
+    with _LOCK:
+        _make_room(session_folder, downloads, settings, need + _RESERVED.get(key, 0), keep)
+        used = folder_size(settings.sessions_dir) + folder_size(settings.downloads_dir) + sum(_RESERVED.values())
+        if used + need > settings.max_disk_mb * MB:
+            raise UserError("error.server_disk", need=f"{need / MB:,.0f}", limit=settings.max_disk_mb)
+        check_free_disk(settings, need + sum(_RESERVED.values()))
+        _RESERVED[key] = _RESERVED.get(key, 0) + need
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _RESERVED[key] -= need
+            if not _RESERVED[key]:
+                del _RESERVED[key]
+
+
+def make_room(
+    session_folder: Path, settings: Settings, need: int, keep: Iterable[Path] = (), downloads: Path | None = None
+) -> None:
+    """Check (and prune for) `need` more bytes as `reserve` does, without holding them."""
+    with reserve(session_folder, settings, need, keep, downloads):
+        pass
+
+
+def _make_room(session_folder: Path, downloads: Path | None, settings: Settings, need: int, keep: Iterable[Path]) -> None:
     """Prune the session's oldest runs and exports (never those in `keep`) until `need` more bytes
     fit under `max_session_disk_mb`; refuse the work when they cannot."""
     limit = settings.max_session_disk_mb * MB
     if need > limit:
         raise UserError("error.session_disk", need=f"{need / MB:,.0f}", limit=settings.max_session_disk_mb)
     kept = {Path(p).resolve() for p in keep}
+
+    def used() -> int:
+        return folder_size(session_folder) + (folder_size(downloads) if downloads is not None else 0)
+
     for folder in _oldest_first(session_folder, kept):
-        if folder_size(session_folder) + need <= limit:
+        if used() + need <= limit:
             break
         log.info("pruning %s to make room in session folder %s", folder.name, session_folder.name)
         shutil.rmtree(folder, ignore_errors=True)
-    if folder_size(session_folder) + need > limit:
+    if used() + need > limit:
         raise UserError("error.session_disk", need=f"{need / MB:,.0f}", limit=settings.max_session_disk_mb)
-    check_free_disk(settings, need)
 
 
 def check_saved_room(settings: Settings, need: int) -> None:
