@@ -10,8 +10,9 @@ from typing import Any
 import pandas as pd
 
 from gpt import GPT, TextScore, token_losses
-from webapp import corpus, insight, models, validation
+from webapp import corpus, insight, library, models, validation
 from webapp.i18n import UserError, t
+from webapp.owners import Owner
 from webapp.sessions import Session
 from webapp.settings import MB, Settings
 
@@ -33,16 +34,18 @@ def read_text(pasted: Any, upload: Path | None, settings: Settings) -> tuple[str
     return text, f"{len(text):,} chars".replace(",", " ")
 
 
-def pick_model(session: Session, which: str, saved_name: Any, settings: Settings) -> tuple[GPT, str]:
-    """The model to score with and its name: the session's current model or a saved one."""
+def pick_model(session: Session, which: str, saved_name: Any, settings: Settings, owner: Owner) -> tuple[GPT, str]:
+    """The model to score with and its name: the session's current model or one of the owner's saved ones."""
     if which not in MODELS:
         raise UserError("error.bad_value", name="model", value=which, rule=" / ".join(MODELS))
     if which == "current":
         return models.require_model(session), str(session.model_label)
     if not saved_name:
         raise UserError("error.pick_model")
-    saved = models.find_saved(settings, str(saved_name))
-    return models.load_checked(saved.path, settings), saved.name
+    saved = library.find(settings, owner, str(saved_name))
+    model = models.load_checked(saved.path, settings)
+    library.touch(saved)
+    return model, saved.name
 
 
 def score(session: Session, model: GPT, model_name: str, text: str, text_name: str) -> tuple[TextScore, list[Any]]:
