@@ -236,3 +236,33 @@ def test_anonymous_saves_expire_after_days_unused_and_signed_in_ones_stay(handle
     os.utime(mine / "recent", (eight_days_ago, eight_days_ago))
     Handlers(fresh.settings)  # a server starting sweeps too
     assert names(fresh, key, request) == ["used"]
+
+
+def test_a_space_with_oauth_offers_sign_in_and_a_plain_server_does_not(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from webapp.app import build_demo
+
+    def login_buttons() -> int:
+        demo = build_demo(Settings(artifacts=tmp_path / "artifacts"))
+        return sum(isinstance(block, gr.LoginButton) for block in demo.blocks.values())
+
+    assert not owners.oauth_enabled() and login_buttons() == 0  # offline: no sign-in, no requests to hf.co
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "client-id")  # what `hf_oauth: true` gives a Space
+    monkeypatch.setattr(owners, "OAUTH_MODULES", ("no_such_module_here",))
+    assert not owners.oauth_enabled() and login_buttons() == 0  # without gradio[oauth]: keys only, still serving
+    monkeypatch.setattr(owners, "OAUTH_MODULES", ())
+    pytest.importorskip("itsdangerous", reason="gradio[oauth] is not installed")
+    assert owners.oauth_enabled() and login_buttons() == 1
+
+
+def test_unfinished_saves_and_deletions_are_cleaned(handlers, tmp_path):
+    settings = Settings(artifacts=tmp_path / "artifacts")
+    folder = library.root(settings) / owners.of_key(owners.new_key()).id
+    dead = folder / ".saving-999999999-process-abc"
+    deleting = folder / ".deleting-old-123"
+    for leftover in (dead, deleting):
+        leftover.mkdir(parents=True)
+    library.sweep(settings, force=True)
+    assert not dead.exists() and not deleting.exists() and not folder.exists()

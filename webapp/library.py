@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PUBLISHED = ".published"
+DELETING = ".deleting-"
 SWEEP_EVERY_S = 60.0
 _UNSAFE = re.compile(r"[^\w.-]+")
 _LOCK = threading.Lock()  # caps: counting what is on disk and reserving what is being saved
@@ -160,7 +161,7 @@ def add_folder(folder: Path, owner: Owner, base: str, settings: Settings) -> str
 
 def delete(settings: Settings, owner: Owner, name: str) -> None:
     entry = find_own(settings, owner, name)
-    trash = entry.path.with_name(f".deleting-{entry.path.name}-{time.monotonic_ns()}")
+    trash = entry.path.with_name(f"{DELETING}{entry.path.name}-{time.monotonic_ns()}")
     os.rename(entry.path, trash)  # gone at once for every reader, then removed
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -204,8 +205,8 @@ def reserving(settings: Settings, owner: Owner, need: int) -> Iterator[None]:
 
 
 def sweep(settings: Settings, force: bool = False) -> int:
-    """Delete anonymous owners' models unused for `anonymous_save_days`, and unfinished saves of
-    dead servers; at most once a minute unless `force`. Returns how many models went."""
+    """Delete anonymous owners' models unused for `anonymous_save_days`, unfinished saves of dead
+    servers and unfinished deletions; at most once a minute unless `force`. Returns how many models went."""
     key = str(root(settings))
     now = time.monotonic()
     with _LOCK:
@@ -218,6 +219,8 @@ def sweep(settings: Settings, force: bool = False) -> int:
         for leftover in folder.glob(storage.SAVING_PREFIX + "*"):
             if not storage._owner_alive(leftover.name[len(storage.SAVING_PREFIX) :]):
                 shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in folder.glob(DELETING + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         if folder.name.startswith("hf-"):
             continue
         for model in _models(folder):

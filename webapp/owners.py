@@ -16,6 +16,8 @@ user, or, for an API client that sends no key, its session.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import logging
 import os
 import re
 import secrets
@@ -25,11 +27,14 @@ from typing import Any
 
 from webapp.i18n import UserError
 
+log = logging.getLogger(__name__)
+
 KEY_BYTES = 32  # a new key: 43 URL-safe characters
 _KEY = re.compile(r"[A-Za-z0-9_-]{32,128}")
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 STORAGE_KEY = "simple-llm-owner"  # the page's localStorage entry
 SECRET_FILE = ".browser-state-secret"
+OAUTH_MODULES = ("authlib", "itsdangerous")  # what gr.LoginButton needs (gradio[oauth])
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,14 @@ def resolve(key: Any, profile: Any, session_id: str) -> Owner:
 
 
 def oauth_enabled() -> bool:
-    """True in a Space with `hf_oauth: true`: Gradio then offers "Sign in with Hugging Face"."""
-    return bool(os.environ.get("OAUTH_CLIENT_ID")) and os.environ.get("SYSTEM") == "spaces"
+    """True in a Space with `hf_oauth: true` where Gradio's OAuth extras (`gradio[oauth]`) are
+    installed: the page then offers "Sign in with Hugging Face". Elsewhere owners are keys only."""
+    if not (os.environ.get("OAUTH_CLIENT_ID") and os.environ.get("SYSTEM") == "spaces"):
+        return False
+    missing = [name for name in OAUTH_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        log.warning("OAuth is configured but %s is not installed: sign-in is off", ", ".join(missing))
+    return not missing
 
 
 def browser_secret(folder: Path) -> str:

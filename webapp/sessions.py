@@ -3,7 +3,7 @@
 Sessions are keyed by Gradio's `session_hash` (one per page load, one per `gradio_client.Client`),
 kept in a process-wide registry, closed when the page unloads, and swept when idle (never while
 training). A session's folders (`<artifacts>/sessions/<pid>/<id>/` and its download folder) are
-deleted with it; saved models under `<artifacts>/models/` stay. A registry starts by deleting what
+deleted with it; saved models (`webapp.library`) stay. A registry starts by deleting what
 dead server processes left behind (`webapp.storage.clean_stale`).
 """
 
