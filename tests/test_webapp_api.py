@@ -258,6 +258,37 @@ def test_cancelled_training_keeps_its_checkpoint_queues_others_and_resumes(serve
     assert session.job.trainer.history.steps[-1] == stopped_at + 15 and session.job.trainer.history.steps[0] == 1
 
 
+def rest(url: str, endpoint: str, *data) -> tuple[str, object]:
+    """A plain REST call (`POST /gradio_api/call/<endpoint>`, then read its event stream): a new
+    session every time. Returns (the last event's name, its data)."""
+    import urllib.request
+
+    body = json.dumps({"data": list(data)}).encode()
+    post = urllib.request.Request(
+        f"{url}gradio_api/call/{endpoint}", body, {"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(post, timeout=60) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{endpoint}/{event_id}", timeout=60) as response:
+        lines = response.read().decode().splitlines()
+    event = [line[len("event: ") :] for line in lines if line.startswith("event: ")][-1]
+    payload = [line[len("data: ") :] for line in lines if line.startswith("data: ")][-1]
+    return event, json.loads(payload)
+
+
+def test_plain_rest_calls_own_by_the_key_they_send(server, trained):
+    """Each REST call is its own session: the owner key, the last input, is what reaches a saved model."""
+    _, url = server
+    key = client(url).predict(None, api_name="/owner")[0]
+    trained.predict("rest-model", key, api_name="/save_model")
+    event, data = rest(url, "load_model", "rest-model", key)
+    assert event == "complete" and data[1] == "Loaded rest-model."
+    event, data = rest(url, "load_model", "rest-model", None)  # no key: this call's own session owns nothing
+    assert event == "error"
+    event, data = rest(url, "list_models", key)
+    assert event == "complete" and "rest-model" in [value for _, value in data[0]["choices"]]
+
+
 def bad_file(folder: Path, name: str, content: bytes) -> Path:
     path = folder / name
     path.write_bytes(content)
