@@ -8,6 +8,7 @@ and bad input of every kind answered with a clear message while the server keeps
 
 import json
 import random
+import re
 import socket
 import tempfile
 import time
@@ -69,8 +70,10 @@ def client(url: str, lang: str = "en-US") -> Client:
     return Client(url, verbose=False, headers={"Accept-Language": lang}, download_files=str(DOWNLOADS))
 
 
-def train_args(file: Path, steps: int, **overrides) -> list:
+def train_args(file: Path, steps: int, owner_key: str | None = None, **overrides) -> list:
+    """The /train inputs; the owner key (the last) only when given: clients may leave it out."""
     values = {**TINY, "steps": steps, "start": "new", "start_model": None, **overrides}
+    key = [] if owner_key is None else [owner_key]
     return [
         "upload",
         [handle_file(str(file))],
@@ -92,6 +95,7 @@ def train_args(file: Path, steps: int, **overrides) -> list:
                 "start_model",
             )
         ),
+        *key,
     ]
 
 
@@ -166,13 +170,45 @@ def test_models_can_be_saved_listed_downloaded_and_uploaded(server, trained, tmp
     zip_path = trained.predict("api-model", api_name="/download_model")
     other = client(url)
     _, summary, message = other.predict(handle_file(zip_path), api_name="/upload_checkpoint")
-    assert "api-model-2" in message and "**api-model-2**" in summary
+    assert "as api-model." in message and "**api-model**" in summary  # names are per owner
+    _, summary, message = other.predict(handle_file(zip_path), api_name="/upload_checkpoint")
+    assert "api-model-2" in message and "**api-model-2**" in summary  # never overwrites
     assert (
         other.predict(*generate_args(), api_name="/generate")[0]
         == trained.predict(*generate_args(), api_name="/generate")[0]
     )
-    summary, message = client(url).predict("api-model", api_name="/load_model")
-    assert message == "Loaded api-model."
+    with pytest.raises(AppError, match="no saved model called 'api-model'"):  # another client's, private
+        client(url).predict("api-model", api_name="/load_model")
+    _, message = trained.predict("api-model", api_name="/publish_model")
+    public = re.search(r"see it as (\S+@\w+)\.", message).group(1)
+    stranger = client(url)
+    listed = stranger.predict(api_name="/list_models")  # the dropdown's update: its choices and value
+    assert [value for _, value in listed["choices"]] == [public]  # the only model it may use
+    summary, message = stranger.predict(public, api_name="/load_model")
+    assert message == f"Loaded {public}."
+    with pytest.raises(AppError, match="is not yours"):
+        stranger.predict(public, api_name="/delete_model")
+
+
+def test_train_goes_on_from_a_saved_model_named_through_the_api(server, files, trained):
+    """/train with "saved", "<name>" (the README's form) from a client that never ran the page's
+    events; an owner key makes a model reachable from any client, as the page's reload does."""
+    _, url = server
+    trained.predict("readme-base", api_name="/save_model")  # no key: this client's session owns it
+    status, *_ = trained.predict(
+        *train_args(files / "story.txt", 5, start="saved", start_model="readme-base"), api_name="/train"
+    )
+    assert "Finished at step" in plain(status)
+
+    key = client(url).predict(None, api_name="/owner")[0]  # a new owner key, as a page's first load gets
+    trained.predict("keyed-base", key, api_name="/save_model")
+    fresh = client(url)
+    with pytest.raises(AppError, match="no saved model called 'keyed-base'"):
+        fresh.predict(*train_args(files / "story.txt", 5, start="saved", start_model="keyed-base"), api_name="/train")
+    status, _, _, summary = fresh.predict(
+        *train_args(files / "story.txt", 5, key, start="saved", start_model="keyed-base"), api_name="/train"
+    )
+    assert "Finished at step" in plain(status) and "keyed-base, trained further on story.txt" in plain(summary)
 
 
 def test_two_clients_are_isolated(server, trained):
@@ -220,6 +256,37 @@ def test_cancelled_training_keeps_its_checkpoint_queues_others_and_resumes(serve
     status, plot, sample, summary = long_run.predict(stopped_at + 15, api_name="/resume")
     assert f"Finished at step {stopped_at + 15}" in plain(status)
     assert session.job.trainer.history.steps[-1] == stopped_at + 15 and session.job.trainer.history.steps[0] == 1
+
+
+def rest(url: str, endpoint: str, *data) -> tuple[str, object]:
+    """A plain REST call (`POST /gradio_api/call/<endpoint>`, then read its event stream): a new
+    session every time. Returns (the last event's name, its data)."""
+    import urllib.request
+
+    body = json.dumps({"data": list(data)}).encode()
+    post = urllib.request.Request(
+        f"{url}gradio_api/call/{endpoint}", body, {"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(post, timeout=60) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{endpoint}/{event_id}", timeout=60) as response:
+        lines = response.read().decode().splitlines()
+    event = [line[len("event: ") :] for line in lines if line.startswith("event: ")][-1]
+    payload = [line[len("data: ") :] for line in lines if line.startswith("data: ")][-1]
+    return event, json.loads(payload)
+
+
+def test_plain_rest_calls_own_by_the_key_they_send(server, trained):
+    """Each REST call is its own session: the owner key, the last input, is what reaches a saved model."""
+    _, url = server
+    key = client(url).predict(None, api_name="/owner")[0]
+    trained.predict("rest-model", key, api_name="/save_model")
+    event, data = rest(url, "load_model", "rest-model", key)
+    assert event == "complete" and data[1] == "Loaded rest-model."
+    event, data = rest(url, "load_model", "rest-model", None)  # no key: this call's own session owns nothing
+    assert event == "error"
+    event, data = rest(url, "list_models", key)
+    assert event == "complete" and "rest-model" in [value for _, value in data[0]["choices"]]
 
 
 def bad_file(folder: Path, name: str, content: bytes) -> Path:

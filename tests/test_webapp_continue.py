@@ -13,11 +13,12 @@ import torch
 from webapp_common import Request, error_of, generate, plain, text, train
 
 from gpt import GPT, Tokenizer, evaluate_text, token_losses
-from webapp import insight, training
+from webapp import insight, library, owners, training
 from webapp.handlers import Handlers
 from webapp.settings import Settings
 
 NEW_WORDS = "zebra quartz vixen jumps over lazy fog under amber skies".split()
+OWNER = owners.new_key()  # one visitor's browser: every session below is that visitor's page, reloaded
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,12 @@ def base(handlers, files) -> Request:
     """A session whose model trained 40 steps on the first text, saved as `base`."""
     request = Request("base")
     train(handlers, request, [files["first"]], steps=40)
-    handlers.save_model("base", request=request)
+    handlers.save_model("base", OWNER, request=request)
     return request
+
+
+def saved(handlers: Handlers, name: str) -> Path:
+    return library.root(handlers.settings) / owners.of_key(OWNER).id / name
 
 
 def _runs(handlers: Handlers, request: Request) -> set[str]:
@@ -77,23 +82,21 @@ def test_the_current_model_goes_on_training_on_new_text(handlers, files, base):
 
 def test_a_saved_model_goes_on_training_in_another_session(handlers, files, base):
     request = Request("other")
-    saved = GPT.load(handlers.settings.models_dir / "base")
-    outputs = train(handlers, request, [files["new"]], steps=20, start="saved", start_model="base")
+    base_model = GPT.load(saved(handlers, "base"))
+    outputs = train(handlers, request, [files["new"]], steps=20, start="saved", start_model="base", owner_key=OWNER)
     model = handlers.session(request).model
-    assert model.config == saved.config and model.tokenizer.to_json_str() == saved.tokenizer.to_json_str()
+    assert model.config == base_model.config and model.tokenizer.to_json_str() == base_model.tokenizer.to_json_str()
     assert model.training_record["started_from"]["model"] == "base"
     plot = outputs[-1][1]
-    assert (
-        plot["step"].min() >= json.loads((handlers.settings.models_dir / "base" / "training.json").read_text())["steps"]
-    )
-    handlers.save_model("tuned", request=request)
-    record = json.loads((handlers.settings.models_dir / "tuned" / "training.json").read_text())
+    assert plot["step"].min() >= json.loads((saved(handlers, "base") / "training.json").read_text())["steps"]
+    handlers.save_model("tuned", OWNER, request=request)
+    record = json.loads((saved(handlers, "tuned") / "training.json").read_text())
     assert record["started_from"]["model"] == "base" and record["steps"] == 20
 
 
 def test_a_stopped_continued_run_resumes_as_the_same_run(handlers, files, base):
     request = Request("resumer")
-    train(handlers, request, [files["new"]], steps=10, start="saved", start_model="base")
+    train(handlers, request, [files["new"]], steps=10, start="saved", start_model="base", owner_key=OWNER)
     first = handlers.session(request).job
     *_, last = handlers.resume(25, request=request)
     job = handlers.session(request).job
@@ -120,7 +123,7 @@ def test_bad_starting_points_are_refused_before_anything_is_written(handlers, fi
 def test_a_saved_model_whose_tokenizer_does_not_fit_is_refused(handlers, files, base):
     folder = handlers.settings.models_dir / "misfit"
     GPT(vocab_size=100, max_seq_len=16, emb_size=16, num_heads=2, num_layers=1).save(folder)
-    (folder / "tokenizer.json").write_text((handlers.settings.models_dir / "base" / "tokenizer.json").read_text())
+    (folder / "tokenizer.json").write_text((saved(handlers, "base") / "tokenizer.json").read_text())
     request = Request("misfit")
     message = error_of(lambda: train(handlers, request, [files["new"]], steps=5, start="saved", start_model="misfit"))
     assert "outside the model's vocabulary of 100" in message and handlers.session(request).model is None
@@ -138,15 +141,15 @@ def test_a_saved_record_gives_the_curve_its_starting_point():
 
 def test_two_models_compare_on_the_same_held_out_text(handlers, files, base):
     request = Request("evaluator")
-    train(handlers, request, [files["new"]], steps=20, start="saved", start_model="base")
+    train(handlers, request, [files["new"]], steps=20, start="saved", start_model="base", owner_key=OWNER)
     held_out = text(words=NEW_WORDS, seed=9, count=300)
     table, message, _ = handlers.evaluate("current", None, held_out, None, request=request)
-    table, message, _ = handlers.evaluate("saved", "base", held_out, None, request=request)
+    table, message, _ = handlers.evaluate("saved", "base", held_out, None, OWNER, request=request)
     assert list(table.columns) == [
         "model", "text", "tokens", "loss per token", "perplexity", "nats per byte", "bits per byte"
     ]  # fmt: skip
     assert list(table["model"]) == ["base", handlers.session(request).model_label]  # newest first
-    expected = evaluate_text(GPT.load(handlers.settings.models_dir / "base"), held_out)
+    expected = evaluate_text(GPT.load(saved(handlers, "base")), held_out)
     assert table["nats per byte"][0] == pytest.approx(expected.nats_per_byte, abs=1e-4)
     assert table["tokens"][0] == expected.tokens and f"{expected.nats_per_byte:.4f} nats per byte" in message
     original, tuned = table["nats per byte"]  # newest first: the saved base, then the current model

@@ -15,7 +15,7 @@ import pytest
 from webapp_common import TINY, Request, error_of, generate, plain, text, train
 
 from gpt import MODEL_FILES, count_parameters
-from webapp import archive, backends, corpus, generation, training
+from webapp import archive, backends, corpus, generation, owners, training
 from webapp.handlers import Handlers
 from webapp.i18n import EN, LANGUAGES, RU, TABLES, Msg, UserError, language, t
 from webapp.settings import MB, Settings
@@ -433,26 +433,27 @@ def test_export_zip_holds_the_onnx_folder_and_its_report(trained, handlers):
 
 def test_save_list_load_download_and_upload_models(trained, handlers, settings, tmp_path):
     request, _ = trained
-    update, summary, message = handlers.save_model("моя модель", request=request)
+    key = owners.new_key()  # the browser's owner key: a reload is a new session with the same key
+    update, summary, message = handlers.save_model("моя модель", key, request=request)
     assert message == "Saved as моя-модель." and update["value"] == "моя-модель"
-    assert "моя-модель" in [value for _, value in handlers.model_choices()["choices"]]
-    assert "already exists" in error_of(lambda: handlers.save_model("моя модель", request=request))
-    assert "Enter a name" in error_of(lambda: handlers.save_model("  ", request=request))
+    assert "моя-модель" in [value for _, value in handlers.model_choices(key, request=request)["choices"]]
+    assert "already exists" in error_of(lambda: handlers.save_model("моя модель", key, request=request))
+    assert "Enter a name" in error_of(lambda: handlers.save_model("  ", key, request=request))
 
-    other = Request("loader")
-    summary, message = handlers.load_model("моя-модель", request=other)
+    other = Request("loader")  # the same owner in another session (the page reloaded)
+    summary, message = handlers.load_model("моя-модель", key, request=other)
     assert message == "Loaded моя-модель." and "**моя-модель**" in summary
     assert generate(handlers, other)[0] == generate(handlers, request)[0]
-    assert "no saved model called '../models'" in error_of(lambda: handlers.load_model("../models", request=other))
+    assert "no saved model called '../models'" in error_of(lambda: handlers.load_model("../models", key, request=other))
 
-    zip_path = Path(handlers.download_model("моя-модель", request=other))
+    zip_path = Path(handlers.download_model("моя-модель", key, request=other))
     names = [Path(n).name for n in zipfile.ZipFile(zip_path).namelist()]
     assert sorted(names) == sorted(MODEL_FILES)  # weights, configs, tokenizer and the training record
     upload = tmp_path / "копия.zip"
     upload.write_bytes(zip_path.read_bytes())
-    update, summary, message = handlers.upload_checkpoint(str(upload), request=Request("uploader"))
+    update, summary, message = handlers.upload_checkpoint(str(upload), key, request=Request("uploader"))
     assert update["value"] == "копия" and "копия" in message
-    update, *_ = handlers.upload_checkpoint(str(upload), request=Request("uploader"))
+    update, *_ = handlers.upload_checkpoint(str(upload), key, request=Request("uploader"))
     assert update["value"] == "копия-2"  # never overwrites
 
 

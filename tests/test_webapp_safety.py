@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from webapp_common import TINY, Request, error_of, generate, text, train
 
-from webapp import models, storage, training
+from webapp import library, models, owners, storage, training
 from webapp.handlers import Handlers
 from webapp.i18n import UserError, without_paths
 from webapp.settings import MB, Settings
@@ -163,13 +163,14 @@ def test_session_disk_prunes_old_runs_and_refuses_what_cannot_fit(tmp_path):
 def test_saved_models_have_a_count_and_size_cap(trained, handlers, settings, tmp_path):
     small = Settings(artifacts=tmp_path / "artifacts", max_saved_models=1, max_saved_mb=1000, min_free_disk_mb=1)
     session = handlers.session(trained)
-    assert models.save_current(session, "first", small, "en") == "first"
-    with pytest.raises(UserError, match="already holds 1 saved models, its limit"):
-        models.save_current(session, "second", small, "en")
+    owner = owners.of_key(owners.new_key())
+    assert models.save_current(session, owner, "first", small) == "first"
+    with pytest.raises(UserError, match="You already have 1 saved models, the limit of one owner"):
+        models.save_current(session, owner, "second", small)
     tiny = Settings(artifacts=tmp_path / "other", max_saved_mb=1, min_free_disk_mb=1)
     with pytest.raises(UserError, match="would pass the 1 MB limit"):
-        models.save_current(session, "third", tiny, "en")
-    assert not tiny.models_dir.exists() or not list(tiny.models_dir.iterdir()), "a refused save leaves nothing"
+        models.save_current(session, owner, "third", tiny)
+    assert not list(library.root(tiny).rglob("config.json")), "a refused save leaves nothing"
 
 
 def test_too_little_free_disk_refuses_new_work(settings):

@@ -61,6 +61,7 @@ def train(
             values["device"],
             values.get("start", "new"),
             values.get("start_model"),
+            values.get("owner_key"),
             request=request,
         )
     )

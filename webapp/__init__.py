@@ -3,7 +3,8 @@
 `python webapp/app.py` serves it; `webapp.app.build_demo(settings)` builds it for tests and
 embedding. One job per module: `settings` (environment variables), `i18n` (English and Russian),
 `corpus` (uploads and built-in samples), `archive` (safe zips), `backends` (what runs here),
-`sessions` (per-browser state), `training` (runs in a worker thread), `generation`, `models`
-(saved models and ONNX exports), `handlers` (the Gradio events) and `tabs` (each tab's components
+`sessions` (per-browser state), `training` (runs in a worker thread), `generation`, `owners` (who
+owns a saved model), `library` (saved models by owner: visibility, caps, expiry), `models` (loading,
+saving, zips and ONNX exports), `handlers` (the Gradio events) and `tabs` (each tab's components
 and wiring).
 """

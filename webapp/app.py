@@ -19,7 +19,7 @@ if str(_ROOT) not in sys.path:  # `python webapp/app.py` puts webapp/, not the r
 
 import gradio as gr  # noqa: E402
 
-from webapp import backends, browser, tabs  # noqa: E402
+from webapp import backends, browser, library, owners, tabs  # noqa: E402
 from webapp.handlers import Handlers  # noqa: E402
 from webapp.i18n import I18N  # noqa: E402
 from webapp.settings import Settings  # noqa: E402
@@ -59,14 +59,22 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
         demo.simple_llm_css = _css()
         gr.Markdown("# simple-llm")
         gr.Markdown(I18N("app.intro"))
+        if owners.oauth_enabled():  # a Space with `hf_oauth: true`: signed-in visitors own by their user
+            gr.LoginButton()
+        owner = gr.BrowserState(  # the visitor's owner key (`webapp.owners`), kept across reloads
+            None, storage_key=owners.STORAGE_KEY, secret=owners.browser_secret(library.root(settings))
+        )
         with gr.Tabs():
             train = tabs.build_train_tab(settings)
             generate = tabs.build_generate_tab(settings)
             models = tabs.build_models_tab()
-        tabs.wire_train_tab(train, h, settings, current=models.current)
+        tabs.wire_train_tab(train, h, settings, current=models.current, owner=owner)
         tabs.wire_generate_tab(generate, h, settings, runtime)
-        tabs.wire_models_tab(models, h, settings)
-        demo.load(h.model_choices, None, models.saved, api_visibility="private", queue=False)
+        tabs.wire_models_tab(models, h, settings, owner=owner)
+        demo.load(  # the owner key (a new one on a first visit), its models, who owns what is saved here
+            h.owner_view, owner, [owner, models.saved, train.start_model, models.owner_note], api_name="owner",
+            queue=False,
+        )  # fmt: skip
         demo.load(h.model_info, None, models.current, api_name="model_info", queue=False)
         demo.load(h.availability, None, [generate.backend, train.device], api_visibility="private", queue=False)
         demo.unload(h.unload)

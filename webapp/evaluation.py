@@ -21,8 +21,9 @@ from gpt import (
     read_config,
     token_losses,
 )
-from webapp import corpus, insight, models, validation
+from webapp import corpus, insight, library, models, validation
 from webapp.i18n import UserError, t
+from webapp.owners import Owner
 from webapp.sessions import Session
 from webapp.settings import MB, Settings
 
@@ -44,16 +45,18 @@ def read_text(pasted: Any, upload: Path | None, settings: Settings) -> tuple[str
     return text, f"{len(text):,} chars".replace(",", " ")
 
 
-def pick_model(session: Session, which: str, saved_name: Any, settings: Settings) -> tuple[GPT, str]:
-    """The model to score with and its name: the session's current model or a saved one."""
+def pick_model(session: Session, which: str, saved_name: Any, settings: Settings, owner: Owner) -> tuple[GPT, str]:
+    """The model to score with and its name: the session's current model or one of the owner's saved ones."""
     if which not in MODELS:
         raise UserError("error.bad_value", name="model", value=which, rule=" / ".join(MODELS))
     if which == "current":
         return models.require_model(session), str(session.model_label)
     if not saved_name:
         raise UserError("error.pick_model")
-    saved = models.find_saved(settings, str(saved_name))
-    return models.load_checked(saved.path, settings), saved.name
+    saved = library.find(settings, owner, str(saved_name))
+    model = models.load_checked(saved.path, settings)
+    library.touch(saved)
+    return model, saved.name
 
 
 @dataclass(frozen=True)
@@ -64,16 +67,20 @@ class Plan:
     memory: int
 
 
-def plan(session: Session, which: str, saved_name: Any, text: str, settings: Settings, budget: int) -> Plan:
+def plan(
+    session: Session, which: str, saved_name: Any, text: str, settings: Settings, owner: Owner, budget: int
+) -> Plan:
     """The largest batch whose estimated memory (`gpt.estimate_evaluation_memory`) fits half of
     `budget` (the most one job may reserve), from the model's config, before anything is loaded."""
-    config, loads = _config_of(session, which, saved_name, settings)
+    config, loads = _config_of(session, which, saved_name, settings, owner)
     text_bytes = len(text.encode("utf-8"))
     batch = evaluation_batch_size(config, text_bytes, budget // 2, weights=loads)
     return Plan(batch, estimate_evaluation_memory(config, text_bytes, batch, weights=loads))
 
 
-def _config_of(session: Session, which: str, saved_name: Any, settings: Settings) -> tuple[GPTConfig, bool]:
+def _config_of(
+    session: Session, which: str, saved_name: Any, settings: Settings, owner: Owner
+) -> tuple[GPTConfig, bool]:
     """The config of the model `pick_model` will score with, and whether it loads the weights for it."""
     if which == "current":
         return models.require_model(session).config, False
@@ -82,7 +89,7 @@ def _config_of(session: Session, which: str, saved_name: Any, settings: Settings
     if not saved_name:
         raise UserError("error.pick_model")
     try:
-        return read_config(models.find_saved(settings, str(saved_name)).path), True
+        return read_config(library.find(settings, owner, str(saved_name)).path), True
     except CheckpointError as err:
         raise UserError("error.bad_checkpoint", detail=str(err)) from None
 

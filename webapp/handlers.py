@@ -19,7 +19,20 @@ import gradio as gr
 import torch
 
 from gpt import count_parameters
-from webapp import backends, browser, corpus, evaluation, generation, insight, models, storage, training, validation
+from webapp import (
+    backends,
+    browser,
+    corpus,
+    evaluation,
+    generation,
+    insight,
+    library,
+    models,
+    owners,
+    storage,
+    training,
+    validation,
+)
 from webapp.i18n import UserError, language, t
 from webapp.sessions import Session, SessionRegistry
 from webapp.settings import Settings
@@ -91,9 +104,14 @@ class Handlers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sessions = SessionRegistry(settings)
+        library.sweep(settings, force=True)  # anonymous saves unused for too long
 
     def session(self, request: gr.Request | None) -> Session:
         return self.sessions.get(getattr(request, "session_hash", None))
+
+    def owner(self, owner_key: Any, profile: Any, request: gr.Request | None) -> owners.Owner:
+        """Who the caller is for saved models: the signed-in user, the owner of `owner_key`, or the session."""
+        return owners.resolve(owner_key, profile, self.session(request).id)
 
     # Train ---------------------------------------------------------------------------------
     def preset(self, name: str) -> tuple:
@@ -121,18 +139,22 @@ class Handlers:
         device: str,
         start: str,
         start_model: str | None,
-        request: gr.Request,
+        owner_key: str | None = None,
+        request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[tuple]:
         """Train on uploaded files or a built-in sample: a new model, or the current or a saved model
-        further (`start`: "new" / "current" / "saved", then `start_model` names it); streams
-        (status, loss plot, sample, model)."""
+        further (`start`: "new" / "current" / "saved", then `start_model` names one the caller may
+        use, `owner_key` says who the caller is: `webapp.owners`); streams (status, loss plot, sample, model)."""
         lang = _lang(request)
         session = self.session(request)
+        owner = self.owner(owner_key, profile, request)
         with session.lock:
             if session.training:
                 raise UserError("error.already_training")
-            model = models.starting_model(session, start, start_model, self.settings, training.checked_device(device))
+            device_name = training.checked_device(device)
+            model = models.starting_model(session, owner, start, start_model, self.settings, device_name)
             earlier = self._earlier_curve(session, start, model)
             config = training.make_config(
                 self.settings,
@@ -429,14 +451,132 @@ class Handlers:
         )
 
     # Models --------------------------------------------------------------------------------
-    def model_choices(self) -> Any:
-        saved = models.list_saved(self.settings)
-        choices = [(m.label(), m.name) for m in saved]
+    def model_choices(
+        self, owner_key: str | None = None, request: gr.Request = None, profile: gr.OAuthProfile | None = None
+    ) -> Any:
+        """The saved models the caller may use: theirs, the server's, and others' published ones."""
+        lang = _lang(request)
+        try:
+            saved = library.visible(self.settings, self.owner(owner_key, profile, request))
+        except UserError:  # a malformed key sees nothing; the actions say why
+            saved = []
+        choices = [(m.label(lang), m.name) for m in saved]
         return gr.update(choices=choices, value=choices[0][1] if choices else None)
 
-    def start_choices(self, start: str) -> Any:
-        """The Train tab's saved-model picker: shown, with the saved models, when a run starts from one."""
-        return {**self.model_choices(), "visible": start == "saved"}
+    def start_view(
+        self, start: str, owner_key: str | None = None, request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple[Any, Any]:  # fmt: skip
+        """The Train tab's saved-model picker (shown, with the caller's models, when a run starts from
+        one) and the presets (hidden then: the model keeps its shape)."""
+        picker = {**self.model_choices(owner_key, request, profile), "visible": start == "saved"}
+        return picker, gr.update(visible=start == "new")
+
+    def owner_view(
+        self, owner_key: str | None = None, request: gr.Request = None, profile: gr.OAuthProfile | None = None
+    ) -> tuple[str, Any, Any, str]:
+        """The page's first call: the browser's owner key (a new one when it has none), its saved
+        models for both pickers, and a line saying who owns what is saved here."""
+        lang = _lang(request)
+        if not owners.valid_key(owner_key):
+            owner_key = owners.new_key()
+        choices = self.model_choices(owner_key, request, profile)
+        owner = self.owner(owner_key, profile, request)
+        if owner.expires:
+            note = t(lang, "library.note_anonymous", days=f"{self.settings.anonymous_save_days:g}")
+        else:
+            note = t(lang, "library.note_user", user=owner.user)
+        return owner_key, choices, {**choices, "value": None}, note
+
+    @friendly
+    def load_model(
+        self, name: str | None, owner_key: str | None = None, request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple[str, str]:  # fmt: skip
+        lang = _lang(request)
+        session = self.session(request)
+        if not name:
+            raise UserError("error.pick_model")
+        if session.training:
+            raise UserError("error.busy_training")
+        models.load_saved(session, self.owner(owner_key, profile, request), name, self.settings)
+        return models.summary(session, lang), t(lang, "model.loaded", name=name)
+
+    @friendly
+    def save_model(
+        self, name: str, owner_key: str | None = None, request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple[Any, str, str]:  # fmt: skip
+        lang = _lang(request)
+        session = self.session(request)
+        saved = models.save_current(session, self.owner(owner_key, profile, request), name, self.settings)
+        update = self.model_choices(owner_key, request, profile)
+        update["value"] = saved
+        return update, models.summary(session, lang), t(lang, "model.saved", name=saved)
+
+    @friendly
+    def download_model(
+        self, name: str | None, owner_key: str | None = None, request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> str:  # fmt: skip
+        if not name:
+            raise UserError("error.pick_model")
+        owner = self.owner(owner_key, profile, request)
+        return str(models.zip_saved(self.session(request), owner, name, self.settings))
+
+    @friendly
+    def upload_checkpoint(
+        self, file: Any, owner_key: str | None = None, request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple[Any, str, str]:  # fmt: skip
+        lang = _lang(request)
+        session = self.session(request)
+        if not file:
+            raise UserError("error.no_files")
+        if session.training:
+            raise UserError("error.busy_training")
+        owner = self.owner(owner_key, profile, request)
+        name = models.import_zip(session, owner, _path(file), self.settings)
+        update = self.model_choices(owner_key, request, profile)
+        update["value"] = name
+        return update, models.summary(session, lang), t(lang, "model.uploaded", name=name)
+
+    @friendly
+    def delete_model(
+        self, name: str | None, owner_key: str | None = None, request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple[Any, str]:  # fmt: skip
+        """Delete one of the caller's own saved models."""
+        if not name:
+            raise UserError("error.pick_model")
+        library.delete(self.settings, self.owner(owner_key, profile, request), str(name))
+        return self.model_choices(owner_key, request, profile), t(_lang(request), "library.deleted", name=name)
+
+    @friendly
+    def publish_model(
+        self, name: str | None, owner_key: str | None = None, request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple[Any, str]:  # fmt: skip
+        """Publish one of the caller's saved models: every visitor may then use it (not change it)."""
+        return self._publish(name, True, owner_key, request, profile)
+
+    @friendly
+    def unpublish_model(
+        self, name: str | None, owner_key: str | None = None, request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple[Any, str]:  # fmt: skip
+        """Make a published model of the caller's private again."""
+        return self._publish(name, False, owner_key, request, profile)
+
+    def _publish(self, name: Any, published: bool, owner_key: Any, request: Any, profile: Any) -> tuple[Any, str]:
+        if not name:
+            raise UserError("error.pick_model")
+        owner = self.owner(owner_key, profile, request)
+        entry = library.publish(self.settings, owner, str(name), published)
+        update = self.model_choices(owner_key, request, profile)
+        update["value"] = entry.name
+        key = "library.published" if published else "library.unpublished"
+        return update, t(_lang(request), key, name=entry.name, public=f"{entry.name}@{owner.tag}")
 
     @friendly
     def evaluate(
@@ -445,18 +585,22 @@ class Handlers:
         saved_name: str | None,
         pasted: str,
         upload: Any,
-        request: gr.Request,
+        owner_key: str | None = None,
+        request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),
     ) -> tuple[Any, str, Any]:
         """Score the current or a saved model on pasted or uploaded text; (results table, message,
         the text coloured by each token's surprise)."""
         lang = _lang(request)
         session = self.session(request)
+        owner = self.owner(owner_key, profile, request)
         upload_path = _path(_file_list(upload)[0]) if _file_list(upload) else None
         text, text_name = evaluation.read_text(pasted, upload_path, self.settings)
-        plan = evaluation.plan(session, which, saved_name, text, self.settings, self.sessions.capacity.job_budget)
+        budget = self.sessions.capacity.job_budget
+        plan = evaluation.plan(session, which, saved_name, text, self.settings, owner, budget)
         with self._admit(session, "evaluation", plan.memory, self.settings.generate_threads):
-            model, model_name = evaluation.pick_model(session, which, saved_name, self.settings)
+            model, model_name = evaluation.pick_model(session, which, saved_name, self.settings, owner)
             torch.set_num_threads(self.settings.generate_threads)
             result, pieces = evaluation.score(session, model, model_name, text, text_name, plan.batch_size)
             del model  # a saved model loaded for this goes before the reservation ends
@@ -466,45 +610,6 @@ class Handlers:
     @friendly
     def model_info(self, request: gr.Request) -> str:
         return models.summary(self.session(request), _lang(request))
-
-    @friendly
-    def load_model(self, name: str | None, request: gr.Request) -> tuple[str, str]:
-        lang = _lang(request)
-        session = self.session(request)
-        if not name:
-            raise UserError("error.pick_model")
-        if session.training:
-            raise UserError("error.busy_training")
-        models.load_saved(session, name, self.settings)
-        return models.summary(session, lang), t(lang, "model.loaded", name=name)
-
-    @friendly
-    def save_model(self, name: str, request: gr.Request) -> tuple[Any, str, str]:
-        lang = _lang(request)
-        session = self.session(request)
-        saved = models.save_current(session, name, self.settings, lang)
-        update = self.model_choices()
-        update["value"] = saved
-        return update, models.summary(session, lang), t(lang, "model.saved", name=saved)
-
-    @friendly
-    def download_model(self, name: str | None, request: gr.Request) -> str:
-        if not name:
-            raise UserError("error.pick_model")
-        return str(models.zip_saved(self.session(request), name, self.settings))
-
-    @friendly
-    def upload_checkpoint(self, file: Any, request: gr.Request) -> tuple[Any, str, str]:
-        lang = _lang(request)
-        session = self.session(request)
-        if not file:
-            raise UserError("error.no_files")
-        if session.training:
-            raise UserError("error.busy_training")
-        name = models.import_zip(session, _path(file), self.settings)
-        update = self.model_choices()
-        update["value"] = name
-        return update, models.summary(session, lang), t(lang, "model.uploaded", name=name)
 
     @friendly_stream
     def export(self, precision: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:

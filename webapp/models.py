@@ -1,15 +1,13 @@
-"""Models for the app: saved models in `<artifacts>/models/<name>/`, checkpoint zips in and out, and
-ONNX exports of a session's current model (made by `export.to_onnx`, run by `export.OnnxGPT`)."""
+"""Models for the app: checked loading, the caller's saved models (kept by `webapp.library`, which
+knows whose each is), checkpoint zips in and out, and ONNX exports of a session's current model
+(made by `export.to_onnx`, run by `export.OnnxGPT`)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import re
 import shutil
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,14 +18,14 @@ from gpt import (
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     CheckpointError,
-    GPTConfig,
-    atomic_folder,
     count_parameters,
     read_config,
 )
-from webapp import backends, storage, validation
+from webapp import backends, library, storage, validation
 from webapp.archive import safe_extract, zip_folder
 from webapp.i18n import UserError, t
+from webapp.library import safe_name
+from webapp.owners import Owner
 from webapp.sessions import Session, model_bytes
 from webapp.settings import MB, Settings
 
@@ -36,50 +34,6 @@ if TYPE_CHECKING:
 
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)  # of a model the app can use
 MAX_NAME_CHARS = 200
-_UNSAFE = re.compile(r"[^\w.-]+")
-
-
-@dataclass(frozen=True)
-class SavedModel:
-    name: str
-    path: Path
-    config: GPTConfig | None  # None: the folder's config is unreadable
-
-    def label(self) -> str:
-        c = self.config
-        if c is None:
-            return f"{self.name} (?)"
-        return f"{self.name} — {c.num_layers}×{c.emb_size}, ctx {c.max_seq_len}, vocab {c.vocab_size}"
-
-
-def safe_name(name: str, fallback: str = "model") -> str:
-    """A folder name from user text: letters (any script), digits, '.', '-', '_'; no leading dot."""
-    cleaned = _UNSAFE.sub("-", name.strip()).strip("-.")[:64]
-    return cleaned or fallback
-
-
-def list_saved(settings: Settings) -> list[SavedModel]:
-    folder = settings.models_dir
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
-        if path.name.startswith(".") or not (path / CONFIG_FILE).is_file():
-            continue
-        try:
-            config = read_config(path)
-        except CheckpointError:
-            config = None
-        found.append(SavedModel(path.name, path, config))
-    return found
-
-
-def find_saved(settings: Settings, name: str) -> SavedModel:
-    """The saved model called `name` (exactly as listed, so no path can be smuggled in)."""
-    for model in list_saved(settings):
-        if model.name == name:
-            return model
-    raise UserError("error.no_such_model", name=name)
 
 
 def load_checked(folder: Path, settings: Settings, device: str = "cpu") -> GPT:
@@ -109,41 +63,34 @@ def load_checked(folder: Path, settings: Settings, device: str = "cpu") -> GPT:
     return model
 
 
-def load_saved(session: Session, name: str, settings: Settings) -> GPT:
-    saved = find_saved(settings, name)
+def load_saved(session: Session, owner: Owner, name: str, settings: Settings) -> GPT:
+    saved = library.find(settings, owner, name)
     model = load_checked(saved.path, settings)
+    library.touch(saved)
     session.set_model(model, saved.name, saved.name, source=saved.path)
     return model
 
 
-def save_current(session: Session, name: str, settings: Settings, lang: str) -> str:
-    """Save the session's model as `<models>/<name>/`; an existing name is never overwritten."""
+def save_current(session: Session, owner: Owner, name: str, settings: Settings) -> str:
+    """Save the session's model as the owner's `name`; an existing name is never overwritten."""
     model = require_model(session)
     name = validation.text("name", name, MAX_NAME_CHARS)
-    folder_name = safe_name(name)
     if not name.strip():
         raise UserError("error.no_name")
-    target = settings.models_dir / folder_name
-    if target.exists():
-        raise UserError("error.name_taken", name=folder_name)
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    storage.check_saved_room(settings, storage.model_bytes(model.num_parameters()))
-    try:  # refused if another session takes the name meanwhile
-        with atomic_folder(target, replace=False, prefix=storage.saving_prefix()) as tmp:
-            model.save(tmp)
-    except FileExistsError:
-        raise UserError("error.name_taken", name=folder_name) from None
-    session.model_label = session.model_name = folder_name
-    return folder_name
+    saved = library.save(model, owner, name, settings)
+    session.model_label = session.model_name = saved
+    return saved
 
 
-def zip_saved(session: Session, name: str, settings: Settings) -> Path:
-    saved = find_saved(settings, name)
-    return zip_folder(saved.path, session.downloads / f"{saved.name}.zip", names=MODEL_FILES, root=saved.name)
+def zip_saved(session: Session, owner: Owner, name: str, settings: Settings) -> Path:
+    saved = library.find(settings, owner, name)
+    library.touch(saved)
+    folder_name = saved.path.name
+    return zip_folder(saved.path, session.downloads / f"{folder_name}.zip", names=MODEL_FILES, root=folder_name)
 
 
-def import_zip(session: Session, zip_path: str | Path, settings: Settings) -> str:
-    """Unpack an uploaded checkpoint zip safely, check it loads, add it to the saved models and load it."""
+def import_zip(session: Session, owner: Owner, zip_path: str | Path, settings: Settings) -> str:
+    """Unpack an uploaded checkpoint zip safely, check it loads, add it to the owner's saved models and load it."""
     path = Path(zip_path)
     if path.suffix.lower() != ".zip":
         raise UserError("error.file_type", name=path.name, allowed=".zip")
@@ -158,22 +105,11 @@ def import_zip(session: Session, zip_path: str | Path, settings: Settings) -> st
         if missing:
             raise UserError("error.zip_missing", names=", ".join(missing))
         model = load_checked(work, settings)
-        storage.check_saved_room(settings, storage.folder_size(work))
+        name = library.add_folder(work, owner, path.stem, settings)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # nothing of a refused upload stays on disk
         raise
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    base = safe_name(path.stem, "uploaded")
-    for n in range(1, 1000):
-        name = base if n == 1 else f"{base}-{n}"
-        try:
-            os.rename(work, settings.models_dir / name)
-            break
-        except OSError:
-            continue
-    else:
-        raise UserError("error.name_taken", name=base)
-    session.set_model(model, name, name, source=settings.models_dir / name)
+    session.set_model(model, name, name, source=library.find(settings, owner, name).path)
     return name
 
 
@@ -181,7 +117,9 @@ START_FROM = ("new", "current", "saved")
 """What a training run starts from: a new model, the session's current model, or a saved one."""
 
 
-def starting_model(session: Session, start: str, name: str | None, settings: Settings, device: str) -> GPT | None:
+def starting_model(
+    session: Session, owner: Owner, start: str, name: str | None, settings: Settings, device: str
+) -> GPT | None:
     """A copy of the model a run goes on from (the run changes its weights, the original stays as
     it is until the run has a checkpoint), its record marking the new run; None for a new model."""
     if start not in START_FROM:
@@ -191,8 +129,9 @@ def starting_model(session: Session, start: str, name: str | None, settings: Set
     if start == "saved":
         if not name:
             raise UserError("error.pick_model")
-        saved = find_saved(settings, str(name))
+        saved = library.find(settings, owner, str(name))
         model = load_checked(saved.path, settings, device=device)
+        library.touch(saved)
         model.begin_run_from(saved.name)
         return model
     source = require_model(session)

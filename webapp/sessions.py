@@ -5,8 +5,9 @@ a new one per plain REST call), kept in a process-wide registry, closed when the
 swept when idle (never while training). The registry is bounded as a whole: at most
 `max_sessions` live sessions (the longest idle are closed first), and the models they hold count
 against the server's memory (`webapp.capacity`): when room is needed, idle sessions' models are
-dropped, and reloaded from their checkpoint the next time their session uses them. A session's folders (`<artifacts>/sessions/<pid>/<id>/` and its download folder) are
-deleted with it; saved models under `<artifacts>/models/` stay. A registry starts by deleting what
+dropped, and reloaded from their checkpoint the next time their session uses them. A session's
+folders (`<artifacts>/sessions/<pid>/<id>/` and its download folder) are deleted with it; saved
+models (`webapp.library`) stay. A registry starts by deleting what
 dead server processes left behind (`webapp.storage.clean_stale`).
 """
 

@@ -2,7 +2,7 @@
 
 | variable | default | meaning |
 |---|---|---|
-| `SIMPLE_LLM_ARTIFACTS` | `<repo>/artifacts` | artifact folder: `models/<name>/` (saved models, shared by all users) and `sessions/<id>/` (each browser session's uploads, training checkpoints and ONNX exports, deleted with the session) |
+| `SIMPLE_LLM_ARTIFACTS` | `<repo>/artifacts` | artifact folder: `owners/<owner>/<name>/` (saved models, each private to its owner unless published), `models/<name>/` (models the operator shares with every visitor, read-only) and `sessions/<id>/` (each browser session's uploads, training checkpoints and ONNX exports, deleted with the session) |
 | `SIMPLE_LLM_MAX_UPLOAD_MB` | 100 | largest uploaded file (text or checkpoint zip); also `launch(max_file_size=...)` |
 | `SIMPLE_LLM_MAX_TEXT_MB` | 20 | total training text of one run |
 | `SIMPLE_LLM_MAX_EVAL_MB` | 2 | text of one evaluation (Models tab) |
@@ -25,7 +25,9 @@
 | `SIMPLE_LLM_MAX_TRAIN_MEMORY_MB` | half of `SIMPLE_LLM_MEMORY_MB` ÷ training concurrency | estimated peak memory of one training run (weights, optimizer, activations, logits) |
 | `SIMPLE_LLM_MAX_SESSION_DISK_MB` | 2048 | disk of one session (uploads, runs, exports, downloads); older runs and exports are pruned first |
 | `SIMPLE_LLM_MAX_DISK_MB` | 16384 | disk of all sessions together (their folders and downloads); work that would pass it is refused |
-| `SIMPLE_LLM_MAX_SAVED_MODELS` / `_MAX_SAVED_MB` | 50 / 4096 | saved models on the server: count and total size |
+| `SIMPLE_LLM_MAX_SAVED_MODELS` / `_MAX_SAVED_MB` | 20 / 2048 | saved models of one owner: count and total size |
+| `SIMPLE_LLM_MAX_TOTAL_SAVED_MODELS` / `_MAX_TOTAL_SAVED_MB` | 1000 / 16384 | saved models of all owners together: count and total size |
+| `SIMPLE_LLM_ANONYMOUS_SAVE_DAYS` | 7 | an anonymous owner's saved model is deleted after this many days without use (a signed-in owner's never) |
 | `SIMPLE_LLM_MIN_FREE_DISK_MB` | 1024 | free disk kept on the artifact folder's drive: new work is refused below it |
 | `SIMPLE_LLM_MAX_QUEUE` | 64 | requests waiting in the queue; beyond it a request is answered "busy, try again" |
 
@@ -76,8 +78,11 @@ class Settings:
     max_train_memory_mb: int = 4096
     max_session_disk_mb: int = 2048
     max_disk_mb: int = 16384
-    max_saved_models: int = 50
-    max_saved_mb: int = 4096
+    max_saved_models: int = 20
+    max_saved_mb: int = 2048
+    max_total_saved_models: int = 1000
+    max_total_saved_mb: int = 16384
+    anonymous_save_days: float = 7.0
     min_free_disk_mb: int = 1024
     max_queue: int = 64
 

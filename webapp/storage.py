@@ -3,7 +3,7 @@
 - Each session's folder (uploads, training runs, exports) has a cap; before a run or an export
   starts, the session's older runs and exports are pruned to make room for what it will write,
   and the work is refused when even that is not enough.
-- Saved models (shared by every user) have a count and a total-size cap.
+- Saved models have caps per owner and server-wide (`webapp.library`).
 - All sessions together have a cap, and below a floor of free disk on the artifact folder's drive,
   new work is refused. Work reserves its disk before it starts (`reserve`), so concurrent work
   cannot overcommit between a check and its writes.
@@ -130,20 +130,6 @@ def _make_room(session_folder: Path, downloads: Path | None, settings: Settings,
         shutil.rmtree(folder, ignore_errors=True)
     if used() + need > limit:
         raise UserError("error.session_disk", need=f"{need / MB:,.0f}", limit=settings.max_session_disk_mb)
-
-
-def check_saved_room(settings: Settings, need: int) -> None:
-    """Refuse a new saved model when the saved models' count or total size cap would be passed."""
-    folder = settings.models_dir
-    saved = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] if folder.is_dir() else []
-    if len(saved) >= settings.max_saved_models:
-        raise UserError("error.too_many_saved", count=len(saved), limit=settings.max_saved_models)
-    used = sum(folder_size(p) for p in saved)
-    if used + need > settings.max_saved_mb * MB:
-        raise UserError(
-            "error.saved_full", used=f"{used / MB:,.0f}", need=f"{need / MB:,.1f}", limit=settings.max_saved_mb
-        )
-    check_free_disk(settings, need)
 
 
 def instance_name() -> str:

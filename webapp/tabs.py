@@ -95,7 +95,9 @@ def _train_inputs() -> dict[str, Any]:
             info=I18N("train.start_info"),
             elem_id="train-start-from",
         ),
-        "start_model": gr.Dropdown([], label=I18N("train.start_model"), visible=False, elem_id="train-start-model"),
+        "start_model": gr.Dropdown(  # any name: the server checks it against the caller's models
+            [], label=I18N("train.start_model"), allow_custom_value=True, visible=False, elem_id="train-start-model"
+        ),
         "preset": gr.Radio(
             [(I18N(f"preset.{name}"), name) for name in training.MODEL_PRESETS],
             value="tiny",
@@ -159,8 +161,11 @@ def build_train_tab(settings: Settings) -> TrainTab:
     )
 
 
-def wire_train_tab(tab: TrainTab, h: Handlers, settings: Settings, current: gr.Markdown) -> None:
-    """Source switch, model presets, and the train / resume / stop_training endpoints."""
+def wire_train_tab(
+    tab: TrainTab, h: Handlers, settings: Settings, current: gr.Markdown, owner: gr.BrowserState
+) -> None:
+    """Source switch, model presets, and the train / resume / stop_training endpoints (`owner`: the
+    browser's owner key, the last input of every endpoint that touches saved models)."""
     heavy = {"concurrency_limit": settings.train_concurrency, "concurrency_id": "train"}
     outputs = [tab.status, tab.plot, tab.sample_box, current]  # the order `Handlers.train` yields
     tab.source.change(
@@ -174,15 +179,15 @@ def wire_train_tab(tab: TrainTab, h: Handlers, settings: Settings, current: gr.M
     # because the page (re)rendered the radio, which would overwrite values already typed
     tab.preset.input(h.preset, tab.preset, tab.setting_components(), api_visibility="private", queue=False)
     tab.start.change(  # going on from a model: pick the saved one; its shape replaces the presets
-        lambda start: (h.start_choices(start), gr.update(visible=start == "new")),
-        tab.start,
+        h.start_view,
+        [tab.start, owner],
         [tab.start_model, tab.preset],
         api_visibility="private",
         queue=False,
     )
     train_event = tab.train_btn.click(
         h.train,
-        [tab.source, tab.files, tab.sample, *tab.setting_components(), tab.device, tab.start, tab.start_model],
+        [tab.source, tab.files, tab.sample, *tab.setting_components(), tab.device, tab.start, tab.start_model, owner],
         outputs,
         api_name="train",
         show_progress_on=[tab.status],
@@ -402,6 +407,10 @@ class ModelsTab:
     load_btn: gr.Button
     download_btn: gr.Button
     model_zip: gr.File
+    delete_btn: gr.Button
+    publish_btn: gr.Button
+    unpublish_btn: gr.Button
+    owner_note: gr.Markdown
     save_name: gr.Textbox
     save_btn: gr.Button
     upload: gr.File
@@ -420,7 +429,7 @@ class ModelsTab:
 
 
 def _saved_models_column() -> dict[str, Any]:
-    """Saved models: pick, refresh, load, download, save, upload."""
+    """Saved models: pick, refresh, load, download, delete, publish, save, upload."""
     found: dict[str, Any] = {}
     with gr.Column(min_width=320):
         with gr.Row():
@@ -434,6 +443,11 @@ def _saved_models_column() -> dict[str, Any]:
         found["model_zip"] = gr.File(
             label=I18N("model.download_file"), interactive=False, visible=False, elem_id="model-zip"
         )
+        with gr.Row():
+            found["delete_btn"] = gr.Button(I18N("library.delete"), size="sm", variant="stop", elem_id="model-delete")
+            found["publish_btn"] = gr.Button(I18N("library.publish"), size="sm", elem_id="model-publish")
+            found["unpublish_btn"] = gr.Button(I18N("library.unpublish"), size="sm", elem_id="model-unpublish")
+        found["owner_note"] = gr.Markdown(elem_id="model-owner-note")
         with gr.Row():
             found["save_name"] = gr.Textbox(
                 "", label=I18N("model.save_name"), max_lines=1, scale=4, elem_id="model-save-name"
@@ -505,25 +519,30 @@ def build_models_tab() -> ModelsTab:
     return ModelsTab(current=current, message=message, **saved, **exports, **evaluations)
 
 
-def wire_models_tab(tab: ModelsTab, h: Handlers, settings: Settings) -> None:
-    """The list / load / download / save / upload / export / evaluate endpoints."""
+def wire_models_tab(tab: ModelsTab, h: Handlers, settings: Settings, owner: gr.BrowserState) -> None:
+    """The list / load / download / save / upload / delete / publish / export / evaluate endpoints;
+    those that touch saved models take the browser's owner key (`owner`) as their last input."""
     tab.eval_btn.click(
         h.evaluate,
-        [tab.eval_model, tab.saved, tab.eval_text, tab.eval_file],
+        [tab.eval_model, tab.saved, tab.eval_text, tab.eval_file, owner],
         [tab.eval_table, tab.eval_message, tab.eval_view],
         api_name="evaluate",
         concurrency_limit=settings.eval_concurrency,  # its own pool: a long evaluation never delays generation
         concurrency_id="evaluate",
     )
     show = {"fn": lambda: gr.update(visible=True), "inputs": None, "api_visibility": "private", "queue": False}
-    tab.refresh.click(h.model_choices, None, tab.saved, api_name="list_models", queue=False)
-    tab.load_btn.click(h.load_model, tab.saved, [tab.current, tab.message], api_name="load_model")
-    tab.download_btn.click(h.download_model, tab.saved, tab.model_zip, api_name="download_model").success(
+    tab.refresh.click(h.model_choices, owner, tab.saved, api_name="list_models", queue=False)
+    tab.load_btn.click(h.load_model, [tab.saved, owner], [tab.current, tab.message], api_name="load_model")
+    tab.download_btn.click(h.download_model, [tab.saved, owner], tab.model_zip, api_name="download_model").success(
         outputs=tab.model_zip, **show
     )
     changed = [tab.saved, tab.current, tab.message]  # the order save_model / upload_checkpoint return
-    tab.save_btn.click(h.save_model, tab.save_name, changed, api_name="save_model")
-    tab.upload_btn.click(h.upload_checkpoint, tab.upload, changed, api_name="upload_checkpoint")
+    tab.save_btn.click(h.save_model, [tab.save_name, owner], changed, api_name="save_model")
+    tab.upload_btn.click(h.upload_checkpoint, [tab.upload, owner], changed, api_name="upload_checkpoint")
+    listed = [tab.saved, tab.message]  # the order delete_model / publish_model / unpublish_model return
+    tab.delete_btn.click(h.delete_model, [tab.saved, owner], listed, api_name="delete_model")
+    tab.publish_btn.click(h.publish_model, [tab.saved, owner], listed, api_name="publish_model")
+    tab.unpublish_btn.click(h.unpublish_model, [tab.saved, owner], listed, api_name="unpublish_model")
     tab.export_btn.click(
         h.export,
         tab.precision,

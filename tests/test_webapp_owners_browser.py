@@ -1,0 +1,127 @@
+"""Saved models belong to their owner, in a real browser (Playwright for Python driving Debian's
+Chromium, as tests/test_webapp_browser.py does): three visitors, two anonymous browsers and a reload
+of the first. The first uploads a model, still has it after reloading the page (its owner key stays
+in the browser), the second does not see it until the first publishes it, and cannot delete it then.
+Skips when /usr/bin/chromium or playwright is missing."""
+
+import re
+import socket
+import zipfile
+from pathlib import Path
+
+import pytest
+from test_webapp_browser import ARGS, CHROMIUM, TIMEOUT_MS, wait_text
+
+from gpt import GPT, MODEL_FILES, Tokenizer
+from webapp import library
+from webapp.app import build_demo, launch_kwargs
+from webapp.settings import Settings
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1)
+    demo = build_demo(settings)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _, address, _ = demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings, demo)
+    )
+    yield address.rstrip("/"), settings
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small model's checkpoint zip, as a visitor would upload it."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    model = GPT(vocab_size=300, max_seq_len=16, emb_size=16, num_heads=2, num_layers=1)
+    model.tokenizer = Tokenizer.train(["the cat sat on the mat, the dog ran to the sun. " * 40], vocab_size=300)
+    model.save(folder / "model")
+    path = folder / "mine.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in MODEL_FILES:
+            if (folder / "model" / name).is_file():
+                archive.write(folder / "model" / name, f"mine/{name}")
+    return path
+
+
+def open_models_tab(context, url: str):
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url, wait_until="load")
+    page.get_by_role("tab", name="Models").click()
+    wait_text(page, "#model-owner-note", "private to this browser")  # the page has its owner key
+    return page
+
+
+def choices(page) -> list[str]:
+    """The values the saved-model picker offers (each label starts with its value)."""
+    page.click("#model-saved input")
+    options = page.get_by_role("option")
+    texts = options.all_inner_texts() if options.count() else []
+    page.keyboard.press("Escape")
+    return [text.split(" — ")[0].split("\n")[-1].strip() for text in texts]  # without the "✓" of the chosen one
+
+
+def picked(page, name: str) -> None:
+    """Wait until the picker shows `name` (the input shows its label, which starts with it)."""
+    page.wait_for_function(
+        "n => document.querySelector('#model-saved input').value.startsWith(n + ' — ')", arg=name
+    )
+
+
+def owner_folders(settings: Settings) -> list[Path]:
+    root = library.root(settings)
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def test_three_visitors_own_publish_and_keep_their_models(server, checkpoint):
+    url, settings = server
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        first, second = (chromium.new_context(locale="en-US", viewport={"width": 1360, "height": 900}) for _ in "ab")
+
+        page = open_models_tab(first, url)
+        page.locator("#model-upload input[type=file]").set_input_files(str(checkpoint))
+        page.locator("#model-upload a, #model-upload .file-name, #model-upload table").first.wait_for()
+        page.click("#model-upload-start")
+        wait_text(page, "#model-message", "Uploaded and loaded as mine")
+        [owner] = owner_folders(settings)
+        assert owner.name.startswith("k-") and (owner / "mine").is_dir()  # a hash names the owner, not the key
+
+        page.reload(wait_until="load")  # the second visitor: the first, after a reload
+        page.get_by_role("tab", name="Models").click()
+        wait_text(page, "#model-owner-note", "private to this browser")
+        picked(page, "mine")
+        assert choices(page) == ["mine"]
+        assert owner_folders(settings) == [owner]  # the same owner: no new key was made
+
+        other = open_models_tab(second, url)  # the third visitor: another browser
+        assert "mine" not in choices(other) and not any(c.startswith("mine@") for c in choices(other))
+
+        page.click("#model-publish")
+        message = wait_text(page, "#model-message", "Published mine")
+        public = re.search(r"see it as (\S+@\w+)\.", message).group(1)
+        other.click("#model-refresh")
+        picked(other, public)
+        assert choices(other) == [public]
+        other.click("#model-load")
+        wait_text(other, "#model-message", re.escape(f"Loaded {public}."))
+        other.click("#model-delete")
+        other.get_by_test_id("toast-text").filter(has_text="is not yours").wait_for()
+        assert (owner / "mine").is_dir()
+
+        page.click("#model-unpublish")
+        wait_text(page, "#model-message", "mine is private again")
+        other.click("#model-refresh")
+        other.wait_for_function("document.querySelector('#model-saved input').value === ''")
+        assert choices(other) == []
+        chromium.close()
