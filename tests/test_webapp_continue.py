@@ -126,7 +126,7 @@ def test_a_saved_model_whose_tokenizer_does_not_fit_is_refused(handlers, files, 
     (folder / "tokenizer.json").write_text((saved(handlers, "base") / "tokenizer.json").read_text())
     request = Request("misfit")
     message = error_of(lambda: train(handlers, request, [files["new"]], steps=5, start="saved", start_model="misfit"))
-    assert "outside the model's vocabulary of 100" in message and handlers.session(request).model is None
+    assert "more than the model's vocabulary of 100" in message and handlers.session(request).model is None
 
 
 def test_a_saved_record_gives_the_curve_its_starting_point():

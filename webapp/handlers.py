@@ -103,7 +103,7 @@ class Handlers:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.sessions = SessionRegistry(settings)
+        self.sessions = SessionRegistry(settings, loader=functools.partial(models.load_checked, settings=settings))
         library.sweep(settings, force=True)  # anonymous saves unused for too long
 
     def session(self, request: gr.Request | None) -> Session:

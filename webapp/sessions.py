@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from webapp import storage
@@ -59,7 +60,7 @@ class Session:
     last_seen: float = field(default_factory=time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)
     closed: bool = False
-    settings_for_reload: Settings | None = None  # the size caps a reloaded model is checked against
+    loader: Callable[[Path], GPT] | None = None  # loads a checkpoint folder (with the server's checks)
     _onnx_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
     _counter: int = 0
 
@@ -86,10 +87,8 @@ class Session:
     def current_model(self) -> GPT | None:
         """The model, reloaded from its checkpoint when the server dropped it to make room."""
         with self.lock:
-            if self.model is None and self.model_source is not None:
-                from webapp.models import load_checked  # models imports this module
-
-                model = load_checked(self.model_source, self.settings_for_reload)
+            if self.model is None and self.model_source is not None and self.loader is not None:
+                model = self.loader(self.model_source)
                 self._hold(model_bytes(model))
                 self.model = model
                 log.info("session %s: model reloaded from its checkpoint", self.id)
@@ -112,7 +111,8 @@ class Session:
         if not self.lock.acquire(blocking=False):  # in use right now
             return 0
         try:
-            if self.training or self.model_source is None or time.monotonic() - self.last_seen < MIN_IDLE_S:
+            reloadable = self.model_source is not None and self.loader is not None
+            if self.training or not reloadable or time.monotonic() - self.last_seen < MIN_IDLE_S:
                 return 0
             freed = self.held_bytes()
             self.model = None
@@ -188,8 +188,9 @@ def resident_bytes() -> int:
 
 
 class SessionRegistry:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, loader: Callable[[Path], GPT] | None = None) -> None:
         self.settings = settings
+        self.loader = loader  # reloads a dropped model from its checkpoint folder
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self.capacity = Capacity(
@@ -218,7 +219,7 @@ class SessionRegistry:
                     folder=self.folder / key,
                     downloads=self.downloads / key,
                     capacity=self.capacity,
-                    settings_for_reload=self.settings,
+                    loader=self.loader,
                 )
                 self._sessions[key] = session
             session.last_seen = time.monotonic()
