@@ -202,7 +202,8 @@ def test_a_full_queue_answers_try_again(tmp_path, texts):
 
 
 # restart safety ---------------------------------------------------------------------------------------
-def start_server(artifacts: Path, port: int) -> subprocess.Popen:
+def start_server(artifacts: Path, port: int, extra: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python webapp/app.py` as a Space runs it, with `extra` environment variables."""
     env = {
         **os.environ,
         "GRADIO_SERVER_PORT": str(port),
@@ -211,6 +212,7 @@ def start_server(artifacts: Path, port: int) -> subprocess.Popen:
         "SIMPLE_LLM_TRAIN_CONCURRENCY": "2",
         "SIMPLE_LLM_MIN_FREE_DISK_MB": "1",
         "PYTHONPATH": "",
+        **(extra or {}),
     }
     return subprocess.Popen(
         [sys.executable, "webapp/app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

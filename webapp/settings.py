@@ -58,7 +58,7 @@ class Settings:
     artifacts: Path
     max_upload_mb: int = 100
     max_text_mb: int = 20
-    max_eval_mb: int = 2
+    max_eval_mb: float = 2.0
     max_unzip_mb: int = 1024
     max_params: int = 20_000_000
     max_steps: int = 20_000
