@@ -298,6 +298,8 @@ def test_the_same_model_and_precision_is_exported_once_for_every_caller(trained,
     first = threading.Thread(target=call, args=("first", "fp32", first_cancel))
     first.start()
     assert wait_for(lambda: children, 60)
+    usage = exports._gate(session, handlers.settings).capacity.usage()  # admitted: its memory is reserved
+    assert usage.running == ("export",) and usage.jobs == exports.export_memory(trained.num_parameters())
     second = threading.Thread(target=call, args=("second", "fp32"))
     second.start()
     first_cancel.set()  # the first caller leaves: the export goes on for the second
@@ -331,6 +333,8 @@ def test_cancelling_browser_model_kills_its_export_child(trained, handlers, chil
             break
         next(stream)
     assert children and children[0].poll() is None
+    niced = min(19, os.nice(0) + export_process.NICE)
+    assert wait_for(lambda: _nice(children[0].pid) == niced, 30)  # it yields the CPU
     stream.close()  # the page's Stop: Gradio closes the handler
     assert_gone(children[0])
     assert session.exports == {} and not leftovers(handlers) and not export_children()
@@ -470,3 +474,10 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _nice(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, IndexError, ValueError):
+        return None
