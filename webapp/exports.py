@@ -18,6 +18,7 @@ the generator (Stop, a closed page) cancels the work.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -102,8 +103,6 @@ def browser_files(session: Session, folder: Path, settings: Settings) -> list[Pa
     downloads (which the app may serve) in `<downloads>/<export>/browser/`, pruned with the export.
     They are hard links to the export's files where the file system allows (no more disk), else
     copies, for which room is made under the session's disk cap."""
-    import json
-
     page = folder / "web" / "model.json"
     if not page.is_file():
         raise UserError("error.no_web_page")
@@ -203,6 +202,7 @@ class ExportGate:
         with self._lock:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.done.is_set():
+                log.info("every caller of export %s left: stopping it", flight.key[1:])
                 flight.abandoned.set()
                 return True
             return False
