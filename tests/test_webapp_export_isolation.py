@@ -8,23 +8,26 @@ import copy
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
 import pytest
 import torch
-from webapp_common import TINY
+from webapp_common import TINY, generate
 
 import export
 import export.onnx_export
 from gpt import GPT, Callback, Tokenizer, make_loaders
-from webapp import corpus, export_process, models
+from webapp import backends, corpus, export_process, exports, models
 from webapp.handlers import Handlers
 from webapp.i18n import UserError
-from webapp.settings import Settings
+from webapp.settings import MB, Settings
 
 
 class Request:
@@ -209,3 +212,272 @@ def test_a_cancelled_export_kills_its_child(trained, handlers, children, how):
         assert not session.folder.exists()
     assert_gone(children[0])
     assert not leftovers(handlers)
+
+
+# One gate for the server's exports -------------------------------------------------------------------
+def export_children() -> list[int]:
+    """Pids of this process's live export children (`python -m webapp.export_process` / `-m export`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        ours = int(fields[1]) == os.getpid() and fields[0] != "Z"
+        if ours and b"-m" in arguments and b"export" in b" ".join(arguments):
+            found.append(int(entry.name))
+    return found
+
+
+class Peak:
+    """Counts this process's export children every 20 ms while it runs (`with Peak() as peak:`)."""
+
+    def __init__(self) -> None:
+        self.most, self._stop = 0, threading.Event()
+
+    def __enter__(self) -> "Peak":
+        self._thread = threading.Thread(target=self._watch)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            self.most = max(self.most, len(export_children()))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_exports_from_every_entry_point_run_at_most_export_concurrency_children(trained, tmp_path):
+    handlers = Handlers(Settings(artifacts=tmp_path / "artifacts", generate_threads=1, export_concurrency=2))
+    calls = {
+        "export": lambda r: list(handlers.export("fp32", request=r))[-1][0],
+        "generate": lambda r: generate(handlers, r, backend=backends.ORT_CPU)[1],
+        "browser_model": lambda r: list(handlers.browser_model("fp32", request=r))[-1][-1],
+        "compare": lambda r: list(handlers.compare("the cat", 4, backends.ORT_CPU, request=r))[-1],
+        "browser_reference": lambda r: list(handlers.browser_reference("the", 4, "browser", "int8", request=r))[-1],
+    }
+    results: dict[str, object] = {}
+
+    def call(name: str) -> None:
+        request = Request(name)
+        handlers.session(request).set_model(copy.deepcopy(trained), name, name)
+        try:
+            results[name] = calls[name](request)
+        except Exception as err:  # noqa: BLE001 - the assertions below report it
+            results[name] = err
+
+    workers = [threading.Thread(target=call, args=(name,)) for name in calls]
+    with Peak() as peak:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    assert not [r for r in results.values() if isinstance(r, Exception)], results
+    assert peak.most == 2  # 5 exports, 2 at a time
+    assert "(fp32)" in results["generate"] and "PASS" in results["compare"]
+    assert not export_children() and not leftovers(handlers)
+
+
+def test_the_same_model_and_precision_is_exported_once_for_every_caller(trained, handlers, children):
+    session = handlers.session(Request("shared"))
+    session.set_model(copy.deepcopy(trained), "tiny", "tiny")
+    first_cancel, outcomes = threading.Event(), {}
+
+    def call(name: str, precision: str, cancel: threading.Event | None = None) -> None:
+        try:
+            outcomes[name] = models.export_current(session, precision, handlers.settings, cancel and cancel.is_set)
+        except Exception as err:  # noqa: BLE001 - the assertions below report it
+            outcomes[name] = err
+
+    first = threading.Thread(target=call, args=("first", "fp32", first_cancel))
+    first.start()
+    assert wait_for(lambda: children, 60)
+    usage = exports._gate(session, handlers.settings).capacity.usage()  # admitted: its memory is reserved
+    assert usage.running == ("export",) and usage.jobs == exports.export_memory(trained.num_parameters())
+    second = threading.Thread(target=call, args=("second", "fp32"))
+    second.start()
+    first_cancel.set()  # the first caller leaves: the export goes on for the second
+    first.join()
+    second.join()
+    assert isinstance(outcomes["first"], UserError) and "cancelled" in outcomes["first"].message("en")
+    assert len(children) == 1 and children[0].returncode == 0
+    assert outcomes["second"] == session.exports["fp32"]
+
+    cancels = [threading.Event(), threading.Event()]  # two callers of an int8 export, both leave
+    both = [threading.Thread(target=call, args=(f"int8-{n}", "int8", cancels[n])) for n in range(2)]
+    for worker in both:
+        worker.start()
+    assert wait_for(lambda: len(children) == 2, 60)
+    for cancel in cancels:
+        cancel.set()
+    for worker in both:
+        worker.join()
+    assert len(children) == 2
+    assert_gone(children[1])  # gone by the time the last caller returns
+    assert "int8" not in session.exports and not leftovers(handlers)
+
+
+def test_cancelling_browser_model_kills_its_export_child(trained, handlers, children):
+    request = Request("stop-browser")
+    session = handlers.session(request)
+    session.set_model(copy.deepcopy(trained), "tiny", "tiny")
+    stream = handlers.browser_model("int8", request=request)
+    for _ in range(200):
+        if children:
+            break
+        next(stream)
+    assert children and children[0].poll() is None
+    niced = min(19, os.nice(0) + export_process.NICE)
+    assert wait_for(lambda: _nice(children[0].pid) == niced, 30)  # it yields the CPU
+    stream.close()  # the page's Stop: Gradio closes the handler
+    assert_gone(children[0])
+    assert session.exports == {} and not leftovers(handlers) and not export_children()
+
+
+def test_an_export_over_its_memory_limit_is_killed_with_a_clear_message(trained, handlers, children, monkeypatch):
+    monkeypatch.setattr(exports, "memory_limit", lambda reserved: 50 * MB)
+    session = handlers.session(Request("greedy"))
+    session.set_model(copy.deepcopy(trained), "tiny", "tiny")
+    with pytest.raises(UserError) as info:
+        models.export_current(session, "fp32", handlers.settings)
+    assert re.fullmatch(
+        r"The ONNX export failed: it used [\d ,]+ MB of memory, over its limit of 50 MB, and was stopped",
+        info.value.message("en"),
+    ), info.value.message("en")
+    assert "лимита 50 МБ" in info.value.message("ru")
+    assert_gone(children[0])
+    assert session.exports == {} and not leftovers(handlers)
+
+
+PARENT = """
+import sys, threading
+from pathlib import Path
+from gpt import GPT
+from webapp.export_process import export_in_child
+model, folder = GPT.load(sys.argv[1]), Path(sys.argv[2])
+folder.mkdir()
+export_in_child(model, folder, "fp32", threads=1)
+"""
+
+
+def test_an_export_child_dies_with_its_server(trained, tmp_path):
+    trained.save(tmp_path / "model")
+    server = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path / "model"), str(tmp_path / "export")],
+        cwd=export_process.REPO_ROOT,
+        env=export_process._child_env(),
+    )
+    try:
+        child = wait_for(lambda: _children_of(server.pid), 120)[0]
+        threading.Event().wait(2)  # well inside the export by now
+        assert _alive(child)
+    finally:
+        server.kill()  # kill -9: no handler, no `finally` runs in the server
+        server.wait()
+    assert wait_for(lambda: not _alive(child), 10)
+
+
+def test_a_restarted_server_kills_the_export_children_a_dead_server_left(tmp_path):
+    settings = Settings(artifacts=tmp_path / "artifacts")
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()  # a server pid that no longer runs
+    exports_folder = settings.sessions_dir / f"{gone.pid}-1" / "visitor" / "exports"
+    orphan_work, other_work = exports_folder / ".exports-001.x.work", exports_folder / ".exports-002.y.work"
+    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+    orphan = subprocess.Popen([*sleep, "--model", str(orphan_work / "model")], start_new_session=True)
+    stranger = subprocess.Popen([*sleep, "--model", "/elsewhere/model"], start_new_session=True)  # a reused pid
+    try:
+        for work, process in ((orphan_work, orphan), (other_work, stranger)):
+            work.mkdir(parents=True)
+            (work / export_process.CHILD_RECORD).write_text(str(process.pid))
+        Handlers(settings)  # a new server: cleans what dead ones left
+        assert orphan.wait(10) == -signal.SIGKILL
+        assert stranger.poll() is None  # not ours: left alone
+        assert not exports_folder.exists()
+    finally:
+        for process in (orphan, stranger):
+            process.kill()
+            process.wait()
+
+
+def test_browser_model_cycles_keep_the_session_within_its_disk_cap(trained, tmp_path, monkeypatch, links):
+    """10 new model versions, each fetched by /browser_model: exports, their zips and browser files
+    stay within the session's cap (the export is faked: a real one's files, with a 6 MB graph)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    export_process.export_in_child(trained, real, "fp32", threads=1)
+    (real / "model_fast.onnx").write_bytes(bytes(6 * MB))
+
+    def fake(model, folder, precision, **kwargs):
+        shutil.copytree(real, folder, dirs_exist_ok=True)
+        return folder
+
+    monkeypatch.setattr(export_process, "export_in_child", fake)
+    monkeypatch.setattr(exports, "export_in_child", fake)
+    if links == "copies":
+        monkeypatch.setattr(exports.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links")))
+    cap = 64
+    handlers = Handlers(Settings(artifacts=tmp_path / "artifacts", max_session_disk_mb=cap, min_free_disk_mb=1))
+    request = Request("cycles")
+    session = handlers.session(request)
+    for cycle in range(10):
+        session.set_model(copy.deepcopy(trained), f"v{cycle}", f"v{cycle}")
+        files = list(handlers.browser_model("fp32", request=request))[-1]
+        assert Path(files[0]).stat().st_size == 6 * MB
+        used = disk_used(session.folder, session.downloads)
+        assert used <= cap * MB, f"cycle {cycle}: {used / MB:.1f} MB in a session capped at {cap} MB"
+
+
+@pytest.fixture(params=["hard links", "copies"])
+def links(request) -> str:
+    return request.param
+
+
+def disk_used(*folders: Path) -> int:
+    """Bytes under `folders`, a file hard-linked more than once counted once."""
+    seen, total = set(), 0
+    for folder in folders:
+        for path in folder.rglob("*"):
+            stat = path.lstat()
+            if path.is_file() and (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_size
+    return total
+
+
+def wait_for(condition, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    return condition()
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _nice(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -113,7 +113,7 @@ def test_empty_fields_mean_off_and_big_exact_seeds_work(handlers, trained):
 
 @pytest.mark.parametrize("value", [*BAD_NUMBERS, 0, 65], ids=repr)
 def test_compare_numbers_are_checked(handlers, trained, value):
-    assert "max_new_tokens" in error_of(lambda: handlers.compare("the cat", value, "torch", request=trained))
+    assert "max_new_tokens" in error_of(lambda: list(handlers.compare("the cat", value, "torch", request=trained)))
 
 
 @pytest.mark.parametrize("value", [*BAD_NUMBERS, 0, 10**9 + 1], ids=repr)

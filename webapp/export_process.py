@@ -4,8 +4,17 @@
 the same process, it crashed the training (`KeyError: 'custom'` in `torch.fx.traceback`, errors
 inside the optimizer's foreach kernels). So the app saves the model as a checkpoint into a private
 work folder and runs `python -m export` on it in a child process, which also keeps the export's
-peak memory out of the server. The child is killed when the caller cancels, or when it overruns
-its time limit; the work folder is removed in every case.
+peak memory out of the server. The child is killed when the caller cancels, when it overruns its
+time limit, or when its memory (resident set, with any process it starts) passes its limit; the
+work folder is removed in every case.
+
+The child runs at nice 10 (generation stays responsive) and dies with the server: it asks the
+kernel for SIGKILL when the thread that started it ends (`PR_SET_PDEATHSIG`, Linux), and that
+thread waits for it. For what a server killed before that could leave, each child's pid is recorded
+in its work folder, and `kill_orphans` (called by `webapp.storage.clean_stale` on a dead server's
+folders) kills a recorded child that still runs with that work folder on its command line.
+`RLIMIT_AS` is not used for the memory limit: CUDA builds of torch reserve far more address space
+than they use.
 """
 
 from __future__ import annotations
@@ -21,20 +30,32 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gpt import GPT
-from webapp.i18n import without_paths
-from webapp.settings import REPO_ROOT
+from webapp.i18n import Msg, without_paths
+from webapp.settings import MB, REPO_ROOT
+
+if TYPE_CHECKING:
+    from gpt import GPT
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 900.0  # a 23 M-parameter model took 52 s (fp32) and 67 s (int8) on 2 busy cores
-POLL_S = 0.1  # how often a running child is checked for cancellation and its deadline
+POLL_S = 0.1  # how often a running child is checked for cancellation, its deadline and its memory
+NICE = 10  # the child's niceness: exports yield the CPU to generation and the server
+CHILD_RECORD = "child.pid"  # in the work folder: the child's pid, for `kill_orphans`
+PARENT_ENV = "SIMPLE_LLM_EXPORT_PARENT"  # the server's pid, which the child checks after PR_SET_PDEATHSIG
+_PR_SET_PDEATHSIG = 1
 _ERROR_LINE = re.compile(r"(?:^|\s)error: (.+)$")
 
 
 class ChildExportError(Exception):
-    """The export failed, overran its time limit or was cancelled; the message is safe to show users."""
+    """The export failed, overran its time or memory limit or was cancelled; `detail` (text or a
+    `Msg`) is safe to show users."""
+
+    def __init__(self, detail: str | Msg) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
 
 
 def export_in_child(
@@ -45,13 +66,15 @@ def export_in_child(
     threads: int,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     cancelled: Callable[[], bool] = lambda: False,
+    memory_limit: int | None = None,
 ) -> Path:
     """Export `model` to the empty-or-absent `folder` with `python -m export` in a child process.
 
     The checkpoint and the child's partial output live in a temporary folder beside `folder`, which
     is removed however this ends; `folder` is filled only when the export passed its checks.
-    `cancelled` is polled while the child runs: when it returns True, or after `timeout_s`, the
-    child (and its process group) is killed. Raises `ChildExportError` with a message that names
+    `cancelled` is polled while the child runs: when it returns True, after `timeout_s`, or when
+    the resident memory of the child and its descendants passes `memory_limit` bytes, the child
+    (and its process group) is killed. Raises `ChildExportError` with a message that names
     no server path; the full child output goes to the log.
     """
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".work", dir=folder.parent))
@@ -59,7 +82,7 @@ def export_in_child(
     try:
         model.save(checkpoint)
         command = [
-            sys.executable, "-m", "export",
+            sys.executable, "-m", "webapp.export_process",  # `python -m export`, niced, dying with us
             "--model", str(checkpoint),
             "--out", str(out),
             "--precision", precision,
@@ -76,7 +99,8 @@ def export_in_child(
                 start_new_session=os.name == "posix",  # its own process group: killed as a whole
             )
             try:
-                stopped = _wait(child, timeout_s, cancelled)
+                (work / CHILD_RECORD).write_text(str(child.pid), encoding="utf-8")
+                stopped = _wait(child, timeout_s, cancelled, memory_limit)
             finally:
                 if child.poll() is None:  # an exception in this thread (KeyboardInterrupt): never orphan it
                     _kill(child)
@@ -84,11 +108,11 @@ def export_in_child(
             text = log_file.read_text(encoding="utf-8", errors="replace")
         except OSError:  # the session closed, and its folder went with the log
             text = ""
-        if stopped == "cancelled":
+        if stopped is CANCELLED:
             log.info("export cancelled: its child process was killed")
-        elif stopped or child.returncode != 0:
+        elif stopped is not None or child.returncode != 0:
             log.warning("export child %s (exit %s):\n%s", stopped or "failed", child.returncode, text[-4000:])
-        if stopped:
+        if stopped is not None:
             raise ChildExportError(stopped)
         if child.returncode != 0:
             names = {checkpoint: "the model", out: "the export folder", work: "the work folder"}
@@ -99,21 +123,34 @@ def export_in_child(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _wait(child: subprocess.Popen, timeout_s: float, cancelled: Callable[[], bool]) -> str:
-    """Wait for `child` to exit; kill it on cancellation or timeout. Returns why it was stopped, or ""."""
+CANCELLED = Msg("export.cancelled")
+
+
+def _wait(
+    child: subprocess.Popen, timeout_s: float, cancelled: Callable[[], bool], memory_limit: int | None
+) -> Msg | None:
+    """Wait for `child` to exit; kill it on cancellation, timeout or too much memory. Returns why it
+    was stopped, or None."""
     deadline = time.monotonic() + timeout_s
+    peak = 0
     while True:
         try:
             child.wait(POLL_S)
-            return ""
+            return None
         except subprocess.TimeoutExpired:
             pass
         if cancelled():
             _kill(child)
-            return "cancelled"
+            return CANCELLED
         if time.monotonic() > deadline:
             _kill(child)
-            return f"it took longer than {timeout_s:.0f} s and was stopped"
+            return Msg("export.timed_out", seconds=f"{timeout_s:.0f}")
+        if memory_limit is not None:
+            peak = max(peak, group_rss(child.pid))
+            if peak > memory_limit:
+                _kill(child)
+                log.warning("export child used %d MB, over its limit of %d MB", peak // MB, memory_limit // MB)
+                return Msg("export.memory_exceeded", used=f"{peak / MB:,.0f}", limit=f"{memory_limit / MB:,.0f}")
 
 
 def _kill(child: subprocess.Popen) -> None:
@@ -131,7 +168,70 @@ def _child_env() -> dict[str, str]:
     """The server's environment, with the repository importable however the server was started."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env[PARENT_ENV] = str(os.getpid())
     return env
+
+
+def group_rss(pid: int) -> int:
+    """Resident bytes of process `pid` and all its descendants (0 when it is gone; Linux `/proc`,
+    elsewhere 0: no limit)."""
+    total, todo, seen = 0, [pid], set()
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or no /proc
+            continue
+    return total
+
+
+def kill_orphans(folder: Path) -> int:
+    """Kill the export children recorded under `folder` (a dead server's folder) that still run with
+    their work folder on their command line, so a pid reused by another process is left alone.
+    Returns how many were killed."""
+    killed = 0
+    for root, _, files in os.walk(folder):
+        if CHILD_RECORD not in files:
+            continue
+        try:
+            pid = int(Path(root, CHILD_RECORD).read_text(encoding="utf-8").strip())
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):  # not recorded well, or long gone
+            continue
+        work = os.fsencode(root)
+        if any(a == work or a.startswith(work + b"/") for a in arguments):
+            log.warning("killing export process %d left by a dead server", pid)
+            try:
+                os.killpg(pid, signal.SIGKILL)  # the child leads its own process group
+            except OSError:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    continue
+            killed += 1
+    return killed
+
+
+def _become_export_child() -> None:
+    """In the child, before the export starts: lower its priority, and ask for SIGKILL when the
+    server thread that started it ends (a server killed with `kill -9` included)."""
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if str(os.getppid()) != os.environ.get(PARENT_ENV, str(os.getppid())):
+            raise SystemExit(1)  # the server died before the request took effect
 
 
 def _reason(output: str, returncode: int, paths: dict[Path, str]) -> str:
@@ -147,3 +247,10 @@ def _reason(output: str, returncode: int, paths: dict[Path, str]) -> str:
     for path, name in sorted(paths.items(), key=lambda item: -len(str(item[0]))):
         reason = reason.replace(str(path), name)
     return without_paths(reason)  # any other path: its last part only
+
+
+if __name__ == "__main__":  # the child: `python -m webapp.export_process ARGS` is `python -m export ARGS`, niced
+    import runpy
+
+    _become_export_child()
+    runpy.run_module("export", run_name="__main__", alter_sys=True)

@@ -9,7 +9,6 @@ annotations at runtime to inject them.
 import copy
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from webapp import (
     browser,
     corpus,
     evaluation,
+    exports,
     generation,
     insight,
     library,
@@ -313,8 +313,9 @@ class Handlers:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return "sampling", values["temperature"], values["top_k"], values["top_p"]
 
-    def _backend_model(self, session: Session, backend: str) -> tuple[Any, str, str]:
-        """(model, backend label, provider really used) for `backend`."""
+    def _backend_model(self, session: Session, backend: str, cancel: Any = None) -> tuple[Any, str, str]:
+        """(model, backend label, provider really used) for `backend`; an onnxruntime backend exports
+        the model on first use (cancelled when `cancel`, a `threading.Event`, is set)."""
         if backend not in backends.BACKENDS:
             raise UserError("error.bad_value", name="backend", value=backend, rule=" / ".join(backends.BACKENDS))
         if backend == backends.BROWSER:
@@ -322,7 +323,7 @@ class Handlers:
         if backend == backends.TORCH:
             model = models.require_model(session)
             return model, backends.BACKENDS[backend], f"torch {model.device}"
-        onnx, precision = models.onnx_model(session, backend, self.settings)
+        onnx, precision = models.onnx_model(session, backend, self.settings, cancel.is_set if cancel else None)
         return onnx, f"{backends.BACKENDS[backend]} ({precision})", onnx.provider
 
     @friendly_stream
@@ -361,7 +362,14 @@ class Handlers:
         if backend != backends.TORCH and not session.exports:
             yield prompt, t(lang, "gen.exporting")
         torch.set_num_threads(self.settings.generate_threads)
-        model, label, provider = self._backend_model(session, backend)
+        if backend in backends.ORT_PROVIDERS:  # may export first: a cancel kills the export
+            model, label, provider = yield from exports.in_worker(
+                lambda cancel: self._backend_model(session, backend, cancel),
+                lambda _: (prompt, t(lang, "gen.exporting")),
+                POLL_S,
+            )
+        else:
+            model, label, provider = self._backend_model(session, backend)
         last = 0.0
         text, stats, scores = "", generation.Stats(), []
         for text, stats in generation.stream(model, prompt, options, scores):
@@ -375,14 +383,25 @@ class Handlers:
         session.pieces = insight.generated_pieces(scores, model.tokenizer, text)
         yield prompt + text, generation.stats_text(stats, label, provider, options, lang)
 
-    @friendly
-    def browser_model(self, precision: str, request: gr.Request) -> list[str]:
-        """The current model's files for the in-browser backend (exported in `precision` on first use)."""
+    @friendly_stream
+    def browser_model(self, precision: str, request: gr.Request) -> Iterator[Any]:
+        """The current model's files for the in-browser backend (exported in `precision` on first use;
+        Stop kills that export)."""
+        files = yield from self._browser_files(precision, request, gr.skip())
+        yield files
+
+    def _browser_files(self, precision: str, request: gr.Request, waiting: Any) -> Iterator[Any]:
+        """`yield from` it: yields `waiting` while the export runs, returns the files' paths."""
         if precision not in browser.PRECISIONS:
             raise UserError("error.bad_value", name="precision", value=precision, rule=" / ".join(browser.PRECISIONS))
         session = self.session(request)
         models.require_model(session)
-        return [str(path) for path in models.browser_files(session, precision, self.settings)]
+        files = yield from exports.in_worker(
+            lambda cancel: models.browser_files(session, precision, self.settings, cancel.is_set),
+            lambda _: waiting,
+            POLL_S,
+        )
+        return [str(path) for path in files]
 
     @friendly
     def token_view(self, request: gr.Request) -> tuple[Any, str]:
@@ -404,9 +423,10 @@ class Handlers:
             return t(_lang(request), "look.none")
         return insight.describe(pieces[index], _lang(request))
 
-    @friendly
-    def compare(self, prompt: str, max_new_tokens: float, backend: str, request: gr.Request) -> str:
-        """Run the prompt through torch and onnxruntime: max logit difference and greedy agreement."""
+    @friendly_stream
+    def compare(self, prompt: str, max_new_tokens: float, backend: str, request: gr.Request) -> Iterator[str]:
+        """Run the prompt through torch and onnxruntime: max logit difference and greedy agreement
+        (the model is exported on first use; a cancel kills that export)."""
         from export import TOLERANCES, compare
 
         lang = _lang(request)
@@ -418,28 +438,34 @@ class Handlers:
         model = models.require_model(session)
         onnx_backend = backend if backend in backends.ORT_PROVIDERS else backends.ORT_CPU
         torch.set_num_threads(self.settings.generate_threads)
-        onnx, precision = models.onnx_model(session, onnx_backend, self.settings)
+        waiting = t(lang, "gen.exporting") if not session.exports else gr.skip()
+        onnx, precision = yield from exports.in_worker(
+            lambda cancel: models.onnx_model(session, onnx_backend, self.settings, cancel.is_set),
+            lambda _: waiting,
+            POLL_S,
+        )
         ids, steps = generation.compare_prompt_ids(model, prompt, new_tokens)
         report = compare(model, onnx, torch.tensor([ids]), decode_steps=steps, tolerance=TOLERANCES[precision])
         torch_text = model.tokenizer.decode(model.generate([ids], steps)[0, len(ids) :])
         onnx_text = onnx.tokenizer.decode(onnx.generate([ids], steps)[0, len(ids) :])
-        return generation.compare_text(report, precision, torch_text, onnx_text, lang)
+        yield generation.compare_text(report, precision, torch_text, onnx_text, lang)
 
-    @friendly
+    @friendly_stream
     def browser_reference(
         self, prompt: str, max_new_tokens: float, backend: str, precision: str, request: gr.Request
-    ) -> tuple[Any, Any]:
+    ) -> Iterator[tuple[Any, Any]]:
         """Compare on the browser backend: the model's files, and PyTorch's greedy ids for the prompt
         (cropped as Compare crops it) that the browser's must equal; nothing for other backends."""
         if backend != backends.BROWSER:
-            return gr.skip(), gr.skip()
-        files = self.browser_model(precision, request=request)
+            yield gr.skip(), gr.skip()
+            return
+        files = yield from self._browser_files(precision, request, (gr.skip(), gr.skip()))
         model = models.require_model(self.session(request))
         new_tokens = validation.integer("max_new_tokens", max_new_tokens, 1, self.settings.max_new_tokens)
         ids, steps = generation.compare_prompt_ids(model, generation.prompt_text(prompt), new_tokens)
         torch.set_num_threads(self.settings.generate_threads)
         expected = model.generate([ids], steps)[0, len(ids) :].tolist()
-        return files, {"ids": ids, "expected": expected}
+        yield files, {"ids": ids, "expected": expected}
 
     def availability(self, request: gr.Request) -> tuple:
         """The "unavailable here" notes of the backend and device choices, in the reader's language."""
@@ -621,33 +647,17 @@ class Handlers:
         if precision not in PRECISIONS:
             raise UserError("error.bad_value", name="precision", value=precision, rule=" / ".join(PRECISIONS))
         models.require_model(session)
-        result: dict[str, Any] = {}
-        cancel = threading.Event()
 
-        def work() -> None:
-            try:
-                result["folder"] = models.export_current(session, precision, self.settings, cancel=cancel)
-            except BaseException as err:
-                result["error"] = err
+        def running(elapsed: float) -> tuple:
+            progress(None, desc=t(lang, "export.running", seconds=f"{elapsed:.0f}"))
+            return gr.skip(), t(lang, "export.running", seconds=f"{elapsed:.0f}")
 
-        worker = threading.Thread(target=work, name="simple-llm-export", daemon=True)
-        started = time.monotonic()
-        worker.start()
-        try:
-            while worker.is_alive():
-                elapsed = time.monotonic() - started
-                progress(None, desc=t(lang, "export.running", seconds=f"{elapsed:.0f}"))
-                yield gr.skip(), t(lang, "export.running", seconds=f"{elapsed:.0f}")
-                worker.join(POLL_S)
-        finally:
-            if worker.is_alive():  # cancelled (Stop, page closed): kill the export's child process
-                cancel.set()
-                worker.join(STOP_WAIT_S)
-        if "error" in result:
-            raise result["error"]
-        folder = result["folder"]
+        yield running(0.0)
+        folder = yield from exports.in_worker(
+            lambda cancel: models.export_current(session, precision, self.settings, cancel.is_set), running, POLL_S
+        )
         progress(None, desc=t(lang, "export.zipping"))
-        zip_path = models.export_zip(session, folder, precision)
+        zip_path = models.export_zip(session, folder, precision, self.settings)
         yield str(zip_path), models.report_text(read_report(folder), lang)
 
     def unload(self, request: gr.Request) -> None:

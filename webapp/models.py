@@ -7,7 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from gpt import (
     count_parameters,
     read_config,
 )
-from webapp import backends, library, storage, validation
+from webapp import backends, exports, library, storage, validation
 from webapp.archive import safe_extract, zip_folder
 from webapp.i18n import UserError, t
 from webapp.library import safe_name
@@ -172,66 +173,33 @@ def summary(session: Session, lang: str) -> str:
 
 
 # ONNX ------------------------------------------------------------------------------------------
-def export_current(session: Session, precision: str, settings: Settings, cancel: threading.Event | None = None) -> Path:
-    """Export the current model into a new session folder (reused if already done) with `python -m export`
-    in a child process (`webapp.export_process`): `torch.export` in the server crashed other sessions'
-    trainings. The child is killed when `cancel` (a `threading.Event`) is set or the session closes."""
-    from webapp.export_process import ChildExportError, export_in_child
-
-    model = require_model(session)
-    with session.lock:
-        version = session.model_version
-        existing = session.exports.get(precision)
-        if existing is not None and existing.is_dir():
-            return existing
-    need = storage.export_bytes(model.num_parameters())
-    storage.make_room(session.folder, settings, need, keep=session.kept_folders())
-    folder = session.new_folder("exports")
-
-    def cancelled() -> bool:
-        return (cancel is not None and cancel.is_set()) or session.closed
-
-    try:
-        export_in_child(model, folder, precision, threads=settings.generate_threads, cancelled=cancelled)
-    except ChildExportError as err:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise UserError("error.export_failed", detail=_short(err)) from None
-    except Exception as err:  # saving the checkpoint or starting the child failed: the app keeps serving
-        shutil.rmtree(folder, ignore_errors=True)
-        raise UserError("error.export_failed", detail=_short(err)) from err
-    with session.lock:
-        if session.model_version == version:
-            session.exports[precision] = folder
-    return folder
+def export_current(
+    session: Session, precision: str, settings: Settings, cancelled: Callable[[], bool] | None = None
+) -> Path:
+    """The current model's ONNX export in `precision`, made on first use with `python -m export` in a
+    child process (`torch.export` in the server crashed other sessions' trainings). Every export of
+    the app goes through here: one gate for the server (`webapp.exports`). The child is killed when
+    every caller waiting for it has cancelled (`cancelled()` true) or the session closes."""
+    return exports.export_model(session, require_model(session), precision, settings, cancelled)
 
 
-def browser_files(session: Session, precision: str, settings: Settings) -> list[Path]:
-    """The files the browser backend fetches, from the current model's export in `precision`:
-    the graph its page runs, the configs and tokenizer, and `web/model.json` (which names them);
-    copied among the session's downloads, which the app may serve."""
-    folder = export_current(session, precision, settings)
-    page = folder / "web" / "model.json"
-    if not page.is_file():
-        raise UserError("error.no_web_page")
-    graph = json.loads(page.read_text(encoding="utf-8"))["graph"]
-    target = session.downloads / f"browser-{folder.name}"
-    target.mkdir(parents=True, exist_ok=True)
-    found = []
-    for source in (
-        folder / graph,
-        *(folder / name for name in (CONFIG_FILE, TOKENIZER_FILE, "tokenizer_config.json")),
-        page,
-    ):
-        copy = target / source.name
-        if not copy.exists():
-            shutil.copyfile(source, copy)
-        found.append(copy)
-    return found
+def browser_files(
+    session: Session, precision: str, settings: Settings, cancelled: Callable[[], bool] | None = None
+) -> list[Path]:
+    """The files the browser backend fetches, from the current model's export in `precision`, among
+    the session's downloads, which the app may serve (`webapp.exports.browser_files`)."""
+    return exports.browser_files(session, export_current(session, precision, settings, cancelled), settings)
 
 
-def export_zip(session: Session, folder: Path, precision: str) -> Path:
+def export_zip(session: Session, folder: Path, precision: str, settings: Settings) -> Path:
+    """The export `folder` as a zip among the session's downloads, pruned with the export."""
     name = safe_name(session.model_name)
-    return zip_folder(folder, session.downloads / f"{name}-onnx-{precision}.zip", root=f"{name}-onnx-{precision}")
+    target = session.downloads / folder.name / f"{name}-onnx-{precision}.zip"
+    if target.is_file():  # an export never changes once made
+        return target
+    keep = [folder, *session.kept_folders()]
+    storage.make_room(session.folder, settings, storage.folder_size(folder), keep, session.downloads)
+    return zip_folder(folder, target, root=f"{name}-onnx-{precision}")
 
 
 def report_text(report: ExportReport, lang: str) -> str:
@@ -257,7 +225,9 @@ def report_text(report: ExportReport, lang: str) -> str:
     return head + "\n\n```text\n" + table.format() + "\n```"
 
 
-def onnx_model(session: Session, backend: str, settings: Settings) -> tuple[Any, str]:
+def onnx_model(
+    session: Session, backend: str, settings: Settings, cancelled: Callable[[], bool] | None = None
+) -> tuple[Any, str]:
     """The current model on an onnxruntime backend: the newest export (fp32 exported on demand),
     loaded once per provider. Returns (OnnxGPT, precision)."""
     from export import OnnxGPT, ProviderError
@@ -269,7 +239,7 @@ def onnx_model(session: Session, backend: str, settings: Settings) -> tuple[Any,
     with session.lock:
         precision, folder = next(reversed(session.exports.items()), (None, None))
     if folder is None:
-        precision, folder = "fp32", export_current(session, "fp32", settings)
+        precision, folder = "fp32", export_current(session, "fp32", settings, cancelled)
     provider = backends.ORT_PROVIDERS[backend]
     key = (str(folder), provider)
     with session.lock:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from webapp import export_process
 from webapp.i18n import UserError
 from webapp.settings import MB, Settings
 
@@ -41,15 +42,24 @@ _LOCK = threading.RLock()
 _RESERVED: dict[Path, int] = {}  # bytes reserved by work in progress, by session folder (`reserve`)
 
 
-def folder_size(path: Path) -> int:
-    """Bytes of every file under `path` (0 when it does not exist); links are not followed."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:  # deleted meanwhile
-                pass
+def folder_size(path: Path, *more: Path | None) -> int:
+    """Bytes of every file under `path` (and the folders in `more`; 0 for one that does not exist);
+    links are not followed, and a file hard-linked more than once is counted once."""
+    total, seen = 0, set()
+    for folder in (path, *more):
+        if folder is None:
+            continue
+        for root, _, files in os.walk(folder):
+            for name in files:
+                try:
+                    stat = os.lstat(os.path.join(root, name))
+                except OSError:  # deleted meanwhile
+                    continue
+                if stat.st_nlink > 1:
+                    if (stat.st_dev, stat.st_ino) in seen:
+                        continue
+                    seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_size
     return total
 
 
@@ -114,20 +124,24 @@ def make_room(
 
 def _make_room(session_folder: Path, downloads: Path | None, settings: Settings, need: int, keep: Iterable[Path]) -> None:
     """Prune the session's oldest runs and exports (never those in `keep`) until `need` more bytes
-    fit under `max_session_disk_mb`; refuse the work when they cannot."""
+    fit under `max_session_disk_mb`; refuse the work when they cannot. The session's `downloads`
+    folder counts too (hard links to the session's files once), and a pruned folder's downloads
+    (`downloads/<its name>/`, e.g. an export's zip and browser files) go with it."""
     limit = settings.max_session_disk_mb * MB
     if need > limit:
         raise UserError("error.session_disk", need=f"{need / MB:,.0f}", limit=settings.max_session_disk_mb)
     kept = {Path(p).resolve() for p in keep}
 
     def used() -> int:
-        return folder_size(session_folder) + (folder_size(downloads) if downloads is not None else 0)
+        return folder_size(session_folder, downloads)
 
     for folder in _oldest_first(session_folder, kept):
         if used() + need <= limit:
             break
         log.info("pruning %s to make room in session folder %s", folder.name, session_folder.name)
         shutil.rmtree(folder, ignore_errors=True)
+        if downloads is not None:
+            shutil.rmtree(downloads / folder.name, ignore_errors=True)
     if used() + need > limit:
         raise UserError("error.session_disk", need=f"{need / MB:,.0f}", limit=settings.max_session_disk_mb)
 
@@ -141,14 +155,16 @@ def instance_name() -> str:
 
 
 def clean_stale(settings: Settings) -> None:
-    """Delete what earlier, now dead, server processes left: their session and download folders,
-    and their unfinished saves of models (hidden `.saving-<pid>-*` folders in the models folder)."""
+    """Delete what earlier, now dead, server processes left: their session and download folders
+    (killing any export child still running from them first), and their unfinished saves of models
+    (hidden `.saving-<pid>-*` folders in the models folder)."""
     for root in (settings.sessions_dir, settings.downloads_dir):
         if not root.is_dir():
             continue
         for folder in root.iterdir():
             if not _owner_alive(folder.name):
                 log.info("deleting stale folder %s", folder)
+                export_process.kill_orphans(folder)  # an export child it may have left running
                 shutil.rmtree(folder, ignore_errors=True)
     if settings.models_dir.is_dir():
         for leftover in settings.models_dir.glob(SAVING_PREFIX + "*"):

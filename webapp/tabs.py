@@ -549,5 +549,5 @@ def wire_models_tab(tab: ModelsTab, h: Handlers, settings: Settings, owner: gr.B
         [tab.export_zip, tab.export_report],
         api_name="export",
         concurrency_id="export",
-        concurrency_limit=1,
+        concurrency_limit=settings.export_concurrency,  # every entry point shares the server's export gate
     ).success(outputs=tab.export_zip, **show)
