@@ -50,7 +50,7 @@ def export_children(pid: int) -> list[int]:
         except OSError:
             continue
         ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), 0)
-        if ppid == pid and b"export" in command and b"-m" in command:
+        if ppid == pid and b"-m" in command and any(part.endswith(b"export_process") or part == b"export" for part in command):
             found.append(int(entry.name))
     return found
 
