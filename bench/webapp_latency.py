@@ -45,6 +45,7 @@ import os
 import re
 import socket
 import statistics
+import secrets
 import tempfile
 import time
 import warnings
@@ -287,8 +288,9 @@ def main(argv: list[str] | None = None) -> None:
                 REQUEST_TIMEOUT_S,
                 f"client A's first /train ({first_steps} steps of `tiny`)",
             )
-            finish(a.submit("webapp-latency", api_name="/save_model"), REQUEST_TIMEOUT_S, "client A's /save_model")
-            finish(b.submit("webapp-latency", api_name="/load_model"), REQUEST_TIMEOUT_S, "client B's /load_model")
+            owner = secrets.token_urlsafe(32)  # one owner for both clients: saved models are their owner's alone
+            finish(a.submit("webapp-latency", owner, api_name="/save_model"), REQUEST_TIMEOUT_S, "client A's /save_model")
+            finish(b.submit("webapp-latency", owner, api_name="/load_model"), REQUEST_TIMEOUT_S, "client B's /load_model")
 
             decode: dict[str, list[float]] = {"idle": [], "busy": []}  # server-side decoding seconds
 
