@@ -249,11 +249,17 @@ def test_a_space_with_oauth_offers_sign_in_and_a_plain_server_does_not(tmp_path,
 
     assert not owners.oauth_enabled() and login_buttons() == 0  # offline: no sign-in, no requests to hf.co
     monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "someone/simple-llm")
     monkeypatch.setenv("OAUTH_CLIENT_ID", "client-id")  # what `hf_oauth: true` gives a Space
     monkeypatch.setattr(owners, "OAUTH_MODULES", ("no_such_module_here",))
     assert not owners.oauth_enabled() and login_buttons() == 0  # without gradio[oauth]: keys only, still serving
     monkeypatch.setattr(owners, "OAUTH_MODULES", ())
     pytest.importorskip("itsdangerous", reason="gradio[oauth] is not installed")
+    import gradio.oauth  # reads the Space's OAuth variables once, at import
+
+    for name, value in (("OAUTH_CLIENT_ID", "client-id"), ("OAUTH_CLIENT_SECRET", "secret"),
+                        ("OAUTH_SCOPES", "openid profile"), ("OPENID_PROVIDER_URL", "https://huggingface.co")):  # fmt: skip
+        monkeypatch.setattr(gradio.oauth, name, value)
     assert owners.oauth_enabled() and login_buttons() == 1
 
 

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 
 ROOT = Path(__file__).resolve().parents[1]
 DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-public-test-downloads"
+OWNER = "restart-test-owner-key-0123456789abcdef"  # an owner key, as a browser keeps it
 TRAIN_KEYS = ("num_layers", "num_heads", "emb_size", "context", "vocab_size", "learning_rate", "batch_size")
 
 
@@ -238,7 +239,7 @@ def test_a_server_killed_during_training_export_and_save_restarts_clean(tmp_path
     try:
         saver = connect(url, process)
         saver.predict(*train_args(texts[0], 20), api_name="/train")
-        saver.predict("kept", api_name="/save_model")
+        saver.predict("kept", OWNER, api_name="/save_model")  # a key kept by the browser survives a restart
         trainer = client(url)
         training = trainer.submit(*train_args(texts[1], 500), api_name="/train")
         exporting = saver.submit("int8", api_name="/export")
@@ -263,13 +264,14 @@ def test_a_server_killed_during_training_export_and_save_restarts_clean(tmp_path
         c = connect(url, process)
         assert not half.exists(), "an unfinished save is deleted at start"
         assert not sessions.exists(), "the dead server's session folders are deleted at start"
-        listed = c.predict(api_name="/list_models")
+        listed = c.predict(OWNER, api_name="/list_models")
         names = [choice[1] if isinstance(choice, (list, tuple)) else choice for choice in _choices(listed)]
         assert names == ["kept"], names
-        summary, message = c.predict("kept", api_name="/load_model")
+        summary, message = c.predict("kept", OWNER, api_name="/load_model")
         assert message == "Loaded kept."
         assert c.predict(*generate_args(), api_name="/generate")[0].startswith("the")
-        config = json.loads((artifacts / "models" / "kept" / "config.json").read_text())
+        [config_file] = (artifacts / "owners").glob("*/kept/config.json")
+        config = json.loads(config_file.read_text())
         assert config["num_layers"] == TINY["num_layers"]
     finally:
         process.kill()
