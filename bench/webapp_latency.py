@@ -43,9 +43,9 @@ import io
 import logging
 import os
 import re
+import secrets
 import socket
 import statistics
-import secrets
 import tempfile
 import time
 import warnings

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from webapp import container
-from webapp.capacity import Capacity, Cancelled
+from webapp.capacity import Cancelled, Capacity
 from webapp.i18n import UserError
 from webapp.settings import MB, Settings
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from test_webapp_public import client, connect, free_port, start_server
+from webapp_common import text
 
 from gpt import GPT, Tokenizer
-from webapp_common import text
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

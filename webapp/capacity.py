@@ -118,9 +118,8 @@ class Capacity:
         `Cancelled` when `cancelled()` turns true while it waits."""
         memory, cpus = int(memory), max(1, min(int(cpus), self.cpu_slots))
         if memory > self.job_budget:
-            raise UserError(
-                "error.job_too_big", job=_job_name(job), need=_mb(memory), budget=_mb(self.job_budget), total=_mb(self.budget)
-            )
+            budget, total = _mb(self.job_budget), _mb(self.budget)
+            raise UserError("error.job_too_big", job=_job_name(job), need=_mb(memory), budget=budget, total=total)
         reservation = Reservation(job, memory, cpus)
         ticket = self._wait_for_turn(reservation, cancelled)
         log.info("admitted %s: %s MB, %d CPU(s)", job, _mb(memory), cpus)

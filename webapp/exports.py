@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gpt import CONFIG_FILE, TOKENIZER_FILE
 from webapp import storage
-from webapp.capacity import Capacity, Cancelled
+from webapp.capacity import Cancelled, Capacity
 from webapp.export_process import ChildExportError, export_in_child
 from webapp.i18n import Msg, UserError
 from webapp.settings import MB, Settings

@@ -5,10 +5,8 @@ knows whose each is), checkpoint zips in and out, and ONNX exports of a session'
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
