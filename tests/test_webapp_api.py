@@ -22,10 +22,9 @@ from gradio_client import Client, handle_file
 from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
-from webapp_common import TINY, WORDS
+from webapp_common import TINY, WORDS, launch
 from webapp_common import generate_args as common_generate_args
 
-from webapp.app import build_demo, launch_kwargs
 from webapp.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -45,13 +44,7 @@ def server(tmp_path_factory):
         train_threads=1,
         train_concurrency=1,
     )
-    demo = build_demo(settings)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings, demo)
-    )
+    demo, url = launch(settings)
     yield demo, url
     demo.close()
 

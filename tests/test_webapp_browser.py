@@ -8,16 +8,15 @@ a temporary folder. Skips when /usr/bin/chromium or playwright is missing.
 
 import os
 import re
-import socket
 import time
 import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
+from webapp_common import launch
 
 from gpt import GPT, Tokenizer
-from webapp.app import build_demo, launch_kwargs
 from webapp.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,13 +50,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1)
-    demo = build_demo(settings)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    _, address, _ = demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings, demo)
-    )
+    demo, address = launch(settings)
     yield address.rstrip("/"), demo
     demo.close()
 

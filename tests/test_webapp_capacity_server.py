@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_webapp_public import client, connect, free_port, start_server
-from webapp_common import text
+from test_webapp_public import client, connect, start_server
+from webapp_common import export_children, free_port, text
 
 from gpt import GPT, Tokenizer
 
@@ -36,23 +36,6 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-def export_children(pid: int) -> list[int]:
-    """Live `python -m export` processes started by server `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), 0)
-        if ppid == pid and b"-m" in command and any(part.endswith(b"export_process") or part == b"export" for part in command):
-            found.append(int(entry.name))
-    return found
 
 
 class Monitor(threading.Thread):

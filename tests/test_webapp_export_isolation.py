@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from webapp_common import TINY, generate
+from webapp_common import TINY, export_children, generate
 
 import export
 import export.onnx_export
@@ -215,24 +215,6 @@ def test_a_cancelled_export_kills_its_child(trained, handlers, children, how):
 
 
 # One gate for the server's exports -------------------------------------------------------------------
-def export_children() -> list[int]:
-    """Pids of this process's live export children (`python -m webapp.export_process` / `-m export`)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        ours = int(fields[1]) == os.getpid() and fields[0] != "Z"
-        if ours and b"-m" in arguments and b"export" in b" ".join(arguments):
-            found.append(int(entry.name))
-    return found
-
-
 class Peak:
     """Counts this process's export children every 20 ms while it runs (`with Peak() as peak:`)."""
 

@@ -5,16 +5,15 @@ in the browser), the second does not see it until the first publishes it, and ca
 Skips when /usr/bin/chromium or playwright is missing."""
 
 import re
-import socket
 import zipfile
 from pathlib import Path
 
 import pytest
 from test_webapp_browser import ARGS, CHROMIUM, TIMEOUT_MS, wait_text
+from webapp_common import launch
 
 from gpt import GPT, MODEL_FILES, Tokenizer
 from webapp import library
-from webapp.app import build_demo, launch_kwargs
 from webapp.settings import Settings
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
@@ -27,13 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1)
-    demo = build_demo(settings)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    _, address, _ = demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings, demo)
-    )
+    demo, address = launch(settings)
     yield address.rstrip("/"), settings
     demo.close()
 

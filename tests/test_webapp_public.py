@@ -10,7 +10,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,10 +20,9 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from webapp_common import TINY, text
+from webapp_common import TINY, free_port, launch, text
 from webapp_common import generate_args as common_generate_args
 
-from webapp.app import build_demo, launch_kwargs
 from webapp.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -33,24 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-public-test-downloads"
 OWNER = "restart-test-owner-key-0123456789abcdef"  # an owner key, as a browser keeps it
 TRAIN_KEYS = ("num_layers", "num_heads", "emb_size", "context", "vocab_size", "learning_rate", "batch_size")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(settings: Settings):
-    demo = build_demo(settings)
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1",
-        server_port=free_port(),
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_kwargs(settings, demo),
-    )
-    return demo, url
 
 
 def client(url: str) -> Client:

@@ -1,14 +1,18 @@
 """What the web app tests share: a tiny training setup, a small mixed-language vocabulary, and
 helpers that call the handlers directly as a browser session would."""
 
+import os
 import random
+import socket
 from pathlib import Path
 
 import gradio as gr
 import pytest
 
 from webapp import corpus
+from webapp.app import build_demo, launch_kwargs
 from webapp.handlers import Handlers
+from webapp.settings import Settings
 
 TINY = dict(
     num_layers=1,
@@ -107,3 +111,43 @@ def error_of(call) -> str:
     with pytest.raises(gr.Error) as info:
         call()
     return info.value.message
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(settings: Settings) -> tuple[gr.Blocks, str]:
+    """The app on a free loopback port, in this process, as `python webapp/app.py` launches it:
+    (the demo, its URL ending in "/"). Close it with `demo.close()`."""
+    demo = build_demo(settings)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_kwargs(settings, demo),
+    )
+    return demo, url
+
+
+def export_children(parent: int | None = None) -> list[int]:
+    """Pids of the live ONNX export children (`python -m webapp.export_process`) of process `parent`
+    (default: this one), read from /proc."""
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        ours = int(fields[1]) == parent and fields[0] != "Z"
+        if ours and b"-m" in arguments and b"export" in b" ".join(arguments):
+            found.append(int(entry.name))
+    return found
