@@ -24,7 +24,7 @@ from webapp_common import TINY, export_children, generate
 import export
 import export.onnx_export
 from gpt import GPT, Callback, Tokenizer, make_loaders
-from webapp import backends, corpus, export_process, exports, models
+from webapp import backends, corpus, export_child, export_process, exports, models
 from webapp.handlers import Handlers
 from webapp.i18n import UserError
 from webapp.settings import MB, Settings
@@ -315,7 +315,7 @@ def test_cancelling_browser_model_kills_its_export_child(trained, handlers, chil
             break
         next(stream)
     assert children and children[0].poll() is None
-    niced = min(19, os.nice(0) + export_process.NICE)
+    niced = min(19, os.nice(0) + export_child.NICE)
     assert wait_for(lambda: _nice(children[0].pid) == niced, 30)  # it yields the CPU
     stream.close()  # the page's Stop: Gradio closes the handler
     assert_gone(children[0])

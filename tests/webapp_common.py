@@ -134,7 +134,7 @@ def launch(settings: Settings) -> tuple[gr.Blocks, str]:
 
 
 def export_children(parent: int | None = None) -> list[int]:
-    """Pids of the live ONNX export children (`python -m webapp.export_process`) of process `parent`
+    """Pids of the live ONNX export children (`python -m webapp.export_child`) of process `parent`
     (default: this one), read from /proc."""
     parent = os.getpid() if parent is None else parent
     found = []

@@ -8,7 +8,7 @@ peak memory out of the server. The child is killed when the caller cancels, when
 time limit, or when its memory (resident set, with any process it starts) passes its limit; the
 work folder is removed in every case.
 
-The child runs at nice 10 (generation stays responsive) and dies with the server: it asks the
+The child (`webapp.export_child`) runs at nice 10 (generation stays responsive) and dies with the server: it asks the
 kernel for SIGKILL when the thread that started it ends (`PR_SET_PDEATHSIG`, Linux), and that
 thread waits for it. For what a server killed before that could leave, each child's pid is recorded
 in its work folder, and `kill_orphans` (called by `webapp.storage.clean_stale` on a dead server's
@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from webapp.export_child import PARENT_ENV
 from webapp.i18n import Msg, without_paths
 from webapp.settings import MB, REPO_ROOT
 
@@ -42,10 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 900.0  # a 23 M-parameter model took 52 s (fp32) and 67 s (int8) on 2 busy cores
 POLL_S = 0.1  # how often a running child is checked for cancellation, its deadline and its memory
-NICE = 10  # the child's niceness: exports yield the CPU to generation and the server
 CHILD_RECORD = "child.pid"  # in the work folder: the child's pid, for `kill_orphans`
-PARENT_ENV = "SIMPLE_LLM_EXPORT_PARENT"  # the server's pid, which the child checks after PR_SET_PDEATHSIG
-_PR_SET_PDEATHSIG = 1
 _ERROR_LINE = re.compile(r"(?:^|\s)error: (.+)$")
 
 
@@ -82,7 +80,7 @@ def export_in_child(
     try:
         model.save(checkpoint)
         command = [
-            sys.executable, "-m", "webapp.export_process",  # `python -m export`, niced, dying with us
+            sys.executable, "-m", "webapp.export_child",  # `python -m export`, niced, dying with us
             "--model", str(checkpoint),
             "--out", str(out),
             "--precision", precision,
@@ -218,22 +216,6 @@ def kill_orphans(folder: Path) -> int:
     return killed
 
 
-def _become_export_child() -> None:
-    """In the child, before the export starts: lower its priority, and ask for SIGKILL when the
-    server thread that started it ends (a server killed with `kill -9` included)."""
-    try:
-        os.nice(NICE)
-    except OSError:
-        pass
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if str(os.getppid()) != os.environ.get(PARENT_ENV, str(os.getppid())):
-            raise SystemExit(1)  # the server died before the request took effect
-
-
 def _reason(output: str, returncode: int, paths: dict[Path, str]) -> str:
     """The child's last `error: ...` line (else its last line), with server paths named instead."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
@@ -247,10 +229,3 @@ def _reason(output: str, returncode: int, paths: dict[Path, str]) -> str:
     for path, name in sorted(paths.items(), key=lambda item: -len(str(item[0]))):
         reason = reason.replace(str(path), name)
     return without_paths(reason)  # any other path: its last part only
-
-
-if __name__ == "__main__":  # the child: `python -m webapp.export_process ARGS` is `python -m export ARGS`, niced
-    import runpy
-
-    _become_export_child()
-    runpy.run_module("export", run_name="__main__", alter_sys=True)
