@@ -202,7 +202,8 @@ def _checked(model: GPT, stage: Path, name: str, precision: str, options: ort.Se
     probe = verify.probe_inputs(model.config)
     parity = verify.compare(model, onnx_model, *probe, tolerance=verify.TOLERANCES[precision])
     if not parity.passed:
-        raise ExportError(f"{name} ({precision}) does not match the torch model:\n{parity.format()}")
+        reason = "; ".join(parity.failures)  # on the first line: a caller that shows one line shows why
+        raise ExportError(f"{name} ({precision}) does not match the torch model: {reason}\n{parity.format()}")
     return CheckedGraph(precision, onnx_model.cache_capacity is not None, parity)
 
 

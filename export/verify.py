@@ -160,7 +160,7 @@ def compare(
         first_difference = _greedy_first_difference(model, onnx_model, ids, mask[:, :prompt_len], decode_steps)
     top1 = agree / (batch * decode_steps) if decode_steps else 1.0
     failures = [
-        f"{name} outside atol {tolerance.atol:g} / rtol {tolerance.rtol:g} (max abs {diff.max_abs:.3g})"
+        f"{name} outside atol {tolerance.atol:g}, rtol {tolerance.rtol:g} (max abs {diff.max_abs:.3g})"
         for name, diff in (("prefill logits", prefill), ("decode logits", decode), ("key/value cache", presents))
         if not diff.within
     ]

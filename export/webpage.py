@@ -25,6 +25,11 @@ SOURCE = Path(__file__).resolve().parent / "web"
 PAGE_ASSETS = ("page.mjs", "simple_llm.mjs")
 NODE_MODULES = Path(__file__).resolve().parents[1] / "node_modules"
 RUNTIME = json.loads((SOURCE / "runtime.json").read_text(encoding="utf-8"))
+CDN_NOTE = (
+    f"the web page loads onnxruntime-web and the tokenizer from {RUNTIME['cdn']} (integrity-checked): "
+    "run `npm ci` in simple-llm before exporting for a page that works offline"
+)
+"""What an export made without the installed runtime says (its report's `left_out`, its card)."""
 
 
 def write_page(folder: Path, graph: str, precision: str, node_modules: Path = NODE_MODULES) -> list[str]:
@@ -40,8 +45,7 @@ def write_page(folder: Path, graph: str, precision: str, node_modules: Path = NO
         notes = []
     else:
         tags = _cdn_tags()
-        notes = [f"the web page loads onnxruntime-web and the tokenizer from {RUNTIME['cdn']} (integrity-checked): "
-                 "run `npm ci` in simple-llm before exporting for a page that works offline"]  # fmt: skip
+        notes = [CDN_NOTE]
     page = (SOURCE / "index.html").read_text(encoding="utf-8").replace("<!-- RUNTIME -->", tags)
     (web / "index.html").write_text(page, encoding="utf-8")
     for name in PAGE_ASSETS:
@@ -87,11 +91,12 @@ def _cdn_tags() -> str:
 def runtime_tags(
     imports: dict[str, str], integrity: dict[str, str], wasm_paths: str, wasm_integrity: str | None
 ) -> str:
-    """The import map (with integrity for CDN modules) and the page's runtime settings."""
+    """The import map (with integrity for CDN modules) and the page's runtime settings (`cdn`: the
+    CDN the runtime comes from, null when it is served with the page, for messages that say so)."""
     importmap: dict[str, Any] = {"imports": imports}
     if integrity:
         importmap["integrity"] = integrity
-    settings = {"wasmPaths": wasm_paths, "wasmIntegrity": wasm_integrity}
+    settings = {"wasmPaths": wasm_paths, "wasmIntegrity": wasm_integrity, "cdn": RUNTIME["cdn"] if integrity else None}
     return (
         f'<script type="importmap">{json.dumps(importmap)}</script>\n'
         f'<script type="application/json" id="simple-llm-runtime">{json.dumps(settings)}</script>'

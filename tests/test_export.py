@@ -24,6 +24,7 @@ from export import (
     onnx_export,
     signature,
     to_onnx,
+    webpage,
 )
 from export.runtime import PROVIDERS, CacheBuffers, session_options
 from gpt import GPT, CheckpointError, Tokenizer
@@ -36,6 +37,12 @@ RANDOM = dict(
     bias=False, tie_embeddings=False, activation="gelu",
 )  # fmt: skip
 TRAINED = dict(max_seq_len=MAX_SEQ_LEN, emb_size=64, num_heads=4, num_layers=2, dropout=0.0)
+
+
+def _web_notes() -> list[str]:
+    """What every export notes about its web page: nothing with the runtime installed (`npm ci`),
+    else that the page loads it from the CDN."""
+    return [] if webpage.local_runtime() is not None else [webpage.CDN_NOTE]
 
 
 def _model(tokenizer: Tokenizer, **shape) -> GPT:
@@ -157,7 +164,7 @@ def test_folder_holds_the_fast_and_portable_graphs_and_their_metadata(trained_di
 
     report = json.loads((trained_dir / "export_report.json").read_text())
     assert report["precision"] == "fp32" and report["opset"] == onnx_export.DEFAULT_OPSET
-    assert report["exporter"] == "dynamo" and report["gpt2_compatible"] and report["left_out"] == []
+    assert report["exporter"] == "dynamo" and report["gpt2_compatible"] and report["left_out"] == _web_notes()
     assert report["versions"]["torch"] and report["versions"]["onnx"] and report["versions"]["onnxruntime"]
     assert report["parity"]["passed"] and report["parity"]["decode_max_abs"] < 1e-4
     assert list(report["graphs"]) == ["model_fast.onnx", "onnx/model.onnx"]
@@ -188,7 +195,8 @@ def test_a_model_that_is_not_gpt2_shaped_exports_without_the_portable_graph_and_
     assert json.loads((random_dir / "config.json").read_text()) == random_model.config.to_dict()  # no GPT-2 fields
     report = json.loads((random_dir / "export_report.json").read_text())
     assert not report["gpt2_compatible"] and list(report["graphs"]) == ["model_fast.onnx"]
-    (note,) = report["left_out"]
+    note, *web = report["left_out"]
+    assert web == _web_notes()
     assert "not GPT-2 compatible (bias=False" in note and "4 * 8 = 32 differs from emb_size = 24" in note
     assert note in (random_dir / "README.md").read_text()
     inputs = {v["name"]: v for v in report["signature"]["inputs"]}
@@ -614,8 +622,11 @@ def test_torchscript_fallback_and_re_export_into_the_same_folder(random_model, t
 
 def test_parity_failure_leaves_nothing(random_model, tmp_path, fast_exporter, monkeypatch):
     monkeypatch.setitem(TOLERANCES, "fp32", Tolerance(atol=-1.0, rtol=0.0, min_top1=1.0))
-    with pytest.raises(ExportError, match="does not match the torch model"):
+    with pytest.raises(ExportError) as info:
         to_onnx(random_model, tmp_path / "out")
+    headline, *table = str(info.value).splitlines()  # why, on the first line: callers showing one line show it
+    assert headline.startswith("model_fast.onnx (fp32) does not match the torch model: prefill logits outside atol -1")
+    assert table[-1].startswith("result           FAIL: prefill logits outside")
     _nothing_written(tmp_path / "out")
 
 

@@ -5,6 +5,7 @@ Playwright drives Debian's Chromium, as in the app's browser test; skips without
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 TEXT = (REPO / "data" / "shakespeare-excerpt.txt").read_text(encoding="utf-8")[:60_000]
 TIMEOUT_MS = 120_000
+IMPORT_TIMEOUT_S = 20  # export/web/index.html's limit for the runtime's modules
 
 
 @pytest.fixture(scope="module")
@@ -88,18 +90,23 @@ def test_without_the_installed_runtime_the_page_uses_the_cdn_with_integrity(tmp_
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chromium():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
+    with sync_api.sync_playwright() as playwright:
+        found = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
+        yield found
+        found.close()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
     if webpage.local_runtime() is None:
         pytest.skip(
             "the JavaScript runtime is not installed (ONNXRUNTIME_NODE_INSTALL=skip npm ci): an offline page needs it"
         )
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
-        yield chromium
-        chromium.close()
+    return chromium
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +203,59 @@ def test_the_apps_browser_backend_falls_back_to_the_cdn_with_integrity(tmp_path)
         assert [route.path for route in browser.routes(found)] == [
             f"/simple-llm-web/{n}" for n in range(len(browser.static_paths(found)))
         ]
+
+
+# --- without the runtime: the page says what is missing, within seconds ----------------------------
+
+
+def _cdn_page(exports, name: str) -> None:
+    """A copy of the fp32 export, beside the served ones, whose page was written without the
+    installed runtime (as on a clone without `npm ci`): it loads the runtime from the CDN."""
+    folder = exports["fp32"].parent / name
+    if not folder.exists():
+        shutil.copytree(exports["fp32"], folder)
+        shutil.rmtree(folder / "web")
+        assert webpage.write_page(folder, "model_fast.onnx", "fp32", node_modules=folder / "none") == [webpage.CDN_NOTE]
+
+
+def _error_status(page) -> str:
+    """The page's status once it shows an error; fails (never hangs) when none comes in time."""
+    limit_ms = (IMPORT_TIMEOUT_S + 40) * 1000  # generous: the page's own limit is IMPORT_TIMEOUT_S
+    page.wait_for_function("document.querySelector('#status').classList.contains('error')", timeout=limit_ms)
+    return page.inner_text("#status")
+
+
+def test_a_page_without_the_runtime_and_offline_says_to_run_npm_ci(chromium, served, exports):
+    _cdn_page(exports, "cdn")
+    page = chromium.new_page()
+    page.route("https://cdn.jsdelivr.net/**", lambda route: route.abort("internetdisconnected"))  # no network
+    page.goto(served + "/cdn/web/index.html")
+    status = _error_status(page)
+    assert "onnxruntime-web could not be loaded from the CDN (https://cdn.jsdelivr.net/npm/)" in status, status
+    assert "`npm ci`" in status and "Loading" not in status
+    page.close()
+
+
+def test_a_page_whose_webassembly_cannot_arrive_says_to_run_npm_ci(browser, served, exports):
+    """The CDN's modules arrive (from node_modules, with the pinned hashes) but its WebAssembly does not."""
+    _cdn_page(exports, "cdn-wasm")
+    files = {
+        f"{webpage.RUNTIME['cdn']}{package}@{pinned['version']}/{file}": webpage.NODE_MODULES / package / file
+        for package, pinned in webpage.RUNTIME["packages"].items()
+        for file in pinned["files"]
+    }
+
+    def cdn(route):
+        url = route.request.url
+        if url.endswith(".wasm") or url not in files:
+            route.abort("internetdisconnected")
+        else:  # the CDN answers cross-origin requests with CORS headers: integrity checks need them
+            cors = {"access-control-allow-origin": "*"}
+            route.fulfill(path=str(files[url]), content_type="text/javascript", headers=cors)
+
+    page = browser.new_page()
+    page.route("https://cdn.jsdelivr.net/**", cdn)
+    page.goto(served + "/cdn-wasm/web/index.html")
+    status = _error_status(page)
+    assert "could not be loaded from the CDN" in status and "`npm ci`" in status, status
+    page.close()

@@ -56,6 +56,21 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def cdn_server(tmp_path_factory):
+    """The app as on a clone without `npm ci`: no runtime of its own, the browser backend's is the CDN's."""
+    from export import browser_runtime
+    from webapp import browser as browser_backend
+
+    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts-cdn"), train_threads=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(browser_backend, "runtime", lambda: browser_runtime(tmp_path_factory.mktemp("no-node-modules")))
+        demo, address = launch(settings)
+    assert "https://cdn.jsdelivr.net/" in demo.simple_llm_head
+    yield address.rstrip("/")
+    demo.close()
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -229,8 +244,10 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     page.on("request", lambda r: calls.append(r.post_data or "") if "queue/join" in r.url else None)
     page.on("request", lambda r: files.append(r.url) if "/simple-llm-web/" in r.url else None)
     page.locator("#gen-backend label", has_text="In your browser").click()
-    assert not page.locator("#gen-start").is_visible()  # its own button instead
-    page.locator("#gen-browser-precision label", has_text="fp32").click()
+    sync_api.expect(page.locator("#gen-start")).to_be_hidden()  # its own button instead (after a server round trip)
+    sync_api.expect(page.locator("#gen-browser")).to_be_visible()
+    # the default precision, untouched: it passes its parity gate on the preset's model (int8 did not)
+    sync_api.expect(page.locator("#gen-browser-precision input:checked")).to_have_value("fp32")
     page.click("#gen-browser")
     stats = wait_text(page, "#gen-stats", "in your browser|Error")
     assert "in your browser (onnxruntime-web, fp32" in stats and "tokens/s" in stats, stats
@@ -276,4 +293,28 @@ def test_russian_interface_and_messages(browser, server, shots):
     while len(demo.handlers.sessions) >= sessions and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(demo.handlers.sessions) == sessions - 1
+    context.close()
+
+
+@pytest.mark.parametrize(
+    ("locale", "tab", "expected"),
+    [
+        ("en-US", "Generate", "onnxruntime-web could not be loaded from the CDN (https://cdn.jsdelivr.net/npm/)"),
+        ("ru-RU", "Генерация", "Не удалось загрузить onnxruntime-web из CDN (https://cdn.jsdelivr.net/npm/)"),
+    ],  # fmt: skip
+)
+def test_without_npm_ci_and_offline_the_browser_backend_says_so_at_once(browser, cdn_server, locale, tab, expected):
+    """Picking the browser backend loads its runtime: offline, from a server without `npm ci`, the
+    statistics line says what is missing and how to get it, in the page's language, within
+    browser.IMPORT_TIMEOUT_S (checked with a generous limit that fails instead of hanging)."""
+    from webapp import browser as browser_backend
+
+    context, page, outside = open_page(browser, cdn_server, locale)
+    page.route("https://cdn.jsdelivr.net/**", lambda route: route.abort("internetdisconnected"))  # no network
+    page.get_by_role("tab", name=tab).click()
+    page.locator('#gen-backend label:has(input[value="browser"])').click()
+    stats = wait_text(page, "#gen-stats", "npm ci", (browser_backend.IMPORT_TIMEOUT_S + 40) * 1000)
+    assert expected in stats and "dynamically imported module" not in stats, stats
+    assert "page.mjs" not in stats and "/simple-llm-web/" not in stats  # names what is missing, not the importer
+    assert outside and all(url.startswith("https://cdn.jsdelivr.net/npm/") for url in outside)  # only the CDN was tried
     context.close()

@@ -175,10 +175,55 @@ def test_a_failing_export_says_why_without_server_paths(trained, handlers, child
     with pytest.raises(UserError) as info:
         models.export_current(session, "fp32", handlers.settings)
     message = info.value.message("en")
-    assert message.startswith("The ONNX export failed: model_fast.onnx (fp32) does not match the torch model"), message
+    assert message.startswith(
+        "The ONNX export failed: model_fast.onnx (fp32) does not match the torch model: prefill logits outside atol"
+    ), message  # the reason, not a headline cut at its colon
+    assert "\nresult           FAIL: prefill logits outside atol" in message  # and the parity table under it
     assert not re.search(r"(^|[\s'\"])/", message) and str(handlers.settings.artifacts) not in message
     assert children[0].returncode == 1
     assert session.exports == {} and not any((session.folder / "exports").iterdir())
+
+
+def test_the_childs_whole_error_message_reaches_the_user(tmp_path):
+    output = (
+        "exporting to /srv/work/onnx (int8, opset 20)\n"
+        "error: model_fast.onnx (int8) does not match the torch model: top-1 agreement 93.8% < 95%\n"
+        "provider         CPUExecutionProvider\n"
+        "top-1 agreement  93.8% of decode steps\n"
+        "result           FAIL: top-1 agreement 93.8% < 95%\n"
+    )
+    reason = export_process._reason(output, 1, {Path("/srv/work/onnx"): "the export folder"})
+    assert reason.splitlines() == [
+        "model_fast.onnx (int8) does not match the torch model: top-1 agreement 93.8% < 95%",
+        "provider         CPUExecutionProvider",
+        "top-1 agreement  93.8% of decode steps",
+        "result           FAIL: top-1 agreement 93.8% < 95%",
+    ]
+    last = export_process._reason("loading\nerror: first\nerror: /srv/x/config.json: bad\n", 2, {})
+    assert last == "config.json: bad"  # the last error, without the server's path
+    assert export_process._reason("a\nKilled\n", -9, {}).startswith("the export process was killed by signal 9")
+
+
+@pytest.mark.parametrize("lang", ["en", "ru"])
+def test_an_int8_export_that_fails_for_the_browser_points_to_fp32(handlers, monkeypatch, lang):
+    """The browser backend's int8 export failing its parity gate says why, and to pick fp32 (its default)."""
+    from webapp import browser
+
+    detail = "model_fast.onnx (int8) does not match the torch model: top-1 agreement 93.8% < 95%"
+
+    def failing(session, precision, settings, cancelled=None):
+        raise UserError("error.export_failed", detail=detail)
+
+    monkeypatch.setattr(models, "export_current", failing)
+    with pytest.raises(UserError) as info:
+        models.browser_files(handlers.session(Request("int8")), "int8", handlers.settings)
+    message = info.value.message(lang)
+    assert detail in message and "fp32" in message, message
+    assert ("choose fp32" if lang == "en" else "выберите fp32") in message
+    assert browser.PRECISIONS[0] == "fp32"  # the default
+    with pytest.raises(UserError) as info:  # fp32 failing: nothing to point to
+        models.browser_files(handlers.session(Request("fp32")), "fp32", handlers.settings)
+    assert info.value.key == "error.export_failed"
 
 
 def test_an_export_over_its_time_limit_is_killed(trained, handlers, children):

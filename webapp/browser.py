@@ -5,7 +5,11 @@ files; it computes nothing for the generation.
 
 The JavaScript runtime is served by this app when it is installed (`npm ci`), else the browser
 loads it from the CDN with integrity hashes, and only once a user picks this backend: the import
-map in the page's head names the modules, it fetches nothing by itself.
+map in the page's head names the modules, it fetches nothing by itself. Picking the backend loads
+the runtime at once (`probe_js`), so a runtime that cannot arrive (no `npm ci` and no internet)
+is reported within `IMPORT_TIMEOUT_S`, with what to do, before any export runs.
+
+Every text the scripts show comes from `webapp.i18n` (the `browser.*` keys), in the browser's language.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from export import BrowserRuntime, browser_runtime, runtime_tags
+from webapp.i18n import TABLES
 
 BROWSER = "browser"
 ROUTE = "simple-llm-web"  # the app serves this backend's files under ./simple-llm-web/<n>/, never under a server path
-PRECISIONS = ("int8", "fp32")  # int8 first: the smaller download
+PRECISIONS = ("fp32", "int8")  # fp32 first, the default: it passes its parity gate on every model (int8 failed it
+# on the tiny preset: top-1 agreement 93.8% < 95%), and gives PyTorch's greedy tokens
+IMPORT_TIMEOUT_S = 20  # the runtime's modules must arrive within this, else the user is told why they may not
 
 
 def runtime() -> BrowserRuntime:
@@ -71,42 +78,90 @@ def compare_js(found: BrowserRuntime) -> str:
     return _with_page(_COMPARE_JS, found)
 
 
+def probe_js(found: BrowserRuntime) -> str:
+    """The backend choice's client-side step: on picking this backend, load the runtime; when it
+    cannot be loaded, the statistics line says why and what to do (else it stays as it was)."""
+    return _with_page(_PROBE_JS, found)
+
+
+def strings() -> dict[str, dict[str, str]]:
+    """The scripts' texts, per language: the `browser.*` keys of `webapp.i18n`."""
+    return {lang: {k: v for k, v in table.items() if k.startswith("browser.")} for lang, table in TABLES.items()}
+
+
 def _with_page(script: str, found: BrowserRuntime) -> str:
-    return script.replace("PAGE_URL", json.dumps(_url(found.page_modules / "page.mjs", found)))
+    helpers = _HELPERS.replace("STRINGS", json.dumps(strings(), ensure_ascii=False))
+    helpers = helpers.replace("IMPORT_TIMEOUT_S", str(IMPORT_TIMEOUT_S))
+    page = json.dumps(_url(found.page_modules / "page.mjs", found))
+    return script.replace("HELPERS;", helpers).replace("PAGE_URL", page)
+
+
+# Shared by the scripts: texts in the browser's language, and the page's modules loaded within
+# IMPORT_TIMEOUT_S, a failure naming what is missing (the CDN's runtime: `npm ci` on the server).
+_HELPERS = """
+  const T = STRINGS[(navigator.language || "").toLowerCase().startsWith("ru") ? "ru" : "en"];
+  const say = (key, values = {}) => T[key].replace(/\\{(\\w+)\\}/g, (_, name) => String(values[name]));
+  const missing = (error) => {
+    const found = document.getElementById("simple-llm-runtime");
+    const cdn = found ? JSON.parse(found.textContent).cdn : null;
+    return cdn ? say("browser.no_runtime_cdn", { cdn }) : say("browser.no_runtime_local", { error: error.message || error });
+  };
+  const loadPage = () => {
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(say("browser.slow", { seconds: IMPORT_TIMEOUT_S }))), IMPORT_TIMEOUT_S * 1000);
+    });
+    return Promise.race([import(new URL(PAGE_URL, document.baseURI).href), late]).then(  // relative to the app
+      (page) => { clearTimeout(timer); return page; },
+      (error) => { clearTimeout(timer); throw new Error(missing(error)); },
+    );
+  };
+  // page.mjs marks a runtime file it could not fetch (the CDN's WebAssembly) with code "runtime"
+  const problem = (error) => say("browser.error", { error: error.code === "runtime" ? missing(error) : error.message || error });
+"""
 
 
 STOP_JS = "() => { window.simpleLLMStop = true; }"
 
+_PROBE_JS = """
+async (backend, stats) => {
+  if (backend !== "browser") return stats;
+  HELPERS;
+  try {
+    await loadPage();
+    return stats;
+  } catch (error) {
+    return problem(error);
+  }
+}
+"""
+
 _COMPARE_JS = """
 async (backend, files, reference, report) => {
   if (backend !== "browser" || !reference || !reference.expected) return report;
-  const ru = (navigator.language || "").startsWith("ru");
+  HELPERS;
   try {
-    const page = await import(new URL(PAGE_URL, document.baseURI).href);
+    const page = await loadPage();
     const { model, tokenizer, precision } = await page.loadFromFiles(files);
     const got = [];
     for await (const token of model.generateTokens(reference.ids, { maxNewTokens: reference.expected.length }, [])) got.push(token);
     const first = reference.expected.findIndex((token, i) => got[i] !== token);
     const n = reference.expected.length;
-    const verdict = first < 0
-      ? (ru ? `жадные токены совпадают с PyTorch (${n} из ${n})` : `greedy tokens agree with PyTorch (${n} of ${n})`)
-      : (ru ? `жадные токены расходятся с PyTorch с позиции ${first}` : `greedy tokens differ from PyTorch from position ${first}`);
+    const verdict = first < 0 ? say("browser.agree", { n }) : say("browser.differ", { position: first });
     const text = tokenizer.decode(got).replaceAll("`", "'").replaceAll("\\n", "⏎");
-    const title = ru ? `**В вашем браузере** (onnxruntime-web, ${precision})` : `**In your browser** (onnxruntime-web, ${precision})`;
-    return `${title}: ${verdict}\\n\\n\\`${text}\\`\\n\\n${report}`;
+    return `${say("browser.title", { precision })}: ${verdict}\\n\\n\\`${text}\\`\\n\\n${report}`;
   } catch (error) {
-    return `${ru ? "Ошибка в браузере" : "Error in your browser"}: ${error.message || error}\\n\\n${report}`;
+    return `${problem(error)}\\n\\n${report}`;
   }
 }
 """
 
 _RUN_JS = """
 async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetitionPenalty, stopStrings, seed) => {
-  const ru = (navigator.language || "").startsWith("ru");
+  HELPERS;
   const box = document.querySelector("#gen-output textarea");
-  const fail = (error) => [prompt, (ru ? "Ошибка в браузере: " : "Error in your browser: ") + (error.message || error)];
   try {
-    const page = await import(new URL(PAGE_URL, document.baseURI).href);  // relative to the app, not this script
+    const page = await loadPage();
     const loaded = await page.loadFromFiles(files);
     const { threads, precision } = loaded;
     if (mode === "sampling" && (seed === "" || seed === null)) seed = Math.floor(Math.random() * 2 ** 31);
@@ -116,13 +171,12 @@ async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetit
       loaded, prompt, sampling, (text) => (box.value = prompt + text), () => window.simpleLLMStop,
     );
     const rate = (tokens / Math.max(seconds, 1e-9)).toFixed(1);
-    const where = ru ? `в вашем браузере (onnxruntime-web, ${precision}, потоков: ${threads})` : `in your browser (onnxruntime-web, ${precision}, ${threads} thread(s))`;
-    const parts = [ru ? `${tokens} токенов` : `${tokens} tokens`, ru ? `**${rate} ток/с**` : `**${rate} tokens/s**`, where];
-    if (mode === "sampling") parts.push((ru ? "сид " : "seed ") + seed);
-    if (window.simpleLLMStop) parts.push(ru ? "остановлено" : "stopped");
+    const parts = [say("browser.tokens", { tokens }), say("browser.rate", { rate }), say("browser.where", { precision, threads })];
+    if (mode === "sampling") parts.push(say("browser.seed", { seed }));
+    if (window.simpleLLMStop) parts.push(say("browser.stopped"));
     return [prompt + text, parts.join(" · ")];
   } catch (error) {
-    return fail(error);
+    return [prompt, problem(error)];
   }
 }
 """

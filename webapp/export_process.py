@@ -216,16 +216,20 @@ def kill_orphans(folder: Path) -> int:
     return killed
 
 
-def _reason(output: str, returncode: int, paths: dict[Path, str]) -> str:
-    """The child's last `error: ...` line (else its last line), with server paths named instead."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [m.group(1) for m in map(_ERROR_LINE.search, lines) if m]
-    if errors:
-        reason = errors[-1]
+def _reason(output: str, returncode: int, paths: dict[Path, str], limit: int = 2000) -> str:
+    """The child's error message: its last `error: ...` line and the lines after it (a message may go
+    on over several lines, such as a parity table), else its last line; server paths named instead."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if _ERROR_LINE.search(line.strip())]
+    if starts:
+        first, *rest = lines[starts[-1] :]
+        reason = "\n".join([_ERROR_LINE.search(first.strip()).group(1), *rest])
+        if len(reason) > limit:
+            reason = reason[: limit - 1] + "…"
     elif returncode < 0:
         reason = f"the export process was killed by signal {-returncode} (out of memory?)"
     else:
-        reason = lines[-1] if lines else f"the export process exited with code {returncode}"
+        reason = lines[-1].strip() if lines else f"the export process exited with code {returncode}"
     for path, name in sorted(paths.items(), key=lambda item: -len(str(item[0]))):
         reason = reason.replace(str(path), name)
     return without_paths(reason)  # any other path: its last part only

@@ -22,7 +22,7 @@ from gpt import (
 )
 from webapp import backends, exports, library, storage, validation
 from webapp.archive import safe_extract, zip_folder
-from webapp.i18n import UserError, t
+from webapp.i18n import Msg, UserError, t
 from webapp.library import safe_name
 from webapp.owners import Owner
 from webapp.sessions import Session, model_bytes
@@ -185,8 +185,16 @@ def browser_files(
     session: Session, precision: str, settings: Settings, cancelled: Callable[[], bool] | None = None
 ) -> list[Path]:
     """The files the browser backend fetches, from the current model's export in `precision`, among
-    the session's downloads, which the app may serve (`webapp.exports.browser_files`)."""
-    return exports.browser_files(session, export_current(session, precision, settings, cancelled), settings)
+    the session's downloads, which the app may serve (`webapp.exports.browser_files`). An int8
+    export that fails says so and points to fp32, which passes its checks on every model."""
+    try:
+        folder = export_current(session, precision, settings, cancelled)
+    except UserError as err:
+        detail = err.values.get("detail")
+        if precision != "int8" or err.key != "error.export_failed" or isinstance(detail, Msg):  # Msg: cancelled, limits
+            raise
+        raise UserError("error.browser_int8_failed", detail=err) from None
+    return exports.browser_files(session, folder, settings)
 
 
 def export_zip(session: Session, folder: Path, precision: str, settings: Settings) -> Path:

@@ -288,7 +288,7 @@ def build_generate_tab(settings: Settings) -> GenerateTab:
                 seed = gr.Textbox("", label=I18N("gen.seed"), max_lines=1, elem_id="gen-seed")
             browser_precision = gr.Radio(
                 list(browser.PRECISIONS), value=browser.PRECISIONS[0], label=I18N("gen.browser_precision"),
-                visible=False, elem_id="gen-browser-precision",
+                info=I18N("gen.browser_precision_info"), visible=False, elem_id="gen-browser-precision",
             )  # fmt: skip
             browser_files = gr.File(file_count="multiple", visible=False, elem_id="gen-browser-files")
             browser_reference = gr.JSON(visible=False)  # PyTorch's greedy ids, for Compare in the browser
@@ -368,6 +368,7 @@ def wire_generate_tab(tab: GenerateTab, h: Handlers, settings: Settings, runtime
         api_visibility="private",
         queue=False,
     )
+    tab.backend.change(None, [tab.backend, tab.stats], tab.stats, js=browser.probe_js(runtime))  # the runtime, at once
     settings_inputs = [tab.prompt, tab.max_new, tab.mode, tab.temperature, tab.top_k, tab.top_p, tab.min_p]
     fetch_model = tab.browser_btn.click(
         h.browser_model, tab.browser_precision, tab.browser_files, api_name="browser_model", show_progress="minimal"

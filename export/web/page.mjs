@@ -19,8 +19,13 @@ async function setUpRuntime() {
   ort.env.wasm.wasmPaths = new URL(RUNTIME.wasmPaths, document.baseURI).href; // relative to the page
   if (RUNTIME.wasmIntegrity) {
     const url = new URL("ort-wasm-simd-threaded.wasm", ort.env.wasm.wasmPaths);
-    const response = await fetch(url, { integrity: RUNTIME.wasmIntegrity });
-    ort.env.wasm.wasmBinary = await response.arrayBuffer();
+    try {
+      const response = await fetch(url, { integrity: RUNTIME.wasmIntegrity });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      ort.env.wasm.wasmBinary = await response.arrayBuffer();
+    } catch (error) {  // code "runtime": the caller says what is missing and how to get it
+      throw Object.assign(new Error(`${url.href}: ${error.message}`), { code: "runtime" });
+    }
   }
 }
 
@@ -114,8 +119,9 @@ export async function generateText(loaded, prompt, sampling, onText, shouldStop 
   return { text, tokens, seconds: (performance.now() - started) / 1000 };
 }
 
-/** Wire the page's controls; returns `{ready, generate}` (the tests drive it through them too). */
-export function mountPage(doc, base) {
+/** Wire the page's controls; returns `{ready, generate}` (the tests drive it through them too).
+ * `explain(error)` says what to do when the runtime's files could not be fetched (error.code "runtime"). */
+export function mountPage(doc, base, explain = (error) => error.message) {
   const status = doc.getElementById("status");
   const output = doc.getElementById("output");
   const generateButton = doc.getElementById("generate");
@@ -131,7 +137,7 @@ export function mountPage(doc, base) {
       show(`Model loaded in ${loaded.loadSeconds.toFixed(1)} s (${loaded.precision}, ${loaded.threads} thread(s)). Ready.`);
       generateButton.disabled = false;
     },
-    (error) => show(`Could not load the model: ${error.message}`, true),
+    (error) => show(error.code === "runtime" ? explain(error) : `Could not load the model: ${error.message}`, true),
   );
 
   async function generate(prompt, sampling) {
