@@ -246,6 +246,7 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     stats = wait_text(page, "#gen-stats", "in your browser|Error")
     assert "in your browser (onnxruntime-web, fp32" in stats and "tokens/s" in stats, stats
     assert page.locator("#gen-output textarea").input_value() == torch_text
+    assert "generation on the server" in page.inner_text("#gen-token-details")  # why it wrote this: what it covers
     assert any(url.endswith("ort-wasm-simd-threaded.wasm") for url in files)  # served by the app
     called = [body.replace(" ", "") for body in calls]
     assert any(f'"fn_index":{fn["browser_model"]},' in body for body in called)  # the files, from the server

@@ -616,6 +616,11 @@ def test_the_generate_tabs_defaults_write_varied_text_from_the_training_texts_st
     prompt = handlers.suggested_prompt(generation.default_prompt(), request)  # the model came: its text's start
     assert prompt and start.startswith(prompt)
     assert handlers.suggested_prompt("my own words", request) == gr.skip()  # a typed prompt stays
+    key = owners.new_key()
+    handlers.save_model("prompt-model", key, request=request)
+    loaded = Request("loads-prompt-model")
+    handlers.load_model("prompt-model", key, request=loaded)  # a saved model keeps its text's start
+    assert handlers.suggested_prompt("", loaded) == prompt
     defaults = {**generation.DEFAULTS, "seed": "3", "max_new_tokens": 120}
     text = generate(handlers, request, prompt=prompt, **defaults)[0][len(prompt) :]
     assert len(text) > 40 and _repetitive(text) < 0.6, text
