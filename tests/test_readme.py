@@ -6,9 +6,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
-BLOCK = re.compile(r"```(?:bash|python)\n(.*?)```", re.S)
+BLOCK = re.compile(r"```(?:bash|python)\n(.*?)```", re.DOTALL)
 MADE = re.compile(r'(?:--out\s+|>\s*|\.save\(|to_onnx\([^,]+,\s*|checkpoint_dir=)"?([\w./-]+)"?')
-NAMED = re.compile(r'(?<![\w/.-])((?:[\w.-]+/)+[\w.-]+|[\w-]+\.(?:txt|md|json|py|onnx|zip))(?![\w/])')
+NAMED = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)+[\w.-]+|[\w-]+\.(?:txt|md|json|py|onnx|zip))(?![\w/])")
 
 
 def _commands() -> list[str]:

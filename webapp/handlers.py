@@ -411,7 +411,7 @@ class Handlers:
         return insight.highlighted(pieces), t(_lang(request), "look.hint" if pieces else "look.none")
 
     def look_view(self, backend: str, request: gr.Request) -> tuple[Any, str]:
-        """"Why it wrote this" for the chosen backend: the browser's runs never reach the server, so
+        """The "Why it wrote this" view for the chosen backend: the browser's runs never reach the server, so
         it says that it covers the server's backends; theirs shows the session's last generation."""
         if backend == backends.BROWSER:
             return [], t(_lang(request), "look.browser")
@@ -432,7 +432,11 @@ class Handlers:
         """What the page cannot translate by itself: the loss plot's axis and legend titles, and
         the (empty) evaluation table's column names, in the reader's language."""
         lang = _lang(request)
-        titles = {"x_title": t(lang, "plot.step"), "y_title": t(lang, "plot.loss"), "color_title": t(lang, "plot.curve")}
+        titles = {
+            "x_title": t(lang, "plot.step"),
+            "y_title": t(lang, "plot.loss"),
+            "color_title": t(lang, "plot.curve"),
+        }
         plot = gr.update(value=training.empty_frame(), **titles)  # an empty plot draws its axes and titles
         return plot, evaluation.table(self.session(request), lang)
 

@@ -267,7 +267,11 @@ def _generation_settings(settings: Settings) -> dict[str, Any]:
     )
     with gr.Row():
         found["temperature"] = gr.Slider(
-            0, 2, value=generation.DEFAULTS["temperature"], step=0.05, label=I18N("gen.temperature"),
+            0,
+            2,
+            value=generation.DEFAULTS["temperature"],
+            step=0.05,
+            label=I18N("gen.temperature"),
             elem_id="gen-temperature",
         )
         found["top_k"] = gr.Slider(
@@ -281,7 +285,11 @@ def _generation_settings(settings: Settings) -> dict[str, Any]:
             0, 1, value=generation.DEFAULTS["min_p"], step=0.01, label=I18N("gen.min_p"), elem_id="gen-min-p"
         )
     found["penalty"] = gr.Slider(
-        0.5, 2, value=generation.DEFAULTS["repetition_penalty"], step=0.05, label=I18N("gen.repetition_penalty"),
+        0.5,
+        2,
+        value=generation.DEFAULTS["repetition_penalty"],
+        step=0.05,
+        label=I18N("gen.repetition_penalty"),
         elem_id="gen-penalty",
     )
     return found
