@@ -240,7 +240,7 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     page.on("request", lambda r: calls.append(r.post_data or "") if "queue/join" in r.url else None)
     page.on("request", lambda r: files.append(r.url) if "/simple-llm-web/" in r.url else None)
     page.locator("#gen-backend label", has_text="In your browser").click()
-    assert not page.locator("#gen-start").is_visible()  # its own button instead
+    sync_api.expect(page.locator("#gen-start")).to_be_hidden()  # its own button instead (after a round trip)
     page.locator("#gen-browser-precision label", has_text="fp32").click()
     page.click("#gen-browser")
     stats = wait_text(page, "#gen-stats", "in your browser|Error")
