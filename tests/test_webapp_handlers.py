@@ -643,3 +643,14 @@ def test_plot_titles_and_the_empty_evaluation_table_speak_the_readers_language(h
     assert (plot["x_title"], plot["y_title"], plot["color_title"]) == ("шаг", "потери", "кривая")
     assert list(table.columns) == [RU[f"eval.col_{name}"] for name in evaluation.COLUMNS] and table.empty
     assert backends.choice_label(backends.backends()[backends.BROWSER]).key == "gen.backend_browser"
+
+
+def test_training_progress_is_drawn_over_the_plot_not_over_the_status_text(tmp_path):
+    """Gradio draws a run's progress text over the component it shows progress on: the status
+    line (step, loss, ETA) must stay readable, so the progress goes to the plot."""
+    from webapp.app import build_demo
+
+    demo = build_demo(Settings(artifacts=tmp_path, train_threads=1))
+    for name in ("train", "resume"):
+        (fn,) = [fn for fn in demo.fns.values() if fn.api_name == name]
+        assert [block.elem_id for block in fn.show_progress_on] == ["train-plot"], name

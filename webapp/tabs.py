@@ -192,11 +192,11 @@ def wire_train_tab(
         [tab.source, tab.files, tab.sample, *tab.setting_components(), tab.device, tab.start, tab.start_model, owner],
         outputs,
         api_name="train",
-        show_progress_on=[tab.status],
+        show_progress_on=[tab.plot],
         **heavy,
     )
     resume_event = tab.resume_btn.click(
-        h.resume, [tab.settings["steps"]], outputs, api_name="resume", show_progress_on=[tab.status], **heavy
+        h.resume, [tab.settings["steps"]], outputs, api_name="resume", show_progress_on=[tab.plot], **heavy
     )
     tab.stop_btn.click(
         h.stop, None, outputs, api_name="stop_training", cancels=[train_event, resume_event], queue=False
