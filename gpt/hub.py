@@ -5,7 +5,8 @@ configs: optimum, transformers.js, onnxruntime-genai) load our checkpoints and e
   GPT-2-shaped model, the `GPT2Config` fields (`model_type: "gpt2"`, `n_embd`, `n_head`, ...).
   transformers keeps our fields as extra attributes (also when it saves the config again);
   `read_config_values` takes ours back.
-- `generation_config.json`: the end-of-text id and the context length, for `generate`.
+- `generation_config.json`: the end-of-text id, for `generate` (no `max_length`: transformers would
+  warn on every `generate(max_new_tokens=...)` that both are set).
 - `tokenizer_config.json` and `special_tokens_map.json` beside `tokenizer.json`: `AutoTokenizer`
   reads the byte-level BPE as GPT-2's tokenizer and gives our ids.
 
@@ -104,9 +105,10 @@ def read_config_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def generation_config(config: GPTConfig, tokenizer: Tokenizer | None) -> dict[str, Any]:
-    """`generation_config.json`: stop at end-of-text, never past the context."""
+    """`generation_config.json`: stop at end-of-text. No `max_length`: with it, transformers warns
+    "Both `max_new_tokens` and `max_length`" on every `generate(max_new_tokens=...)`."""
     eos = tokenizer.eos_token_id if tokenizer is not None else None
-    return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, "max_length": config.max_seq_len}
+    return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
 
 
 def tokenizer_config(config: GPTConfig) -> dict[str, Any]:

@@ -9,6 +9,7 @@ installed; `.ci/run` installs both) and skip with the reason when they are not i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -85,13 +86,28 @@ def test_transformers_loads_the_checkpoint_as_gpt2_with_our_logits_and_greedy_id
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(checkpoint).eval()
+    warned = _Records()
+    logging.getLogger("transformers").addHandler(warned)  # transformers' loggers do not propagate
     assert isinstance(hf.config, GPT2Config) and hf.config.n_embd == model.config.emb_size
     ids = torch.tensor([model.tokenizer.encode(TEXTS[0])[:64]])
     with torch.no_grad():
         difference = (hf(ids).logits - model(ids)).abs().max().item()
     assert difference < 1e-4
-    out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False)
+    try:
+        out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False)
+    finally:
+        logging.getLogger("transformers").removeHandler(warned)
     assert out[0, len(prompt_ids) :].tolist() == greedy  # pad and end ids from generation_config.json
+    assert not [m for m in warned.messages if "max_length" in m], warned.messages  # no "Both max_new_tokens and"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 @pytest.mark.parametrize("folder", ["checkpoint", "exported"])
@@ -112,7 +128,7 @@ def test_one_config_file_for_both_readers(checkpoint, model):
     assert values["n_layer"] == model.config.num_layers and values["num_layers"] == model.config.num_layers
     assert values["activation_function"] == "gelu_new" and values["eos_token_id"] == model.tokenizer.eos_token_id
     generation = json.loads((checkpoint / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == model.tokenizer.eos_token_id and generation["max_length"] == 64
+    assert generation["eos_token_id"] == model.tokenizer.eos_token_id and "max_length" not in generation
     assert GPTConfig.from_dict(read_config_values(values)) == model.config
     with pytest.raises(ValueError, match="n_embd = 48 disagrees with emb_size = 32"):
         read_config_values({**values, "n_embd": 48})

@@ -150,10 +150,14 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
     cuda = page.locator('#gen-backend label:has(input[value="ort-cuda"])')
     if "Unavailable here" in page.inner_text("#gen-backend"):
         assert float(cuda.evaluate("e => getComputedStyle(e).opacity")) < 1  # greyed out with the reason shown
+    prompt = page.locator("#gen-prompt textarea")  # the start of the training text (the first module's docstring)
+    sync_api.expect(prompt).to_have_value(re.compile('^"""'))
+    sync_api.expect(page.locator("#gen-mode input[value=sampling]")).to_be_checked()  # the default: sampling
+    page.locator("#gen-mode label", has_text="Greedy").click()  # greedy: the backends must agree
     page.click("#gen-start")
     torch_stats = wait_text(page, "#gen-stats", DONE + "tokens/s")
     torch_text = page.locator("#gen-output textarea").input_value()
-    assert torch_text.startswith("def ") and "torch cpu" in torch_stats
+    assert torch_text.startswith(prompt.input_value()) and "torch cpu" in torch_stats
     page.click("#gen-look button, #gen-look .label-wrap")  # why it wrote this: tokens by probability
     wait_text(page, "#gen-token-details", "Click a token")
     page.locator("#gen-tokens .token").nth(1).click()
@@ -252,6 +256,7 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     stats = wait_text(page, "#gen-stats", "in your browser|Error")
     assert "in your browser (onnxruntime-web, fp32" in stats and "tokens/s" in stats, stats
     assert page.locator("#gen-output textarea").input_value() == torch_text
+    assert "generation on the server" in page.inner_text("#gen-token-details")  # why it wrote this: what it covers
     assert any(url.endswith("ort-wasm-simd-threaded.wasm") for url in files)  # served by the app
     called = [body.replace(" ", "") for body in calls]
     assert any(f'"fn_index":{fn["browser_model"]},' in body for body in called)  # the files, from the server
@@ -277,11 +282,25 @@ def test_russian_interface_and_messages(browser, server, shots):
     context, page, outside = open_page(browser, url, "ru-RU")
     assert page.get_by_role("tab", name="Обучение").is_visible()
     assert page.locator("#train-start").inner_text().strip() == "Обучить"
+    plot = wait_text(page, "#train-plot", "шаг")  # axis and legend titles, set on load
+    assert not re.search(r"\b(step|loss|split)\b", plot), plot
     page.get_by_role("tab", name="Генерация").click()
+    backend = page.inner_text("#gen-backend")
+    assert "В вашем браузере (onnxruntime-web)" in backend and "In your browser" not in backend, backend
+    page.click("#gen-look button, #gen-look .label-wrap")
+    page.locator("#gen-backend label", has_text="В вашем браузере").click()  # why it wrote this: what it covers
+    assert "на сервере" in wait_text(page, "#gen-token-details", "PyTorch, onnxruntime")
+    page.locator("#gen-backend label", has_text="PyTorch").click()
     page.click("#gen-start")  # this new session has no model yet
     toast = page.get_by_test_id("toast-text").filter(has_text="Модели ещё нет")
     toast.wait_for()
     assert toast.is_visible()
+    title = page.get_by_test_id("toast-body").filter(has_text="Модели ещё нет").locator(".toast-title")
+    sync_api.expect(title).to_have_text("Ошибка")  # Gradio's own title is its type in English
+    page.get_by_role("tab", name="Модели").click()
+    headers = page.inner_text("#eval-table")  # the empty results table names its columns
+    assert "нат на байт" in headers and not re.search(r"\b1\s+2\s+3\b", headers), headers
+    page.get_by_role("tab", name="Генерация").click()
     page.evaluate("window.scrollTo(0, 0)")
     page.wait_for_timeout(800)  # let the toast finish sliding in
     page.screenshot(path=str(shots / "generate-ru.png"))  # the viewport, with the error toast

@@ -15,7 +15,7 @@ import pytest
 from webapp_common import TINY, Request, error_of, generate, plain, text, train
 
 from gpt import MODEL_FILES, count_parameters
-from webapp import archive, backends, corpus, generation, owners, training
+from webapp import archive, backends, corpus, evaluation, generation, owners, training
 from webapp.handlers import Handlers
 from webapp.i18n import EN, LANGUAGES, RU, TABLES, Msg, UserError, language, t
 from webapp.settings import MB, Settings
@@ -601,3 +601,56 @@ def test_compare_on_the_browser_backend_hands_over_pytorchs_greedy_ids(trained, 
     assert reference["ids"] == model.tokenizer.encode("the cat") and len(reference["expected"]) == 8
     assert model.generate([reference["ids"]], 8)[0, len(reference["ids"]) :].tolist() == reference["expected"]
     assert json.loads(Path(files[-1]).read_text())["precision"] == "fp32"
+
+
+# defaults a newcomer meets (issue 22) -------------------------------------------------------------
+def _repetitive(text: str, n: int = 4) -> float:
+    """The share of the text's character n-grams that repeat an earlier one (1.0: one n-gram over and over)."""
+    grams = [text[i : i + n] for i in range(len(text) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def test_the_generate_tabs_defaults_write_varied_text_from_the_training_texts_start(trained, handlers, text_file):
+    request, _ = trained
+    start = text_file.read_text(encoding="utf-8").splitlines()[0]
+    prompt = handlers.suggested_prompt(generation.default_prompt(), request)  # the model came: its text's start
+    assert prompt and start.startswith(prompt)
+    assert handlers.suggested_prompt("my own words", request) == gr.skip()  # a typed prompt stays
+    key = owners.new_key()
+    handlers.save_model("prompt-model", key, request=request)
+    loaded = Request("loads-prompt-model")
+    handlers.load_model("prompt-model", key, request=loaded)  # a saved model keeps its text's start
+    assert handlers.suggested_prompt("", loaded) == prompt
+    defaults = {**generation.DEFAULTS, "seed": "3", "max_new_tokens": 120}
+    text = generate(handlers, request, prompt=prompt, **defaults)[0][len(prompt) :]
+    assert len(text) > 40 and _repetitive(text) < 0.6, text
+    greedy = generate(handlers, request, prompt=prompt, max_new_tokens=120)[0][len(prompt) :]
+    assert _repetitive(greedy) > _repetitive(text), (greedy, text)  # what the old default (greedy) did
+
+
+def test_why_it_wrote_this_says_the_browser_backend_is_not_covered(trained, handlers):
+    request, _ = trained
+    generate(handlers, request)
+    tokens, note = handlers.look_view(backends.BROWSER, request=request)
+    assert tokens == [] and "generation on the server" in note
+    assert "на сервере" in handlers.look_view(backends.BROWSER, request=Request("trained", "ru"))[1]
+    tokens, note = handlers.look_view(backends.TORCH, request=request)
+    assert tokens and "Click a token" in note
+
+
+def test_plot_titles_and_the_empty_evaluation_table_speak_the_readers_language(handlers):
+    plot, table = handlers.page_labels(request=Request("labels", "ru-RU"))
+    assert (plot["x_title"], plot["y_title"], plot["color_title"]) == ("шаг", "потери", "кривая")
+    assert list(table.columns) == [RU[f"eval.col_{name}"] for name in evaluation.COLUMNS] and table.empty
+    assert backends.choice_label(backends.backends()[backends.BROWSER]).key == "gen.backend_browser"
+
+
+def test_training_progress_is_drawn_over_the_plot_not_over_the_status_text(tmp_path):
+    """Gradio draws a run's progress text over the component it shows progress on: the status
+    line (step, loss, ETA) must stay readable, so the progress goes to the plot."""
+    from webapp.app import build_demo
+
+    demo = build_demo(Settings(artifacts=tmp_path, train_threads=1))
+    for name in ("train", "resume"):
+        (fn,) = [fn for fn in demo.fns.values() if fn.api_name == name]
+        assert [block.elem_id for block in fn.show_progress_on] == ["train-plot"], name

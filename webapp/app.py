@@ -8,6 +8,7 @@ settings (artifact folder, caps, concurrency, threads) come from environment var
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import gradio as gr  # noqa: E402
 
 from webapp import backends, browser, library, owners, tabs  # noqa: E402
 from webapp.handlers import Handlers  # noqa: E402
-from webapp.i18n import I18N  # noqa: E402
+from webapp.i18n import I18N, LANGUAGES, t  # noqa: E402
 from webapp.settings import Settings  # noqa: E402
 
 CSS = """
@@ -77,9 +78,31 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
         )  # fmt: skip
         demo.load(h.model_info, None, models.current, api_name="model_info", queue=False)
         demo.load(h.availability, None, [generate.backend, train.device], api_visibility="private", queue=False)
+        demo.load(h.page_labels, None, [train.plot, models.eval_table], api_visibility="private", queue=False)
+        models.current.change(  # a new model (trained, loaded): its training text's start as the prompt
+            h.suggested_prompt, generate.prompt, generate.prompt, api_visibility="private", queue=False
+        )
         demo.unload(h.unload)
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.generate_concurrency)
     return demo
+
+
+def _toast_js() -> str:
+    """Gradio titles its toasts with their type in English ("Error"): this page script gives them
+    the reader's language (chosen as `webapp/browser.py` chooses it: the browser's language)."""
+    titles = json.dumps({lang: {"error": t(lang, "error.title")} for lang in LANGUAGES})
+    return f"""() => {{
+  const titles = {titles};
+  const lang = (navigator.language || "").toLowerCase().split("-")[0];
+  const own = titles[lang];
+  if (!own) return;
+  const retitle = (root) => root.querySelectorAll(".toast-title").forEach((title) => {{
+    const kind = Object.keys(own).find((k) => title.classList.contains(k));
+    const text = [...title.childNodes].find((n) => n.nodeType === Node.TEXT_NODE && n.nodeValue.trim());
+    if (kind && text && text.nodeValue.trim() !== own[kind]) text.nodeValue = own[kind] + " ";
+  }});
+  new MutationObserver(() => retitle(document)).observe(document.body, {{ childList: true, subtree: true }});
+}}"""
 
 
 def launch_kwargs(settings: Settings, demo: gr.Blocks) -> dict:
@@ -89,6 +112,7 @@ def launch_kwargs(settings: Settings, demo: gr.Blocks) -> dict:
         theme=gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
         css=demo.simple_llm_css,
         head=demo.simple_llm_head,
+        js=_toast_js(),
         max_file_size=f"{settings.max_upload_mb}mb",
         footer_links=["api", "settings"],
         app_kwargs={"routes": demo.simple_llm_routes},  # before Gradio's own routes

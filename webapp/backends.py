@@ -8,10 +8,11 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from webapp.i18n import Msg
+from webapp.i18n import I18N, Msg
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ BACKENDS = {
     ORT_CUDA: "onnxruntime CUDA",
     BROWSER: "In your browser (onnxruntime-web)",
 }
+LABEL_KEYS = {BROWSER: "gen.backend_browser"}  # labels the page shows in the reader's language
 ORT_PROVIDERS = {ORT_CPU: "cpu", ORT_CUDA: "cuda"}
 DEVICES = ("cpu", "cuda")
 
@@ -84,6 +86,11 @@ def _ort_cuda() -> Availability:
     if not runs:
         return Availability(ORT_CUDA, label, False, Msg("reason.cuda_failed", detail=why.split(". ")[0][:300]))
     return Availability(ORT_CUDA, label, True)
+
+
+def choice_label(item: Availability) -> Any:
+    """The label of a backend's choice: translated by the page where it is words, else its name."""
+    return I18N(LABEL_KEYS[item.name]) if item.name in LABEL_KEYS else item.label
 
 
 def unavailable_text(items: list[Availability], lang: str) -> str | None:

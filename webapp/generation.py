@@ -4,6 +4,7 @@ torch-versus-onnxruntime comparison. Sampling itself is `gpt`'s one decoding loo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from gpt import PRESETS, SamplingConfig, TokenScores
-from webapp import insight, validation
+from webapp import corpus, insight, validation
 from webapp.i18n import UserError, t
 
 MODES = ("greedy", "sampling")
@@ -27,6 +28,16 @@ MAX_STOP_CHARS = 10_000
 MAX_STOP_STRINGS = 64
 CUSTOM = "custom"
 _ESCAPES = {"\\n": "\n", "\\t": "\t"}
+PROMPT_CHARS = 40  # a prompt drawn from a training text: the start of its first line, cut at a word
+DEFAULT_PRESET = "precise"
+DEFAULTS: dict[str, Any] = {
+    "mode": "sampling",
+    **PRESETS[DEFAULT_PRESET],
+    "min_p": 0.0,
+    "repetition_penalty": 1.1,
+}
+"""The Generate tab's first settings. Greedy decoding of a freshly trained small model soon repeats
+one token for ever; sampling from the likelier tokens, with a mild repetition penalty, reads well."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,38 @@ def parse_stop_strings(text: str) -> tuple[str, ...]:
         if line:
             found.append(line)
     return tuple(dict.fromkeys(found))
+
+
+def text_start(texts: list[str]) -> str:
+    """A prompt from the start of a training text: its first non-blank line, cut to at most
+    `PROMPT_CHARS` characters at a word boundary ("" when there is no text)."""
+    for text in texts:
+        for line in text.splitlines():
+            line = line.rstrip()
+            if not line.strip():
+                continue
+            if len(line) <= PROMPT_CHARS:
+                return line
+            cut = line.rfind(" ", 0, PROMPT_CHARS + 1)
+            return line[: cut if cut > PROMPT_CHARS // 4 else PROMPT_CHARS].rstrip()
+    return ""
+
+
+def suggested_prompt(value: Any) -> str | None:
+    """The prompt a model's training record suggests (`text_start` of its text), or None."""
+    if isinstance(value, str) and value.strip() and len(value) <= 4 * PROMPT_CHARS:
+        return value
+    return None
+
+
+@functools.cache
+def default_prompt() -> str:
+    """The Generate tab's prompt before any model: the start of the built-in sample the Train tab
+    starts with (a model's own training text replaces it: `Handlers.suggested_prompt`)."""
+    try:
+        return text_start(corpus.stdlib_texts(limit=1))
+    except UserError:
+        return ""
 
 
 def preset_values(name: str) -> dict[str, float | int] | None:

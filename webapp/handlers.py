@@ -193,6 +193,7 @@ class Handlers:
             else:
                 base = model.training_record["started_from"]["model"]
                 label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
+            model.training_record["prompt"] = generation.text_start(texts.texts)  # the Generate tab's prompt
             job = self._job(session, model, data, config, run_folder / "checkpoints", label, earlier=earlier)
             yield from self._run(session, job, lang, progress)
 
@@ -408,6 +409,36 @@ class Handlers:
         """The last generation coloured by surprise (1 - the token's probability), and a hint."""
         pieces = self.session(request).pieces
         return insight.highlighted(pieces), t(_lang(request), "look.hint" if pieces else "look.none")
+
+    def look_view(self, backend: str, request: gr.Request) -> tuple[Any, str]:
+        """The "Why it wrote this" view for the chosen backend: the browser's runs never reach the server, so
+        it says that it covers the server's backends; theirs shows the session's last generation."""
+        if backend == backends.BROWSER:
+            return [], t(_lang(request), "look.browser")
+        return self.token_view(request)
+
+    def suggested_prompt(self, prompt: Any, request: gr.Request) -> Any:
+        """The start of the current model's training text as the prompt, when the model changed and the
+        prompt is still a suggestion (the page's default, empty, or the one suggested before)."""
+        session = self.session(request)
+        model = session.model
+        suggestion = generation.suggested_prompt(model.training_record.get("prompt")) if model is not None else None
+        if not suggestion or prompt not in ("", generation.default_prompt(), session.suggested_prompt):
+            return gr.skip()
+        session.suggested_prompt = suggestion
+        return suggestion
+
+    def page_labels(self, request: gr.Request) -> tuple[Any, Any]:
+        """What the page cannot translate by itself: the loss plot's axis and legend titles, and
+        the (empty) evaluation table's column names, in the reader's language."""
+        lang = _lang(request)
+        titles = {
+            "x_title": t(lang, "plot.step"),
+            "y_title": t(lang, "plot.loss"),
+            "color_title": t(lang, "plot.curve"),
+        }
+        plot = gr.update(value=training.empty_frame(), **titles)  # an empty plot draws its axes and titles
+        return plot, evaluation.table(self.session(request), lang)
 
     @friendly
     def token_details(self, evt: gr.EventData, request: gr.Request) -> str:

@@ -144,7 +144,9 @@ def build_train_tab(settings: Settings) -> TrainTab:
                 resume_btn = gr.Button(I18N("train.resume"), min_width=90, elem_id="train-resume")
         with gr.Column(scale=3, min_width=400):
             status = gr.Markdown(I18N("train.idle"), label=I18N("train.status"), elem_id="train-status")
-            plot = gr.LinePlot(x="step", y="loss", color="split", label=I18N("train.plot"), elem_id="train-plot")
+            plot = gr.LinePlot(  # axis and legend titles in the reader's language: `Handlers.page_labels`
+                x="step", y="loss", color="split", label=I18N("train.plot"), elem_id="train-plot"
+            )
             sample_box = gr.Textbox(
                 label=I18N("train.sample_box"), lines=8, max_lines=16, interactive=False, elem_id="train-sample"
             )
@@ -190,11 +192,11 @@ def wire_train_tab(
         [tab.source, tab.files, tab.sample, *tab.setting_components(), tab.device, tab.start, tab.start_model, owner],
         outputs,
         api_name="train",
-        show_progress_on=[tab.status],
+        show_progress_on=[tab.plot],
         **heavy,
     )
     resume_event = tab.resume_btn.click(
-        h.resume, [tab.settings["steps"]], outputs, api_name="resume", show_progress_on=[tab.status], **heavy
+        h.resume, [tab.settings["steps"]], outputs, api_name="resume", show_progress_on=[tab.plot], **heavy
     )
     tab.stop_btn.click(
         h.stop, None, outputs, api_name="stop_training", cancels=[train_event, resume_event], queue=False
@@ -236,7 +238,7 @@ def _generation_settings(settings: Settings) -> dict[str, Any]:
     unavailable = [b for b in gen_backends.values() if not b.available]
     found: dict[str, Any] = {}
     found["backend"] = gr.Radio(
-        [(b.label, b.name) for b in gen_backends.values()],
+        [(backends.choice_label(b), b.name) for b in gen_backends.values()],
         value=backends.TORCH,
         label=I18N("gen.backend"),
         info=backends.unavailable_text(unavailable, "en"),
@@ -245,13 +247,13 @@ def _generation_settings(settings: Settings) -> dict[str, Any]:
     with gr.Row():
         found["mode"] = gr.Radio(
             [(I18N("gen.mode_greedy"), "greedy"), (I18N("gen.mode_sampling"), "sampling")],
-            value="greedy",
+            value=generation.DEFAULTS["mode"],
             label=I18N("gen.mode"),
             elem_id="gen-mode",
         )
         found["sampling_preset"] = gr.Dropdown(
             [(I18N(f"gen.preset_{name}"), name) for name in SAMPLING_PRESETS],
-            value="custom",
+            value=generation.DEFAULT_PRESET,
             label=I18N("gen.preset"),
             elem_id="gen-preset",
         )
@@ -265,14 +267,30 @@ def _generation_settings(settings: Settings) -> dict[str, Any]:
     )
     with gr.Row():
         found["temperature"] = gr.Slider(
-            0, 2, value=1.0, step=0.05, label=I18N("gen.temperature"), elem_id="gen-temperature"
+            0,
+            2,
+            value=generation.DEFAULTS["temperature"],
+            step=0.05,
+            label=I18N("gen.temperature"),
+            elem_id="gen-temperature",
         )
-        found["top_k"] = gr.Slider(0, 200, value=0, step=1, label=I18N("gen.top_k"), elem_id="gen-top-k")
+        found["top_k"] = gr.Slider(
+            0, 200, value=generation.DEFAULTS["top_k"], step=1, label=I18N("gen.top_k"), elem_id="gen-top-k"
+        )
     with gr.Row():
-        found["top_p"] = gr.Slider(0.05, 1, value=1.0, step=0.01, label=I18N("gen.top_p"), elem_id="gen-top-p")
-        found["min_p"] = gr.Slider(0, 1, value=0.0, step=0.01, label=I18N("gen.min_p"), elem_id="gen-min-p")
+        found["top_p"] = gr.Slider(
+            0.05, 1, value=generation.DEFAULTS["top_p"], step=0.01, label=I18N("gen.top_p"), elem_id="gen-top-p"
+        )
+        found["min_p"] = gr.Slider(
+            0, 1, value=generation.DEFAULTS["min_p"], step=0.01, label=I18N("gen.min_p"), elem_id="gen-min-p"
+        )
     found["penalty"] = gr.Slider(
-        0.5, 2, value=1.0, step=0.05, label=I18N("gen.repetition_penalty"), elem_id="gen-penalty"
+        0.5,
+        2,
+        value=generation.DEFAULTS["repetition_penalty"],
+        step=0.05,
+        label=I18N("gen.repetition_penalty"),
+        elem_id="gen-penalty",
     )
     return found
 
@@ -281,7 +299,9 @@ def build_generate_tab(settings: Settings) -> GenerateTab:
     """The Generate tab: prompt and sampling settings on the left, output and statistics on the right."""
     with gr.Tab(I18N("tab.generate"), id="generate"), gr.Row():
         with gr.Column(scale=2, min_width=320):
-            prompt = gr.Textbox(label=I18N("gen.prompt"), lines=3, value="def ", elem_id="gen-prompt")
+            prompt = gr.Textbox(  # a trained or loaded model's own text start replaces it (`suggested_prompt`)
+                label=I18N("gen.prompt"), lines=3, value=generation.default_prompt(), elem_id="gen-prompt"
+            )
             found = _generation_settings(settings)
             with gr.Row():
                 stops = gr.Textbox("", label=I18N("gen.stop_strings"), lines=2, elem_id="gen-stops")
@@ -381,6 +401,9 @@ def wire_generate_tab(tab: GenerateTab, h: Handlers, settings: Settings, runtime
     )
     tab.gen_stop.click(None, None, None, cancels=[gen_event, fetch_model], js=browser.STOP_JS, queue=False)
     gen_event.then(h.token_view, None, [tab.tokens, tab.token_details], api_name="token_view", queue=False)
+    tab.backend.change(  # in-browser runs never reach the server: the view says what it covers
+        h.look_view, tab.backend, [tab.tokens, tab.token_details], api_visibility="private", queue=False
+    )
     tab.tokens.select(h.token_details, None, tab.token_details, api_visibility="private", queue=False)
     tab.compare_btn.click(
         h.compare, [tab.prompt, tab.max_new, tab.backend], tab.report, api_name="compare", preprocess=False, **light
