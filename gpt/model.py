@@ -118,12 +118,14 @@ class MLP(nn.Module):
         super().__init__()
         hidden = config.mlp_ratio * config.emb_size
         self.c_fc = Conv1D(config.emb_size, hidden, bias=config.bias)
+        self.relu2 = config.activation == "relu2"
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"  # F.gelu's name for it
         self.c_proj = Conv1D(hidden, config.emb_size, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+        h = self.c_fc(x)
+        h = self.c_proj(F.relu(h).square() if self.relu2 else F.gelu(h, approximate=self.approximate))
         return self.dropout(h) if self.training else h  # dropout only in training (see _hidden_states)
 
 
@@ -178,7 +180,10 @@ class GPT(GenerationMixin, nn.Module):
         self.apply(self._init_weights)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.num_layers))
+                if config.zero_init_proj:  # modded-nanogpt: every block starts as the identity
+                    nn.init.zeros_(param)
+                else:
+                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.num_layers))
         self.tokenizer: Tokenizer | None = None
         self.train_loss: list[float] = []
         self.validation_loss: list[float] | None = None

@@ -153,6 +153,47 @@ def test_cached_decoding_matches_full_forward():
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
 
 
+VARIANTS = [dict(activation="relu2"), dict(zero_init_proj=True), dict(tie_embeddings=False)]
+"""The architecture options of the quality ablation (docs/decisions.md), each tested alone."""
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(o))
+def test_variants_keep_shapes_cache_parity_and_save_load(overrides, tmp_path):
+    model = tiny(**overrides)
+    torch.manual_seed(2)
+    for p in model.parameters():  # trained-looking weights: zero-initialised projections would hide bugs
+        p.data.add_(0.05 * torch.randn_like(p))
+    ids = torch.randint(0, 97, (2, 20))
+    full = model(ids)
+    assert full.shape == (2, 20, 97)
+    logits, past = model(ids[:, :7], use_cache=True)
+    pieces = [logits]
+    for i in range(7, 20):
+        logits, past = model(ids[:, i : i + 1], past_key_values=past)
+        pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+    model.save(tmp_path)
+    loaded = GPT.load(tmp_path)
+    assert loaded.config == model.config
+    torch.testing.assert_close(loaded(ids), full, atol=0, rtol=0)
+
+
+def test_zero_init_proj_starts_every_residual_projection_at_zero():
+    model = tiny(zero_init_proj=True)
+    projections = [p for name, p in model.named_parameters() if name.endswith("c_proj.weight")]
+    assert len(projections) == 2 * TINY["num_layers"] and all(not p.any() for p in projections)
+    assert tiny().transformer.h[0].mlp.c_proj.weight.any()
+    with pytest.raises(ValueError, match="zero_init_proj must be True or False"):
+        tiny(zero_init_proj=1)
+
+
+def test_relu2_is_relu_squared():
+    mlp = tiny(activation="relu2").transformer.h[0].mlp
+    x = torch.randn(3, 32)
+    expected = mlp.c_proj(torch.relu(mlp.c_fc(x)) ** 2)
+    torch.testing.assert_close(mlp(x), expected)
+
+
 def test_zero_length_past_is_a_prefill():
     model = tiny()
     ids = torch.randint(0, 97, (2, 9))
@@ -196,7 +237,9 @@ def test_device_places_weights_on_cuda():
     assert model(torch.zeros(1, 3, dtype=torch.long, device="cuda")).device.type == "cuda"
 
 
-@pytest.mark.parametrize("activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu")])
+@pytest.mark.parametrize(
+    "activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu"), ("relu2", "relu2")]
+)
 def test_matches_hugging_face_gpt2(activation, hf_activation):
     transformers = pytest.importorskip("transformers")
     hf_config = transformers.GPT2Config(

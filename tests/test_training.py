@@ -164,6 +164,36 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert history.loss[-1] < history.loss[0]
 
 
+def test_embedding_lr_scale_and_muon_momentum():
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    options = TrainingOptions(embedding_lr_scale=4.0, muon_momentum=0.8, warmup_steps=0)
+    trainer = Trainer(model, train, None, options)
+    muon, adamw = trainer.optimizer.optimizers
+    assert all(group["momentum"] == 0.8 for group in muon.param_groups)
+    decay, no_decay, tables = adamw.param_groups
+    assert decay["params"] == [] and tables["lr_scale"] == 4.0 and tables["weight_decay"] == 0.1
+    assert {id(p) for p in tables["params"]} == {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert len({id(p) for p in params}) == len(params) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="embedding_lr_scale must be > 0"):
+        TrainingOptions(embedding_lr_scale=0.0)
+    with pytest.raises(ValueError, match=r"muon_momentum must be in \[0, 1\)"):
+        TrainingOptions(muon_momentum=1.0)
+
+
+def test_embedding_lr_scale_sets_the_tables_learning_rate():
+    class Rates(Callback):
+        def on_batch_end(self, trainer) -> None:
+            self.groups = [g["lr"] for g in trainer.optimizer.param_groups]
+
+    rates = Rates()
+    train, _ = byte_loaders(SMALL_TEXT)
+    tiny_model().fit(train, max_steps=1, learning_rate=1e-3, embedding_lr_scale=4.0, warmup_steps=0,
+                     callbacks=[rates], progress=False)  # fmt: skip
+    assert rates.groups[-1] == pytest.approx(4e-3) and rates.groups[0] == pytest.approx(1e-3)
+
+
 def test_gradient_accumulation_matches_one_big_batch():
     models = []
     for batch_size, accum in ((8, 1), (4, 2)):

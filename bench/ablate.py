@@ -1,0 +1,122 @@
+"""One change at a time against `fit`'s defaults, in nanoGPT's CPU budget (`bench/quality.py`).
+
+Each run trains the byte-level model of `bench/quality.py` (4 layers, 4 heads, emb 128, context
+64, batch 12, 2,000 steps, held-out plays) with one named variant (`VARIANTS`: `GPTConfig` fields
+and `fit` options on top of the defaults) and one seed, and prints validation nats/byte, training
+tokens/s and parameters. Runs are appended as JSON lines to `--log`, so a sweep can be stopped and
+continued and the table (`--table`) summarises every run logged so far: mean, standard deviation and
+min-max over seeds, and the difference from the `default` variant's mean.
+
+    python bench/ablate.py --variants default,relu2 --seeds 0,1,2 [--log runs/ablate.jsonl] [--threads 1]
+    python bench/ablate.py --table [--log runs/ablate.jsonl]
+    python bench/ablate.py --variants custom --model '{"tie_embeddings": false}' --fit '{"learning_rate": 6e-3}'
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
+import statistics
+import subprocess
+
+from bench.common import REPO, environment_lines, print_table, set_threads, shakespeare_text
+from bench.quality import run
+
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    # name: (GPTConfig fields, fit options), each on top of the defaults
+    "default": ({}, {}),
+    "custom": ({}, {}),  # --model / --fit only
+    "adamw": ({}, {"optimizer": "adamw"}),
+    "lr 6e-3": ({}, {"learning_rate": 6e-3}),
+    "lr 1.5e-3": ({}, {"learning_rate": 1.5e-3}),
+    "cosine to 0": ({}, {"min_lr_ratio": 0.0}),
+    "warmup 20": ({}, {"warmup_steps": 20}),
+    "wd 0": ({}, {"weight_decay": 0.0}),
+    "untied head": ({"tie_embeddings": False}, {}),
+    "relu2": ({"activation": "relu2"}, {}),
+    "zero-init proj": ({"zero_init_proj": True}, {}),
+    "qk-norm": ({"qk_norm": True}, {}),
+    "softcap 15": ({"logit_softcap": 15.0}, {}),
+}
+"""The ablation's variants: (GPTConfig fields, fit options), each on top of the defaults."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="default", help="comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--log", type=Path, default=REPO / "runs" / "ablate.jsonl", help="JSON lines, appended")
+    parser.add_argument("--model", type=json.loads, default={}, help="extra GPTConfig fields, JSON")
+    parser.add_argument("--fit", type=json.loads, default={}, help="extra fit options, JSON")
+    parser.add_argument("--name", default=None, help="the name logged (default: the variant's)")
+    parser.add_argument("--table", action="store_true", help="only print the table of --log")
+    parser.add_argument("--quick", action="store_true", help="50 steps, one seed (a smoke run)")
+    args = parser.parse_args()
+    if not args.table:
+        set_threads(args.threads)
+        text = shakespeare_text().read_text(encoding="utf-8")
+        steps = 50 if args.quick else args.steps
+        seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+        commit = _commit()
+        for seed in seeds:  # interleaved: every variant once per seed
+            for name in args.variants.split(","):
+                if name not in VARIANTS:
+                    raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+                model, fit = VARIANTS[name]
+                model, fit = {**model, **args.model}, {**fit, **args.fit}
+                result = run("default", text, steps, seed, fit, model)
+                record = dict(
+                    variant=args.name or name, seed=seed, steps=steps, model=model, fit=fit, commit=commit, **result
+                )
+                print(
+                    f"{record['variant']} seed {seed}: {result['valid_per_byte']:.4f} nats/byte, "
+                    f"{result['tokens'] / result['seconds']:,.0f} tokens/s, {result['parameters']:,} parameters",
+                    flush=True,
+                )
+                args.log.parent.mkdir(parents=True, exist_ok=True)
+                with args.log.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+    print_summary(args.log)
+    print("\n".join(environment_lines(args.threads)))
+
+
+def print_summary(log: Path) -> None:
+    """The table of every run in `log`, one row per variant name and step count, in logged order."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        runs.setdefault((record["variant"], record["steps"]), []).append(record)
+    base = {s: statistics.mean(r["valid_per_byte"] for r in rs) for (v, s), rs in runs.items() if v == "default"}
+    rows = []
+    for (variant, steps), rs in runs.items():
+        losses = [r["valid_per_byte"] for r in rs]
+        mean = statistics.mean(losses)
+        sd = statistics.stdev(losses) if len(losses) > 1 else 0.0
+        delta = f"{mean - base[steps]:+.3f}" if steps in base else "-"
+        speed = statistics.median(r["tokens"] / r["seconds"] for r in rs)
+        rows.append(
+            [variant, str(steps), str(len(rs)), f"{mean:.3f}", f"{sd:.3f}", f"{min(losses):.3f}-{max(losses):.3f}",
+             delta, f"{speed:,.0f}", f"{rs[0]['parameters']:,}"]  # fmt: skip
+        )
+    header = ["variant", "steps", "seeds", "nats/byte mean", "sd", "min-max", "vs default", "tokens/s", "parameters"]
+    print_table(header, rows)
+
+
+def _commit() -> str:
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        return git.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()
