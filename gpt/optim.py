@@ -11,7 +11,7 @@
 AdamW decays 2-D weights only; `model.parameters()` yields a tied embedding once. With
 `embedding_lr_scale` other than 1, the token and position embeddings (and an untied LM head) get a
 parameter group of their own whose `"lr_scale"` multiplies the schedule's learning rate (`fit`
-reads it); `muon_momentum` is Muon's momentum.
+reads it); `muon_lr_scale` does the same for Muon's matrices, and `muon_momentum` is Muon's momentum.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def make_optimizer(
     device: torch.device,
     muon_momentum: float = 0.95,
     embedding_lr_scale: float = 1.0,
+    muon_lr_scale: float = 1.0,
 ) -> Optimizer | MultiOptimizer:
     """Optimizer `name` (one of `OPTIMIZERS`) over the trainable parameters of `model` (a `GPT`).
 
@@ -60,6 +61,8 @@ def make_optimizer(
         momentum=muon_momentum,
         adjust_lr_fn="match_rms_adamw",
     )
+    if muon_lr_scale != 1.0:
+        muon.param_groups[0]["lr_scale"] = muon_lr_scale
     rest = [p for p in params if id(p) not in in_blocks]
     adamw = _adamw(rest, learning_rate, weight_decay, betas, device, embeddings, embedding_lr_scale)
     return MultiOptimizer(muon, adamw)

@@ -65,6 +65,7 @@ class TrainingOptions:
     warmup_steps: int | None = None  # linear warmup; None -> min(100, 5% of the optimizer steps)
     min_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * min_lr_ratio
     muon_momentum: float = 0.95  # Muon's (Nesterov) momentum
+    muon_lr_scale: float = 1.0  # Muon's learning rate is learning_rate * this
     embedding_lr_scale: float = 1.0  # the embeddings' (and an untied head's) learning rate is learning_rate * this
     grad_clip: float | None = 1.0  # largest global gradient norm; None: no clipping
     grad_accum_steps: int = 1  # batches per optimizer step
@@ -90,6 +91,7 @@ class TrainingOptions:
         _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(0 <= self.muon_momentum < 1, f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         _check(self.embedding_lr_scale > 0, f"embedding_lr_scale must be > 0, got {self.embedding_lr_scale}")
+        _check(self.muon_lr_scale > 0, f"muon_lr_scale must be > 0, got {self.muon_lr_scale}")
         _check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be None or > 0, got {self.grad_clip}")
         _check(self.max_time is None or self.max_time > 0, f"max_time must be None or > 0 seconds, got {self.max_time}")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -235,6 +237,7 @@ class Trainer:
             self.device,
             muon_momentum=options.muon_momentum,
             embedding_lr_scale=options.embedding_lr_scale,
+            muon_lr_scale=options.muon_lr_scale,
         )
         self.module: torch.nn.Module = model  # what the forward pass runs: the model, or its DDP wrapper
         if self.dist is not None:

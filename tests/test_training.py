@@ -182,16 +182,19 @@ def test_embedding_lr_scale_and_muon_momentum():
         TrainingOptions(muon_momentum=1.0)
 
 
-def test_embedding_lr_scale_sets_the_tables_learning_rate():
+def test_lr_scales_set_the_groups_learning_rates():
     class Rates(Callback):
         def on_batch_end(self, trainer) -> None:
             self.groups = [g["lr"] for g in trainer.optimizer.param_groups]
 
     rates = Rates()
     train, _ = byte_loaders(SMALL_TEXT)
-    tiny_model().fit(train, max_steps=1, learning_rate=1e-3, embedding_lr_scale=4.0, warmup_steps=0,
-                     callbacks=[rates], progress=False)  # fmt: skip
-    assert rates.groups[-1] == pytest.approx(4e-3) and rates.groups[0] == pytest.approx(1e-3)
+    tiny_model().fit(train, max_steps=1, learning_rate=1e-3, embedding_lr_scale=4.0, muon_lr_scale=2.0,
+                     warmup_steps=0, callbacks=[rates], progress=False)  # fmt: skip
+    assert rates.groups[0] == pytest.approx(2e-3)  # Muon's
+    assert rates.groups[1:3] == pytest.approx([1e-3, 1e-3]) and rates.groups[3] == pytest.approx(4e-3)
+    with pytest.raises(ValueError, match="muon_lr_scale must be > 0"):
+        TrainingOptions(muon_lr_scale=-1.0)
 
 
 def test_gradient_accumulation_matches_one_big_batch():
