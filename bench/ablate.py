@@ -41,6 +41,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "untied head": ({"tie_embeddings": False}, {}),
     "relu2": ({"activation": "relu2"}, {}),
     "zero-init proj": ({"zero_init_proj": True}, {}),
+    "qk-norm": ({"qk_norm": True}, {}),
+    "softcap 30": ({"logit_softcap": 30.0}, {}),
     "muon lr x3": ({}, {"muon_lr_scale": 3.0}),
     "embedding lr x3": ({}, {"embedding_lr_scale": 3.0}),
     "muon momentum 0.9": ({}, {"muon_momentum": 0.9}),

@@ -50,6 +50,8 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
     activation: str = "gelu_tanh"  # MLP activation, one of ACTIVATIONS
     zero_init_proj: bool = False  # start the residual output projections (c_proj) at zero, not small noise
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (not GPT-2: transformers cannot load it)
+    logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap) (not GPT-2 either); None: off
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_seq_len", "emb_size", "num_heads", "num_layers", "mlp_ratio"):
@@ -70,7 +72,11 @@ class GPTConfig:
             raise ValueError(f"layer_norm_eps must be in (0, 1), got {self.layer_norm_eps}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        for name in ("bias", "tie_embeddings", "zero_init_proj"):
+        if self.logit_softcap is not None:
+            _check_number("logit_softcap", self.logit_softcap, "(0, 1000]")
+            if not 0 < self.logit_softcap <= 1000:
+                raise ValueError(f"logit_softcap must be in (0, 1000] or None, got {self.logit_softcap}")
+        for name in ("bias", "tie_embeddings", "zero_init_proj", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 

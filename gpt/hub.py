@@ -42,6 +42,10 @@ def gpt2_incompatibility(config: GPTConfig) -> str | None:
     reasons = []
     if not config.bias:
         reasons.append("bias=False (GPT-2 has biases in every layer)")
+    if config.qk_norm:
+        reasons.append("qk_norm=True (GPT-2 has no query/key normalisation)")
+    if config.logit_softcap is not None:
+        reasons.append(f"logit_softcap={config.logit_softcap} (GPT-2 has no logit soft-capping)")
     if config.attn_size != config.emb_size:
         reasons.append(
             f"num_heads * head_size = {config.num_heads} * {config.head_size} = {config.attn_size} "

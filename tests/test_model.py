@@ -153,7 +153,13 @@ def test_cached_decoding_matches_full_forward():
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
 
 
-VARIANTS = [dict(activation="relu2"), dict(zero_init_proj=True), dict(tie_embeddings=False)]
+VARIANTS = [
+    dict(activation="relu2"),
+    dict(zero_init_proj=True),
+    dict(tie_embeddings=False),
+    dict(qk_norm=True),
+    dict(logit_softcap=2.0),
+]
 """The architecture options of the quality ablation (docs/decisions.md), each tested alone."""
 
 
@@ -185,6 +191,35 @@ def test_zero_init_proj_starts_every_residual_projection_at_zero():
     assert tiny().transformer.h[0].mlp.c_proj.weight.any()
     with pytest.raises(ValueError, match="zero_init_proj must be True or False"):
         tiny(zero_init_proj=1)
+
+
+def test_qk_norm_and_soft_cap():
+    ids = torch.randint(0, 97, (2, 10))
+    capped = tiny(logit_softcap=0.5)
+    torch.testing.assert_close(capped(ids), 0.5 * torch.tanh(tiny()(ids) / 0.5))
+    assert capped(ids).abs().max() <= 0.5
+    step, _ = capped.decode_step(ids, None, torch.ones_like(ids), torch.arange(10)[None])
+    torch.testing.assert_close(step, capped(ids)[:, -1], atol=1e-6, rtol=0)
+    attention = tiny(qk_norm=True).transformer.h[0].attn
+    x = torch.randn(2, 5, 32)
+    _, (keys, _) = attention(x, None, None)
+    torch.testing.assert_close(keys.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-2, rtol=0)  # unit RMS per head
+    with pytest.raises(ValueError, match=r"logit_softcap must be in \(0, 1000\] or None, got 0"):
+        tiny(logit_softcap=0)
+    with pytest.raises(ValueError, match="qk_norm must be True or False"):
+        tiny(qk_norm="yes")
+
+
+def test_options_that_break_gpt2_compatibility_say_so(tmp_path):
+    from gpt.hub import gpt2_incompatibility
+
+    model = tiny(qk_norm=True, logit_softcap=30.0)
+    assert gpt2_incompatibility(model.config) == (
+        "qk_norm=True (GPT-2 has no query/key normalisation); logit_softcap=30.0 (GPT-2 has no logit soft-capping)"
+    )
+    assert gpt2_incompatibility(tiny(activation="relu2", zero_init_proj=True, tie_embeddings=False).config) is None
+    folder = model.save(tmp_path / "m")
+    assert "model_type" not in json.loads((folder / "config.json").read_text())  # transformers cannot read it
 
 
 def test_relu2_is_relu_squared():
