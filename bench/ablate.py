@@ -10,6 +10,13 @@ min-max over seeds, and the difference from the `default` variant's mean.
     python bench/ablate.py --variants default,relu2 --seeds 0,1,2 [--log runs/ablate.jsonl] [--threads 1]
     python bench/ablate.py --table [--log runs/ablate.jsonl]
     python bench/ablate.py --variants custom --model '{"tie_embeddings": false}' --fit '{"learning_rate": 6e-3}'
+    python bench/ablate.py --speed --variants default,relu2 [--rounds 5] [--speed-steps 100]
+
+`--speed` measures training tokens/s alone, without the validation: every round trains each
+variant for `--speed-steps` steps (a fresh model, same budget shape and data), interleaved with the
+order rotating, so the variants share the machine's load; it prints medians and the median of the
+per-round ratios to the first variant. The quality runs' own tokens/s are timed one run after
+another and, on a shared machine, are only indicative.
 """
 
 from __future__ import annotations
@@ -25,8 +32,13 @@ import json
 import statistics
 import subprocess
 
-from bench.common import REPO, environment_lines, print_table, set_threads, shakespeare_text
-from bench.quality import run
+import time
+
+import torch
+
+from bench.common import REPO, environment_lines, median_span, print_table, ratio_span, set_threads, shakespeare_text
+from bench.quality import BATCH, SHAPE, run
+from gpt import GPT, Tokenizer, make_loaders
 
 VARIANTS: dict[str, tuple[dict, dict]] = {
     # name: (GPTConfig fields, fit options), each on top of the defaults
@@ -62,7 +74,16 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="the name logged (default: the variant's)")
     parser.add_argument("--table", action="store_true", help="only print the table of --log")
     parser.add_argument("--quick", action="store_true", help="50 steps, one seed (a smoke run)")
+    parser.add_argument("--speed", action="store_true", help="interleaved training tokens/s only (see above)")
+    parser.add_argument("--rounds", type=int, default=5, help="--speed: interleaved rounds (default: %(default)s)")
+    parser.add_argument("--speed-steps", type=int, default=100, help="--speed: steps a variant a round")
     args = parser.parse_args()
+    if args.speed:
+        set_threads(args.threads)
+        rounds, steps = (2, 5) if args.quick else (args.rounds, args.speed_steps)
+        print_speed(args.variants.split(","), rounds, steps, args.model, args.fit)
+        print("\n".join(environment_lines(args.threads)))
+        return
     if not args.table:
         set_threads(args.threads)
         text = shakespeare_text().read_text(encoding="utf-8")
@@ -111,6 +132,26 @@ def print_summary(log: Path) -> None:
         )
     header = ["variant", "steps", "seeds", "nats/byte mean", "sd", "min-max", "vs default", "tokens/s", "parameters"]
     print_table(header, rows)
+
+
+def print_speed(names: list[str], rounds: int, steps: int, model_extra: dict, fit_extra: dict) -> None:
+    """Training tokens/s of each variant, interleaved over `rounds` (the order rotating each round)."""
+    ids = torch.tensor(Tokenizer().encode(shakespeare_text().read_text(encoding="utf-8")[:200_000]))
+    loader, _ = make_loaders(ids, SHAPE["max_seq_len"], BATCH, 0.1, seed=0)
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            model_fields, fit_options = VARIANTS[name]
+            torch.manual_seed(r)
+            model = GPT(vocab_size=Tokenizer().vocab_size, **{**SHAPE, **model_fields, **model_extra})
+            options = {"progress": False, "log_every": None, **fit_options, **fit_extra}
+            model.fit(loader, max_steps=2, **options)  # warm-up
+            started = time.perf_counter()
+            model.fit(loader, max_steps=steps, **options)
+            speeds[name].append(steps * BATCH * SHAPE["max_seq_len"] / (time.perf_counter() - started))
+    rows = [[name, median_span(speeds[name]), ratio_span(speeds[name], speeds[names[0]])] for name in names]
+    print(f"Training tokens/s, {rounds} interleaved rounds of {steps} steps, batch {BATCH} x {SHAPE['max_seq_len']}")
+    print_table(["variant", "tokens/s median (min-max)", f"÷ {names[0]}"], rows)
 
 
 def _commit() -> str:

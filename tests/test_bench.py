@@ -196,3 +196,14 @@ def test_ablate_bench(tmp_path: Path) -> None:
         assert 0 < figure(row[3]) < math.log(256) and figure(row[7]) > 0 and figure(row[8]) > 0
     assert rows[0][6] == "+0.000"  # its own difference from the default
     assert len(log.read_text().splitlines()) == 2
+
+
+def test_ablate_speed_bench() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/ablate.py", "--speed", "--quick", "--variants", "default,untied head"],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table_rows(result.stdout)
+    assert [row[0] for row in rows] == ["default", "untied head"] and all(figure(row[1]) > 0 for row in rows)
+    assert figure(rows[0][2]) == 1.0
