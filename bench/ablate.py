@@ -56,6 +56,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "qk-norm": ({"qk_norm": True}, {}),
     "softcap 30": ({"logit_softcap": 30.0}, {}),
     "muon lr x3": ({}, {"muon_lr_scale": 3.0}),
+    "muon lr x6": ({}, {"muon_lr_scale": 6.0}),
     "embedding lr x3": ({}, {"embedding_lr_scale": 3.0}),
     "muon momentum 0.9": ({}, {"muon_momentum": 0.9}),
 }
