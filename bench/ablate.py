@@ -59,6 +59,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "muon lr x6": ({}, {"muon_lr_scale": 6.0}),
     "embedding lr x3": ({}, {"embedding_lr_scale": 3.0}),
     "embedding lr x10": ({}, {"embedding_lr_scale": 10.0}),
+    "muon x3 + embedding x3": ({}, {"muon_lr_scale": 3.0, "embedding_lr_scale": 3.0}),
+    "muon x3 + embedding x10": ({}, {"muon_lr_scale": 3.0, "embedding_lr_scale": 10.0}),
+    "muon lr x2": ({}, {"muon_lr_scale": 2.0}),
     "muon momentum 0.9": ({}, {"muon_momentum": 0.9}),
 }
 """The ablation's variants: (GPTConfig fields, fit options), each on top of the defaults."""
