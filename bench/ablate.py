@@ -5,7 +5,7 @@ Each run trains the byte-level model of `bench/quality.py` (4 layers, 4 heads, e
 and `fit` options on top of the defaults) and one seed, and prints validation nats/byte, training
 tokens/s and parameters. Runs are appended as JSON lines to `--log`, so a sweep can be stopped and
 continued and the table (`--table`) summarises every run logged so far: mean, standard deviation and
-min-max over seeds, and the difference from the `default` variant's mean.
+min-max over seeds, and the difference from the `--baseline` variant's mean.
 
     python bench/ablate.py --variants default,relu2 --seeds 0,1,2 [--log runs/ablate.jsonl] [--threads 1]
     python bench/ablate.py --table [--log runs/ablate.jsonl]
@@ -40,29 +40,34 @@ from bench.common import REPO, environment_lines, median_span, print_table, rati
 from bench.quality import BATCH, SHAPE, run
 from gpt import GPT, Tokenizer, make_loaders
 
+ONE_LR = {"muon_lr_scale": 1.0, "embedding_lr_scale": 1.0}
+"""`fit`'s defaults before this ablation: one learning rate for every parameter (d997162)."""
+
 VARIANTS: dict[str, tuple[dict, dict]] = {
-    # name: (GPTConfig fields, fit options), each on top of the defaults
+    # name: (GPTConfig fields, fit options), on top of today's defaults. Every row but "default"
+    # changes one thing from the defaults before the ablation ("one lr"), as the table measured.
     "default": ({}, {}),
     "custom": ({}, {}),  # --model / --fit only
-    "adamw": ({}, {"optimizer": "adamw"}),
-    "lr 6e-3": ({}, {"learning_rate": 6e-3}),
-    "lr 1.5e-3": ({}, {"learning_rate": 1.5e-3}),
-    "cosine to 0": ({}, {"min_lr_ratio": 0.0}),
-    "warmup 20": ({}, {"warmup_steps": 20}),
-    "wd 0": ({}, {"weight_decay": 0.0}),
-    "untied head": ({"tie_embeddings": False}, {}),
-    "relu2": ({"activation": "relu2"}, {}),
-    "zero-init proj": ({"zero_init_proj": True}, {}),
-    "qk-norm": ({"qk_norm": True}, {}),
-    "softcap 30": ({"logit_softcap": 30.0}, {}),
-    "muon lr x3": ({}, {"muon_lr_scale": 3.0}),
-    "muon lr x6": ({}, {"muon_lr_scale": 6.0}),
-    "embedding lr x3": ({}, {"embedding_lr_scale": 3.0}),
-    "embedding lr x10": ({}, {"embedding_lr_scale": 10.0}),
-    "muon x3 + embedding x3": ({}, {"muon_lr_scale": 3.0, "embedding_lr_scale": 3.0}),
-    "muon x3 + embedding x10": ({}, {"muon_lr_scale": 3.0, "embedding_lr_scale": 10.0}),
-    "muon lr x2": ({}, {"muon_lr_scale": 2.0}),
-    "muon momentum 0.9": ({}, {"muon_momentum": 0.9}),
+    "one lr": ({}, ONE_LR),
+    "adamw": ({}, {**ONE_LR, "optimizer": "adamw"}),
+    "lr 6e-3": ({}, {**ONE_LR, "learning_rate": 6e-3}),
+    "lr 9e-3": ({}, {**ONE_LR, "learning_rate": 9e-3}),
+    "lr 1.5e-3": ({}, {**ONE_LR, "learning_rate": 1.5e-3}),
+    "cosine to 0": ({}, {**ONE_LR, "min_lr_ratio": 0.0}),
+    "warmup 20": ({}, {**ONE_LR, "warmup_steps": 20}),
+    "wd 0": ({}, {**ONE_LR, "weight_decay": 0.0}),
+    "untied head": ({"tie_embeddings": False}, ONE_LR),
+    "relu2": ({"activation": "relu2"}, ONE_LR),
+    "zero-init proj": ({"zero_init_proj": True}, ONE_LR),
+    "qk-norm": ({"qk_norm": True}, ONE_LR),
+    "softcap 30": ({"logit_softcap": 30.0}, ONE_LR),
+    "muon lr x2": ({}, {**ONE_LR, "muon_lr_scale": 2.0}),
+    "muon lr x3": ({}, {**ONE_LR, "muon_lr_scale": 3.0}),
+    "muon lr x6": ({}, {**ONE_LR, "muon_lr_scale": 6.0}),
+    "embedding lr x3": ({}, {**ONE_LR, "embedding_lr_scale": 3.0}),
+    "embedding lr x10": ({}, {**ONE_LR, "embedding_lr_scale": 10.0}),
+    "muon x3 + embedding x3": ({}, {"muon_lr_scale": 3.0, "embedding_lr_scale": 3.0}),  # today's defaults
+    "muon momentum 0.9": ({}, {**ONE_LR, "muon_momentum": 0.9}),
 }
 """The ablation's variants: (GPTConfig fields, fit options), each on top of the defaults."""
 
@@ -78,6 +83,7 @@ def main() -> None:
     parser.add_argument("--fit", type=json.loads, default={}, help="extra fit options, JSON")
     parser.add_argument("--name", default=None, help="the name logged (default: the variant's)")
     parser.add_argument("--table", action="store_true", help="only print the table of --log")
+    parser.add_argument("--baseline", default="default", help="the variant the table compares with")
     parser.add_argument("--quick", action="store_true", help="50 steps, one seed (a smoke run)")
     parser.add_argument("--speed", action="store_true", help="interleaved training tokens/s only (see above)")
     parser.add_argument("--rounds", type=int, default=5, help="--speed: interleaved rounds (default: %(default)s)")
@@ -102,6 +108,8 @@ def main() -> None:
                 model, fit = VARIANTS[name]
                 model, fit = {**model, **args.model}, {**fit, **args.fit}
                 result = run("default", text, steps, seed, fit, model)
+                if result["tokens"] != steps * BATCH * SHAPE["max_seq_len"]:  # stopped early (Ctrl-C, SIGTERM)
+                    raise SystemExit(f"{name} seed {seed} stopped before step {steps}: not logged")
                 record = dict(
                     variant=args.name or name, seed=seed, steps=steps, model=model, fit=fit, commit=commit, **result
                 )
@@ -113,17 +121,18 @@ def main() -> None:
                 args.log.parent.mkdir(parents=True, exist_ok=True)
                 with args.log.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
-    print_summary(args.log)
+    print_summary(args.log, args.baseline)
     print("\n".join(environment_lines(args.threads)))
 
 
-def print_summary(log: Path) -> None:
-    """The table of every run in `log`, one row per variant name and step count, in logged order."""
+def print_summary(log: Path, baseline: str = "default") -> None:
+    """The table of every run in `log`, one row per variant name and step count, in logged order;
+    "vs" is the difference of the mean from `baseline`'s."""
     runs: dict[tuple[str, int], list[dict]] = {}
     for line in log.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         runs.setdefault((record["variant"], record["steps"]), []).append(record)
-    base = {s: statistics.mean(r["valid_per_byte"] for r in rs) for (v, s), rs in runs.items() if v == "default"}
+    base = {s: statistics.mean(r["valid_per_byte"] for r in rs) for (v, s), rs in runs.items() if v == baseline}
     rows = []
     for (variant, steps), rs in runs.items():
         losses = [r["valid_per_byte"] for r in rs]
@@ -135,7 +144,8 @@ def print_summary(log: Path) -> None:
             [variant, str(steps), str(len(rs)), f"{mean:.3f}", f"{sd:.3f}", f"{min(losses):.3f}-{max(losses):.3f}",
              delta, f"{speed:,.0f}", f"{rs[0]['parameters']:,}"]  # fmt: skip
         )
-    header = ["variant", "steps", "seeds", "nats/byte mean", "sd", "min-max", "vs default", "tokens/s", "parameters"]
+    header = ["variant", "steps", "seeds", "nats/byte mean", "sd", "min-max", f"vs {baseline}", "tokens/s"]
+    header.append("parameters")
     print_table(header, rows)
 
 

@@ -254,7 +254,8 @@ def test_growing_pasts_for_the_cuda_provider_and_odd_head_sizes(tokenizer, tmp_p
     assert report.passed and report.greedy_identical, report.format()
 
 
-@pytest.mark.parametrize("head_size", [16, 5])  # cache buffers (GroupQueryAttention), growing pasts (MultiHeadAttention)
+# head size 16: cache buffers (GroupQueryAttention); 5: growing pasts (MultiHeadAttention)
+@pytest.mark.parametrize("head_size", [16, 5])
 @pytest.mark.parametrize("option", [dict(qk_norm=True), dict(logit_softcap=5.0)], ids=lambda o: ",".join(o))
 def test_options_that_are_not_gpt2_export_with_parity(tokenizer, tmp_path, option, head_size):
     """QK-norm and logit soft-capping: no portable graph (transformers cannot load them), a note saying
