@@ -127,24 +127,28 @@ def main() -> None:
 
 def print_summary(log: Path, baseline: str = "default") -> None:
     """The table of every run in `log`, one row per variant name and step count, in logged order;
-    "vs" is the difference of the mean from `baseline`'s."""
+    "vs" is the difference of the mean from `baseline`'s mean, then (in brackets) the mean of the
+    differences from `baseline`'s runs of the same seeds."""
     runs: dict[tuple[str, int], list[dict]] = {}
     for line in log.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         runs.setdefault((record["variant"], record["steps"]), []).append(record)
     base = {s: statistics.mean(r["valid_per_byte"] for r in rs) for (v, s), rs in runs.items() if v == baseline}
+    base_seed = {(s, r["seed"]): r["valid_per_byte"] for (v, s), rs in runs.items() if v == baseline for r in rs}
     rows = []
     for (variant, steps), rs in runs.items():
         losses = [r["valid_per_byte"] for r in rs]
         mean = statistics.mean(losses)
         sd = statistics.stdev(losses) if len(losses) > 1 else 0.0
         delta = f"{mean - base[steps]:+.3f}" if steps in base else "-"
+        paired = [r["valid_per_byte"] - base_seed[steps, r["seed"]] for r in rs if (steps, r["seed"]) in base_seed]
+        delta += f" ({statistics.mean(paired):+.3f})" if paired else ""
         speed = statistics.median(r["tokens"] / r["seconds"] for r in rs)
         rows.append(
             [variant, str(steps), str(len(rs)), f"{mean:.3f}", f"{sd:.3f}", f"{min(losses):.3f}-{max(losses):.3f}",
              delta, f"{speed:,.0f}", f"{rs[0]['parameters']:,}"]  # fmt: skip
         )
-    header = ["variant", "steps", "seeds", "nats/byte mean", "sd", "min-max", f"vs {baseline}", "tokens/s"]
+    header = ["variant", "steps", "seeds", "nats/byte mean", "sd", "min-max", f"vs {baseline} (same seeds)", "tokens/s"]
     header.append("parameters")
     print_table(header, rows)
 

@@ -194,7 +194,7 @@ def test_ablate_bench(tmp_path: Path) -> None:
     assert [row[0] for row in rows] == ["default", "relu2"]
     for row in rows:
         assert 0 < figure(row[3]) < math.log(256) and figure(row[7]) > 0 and figure(row[8]) > 0
-    assert rows[0][6] == "+0.000"  # its own difference from the default
+    assert rows[0][6] == "+0.000 (+0.000)"  # its own difference from the default
     assert len(log.read_text().splitlines()) == 2
 
 
