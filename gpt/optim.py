@@ -3,7 +3,8 @@
 - "muon" (the default): `torch.optim.Muon` for the weight matrices inside the transformer blocks,
   AdamW for everything else (the embeddings and the tied LM head, biases, layer norms), the split
   Muon's authors recommend. Muon's learning rate is scaled to match AdamW's update size
-  (`adjust_lr_fn="match_rms_adamw"`), so one learning rate and schedule drive both. It reaches a
+  (`adjust_lr_fn="match_rms_adamw"`), so one schedule drives both (`fit` runs Muon at 3x the
+  schedule's learning rate by default, `muon_lr_scale`). It reaches a
   clearly lower loss than AdamW in the same budget, though its Newton-Schulz iterations make a step
   slower (both measured in docs/decisions.md).
 - "adamw": AdamW everywhere, as simple-llm trained before Muon became the default.

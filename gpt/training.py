@@ -65,7 +65,9 @@ class TrainingOptions:
     warmup_steps: int | None = None  # linear warmup; None -> min(100, 5% of the optimizer steps)
     min_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * min_lr_ratio
     muon_momentum: float = 0.95  # Muon's (Nesterov) momentum
-    muon_lr_scale: float = 1.0  # Muon's learning rate is learning_rate * this
+    # Muon's learning rate is learning_rate * muon_lr_scale: 3x reached about 0.015 nats/byte lower in
+    # nanoGPT's budget than one learning rate for all (bench/ablate.py; docs/decisions.md).
+    muon_lr_scale: float = 3.0
     embedding_lr_scale: float = 1.0  # the embeddings' (and an untied head's) learning rate is learning_rate * this
     grad_clip: float | None = 1.0  # largest global gradient norm; None: no clipping
     grad_accum_steps: int = 1  # batches per optimizer step

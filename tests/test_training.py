@@ -155,6 +155,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     matrices = {id(p) for block in model.transformer.h for p in block.parameters() if p.dim() == 2}
     assert {id(p) for group in muon.param_groups for p in group["params"]} == matrices
+    assert muon.param_groups[0]["lr_scale"] == 3.0  # the default: Muon at 3x the schedule's learning rate
     decay, no_decay = adamw.param_groups
     assert {id(p) for p in decay["params"]} == {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
     assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
