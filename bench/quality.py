@@ -88,6 +88,7 @@ def run(
         valid_per_byte=valid_loss * covered / covered_bytes,
         tokens=model.history.tokens_seen,
         seconds=seconds,
+        parameters=model.num_parameters(),
     )
 
 

@@ -40,7 +40,7 @@ from onnxscript import opset18 as op
 from torch import Tensor, nn
 
 from gpt.config import GPTConfig
-from gpt.model import GPT, CausalSelfAttention, KVBuffer
+from gpt.model import GPT, CausalSelfAttention, KVBuffer, rms_heads
 
 
 def uses_cache_buffers(config: GPTConfig, provider: str) -> bool:
@@ -216,14 +216,27 @@ class CachedAttention(nn.Module):
         """`mask` is `gpt.model.attention_bias`'s additive `[batch, 1, seq, past + seq]`, the same in every layer."""
         attention, heads = self.attention, self.attention.num_heads
         if self.buffers:
-            y, present_key, present_value = buffered_attention(attention.c_attn(x), mask, past.keys, past.values, heads)
+            qkv = attention.c_attn(x)
+            if attention.qk_norm:
+                qkv = torch.cat(_normed(*qkv.split(heads * attention.head_size, dim=2), heads), dim=2)
+            y, present_key, present_value = buffered_attention(qkv, mask, past.keys, past.values, heads)
         else:
+            bias = attention.c_attn.bias
             projection = x @ attention.c_attn.weight  # Conv1D weight [in, out]; the op adds the bias
+            if attention.qk_norm and bias is not None:  # the bias goes before the normalisation
+                projection, bias = projection + bias, None
             query, key, value = projection.split(heads * attention.head_size, dim=2)
-            y, present_key, present_value = growing_attention(
-                query, key, value, attention.c_attn.bias, mask, past[0], past[1], heads
-            )
+            if attention.qk_norm:
+                query, key, value = _normed(query, key, value, heads)
+            y, present_key, present_value = growing_attention(query, key, value, bias, mask, past[0], past[1], heads)
         return attention.c_proj(y), (present_key, present_value)
+
+
+def _normed(query: Tensor, key: Tensor, value: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """QK-norm (`gpt.model.rms_heads`) on `[batch, seq, heads * head_size]` queries and keys."""
+    batch, seq, width = query.shape
+    query, key = (rms_heads(t.view(batch, seq, heads, width // heads)).view(batch, seq, width) for t in (query, key))
+    return query, key, value
 
 
 @contextlib.contextmanager

@@ -21,11 +21,12 @@ LIMITS = {
 """Largest value of each integer field. Generous (GPT-3 175B fits: vocab 50257, emb 12288, 96
 layers), but finite: a config.json from anyone cannot ask for a model of any size."""
 
-ACTIVATIONS = ("gelu_tanh", "gelu")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu2")
 """MLP activations. "gelu_tanh" is GPT-2's tanh approximation ("gelu_new"), the default, which
 GPT-2 weights need; "gelu" is the exact (erf) GELU, as nanoGPT. Both reach the same loss. On a
 CPU torch trains faster with the exact one but routes it through oneDNN, whose fixed cost per call
-slows batch-1 decoding, so tanh stays the default (figures in docs/decisions.md)."""
+slows batch-1 decoding, so tanh stays the default (figures in docs/decisions.md). "relu2" is
+ReLU squared (modded-nanogpt's; transformers' GPT-2 calls it "relu2" too)."""
 
 
 @dataclass
@@ -48,6 +49,9 @@ class GPTConfig:
     mlp_ratio: int = 4  # hidden width of the MLP is mlp_ratio * emb_size
     layer_norm_eps: float = 1e-5
     activation: str = "gelu_tanh"  # MLP activation, one of ACTIVATIONS
+    zero_init_proj: bool = False  # start the residual output projections (c_proj) at zero, not small noise
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (not GPT-2: transformers cannot load it)
+    logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap) (not GPT-2 either); None: off
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_seq_len", "emb_size", "num_heads", "num_layers", "mlp_ratio"):
@@ -68,7 +72,11 @@ class GPTConfig:
             raise ValueError(f"layer_norm_eps must be in (0, 1), got {self.layer_norm_eps}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        for name in ("bias", "tie_embeddings"):
+        if self.logit_softcap is not None:
+            _check_number("logit_softcap", self.logit_softcap, "(0, 1000]")
+            if not 0 < self.logit_softcap <= 1000:
+                raise ValueError(f"logit_softcap must be in (0, 1000] or None, got {self.logit_softcap}")
+        for name in ("bias", "tie_embeddings", "zero_init_proj", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 

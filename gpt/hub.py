@@ -12,7 +12,7 @@ configs: optimum, transformers.js, onnxruntime-genai) load our checkpoints and e
 
 GPT-2-shaped means: biases in every layer, and attention as wide as the residual stream
 (`num_heads * head_size == emb_size`); our weight names and `[in, out]` block matrices are
-GPT-2's already, an untied head is GPT-2's `lm_head.weight`, and both activations have a GPT-2 name.
+GPT-2's already, an untied head is GPT-2's `lm_head.weight`, and every activation has a transformers name.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ GENERATION_CONFIG_FILE = "generation_config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 
-GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu2": "relu2"}
 """Our activation -> transformers' name of the same function (`gelu_new` is GPT-2's tanh GELU)."""
 _SHAPE_KEYS = {"vocab_size": "vocab_size", "n_positions": "max_seq_len", "n_embd": "emb_size",
                "n_head": "num_heads", "n_layer": "num_layers"}  # fmt: skip
@@ -43,6 +43,10 @@ def gpt2_incompatibility(config: GPTConfig) -> str | None:
     reasons = []
     if not config.bias:
         reasons.append("bias=False (GPT-2 has biases in every layer)")
+    if config.qk_norm:
+        reasons.append("qk_norm=True (GPT-2 has no query/key normalisation)")
+    if config.logit_softcap is not None:
+        reasons.append(f"logit_softcap={config.logit_softcap} (GPT-2 has no logit soft-capping)")
     if config.attn_size != config.emb_size:
         reasons.append(
             f"num_heads * head_size = {config.num_heads} * {config.head_size} = {config.attn_size} "

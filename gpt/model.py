@@ -85,6 +85,7 @@ class CausalSelfAttention(nn.Module):
         self.head_size = config.head_size
         self.c_attn = Conv1D(config.emb_size, 3 * config.attn_size, bias=config.bias)  # fused QKV
         self.c_proj = Conv1D(config.attn_size, config.emb_size, bias=config.bias)
+        self.qk_norm = config.qk_norm
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -95,6 +96,8 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.num_heads, self.head_size)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs); 3 ops, not 7 (decode is op-bound)
+        if self.qk_norm:
+            q, k = rms_heads(q), rms_heads(k)  # the cache holds normalised keys
         if isinstance(past, KVBuffer):
             k, v = past.append(k, v)  # (B, nh, P+T, hs), written in place
         elif past is not None:
@@ -118,12 +121,14 @@ class MLP(nn.Module):
         super().__init__()
         hidden = config.mlp_ratio * config.emb_size
         self.c_fc = Conv1D(config.emb_size, hidden, bias=config.bias)
+        self.relu2 = config.activation == "relu2"
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"  # F.gelu's name for it
         self.c_proj = Conv1D(hidden, config.emb_size, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+        h = self.c_fc(x)
+        h = self.c_proj(F.relu(h).square() if self.relu2 else F.gelu(h, approximate=self.approximate))
         return self.dropout(h) if self.training else h  # dropout only in training (see _hidden_states)
 
 
@@ -178,7 +183,10 @@ class GPT(GenerationMixin, nn.Module):
         self.apply(self._init_weights)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.num_layers))
+                if config.zero_init_proj:  # modded-nanogpt: every block starts as the identity
+                    nn.init.zeros_(param)
+                else:
+                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.num_layers))
         self.tokenizer: Tokenizer | None = None
         self.train_loss: list[float] = []
         self.validation_loss: list[float] | None = None
@@ -240,7 +248,7 @@ class GPT(GenerationMixin, nn.Module):
         x, presents = self._hidden_states(input_ids, past_key_values, attention_mask, position_ids)
         if last_logits_only:
             x = x[:, -1:, :]  # (B, 1, C): the LM head on the last position only
-        logits = self.lm_head(x)
+        logits = self.soft_cap(self.lm_head(x))
         if use_cache or past_key_values is not None:
             return logits, presents
         return logits
@@ -293,7 +301,12 @@ class GPT(GenerationMixin, nn.Module):
         if past is None:
             past = self.new_cache(input_ids.shape[0])
         hidden, presents = self._hidden_states(input_ids, past, attention_mask, position_ids)
-        return hidden[:, -1, :] @ self._head_columns(), presents
+        return self.soft_cap(hidden[:, -1, :] @ self._head_columns()), presents
+
+    def soft_cap(self, logits: Tensor) -> Tensor:
+        """`cap * tanh(logits / cap)` with `config.logit_softcap`, or `logits` unchanged without one."""
+        cap = self.config.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def _head_columns(self) -> Tensor:
         """The LM head's weight as a contiguous `[emb, vocab]` copy, remade whenever the weight changes.
@@ -404,6 +417,11 @@ def _gpt2_parameters(state_dict: Mapping[str, Tensor]) -> Iterator[tuple[str, Te
         if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old versions
             continue
         yield name, tensor
+
+
+def rms_heads(x: Tensor) -> Tensor:
+    """`x` `[..., head_size]` scaled to unit root-mean-square over its last dimension (no weights)."""
+    return F.rms_norm(x, (x.shape[-1],), eps=1e-6)
 
 
 def _past_length(layer_past: tuple[Tensor, Tensor] | KVBuffer) -> int:

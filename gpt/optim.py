@@ -3,12 +3,16 @@
 - "muon" (the default): `torch.optim.Muon` for the weight matrices inside the transformer blocks,
   AdamW for everything else (the embeddings and the tied LM head, biases, layer norms), the split
   Muon's authors recommend. Muon's learning rate is scaled to match AdamW's update size
-  (`adjust_lr_fn="match_rms_adamw"`), so one learning rate and schedule drive both. It reaches a
+  (`adjust_lr_fn="match_rms_adamw"`), so one schedule drives both (`fit` runs Muon at 3x the
+  schedule's learning rate by default, `muon_lr_scale`). It reaches a
   clearly lower loss than AdamW in the same budget, though its Newton-Schulz iterations make a step
   slower (both measured in docs/decisions.md).
 - "adamw": AdamW everywhere, as simple-llm trained before Muon became the default.
 
-AdamW decays 2-D weights only; `model.parameters()` yields a tied embedding once.
+AdamW decays 2-D weights only; `model.parameters()` yields a tied embedding once. With
+`embedding_lr_scale` other than 1, the token and position embeddings (and an untied LM head) get a
+parameter group of their own whose `"lr_scale"` multiplies the schedule's learning rate (`fit`
+reads it); `muon_lr_scale` does the same for Muon's matrices, and `muon_momentum` is Muon's momentum.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ def make_optimizer(
     weight_decay: float,
     betas: tuple[float, float],
     device: torch.device,
+    muon_momentum: float = 0.95,
+    embedding_lr_scale: float = 1.0,
+    muon_lr_scale: float = 1.0,
 ) -> Optimizer | MultiOptimizer:
     """Optimizer `name` (one of `OPTIMIZERS`) over the trainable parameters of `model` (a `GPT`).
 
@@ -41,26 +48,43 @@ def make_optimizer(
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     params = [p for p in model.parameters() if p.requires_grad]
+    embeddings = set()
+    if embedding_lr_scale != 1.0:
+        tables = (model.transformer.wte.weight, model.transformer.wpe.weight, model.lm_head.weight)
+        embeddings = {id(p) for p in tables}
     if name == "adamw":
-        return _adamw(params, learning_rate, weight_decay, betas, device)
+        return _adamw(params, learning_rate, weight_decay, betas, device, embeddings, embedding_lr_scale)
     in_blocks = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2}
     muon = torch.optim.Muon(
         [p for p in params if id(p) in in_blocks],
         lr=learning_rate,
         weight_decay=weight_decay,
+        momentum=muon_momentum,
         adjust_lr_fn="match_rms_adamw",
     )
+    if muon_lr_scale != 1.0:
+        muon.param_groups[0]["lr_scale"] = muon_lr_scale
     rest = [p for p in params if id(p) not in in_blocks]
-    return MultiOptimizer(muon, _adamw(rest, learning_rate, weight_decay, betas, device))
+    adamw = _adamw(rest, learning_rate, weight_decay, betas, device, embeddings, embedding_lr_scale)
+    return MultiOptimizer(muon, adamw)
 
 
 def _adamw(
-    params: list[Tensor], learning_rate: float, weight_decay: float, betas: tuple[float, float], device: torch.device
+    params: list[Tensor],
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device: torch.device,
+    embeddings: set[int] = frozenset(),
+    embedding_lr_scale: float = 1.0,
 ) -> torch.optim.AdamW:
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() >= 2 and id(p) not in embeddings], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    if embeddings:
+        tables = [p for p in params if id(p) in embeddings]
+        groups.append({"params": tables, "weight_decay": weight_decay, "lr_scale": embedding_lr_scale})
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **fast)
 

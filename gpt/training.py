@@ -64,6 +64,11 @@ class TrainingOptions:
     betas: tuple[float, float] = (0.9, 0.99)  # AdamW moment decay rates
     warmup_steps: int | None = None  # linear warmup; None -> min(100, 5% of the optimizer steps)
     min_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * min_lr_ratio
+    muon_momentum: float = 0.95  # Muon's (Nesterov) momentum
+    # Muon's learning rate is learning_rate * muon_lr_scale: 3x reached about 0.015 nats/byte lower in
+    # nanoGPT's budget than one learning rate for all (bench/ablate.py; docs/decisions.md).
+    muon_lr_scale: float = 3.0
+    embedding_lr_scale: float = 1.0  # the embeddings' (and an untied head's) learning rate is learning_rate * this
     grad_clip: float | None = 1.0  # largest global gradient norm; None: no clipping
     grad_accum_steps: int = 1  # batches per optimizer step
     max_steps: int | None = None  # stop after this many optimizer steps (resumed ones included)
@@ -86,6 +91,9 @@ class TrainingOptions:
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1): {self.betas}")
         _check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(0 <= self.muon_momentum < 1, f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        _check(self.embedding_lr_scale > 0, f"embedding_lr_scale must be > 0, got {self.embedding_lr_scale}")
+        _check(self.muon_lr_scale > 0, f"muon_lr_scale must be > 0, got {self.muon_lr_scale}")
         _check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be None or > 0, got {self.grad_clip}")
         _check(self.max_time is None or self.max_time > 0, f"max_time must be None or > 0 seconds, got {self.max_time}")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -223,7 +231,15 @@ class Trainer:
         warmup = min(100, self.total_steps // 20) if options.warmup_steps is None else options.warmup_steps
         self.schedule = CosineSchedule(options.learning_rate, warmup, self.total_steps, options.min_lr_ratio)
         self.optimizer = make_optimizer(
-            model, options.optimizer, options.learning_rate, options.weight_decay, options.betas, self.device
+            model,
+            options.optimizer,
+            options.learning_rate,
+            options.weight_decay,
+            options.betas,
+            self.device,
+            muon_momentum=options.muon_momentum,
+            embedding_lr_scale=options.embedding_lr_scale,
+            muon_lr_scale=options.muon_lr_scale,
         )
         self.module: torch.nn.Module = model  # what the forward pass runs: the model, or its DDP wrapper
         if self.dist is not None:
@@ -345,7 +361,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_value = self._mean_over_ranks(loss_sum / accum)
         with deferred_interrupt():  # never leave a step half applied
             self.optimizer.step()

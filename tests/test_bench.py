@@ -180,3 +180,30 @@ def test_benches_fall_back_to_the_shipped_excerpt(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(common, "SHAKESPEARE_FULL", tmp_path / "shared" / "data" / "shakespeare.txt")
     assert common.shakespeare_text() == EXCERPT
     assert text_used(capsys.readouterr().out) == EXCERPT
+
+
+def test_ablate_bench(tmp_path: Path) -> None:
+    log = tmp_path / "ablate.jsonl"
+    result = subprocess.run(
+        [sys.executable, "bench/ablate.py", "--quick", "--variants", "default,relu2", "--log", str(log)],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert text_used(result.stdout) == expected_text()
+    rows = table_rows(result.stdout)
+    assert [row[0] for row in rows] == ["default", "relu2"]
+    for row in rows:
+        assert 0 < figure(row[3]) < math.log(256) and figure(row[7]) > 0 and figure(row[8]) > 0
+    assert rows[0][6] == "+0.000 (+0.000)"  # its own difference from the default
+    assert len(log.read_text().splitlines()) == 2
+
+
+def test_ablate_speed_bench() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/ablate.py", "--speed", "--quick", "--variants", "default,untied head"],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table_rows(result.stdout)
+    assert [row[0] for row in rows] == ["default", "untied head"] and all(figure(row[1]) > 0 for row in rows)
+    assert figure(rows[0][2]) == 1.0

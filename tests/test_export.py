@@ -262,6 +262,25 @@ def test_growing_pasts_for_the_cuda_provider_and_odd_head_sizes(tokenizer, tmp_p
     assert report.passed and report.greedy_identical, report.format()
 
 
+# head size 16: cache buffers (GroupQueryAttention); 5: growing pasts (MultiHeadAttention)
+@pytest.mark.parametrize("head_size", [16, 5])
+@pytest.mark.parametrize("option", [dict(qk_norm=True), dict(logit_softcap=5.0)], ids=lambda o: ",".join(o))
+def test_options_that_are_not_gpt2_export_with_parity(tokenizer, tmp_path, option, head_size):
+    """QK-norm and logit soft-capping: no portable graph (transformers cannot load them), a note saying
+    so, and the fast graph's parity with torch through either attention op."""
+    model = _model(tokenizer, **{**TRAINED, "head_size": head_size, **option})
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(30)  # logits of std ~5, so the cap bends them without near ties
+    folder = to_onnx(model, tmp_path / "onnx")
+    report = json.loads((folder / "export_report.json").read_text())
+    assert not report["gpt2_compatible"] and not (folder / "onnx").exists()
+    assert report["cache_buffers"] is (head_size == 16)
+    assert any(f"{next(iter(option))}=" in note and "transformers" in note for note in report["left_out"])
+    ids, mask = _prompts(model.config.vocab_size, 9, 3)
+    compared = compare(model, OnnxGPT.load(folder), ids, mask, decode_steps=30)
+    assert compared.passed and compared.greedy_identical, compared.format()
+
+
 def test_export_checks_the_provider(random_model, tmp_path):
     with pytest.raises(ValueError, match="provider must be one of cpu, cuda"):
         to_onnx(random_model, tmp_path / "onnx", provider="tpu")
@@ -269,7 +288,7 @@ def test_export_checks_the_provider(random_model, tmp_path):
 
 
 @pytest.mark.parametrize("buffers", [True, False])
-@pytest.mark.parametrize("shape", [RANDOM, TRAINED])
+@pytest.mark.parametrize("shape", [RANDOM, TRAINED, {**TRAINED, "qk_norm": True}, {**RANDOM, "qk_norm": True}])
 def test_cached_attention_is_the_models_attention(tokenizer, shape, buffers):
     """The export-time attention (the contrib op's torch twin) gives the model's logits and cache,
     for a left-padded prefill and a cached step; the model is restored afterwards."""

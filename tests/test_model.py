@@ -153,6 +153,82 @@ def test_cached_decoding_matches_full_forward():
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
 
 
+VARIANTS = [
+    dict(activation="relu2"),
+    dict(zero_init_proj=True),
+    dict(tie_embeddings=False),
+    dict(qk_norm=True),
+    dict(logit_softcap=2.0),
+]
+"""The architecture options of the quality ablation (docs/decisions.md), each tested alone."""
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(o))
+def test_variants_keep_shapes_cache_parity_and_save_load(overrides, tmp_path):
+    model = tiny(**overrides)
+    torch.manual_seed(2)
+    for p in model.parameters():  # trained-looking weights: zero-initialised projections would hide bugs
+        p.data.add_(0.05 * torch.randn_like(p))
+    ids = torch.randint(0, 97, (2, 20))
+    full = model(ids)
+    assert full.shape == (2, 20, 97)
+    logits, past = model(ids[:, :7], use_cache=True)
+    pieces = [logits]
+    for i in range(7, 20):
+        logits, past = model(ids[:, i : i + 1], past_key_values=past)
+        pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+    model.save(tmp_path)
+    loaded = GPT.load(tmp_path)
+    assert loaded.config == model.config
+    torch.testing.assert_close(loaded(ids), full, atol=0, rtol=0)
+
+
+def test_zero_init_proj_starts_every_residual_projection_at_zero():
+    model = tiny(zero_init_proj=True)
+    projections = [p for name, p in model.named_parameters() if name.endswith("c_proj.weight")]
+    assert len(projections) == 2 * TINY["num_layers"] and all(not p.any() for p in projections)
+    assert tiny().transformer.h[0].mlp.c_proj.weight.any()
+    with pytest.raises(ValueError, match="zero_init_proj must be True or False"):
+        tiny(zero_init_proj=1)
+
+
+def test_qk_norm_and_soft_cap():
+    ids = torch.randint(0, 97, (2, 10))
+    capped = tiny(logit_softcap=0.5)
+    torch.testing.assert_close(capped(ids), 0.5 * torch.tanh(tiny()(ids) / 0.5))
+    assert capped(ids).abs().max() <= 0.5
+    step, _ = capped.decode_step(ids, None, torch.ones_like(ids), torch.arange(10)[None])
+    torch.testing.assert_close(step, capped(ids)[:, -1], atol=1e-6, rtol=0)
+    attention = tiny(qk_norm=True).transformer.h[0].attn
+    x = torch.randn(2, 5, 32)
+    _, (keys, _) = attention(x, None, None)
+    torch.testing.assert_close(keys.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-2, rtol=0)  # unit RMS per head
+    with pytest.raises(ValueError, match=r"logit_softcap must be in \(0, 1000\] or None, got 0"):
+        tiny(logit_softcap=0)
+    with pytest.raises(ValueError, match="qk_norm must be True or False"):
+        tiny(qk_norm="yes")
+
+
+def test_options_that_break_gpt2_compatibility_say_so(tmp_path):
+    from gpt.hub import gpt2_incompatibility
+
+    model = tiny(qk_norm=True, logit_softcap=30.0)
+    assert gpt2_incompatibility(model.config) == (
+        "qk_norm=True (GPT-2 has no query/key normalisation); logit_softcap=30.0 (GPT-2 has no logit soft-capping)"
+    )
+    assert gpt2_incompatibility(tiny(activation="relu2", zero_init_proj=True, tie_embeddings=False).config) is None
+    folder = model.save(tmp_path / "m")
+    assert "model_type" not in json.loads((folder / "config.json").read_text())  # transformers cannot read it
+
+
+def test_relu2_is_relu_squared():
+    mlp = tiny(activation="relu2").transformer.h[0].mlp
+    x = torch.randn(3, 32)
+    expected = mlp.c_proj(torch.relu(mlp.c_fc(x)) ** 2)
+    torch.testing.assert_close(mlp(x), expected)
+
+
 def test_zero_length_past_is_a_prefill():
     model = tiny()
     ids = torch.randint(0, 97, (2, 9))
@@ -196,7 +272,9 @@ def test_device_places_weights_on_cuda():
     assert model(torch.zeros(1, 3, dtype=torch.long, device="cuda")).device.type == "cuda"
 
 
-@pytest.mark.parametrize("activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu")])
+@pytest.mark.parametrize(
+    "activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu"), ("relu2", "relu2")]
+)
 def test_matches_hugging_face_gpt2(activation, hf_activation):
     transformers = pytest.importorskip("transformers")
     hf_config = transformers.GPT2Config(

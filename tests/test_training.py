@@ -155,6 +155,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     matrices = {id(p) for block in model.transformer.h for p in block.parameters() if p.dim() == 2}
     assert {id(p) for group in muon.param_groups for p in group["params"]} == matrices
+    assert muon.param_groups[0]["lr_scale"] == 3.0  # the default: Muon at 3x the schedule's learning rate
     decay, no_decay = adamw.param_groups
     assert {id(p) for p in decay["params"]} == {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
     assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
@@ -162,6 +163,39 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert len({id(p) for p in params}) == len(params) == len(list(model.parameters()))
     history = model.fit(train, max_steps=5, progress=False)
     assert history.loss[-1] < history.loss[0]
+
+
+def test_embedding_lr_scale_and_muon_momentum():
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    options = TrainingOptions(embedding_lr_scale=4.0, muon_momentum=0.8, warmup_steps=0)
+    trainer = Trainer(model, train, None, options)
+    muon, adamw = trainer.optimizer.optimizers
+    assert all(group["momentum"] == 0.8 for group in muon.param_groups)
+    decay, no_decay, tables = adamw.param_groups
+    assert decay["params"] == [] and tables["lr_scale"] == 4.0 and tables["weight_decay"] == 0.1
+    assert {id(p) for p in tables["params"]} == {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert len({id(p) for p in params}) == len(params) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="embedding_lr_scale must be > 0"):
+        TrainingOptions(embedding_lr_scale=0.0)
+    with pytest.raises(ValueError, match=r"muon_momentum must be in \[0, 1\)"):
+        TrainingOptions(muon_momentum=1.0)
+
+
+def test_lr_scales_set_the_groups_learning_rates():
+    class Rates(Callback):
+        def on_batch_end(self, trainer) -> None:
+            self.groups = [g["lr"] for g in trainer.optimizer.param_groups]
+
+    rates = Rates()
+    train, _ = byte_loaders(SMALL_TEXT)
+    tiny_model().fit(train, max_steps=1, learning_rate=1e-3, embedding_lr_scale=4.0, muon_lr_scale=2.0,
+                     warmup_steps=0, callbacks=[rates], progress=False)  # fmt: skip
+    assert rates.groups[0] == pytest.approx(2e-3)  # Muon's
+    assert rates.groups[1:3] == pytest.approx([1e-3, 1e-3]) and rates.groups[3] == pytest.approx(4e-3)
+    with pytest.raises(ValueError, match="muon_lr_scale must be > 0"):
+        TrainingOptions(muon_lr_scale=-1.0)
 
 
 def test_gradient_accumulation_matches_one_big_batch():

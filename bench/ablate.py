@@ -1,0 +1,185 @@
+"""One change at a time against `fit`'s defaults, in nanoGPT's CPU budget (`bench/quality.py`).
+
+Each run trains the byte-level model of `bench/quality.py` (4 layers, 4 heads, emb 128, context
+64, batch 12, 2,000 steps, held-out plays) with one named variant (`VARIANTS`: `GPTConfig` fields
+and `fit` options on top of the defaults) and one seed, and prints validation nats/byte, training
+tokens/s and parameters. Runs are appended as JSON lines to `--log`, so a sweep can be stopped and
+continued and the table (`--table`) summarises every run logged so far: mean, standard deviation and
+min-max over seeds, and the difference from the `--baseline` variant's mean.
+
+    python bench/ablate.py --variants default,relu2 --seeds 0,1,2 [--log runs/ablate.jsonl] [--threads 1]
+    python bench/ablate.py --table [--log runs/ablate.jsonl]
+    python bench/ablate.py --variants custom --model '{"tie_embeddings": false}' --fit '{"learning_rate": 6e-3}'
+    python bench/ablate.py --speed --variants default,relu2 [--rounds 5] [--speed-steps 100]
+
+`--speed` measures training tokens/s alone, without the validation: every round trains each
+variant for `--speed-steps` steps (a fresh model, same budget shape and data), interleaved with the
+order rotating, so the variants share the machine's load; it prints medians and the median of the
+per-round ratios to the first variant. The quality runs' own tokens/s are timed one run after
+another and, on a shared machine, are only indicative.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
+import statistics
+import subprocess
+
+import time
+
+import torch
+
+from bench.common import REPO, environment_lines, median_span, print_table, ratio_span, set_threads, shakespeare_text
+from bench.quality import BATCH, SHAPE, run
+from gpt import GPT, Tokenizer, make_loaders
+
+ONE_LR = {"muon_lr_scale": 1.0, "embedding_lr_scale": 1.0}
+"""`fit`'s defaults before this ablation: one learning rate for every parameter (d997162)."""
+
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    # name: (GPTConfig fields, fit options), on top of today's defaults. Every row but "default"
+    # changes one thing from the defaults before the ablation ("one lr"), as the table measured.
+    "default": ({}, {}),
+    "custom": ({}, {}),  # --model / --fit only
+    "one lr": ({}, ONE_LR),
+    "adamw": ({}, {**ONE_LR, "optimizer": "adamw"}),
+    "lr 6e-3": ({}, {**ONE_LR, "learning_rate": 6e-3}),
+    "lr 9e-3": ({}, {**ONE_LR, "learning_rate": 9e-3}),
+    "lr 1.5e-3": ({}, {**ONE_LR, "learning_rate": 1.5e-3}),
+    "cosine to 0": ({}, {**ONE_LR, "min_lr_ratio": 0.0}),
+    "warmup 20": ({}, {**ONE_LR, "warmup_steps": 20}),
+    "wd 0": ({}, {**ONE_LR, "weight_decay": 0.0}),
+    "untied head": ({"tie_embeddings": False}, ONE_LR),
+    "relu2": ({"activation": "relu2"}, ONE_LR),
+    "zero-init proj": ({"zero_init_proj": True}, ONE_LR),
+    "qk-norm": ({"qk_norm": True}, ONE_LR),
+    "softcap 30": ({"logit_softcap": 30.0}, ONE_LR),
+    "muon lr x2": ({}, {**ONE_LR, "muon_lr_scale": 2.0}),
+    "muon lr x3": ({}, {**ONE_LR, "muon_lr_scale": 3.0}),
+    "muon lr x6": ({}, {**ONE_LR, "muon_lr_scale": 6.0}),
+    "embedding lr x3": ({}, {**ONE_LR, "embedding_lr_scale": 3.0}),
+    "embedding lr x10": ({}, {**ONE_LR, "embedding_lr_scale": 10.0}),
+    "muon x3 + embedding x3": ({}, {"muon_lr_scale": 3.0, "embedding_lr_scale": 3.0}),  # today's defaults
+    "muon momentum 0.9": ({}, {**ONE_LR, "muon_momentum": 0.9}),
+}
+"""The ablation's variants: (GPTConfig fields, fit options), each on top of the defaults."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="default", help="comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--log", type=Path, default=REPO / "runs" / "ablate.jsonl", help="JSON lines, appended")
+    parser.add_argument("--model", type=json.loads, default={}, help="extra GPTConfig fields, JSON")
+    parser.add_argument("--fit", type=json.loads, default={}, help="extra fit options, JSON")
+    parser.add_argument("--name", default=None, help="the name logged (default: the variant's)")
+    parser.add_argument("--table", action="store_true", help="only print the table of --log")
+    parser.add_argument("--baseline", default="default", help="the variant the table compares with")
+    parser.add_argument("--quick", action="store_true", help="50 steps, one seed (a smoke run)")
+    parser.add_argument("--speed", action="store_true", help="interleaved training tokens/s only (see above)")
+    parser.add_argument("--rounds", type=int, default=5, help="--speed: interleaved rounds (default: %(default)s)")
+    parser.add_argument("--speed-steps", type=int, default=100, help="--speed: steps a variant a round")
+    args = parser.parse_args()
+    if args.speed:
+        set_threads(args.threads)
+        rounds, steps = (2, 5) if args.quick else (args.rounds, args.speed_steps)
+        print_speed(args.variants.split(","), rounds, steps, args.model, args.fit)
+        print("\n".join(environment_lines(args.threads)))
+        return
+    if not args.table:
+        set_threads(args.threads)
+        text = shakespeare_text().read_text(encoding="utf-8")
+        steps = 50 if args.quick else args.steps
+        seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+        commit = _commit()
+        for seed in seeds:  # interleaved: every variant once per seed
+            for name in args.variants.split(","):
+                if name not in VARIANTS:
+                    raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+                model, fit = VARIANTS[name]
+                model, fit = {**model, **args.model}, {**fit, **args.fit}
+                result = run("default", text, steps, seed, fit, model)
+                if result["tokens"] != steps * BATCH * SHAPE["max_seq_len"]:  # stopped early (Ctrl-C, SIGTERM)
+                    raise SystemExit(f"{name} seed {seed} stopped before step {steps}: not logged")
+                record = dict(
+                    variant=args.name or name, seed=seed, steps=steps, model=model, fit=fit, commit=commit, **result
+                )
+                print(
+                    f"{record['variant']} seed {seed}: {result['valid_per_byte']:.4f} nats/byte, "
+                    f"{result['tokens'] / result['seconds']:,.0f} tokens/s, {result['parameters']:,} parameters",
+                    flush=True,
+                )
+                args.log.parent.mkdir(parents=True, exist_ok=True)
+                with args.log.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+    print_summary(args.log, args.baseline)
+    print("\n".join(environment_lines(args.threads)))
+
+
+def print_summary(log: Path, baseline: str = "default") -> None:
+    """The table of every run in `log`, one row per variant name and step count, in logged order;
+    "vs" is the difference of the mean from `baseline`'s mean, then (in brackets) the mean of the
+    differences from `baseline`'s runs of the same seeds."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        runs.setdefault((record["variant"], record["steps"]), []).append(record)
+    base = {s: statistics.mean(r["valid_per_byte"] for r in rs) for (v, s), rs in runs.items() if v == baseline}
+    base_seed = {(s, r["seed"]): r["valid_per_byte"] for (v, s), rs in runs.items() if v == baseline for r in rs}
+    rows = []
+    for (variant, steps), rs in runs.items():
+        losses = [r["valid_per_byte"] for r in rs]
+        mean = statistics.mean(losses)
+        sd = statistics.stdev(losses) if len(losses) > 1 else 0.0
+        delta = f"{mean - base[steps]:+.3f}" if steps in base else "-"
+        paired = [r["valid_per_byte"] - base_seed[steps, r["seed"]] for r in rs if (steps, r["seed"]) in base_seed]
+        delta += f" ({statistics.mean(paired):+.3f})" if paired else ""
+        speed = statistics.median(r["tokens"] / r["seconds"] for r in rs)
+        rows.append(
+            [variant, str(steps), str(len(rs)), f"{mean:.3f}", f"{sd:.3f}", f"{min(losses):.3f}-{max(losses):.3f}",
+             delta, f"{speed:,.0f}", f"{rs[0]['parameters']:,}"]  # fmt: skip
+        )
+    header = ["variant", "steps", "seeds", "nats/byte mean", "sd", "min-max", f"vs {baseline} (same seeds)", "tokens/s"]
+    header.append("parameters")
+    print_table(header, rows)
+
+
+def print_speed(names: list[str], rounds: int, steps: int, model_extra: dict, fit_extra: dict) -> None:
+    """Training tokens/s of each variant, interleaved over `rounds` (the order rotating each round)."""
+    ids = torch.tensor(Tokenizer().encode(shakespeare_text().read_text(encoding="utf-8")[:200_000]))
+    loader, _ = make_loaders(ids, SHAPE["max_seq_len"], BATCH, 0.1, seed=0)
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            model_fields, fit_options = VARIANTS[name]
+            torch.manual_seed(r)
+            model = GPT(vocab_size=Tokenizer().vocab_size, **{**SHAPE, **model_fields, **model_extra})
+            options = {"progress": False, "log_every": None, **fit_options, **fit_extra}
+            model.fit(loader, max_steps=2, **options)  # warm-up
+            started = time.perf_counter()
+            model.fit(loader, max_steps=steps, **options)
+            speeds[name].append(steps * BATCH * SHAPE["max_seq_len"] / (time.perf_counter() - started))
+    rows = [[name, median_span(speeds[name]), ratio_span(speeds[name], speeds[names[0]])] for name in names]
+    print(f"Training tokens/s, {rounds} interleaved rounds of {steps} steps, batch {BATCH} x {SHAPE['max_seq_len']}")
+    print_table(["variant", "tokens/s median (min-max)", f"÷ {names[0]}"], rows)
+
+
+def _commit() -> str:
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        return git.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()
