@@ -124,7 +124,7 @@ def _add_model_arguments(model: argparse._ArgumentGroup) -> None:
         "--activation",
         choices=ACTIVATIONS,
         default=default["activation"],
-        help="MLP activation: gelu_tanh (GPT-2's) or gelu (exact; trains faster on CPU, decodes slower) (default: %(default)s)",
+        help="MLP activation: gelu_tanh (GPT-2's), gelu (exact; trains faster on CPU, decodes slower) or relu2 (ReLU squared) (default: %(default)s)",
     )
 
 
