@@ -601,3 +601,34 @@ def test_compare_on_the_browser_backend_hands_over_pytorchs_greedy_ids(trained, 
     assert reference["ids"] == model.tokenizer.encode("the cat") and len(reference["expected"]) == 8
     assert model.generate([reference["ids"]], 8)[0, len(reference["ids"]) :].tolist() == reference["expected"]
     assert json.loads(Path(files[-1]).read_text())["precision"] == "fp32"
+
+
+# failures stay in the status line (issue 22, item 6) ------------------------------------------------
+def _streamed_until_error(stream) -> tuple[list[tuple], str]:
+    """The outputs a train or resume stream yielded before its error, and the error's (toast) text."""
+    outputs = []
+    with pytest.raises(gr.Error) as info:
+        for output in stream:
+            outputs.append(output)
+    return outputs, info.value.message
+
+
+@pytest.mark.parametrize("lang, reason", [("en", "too short"), ("ru", "слишком короткий")])
+def test_a_failed_training_says_why_in_the_status_line(handlers, tmp_path, lang, reason):
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words", encoding="utf-8")
+    request = Request(f"short-status-{lang}", lang)
+    values = [*(TINY[k] for k in ("num_layers", "num_heads", "emb_size", "context", "vocab_size")), 1e-2, 8, 30, 0.0]
+    stream = handlers.train("upload", [str(short)], "", *values, "cpu", "new", None, request=request)
+    outputs, toast = _streamed_until_error(stream)
+    assert outputs[0][0] == t(lang, "train.preparing")  # the status line said it was preparing the data...
+    status = outputs[-1][0]
+    assert reason in toast and toast in status  # ...and then why that failed, in the reader's language
+    assert status.startswith(t(lang, "train.not_run", error="").split(":")[0])
+    assert all(value == gr.skip() for value in outputs[-1][1:])  # plot, sample and model stay as they were
+
+
+def test_a_refused_resume_says_why_in_the_status_line(handlers):
+    for lang, reason in (("en", "no stopped run"), ("ru", "нет")):
+        outputs, toast = _streamed_until_error(handlers.resume(10, request=Request("no-run", lang)))
+        assert len(outputs) == 1 and toast in outputs[0][0] and reason in outputs[0][0]

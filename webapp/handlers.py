@@ -146,10 +146,20 @@ class Handlers:
     ) -> Iterator[tuple]:
         """Train on uploaded files or a built-in sample: a new model, or the current or a saved model
         further (`start`: "new" / "current" / "saved", then `start_model` names one the caller may
-        use, `owner_key` says who the caller is: `webapp.owners`); streams (status, loss plot, sample, model)."""
+        use, `owner_key` says who the caller is: `webapp.owners`); streams (status, loss plot, sample, model).
+        A failure is shown in the status line as well as in the error toast."""
         lang = _lang(request)
         session = self.session(request)
-        owner = self.owner(owner_key, profile, request)
+        values = (num_layers, num_heads, emb_size, context, vocab_size, learning_rate, batch_size, steps, dropout)
+        run = self._train(session, lang, source, files, sample, values, device, start, start_model,
+                          self.owner(owner_key, profile, request), progress)  # fmt: skip
+        yield from self._errors_in_status(run, session, lang)
+
+    def _train(
+        self, session: Session, lang: str, source: str, files: Any, sample: str, values: tuple, device: str,
+        start: str, start_model: Any, owner: owners.Owner, progress: gr.Progress,
+    ) -> Iterator[tuple]:  # fmt: skip
+        num_layers, num_heads, emb_size, context, vocab_size, learning_rate, batch_size, steps, dropout = values
         with session.lock:
             if session.training:
                 raise UserError("error.already_training")
@@ -196,6 +206,19 @@ class Handlers:
             job = self._job(session, model, data, config, run_folder / "checkpoints", label, earlier=earlier)
             yield from self._run(session, job, lang, progress)
 
+    @staticmethod
+    def _errors_in_status(run: Iterator[tuple], session: Session, lang: str) -> Iterator[tuple]:
+        """`yield from` a train or resume stream: a failure it raises is also written into the status
+        line, where it stays (the toast goes after a few seconds), unless the run's own status says it."""
+        try:
+            yield from run
+        except Exception as err:
+            error = _as_gr_error(err, lang)
+            job = session.job
+            if job is None or err is not job.error:  # a failed run's status already says why
+                yield t(lang, "train.not_run", error=error.message), gr.skip(), gr.skip(), gr.skip()
+            raise error from err
+
     def _reserve_disk(self, session: Session, need: int) -> Any:
         """`need` bytes of disk for the session's work while it runs (`storage.reserve`)."""
         return storage.reserve(session.folder, self.settings, need, session.kept_folders(), session.downloads)
@@ -217,9 +240,13 @@ class Handlers:
 
     @friendly_stream
     def resume(self, steps: float, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
-        """Continue the session's last run from its newest checkpoint, up to `steps`."""
+        """Continue the session's last run from its newest checkpoint, up to `steps`; a failure is
+        shown in the status line as well as in the error toast."""
         lang = _lang(request)
         session = self.session(request)
+        yield from self._errors_in_status(self._resume(session, steps, lang, progress), session, lang)
+
+    def _resume(self, session: Session, steps: float, lang: str, progress: gr.Progress) -> Iterator[tuple]:
         with session.lock:
             last = session.job
             if last is None:
