@@ -5,6 +5,7 @@ probabilities and alternatives, a text's surprise."""
 
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -103,6 +104,32 @@ def test_a_stopped_continued_run_resumes_as_the_same_run(handlers, files, base):
     assert job is not first and job.earlier == first.earlier and job.label == first.label
     assert job.model.training_record["started_from"]["model"] == "base"
     assert "trained further on new.txt" in plain(last[3])
+
+
+def test_an_unsaved_model_trained_further_is_named_by_what_it_learned(handlers, files):
+    """Issue 22, item 5: no name the user never gave (`simple-llm-runs-001`) in the summary, the
+    model card or the export's zip: a model never saved is described by its texts."""
+    request = Request("unsaved")
+    train(handlers, request, [files["first"]], steps=20)
+    first_summary = plain(handlers.model_info(request=request))
+    *_, (status, plot, sample, summary) = train(handlers, request, [files["new"]], steps=10, start="current")
+    summary = plain(summary)
+    assert "trained on first.txt, trained further on new.txt" in summary and "runs" not in summary
+    assert "trained on first.txt" in first_summary and "runs" not in first_summary
+    record = handlers.session(request).model.training_record
+    assert "model" not in record["started_from"] and record["started_from"]["texts"] == ["first.txt"]
+    zip_path, _ = list(handlers.export("fp32", request=request))[-1]
+    assert Path(zip_path).name == "trained-on-first.txt-trained-further-on-new.txt-onnx-fp32.zip"
+    with zipfile.ZipFile(zip_path) as archive:
+        card = archive.read(next(n for n in archive.namelist() if n.endswith("/README.md"))).decode()
+    assert "- went on from a model trained on `first.txt`" in card and "runs-0" not in card
+    assert "saved model" not in card
+
+    handlers.save_model("mine", OWNER, request=request)  # a name the user gave is the name used from then on
+    train(handlers, request, [files["new"]], steps=5, start="current")
+    record = handlers.session(request).model.training_record
+    assert record["started_from"]["model"] == "mine"
+    assert "mine, trained further on new.txt" in plain(handlers.model_info(request=request))
 
 
 @pytest.mark.parametrize(

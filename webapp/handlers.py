@@ -165,6 +165,8 @@ class Handlers:
                 raise UserError("error.already_training")
             device_name = training.checked_device(device)
             model = models.starting_model(session, owner, start, start_model, self.settings, device_name)
+            if model is not None:  # its saved name, or (never saved) what it was trained on
+                base = model.training_record["started_from"].get("model") or session.model_label
             earlier = self._earlier_curve(session, start, model)
             config = training.make_config(
                 self.settings,
@@ -201,7 +203,6 @@ class Handlers:
                 model = training.build_model(config, data.tokenizer, self.settings)
                 label = t(lang, "model.trained_on", corpus=data.corpus_label)
             else:
-                base = model.training_record["started_from"]["model"]
                 label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
             job = self._job(session, model, data, config, run_folder / "checkpoints", label, earlier=earlier)
             yield from self._run(session, job, lang, progress)
@@ -272,9 +273,8 @@ class Handlers:
         def install(job: training.TrainingJob) -> None:
             if job.usable:
                 source = training.latest_checkpoint(checkpoints)
-                session.set_model(
-                    job.model, job.label, f"simple-llm-{checkpoints.parent.name}", source=source, force=True
-                )
+                name = library.safe_name(str(job.label))  # its downloads are named as the app shows it
+                session.set_model(job.model, job.label, name, source=source, force=True)
 
         return training.TrainingJob(
             model,
