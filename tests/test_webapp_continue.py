@@ -65,6 +65,7 @@ def test_the_current_model_goes_on_training_on_new_text(handlers, files, base):
 
     outputs = train(handlers, base, [files["new"]], steps=30, start="current", num_layers=3, vocab_size=999)
     status, plot, _, summary = outputs[-1]
+    plot = plot["value"]
     after = session.model
     assert after is not before and after.config == before.config  # its shape, not the UI's settings
     assert after.tokenizer is before.tokenizer
@@ -75,7 +76,7 @@ def test_the_current_model_goes_on_training_on_new_text(handlers, files, base):
     assert after.training_record["texts"] == ["new.txt"]
 
     # the loss curve shows the earlier run, then this one from where it ended
-    earlier = plot[plot["split"] == "before this run"]
+    earlier = plot[plot["split"] == "train, before this run"]
     current = plot[plot["split"] == "train"]
     assert len(earlier) > 1 and earlier["step"].max() <= earlier_end
     assert current["step"].min() > earlier_end and current["step"].max() == earlier_end + 30
@@ -88,8 +89,9 @@ def test_a_saved_model_goes_on_training_in_another_session(handlers, files, base
     model = handlers.session(request).model
     assert model.config == base_model.config and model.tokenizer.to_json_str() == base_model.tokenizer.to_json_str()
     assert model.training_record["started_from"]["model"] == "base"
-    plot = outputs[-1][1]
-    assert plot["step"].min() >= json.loads((saved(handlers, "base") / "training.json").read_text())["steps"]
+    plot = outputs[-1][1]["value"]
+    base_steps = json.loads((saved(handlers, "base") / "training.json").read_text())["steps"]
+    assert plot[plot["split"] == "train"]["step"].min() > base_steps
     handlers.save_model("tuned", OWNER, request=request)
     record = json.loads((saved(handlers, "tuned") / "training.json").read_text())
     assert record["started_from"]["model"] == "base" and record["steps"] == 20
@@ -156,9 +158,51 @@ def test_a_saved_model_whose_tokenizer_does_not_fit_is_refused(handlers, files, 
     assert "more than the model's vocabulary of 100" in message and handlers.session(request).model is None
 
 
+def _series(plot: dict) -> dict[str, list[int]]:
+    """The steps of each series of a loss-plot update."""
+    frame = plot["value"]
+    return {name: sorted(frame[frame["split"] == name]["step"]) for name in frame["split"].unique()}
+
+
+def test_the_earlier_curve_is_whole_and_every_series_has_its_colour(handlers, files):
+    """Issue 22, item 4: after training further, the earlier curve is drawn whole, in the legend and
+    in its own colour; a series keeps its colour from run to run (the colour map goes with every
+    frame: the plot redraws its legend when the map changes)."""
+    request = Request("curves")
+    first = train(handlers, request, [files["first"]], steps=40)[-1][1]
+    assert first["color_map"] == {"train": "#2563eb", "validation": "#ea580c"}
+    further = train(handlers, request, [files["new"]], steps=20, start="current")[-1][1]
+    series = _series(further)
+    assert list(further["color_map"]) == [
+        "train, before this run", "validation, before this run", "train", "validation"
+    ]  # fmt: skip
+    assert set(further["color_map"]) == set(series)  # every series drawn has a colour and a legend entry
+    assert len(set(further["color_map"].values())) == 4
+    assert {k: further["color_map"][k] for k in first["color_map"]} == first["color_map"]  # the same colours
+    assert series["train, before this run"] == sorted(_series(first)["train"])  # the whole first run
+    assert series["validation, before this run"] == sorted(_series(first)["validation"])
+    assert min(series["train"]) == 41 and max(series["train"]) == 60
+
+    handlers.save_model("curvy", OWNER, request=request)  # a saved model keeps its whole curve
+    other = Request("curves-ru", "ru")
+    saved_further = train(handlers, other, [files["new"]], steps=10, start="saved", start_model="curvy", owner_key=OWNER)
+    plot = saved_further[-1][1]
+    series = _series(plot)
+    assert len(series["обучение, до этого запуска"]) > 30 and max(series["обучение, до этого запуска"]) == 60
+    assert min(series["обучение"]) == 61 and max(series["обучение"]) == 70
+    assert list(plot["color_map"].values()) == list(further["color_map"].values())  # in Russian, the same colours
+
+
 def test_a_saved_record_gives_the_curve_its_starting_point():
     curve = training.Curve.from_record({"steps": 120, "train_loss": 2.5, "validation_loss": 2.7})
     assert curve.end == 120 and curve.train == ((120, 2.5),) and curve.evaluations == ((120, 2.7),)
+    went_on = {"steps": 400, "train_loss": 2.0, "started_from": {"model": "a", "steps": 300, "train_loss": 3.0}}
+    assert training.Curve.from_record(went_on).train == ((700, 2.0),)  # 300 steps, then 400 more
+    whole = training.Curve(tuple((s, 5.0 - s / 1000) for s in range(1, 2001)), ((1000, 4.5), (2000, 4.0)))
+    kept = training.Curve.from_record({"curve": json.loads(json.dumps(whole.to_record())), "steps": 3})
+    assert kept.end == 2000 and len(kept.train) == training.PLOT_POINTS and kept.evaluations == whole.evaluations
+    malformed = {"curve": {"train": [[1, "x"]]}, "steps": 5, "train_loss": 2.0}
+    assert training.Curve.from_record(malformed).end == 5  # a malformed curve is ignored
     assert training.Curve.from_record({}).end == 0
     assert training.Curve.from_record({"steps": "many", "train_loss": "low"}) == training.Curve()
 

@@ -263,8 +263,10 @@ def test_training_streams_progress_plot_samples_and_model(trained, handlers):
     status, plot, sample, summary = outputs[-1]
     assert "**Step 30 / 30**" in status and "tokens/s" in status and "Finished at step 30" in plain(status)
     assert "корпус.txt" in plain(status)
-    assert isinstance(plot, pd.DataFrame) and set(plot["split"]) == {"train", "validation"}
-    assert plot["step"].max() == 30 and plot["loss"].notna().all()
+    frame = plot["value"]
+    assert isinstance(frame, pd.DataFrame) and set(frame["split"]) == {"train", "validation"}
+    assert frame["step"].max() == 30 and frame["loss"].notna().all()
+    assert plot["color_map"] == {"train": training.COLOURS["train"], "validation": training.COLOURS["validation"]}
     assert sample.startswith("[step 30]")
     assert "parameters: 8" in summary and "context 16" in summary
     session = handlers.session(request)
@@ -297,7 +299,7 @@ def test_stop_keeps_the_last_checkpoint_and_resume_finishes_the_run(handlers, te
     resumed = session.job
     assert resumed is not job and resumed.steps_done == target and f"Finished at step {target}" in plain(outputs[-1][0])
     assert resumed.trainer.history.steps == list(range(1, target + 1))  # one history across the stop
-    plot = outputs[-1][1]
+    plot = outputs[-1][1]["value"]
     assert plot[plot["split"] == "train"]["step"].min() == 1
     assert f"already at step {target}" in error_of(lambda: list(handlers.resume(target, request=request)))
 

@@ -234,10 +234,13 @@ class Handlers:
         model and this session trained it, else the last losses its record keeps."""
         if model is None:
             return None
+        earlier = model.training_record["started_from"]
+        curve = training.Curve.from_record(earlier)
+        earlier.pop("curve", None)  # the new run's record keeps the whole curve, once
         job = session.job
         if start == "current" and job is not None and job.model is session.model:
             return job.curve()
-        return training.Curve.from_record(model.training_record["started_from"])
+        return curve
 
     @friendly_stream
     def resume(self, steps: float, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
@@ -272,6 +275,7 @@ class Handlers:
 
         def install(job: training.TrainingJob) -> None:
             if job.usable:
+                job.model.training_record["curve"] = job.curve().to_record()  # shown when it trains further
                 source = training.latest_checkpoint(checkpoints)
                 name = library.safe_name(str(job.label))  # its downloads are named as the app shows it
                 session.set_model(job.model, job.label, name, source=source, force=True)
@@ -312,9 +316,10 @@ class Handlers:
                 job.wait(STOP_WAIT_S)
 
     def _train_view(self, session: Session, job: training.TrainingJob, snap: training.Snapshot, lang: str) -> tuple:
+        frame = training.loss_frame(snap, lang)
         return (
             training.status_text(job, snap, lang),
-            training.loss_frame(snap, lang),
+            gr.update(value=frame, color_map=training.colour_map(frame, lang)),
             training.sample_text(job, lang),
             models.summary(session, lang),
         )

@@ -241,7 +241,10 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer, settings: Settings, s
 
 @dataclass(frozen=True)
 class Curve:
-    """A model's losses before a run, by step: train `(step, loss)` points and validation evaluations."""
+    """A model's losses before a run, by step: train `(step, loss)` points and validation evaluations.
+
+    Kept in the model's `training_record` as `"curve"` (`to_record`), so a saved model shows its
+    whole curve when it trains further; steps count from the model's first run."""
 
     train: tuple[tuple[int, float], ...] = ()
     evaluations: tuple[tuple[int, float], ...] = ()
@@ -253,13 +256,53 @@ class Curve:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Curve:
-        """The last losses a model's `training_record` holds (a saved model keeps no whole curve)."""
-        step = record.get("steps")
-        if not isinstance(step, int) or step <= 0:
+        """The curve a model's `training_record` keeps; for a record without one (saved before the
+        app kept curves, or by the command line), its last losses at the step its runs reached."""
+        kept = record.get("curve")
+        if isinstance(kept, dict):
+            curve = cls(_points(kept.get("train")), _points(kept.get("validation")))
+            if curve.train or curve.evaluations:
+                return curve
+        step = _record_steps(record)
+        if step <= 0:
             return cls()
         points = {name: record.get(name) for name in ("train_loss", "validation_loss")}
-        found = {name: ((step, float(v)),) if isinstance(v, (int, float)) else () for name, v in points.items()}
+        found = {name: ((step, float(v)),) if _is_number(v) else () for name, v in points.items()}
         return cls(found["train_loss"], found["validation_loss"])
+
+    def to_record(self) -> dict[str, list[list[float]]]:
+        """The curve for a `training_record`, at most `PLOT_POINTS` points a series (train losses averaged)."""
+        steps, losses = [s for s, _ in self.train], [v for _, v in self.train]
+        stride = max(1, math.ceil(len(self.evaluations) / PLOT_POINTS))
+        return {
+            "train": [[step, round(loss, 4)] for step, loss in _averaged(steps, losses)],
+            "validation": [[step, round(loss, 4)] for step, loss in self.evaluations[::stride]],
+        }
+
+
+def _points(value: Any) -> tuple[tuple[int, float], ...]:
+    """`[[step, loss], ...]` from a record (which may come from an uploaded zip): () unless well formed."""
+    if not isinstance(value, list):
+        return ()
+    ok = all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and p[0] >= 0 and _is_number(p[1])
+        for p in value
+    )
+    return tuple((p[0], float(p[1])) for p in value) if ok else ()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_steps(record: dict[str, Any], depth: int = 0) -> int:
+    """Optimizer steps of a model's runs together: its last run's and those of the models it went on from."""
+    steps = record.get("steps")
+    steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else 0
+    earlier = record.get("started_from")
+    if isinstance(earlier, dict) and depth < 100:
+        steps += _record_steps(earlier, depth + 1)
+    return steps
 
 
 @dataclass
@@ -505,21 +548,39 @@ def eval_interval(steps: int) -> int:
 
 
 # rendering ------------------------------------------------------------------------------------
-def loss_frame(snapshot: Snapshot, lang: str) -> pd.DataFrame:
-    """Rows (step, loss, split) for `gr.LinePlot`: the train loss averaged into at most
-    `PLOT_POINTS` points, plus the validation loss.
+SERIES = ("earlier_train", "earlier_validation", "train", "validation")
+"""The loss plot's series, in legend order; each is `plot.<name>` in the reader's language."""
+COLOURS = {"earlier_train": "#93c5fd", "earlier_validation": "#fdba74", "train": "#2563eb", "validation": "#ea580c"}
+"""A fixed colour per series: this run's train and validation losses in strong blue and orange, the
+model's earlier ones in light tints of the same colours."""
 
-    Empty until the first evaluation: Gradio's plot keeps the colour legend of the first data it
-    draws, so a first frame with train rows only would hide the validation line for good.
+
+def loss_frame(snapshot: Snapshot, lang: str) -> pd.DataFrame:
+    """Rows (step, loss, split) for `gr.LinePlot`: the model's earlier losses, this run's train loss
+    averaged into at most `PLOT_POINTS` points, and its validation losses.
+
+    Empty until this run has both a train and a validation loss: Gradio's plot keeps the series
+    (and colours) of the first data it draws until its colour map changes (`colour_map`), so every
+    series a run draws must be in its first frame.
     """
-    train_name, valid_name = t(lang, "plot.train"), t(lang, "plot.validation")
-    if not snapshot.evaluations:
+    if not snapshot.evaluations or not snapshot.steps:
         return empty_frame()
     earlier, offset = snapshot.earlier, snapshot.earlier.end  # a run that goes on from a model continues its curve
-    rows = [(step, loss, t(lang, "plot.earlier")) for step, loss in earlier.train or earlier.evaluations]
-    rows += [(offset + step, loss, train_name) for step, loss in _averaged(snapshot.steps, snapshot.losses)]
-    rows += [(offset + step, loss, valid_name) for step, loss in snapshot.evaluations]
+    names = {name: t(lang, f"plot.{name}") for name in SERIES}
+    rows = [(step, loss, names["earlier_train"]) for step, loss in earlier.train]
+    rows += [(step, loss, names["earlier_validation"]) for step, loss in earlier.evaluations]
+    rows += [(offset + step, loss, names["train"]) for step, loss in _averaged(snapshot.steps, snapshot.losses)]
+    rows += [(offset + step, loss, names["validation"]) for step, loss in snapshot.evaluations]
     return pd.DataFrame(rows, columns=["step", "loss", "split"])
+
+
+def colour_map(frame: pd.DataFrame, lang: str) -> dict[str, str]:
+    """The colour of each series `frame` holds, in legend order. Sent with every frame: the plot
+    redraws its legend when this map changes (a run that shows an earlier curve after one that
+    did not), and a series keeps its colour from run to run."""
+    present = set(frame["split"])
+    names = {t(lang, f"plot.{name}"): name for name in SERIES}
+    return {label: COLOURS[name] for label, name in names.items() if label in present}
 
 
 def _averaged(steps: list[int], losses: list[float]) -> list[tuple[int, float]]:
