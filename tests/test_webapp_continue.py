@@ -11,10 +11,12 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
+from tiny_training import assert_same_weights
 from webapp_common import Request, error_of, generate, plain, text, train
 
 from gpt import GPT, Tokenizer, evaluate_text, token_losses
 from webapp import insight, library, owners, training
+from webapp.i18n import t
 from webapp.handlers import Handlers
 from webapp.settings import Settings
 
@@ -156,6 +158,57 @@ def test_a_saved_model_whose_tokenizer_does_not_fit_is_refused(handlers, files, 
     request = Request("misfit")
     message = error_of(lambda: train(handlers, request, [files["new"]], steps=5, start="saved", start_model="misfit"))
     assert "more than the model's vocabulary of 100" in message and handlers.session(request).model is None
+
+
+def _scripted_validation(monkeypatch, first: float, then: float) -> None:
+    """Every validation loss `fit` computes from now on: `first` (the start), then `then`, then rising."""
+    calls = []
+
+    def scripted(*args, **kwargs) -> float:
+        calls.append(None)
+        return first if len(calls) == 1 else then + 0.1 * (len(calls) - 2)
+
+    monkeypatch.setattr("gpt.training.evaluate", scripted)
+
+
+@pytest.mark.parametrize("lang, rose", [("en", "The validation loss rose"), ("ru", "Потери на валидации выросли")])
+def test_a_run_that_overfits_keeps_its_best_checkpoint_and_says_so(handlers, files, monkeypatch, lang, rose):
+    """Issue 22, item 9: training further on a small text raised the validation loss, and the app
+    kept the last model without a word. It keeps the checkpoint of the lowest validation loss."""
+    request = Request(f"overfit-{lang}", lang)
+    train(handlers, request, [files["first"]], steps=20)
+    _scripted_validation(monkeypatch, first=4.0, then=3.0)  # better after the start, then worse and worse
+    *_, (status, *_) = train(handlers, request, [files["new"]], steps=20, start="current")
+    session = handlers.session(request)
+    job = session.job
+    best = job.trainer.history.evaluations[1][0]  # the first evaluation after the start
+    assert job.kept_step == best and job.trainer.history.evaluations[0] == (0, 4.0)
+    values = dict(best="3.000", best_step=best, last=f"{job.trainer.validation_loss:.3f}", step=job.steps_done)
+    assert rose in status and t(lang, "train.kept_best", **values) in status
+    assert session.model is job.model and session.model_source == job.checkpoint_dir / "best"
+    assert_same_weights(session.model, GPT.load(job.checkpoint_dir / "best"))
+    record = session.model.training_record
+    assert record["steps"] == best and record["validation_loss"] == 3.0
+    assert training.Curve.from_record(record).end == 20 + best  # its curve ends at the weights kept
+
+
+def test_a_run_that_only_made_the_model_worse_keeps_the_model_it_started_from(handlers, files, base, monkeypatch):
+    request = Request("worse")
+    train(handlers, request, [files["first"]], steps=20)
+    before = handlers.session(request).model
+    _scripted_validation(monkeypatch, first=2.0, then=3.0)
+    *_, (status, *_) = train(handlers, request, [files["new"]], steps=20, start="current")
+    assert handlers.session(request).model is before and handlers.session(request).job.kept_start
+    assert "The validation loss rose" in plain(status) and "kept the model the run started from" in status
+
+    other = Request("worse-saved")  # a saved model: it becomes the current model, as it was saved
+    *_, (status, _, _, summary) = train(
+        handlers, other, [files["new"]], steps=20, start="saved", start_model="base", owner_key=OWNER
+    )
+    session = handlers.session(other)
+    assert session.saved_name == "base" and plain(summary).startswith("base ·")
+    assert_same_weights(session.model, GPT.load(saved(handlers, "base")))
+    assert session.model.training_record["steps"] == GPT.load(saved(handlers, "base")).training_record["steps"]
 
 
 def _series(plot: dict) -> dict[str, list[int]]:

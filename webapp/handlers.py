@@ -204,7 +204,10 @@ class Handlers:
                 label = t(lang, "model.trained_on", corpus=data.corpus_label)
             else:
                 label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
-            job = self._job(session, model, data, config, run_folder / "checkpoints", label, earlier=earlier)
+            saved_start = model.training_record["started_from"]["model"] if start == "saved" else None
+            job = self._job(
+                session, model, data, config, run_folder / "checkpoints", label, earlier=earlier, saved_start=saved_start
+            )
             yield from self._run(session, job, lang, progress)
 
     @staticmethod
@@ -264,8 +267,9 @@ class Handlers:
             model = training.build_model(config, last.data.tokenizer, self.settings)
             model.training_record = copy.deepcopy(last.model.training_record)  # e.g. the model it went on from
             job = self._job(
-                session, model, last.data, config, last.checkpoint_dir, last.label, resume=True, earlier=last.earlier
-            )
+                session, model, last.data, config, last.checkpoint_dir, last.label, resume=True, earlier=last.earlier,
+                saved_start=last.saved_start,
+            )  # fmt: skip
         with self._admit(session, "training", training.run_memory(config), self.settings.train_threads):
             yield from self._run(session, job, lang, progress)
 
@@ -274,11 +278,18 @@ class Handlers:
         a run refused, failed or stopped before its first checkpoint leaves the previous model in place."""
 
         def install(job: training.TrainingJob) -> None:
-            if job.usable:
-                job.model.training_record["curve"] = job.curve().to_record()  # shown when it trains further
-                source = training.latest_checkpoint(checkpoints)
-                name = library.safe_name(str(job.label))  # its downloads are named as the app shows it
-                session.set_model(job.model, job.label, name, source=source, force=True)
+            if not job.usable:
+                return
+            if job.kept_start:  # training only made it worse: the model it went on from stays as it was
+                if job.saved_start is not None:  # (the session's current model stays by itself)
+                    record = {k: v for k, v in job.model.training_record["started_from"].items() if k != "model"}
+                    job.model.training_record = {**record, "curve": job.earlier.to_record()}
+                    name = job.saved_start
+                    session.set_model(job.model, name, name, source=job.source, force=True, saved=True)
+                return
+            job.model.training_record["curve"] = job.curve().to_record()  # shown when it trains further
+            name = library.safe_name(str(job.label))  # its downloads are named as the app shows it
+            session.set_model(job.model, job.label, name, source=job.source, force=True)
 
         return training.TrainingJob(
             model,

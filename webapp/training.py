@@ -338,12 +338,14 @@ class TrainingJob:
         resume: bool = False,
         earlier: Curve | None = None,
         label: Any = "",
+        saved_start: str | None = None,
         sample_every_s: float = SAMPLE_EVERY_S,
         on_done: Callable[[TrainingJob], None] | None = None,
     ) -> None:
         self.model = model
         self.earlier = earlier or Curve()  # the losses of the model this run goes on from
         self.label = label  # what the app calls the model this run trains
+        self.saved_start = saved_start  # the saved model's name, when the run goes on from one
         model.training_record.setdefault("texts", [str(data.corpus_label)])  # its model card names them
         self.data = data
         self.config = config
@@ -354,6 +356,14 @@ class TrainingJob:
         self.sample_every_s = sample_every_s
         self.on_done = on_done  # called from the worker when the run has ended, before `done` is set
         self.usable = False  # the model holds the weights of a checkpoint of this run (see `_run`)
+        # Keeps the best checkpoint by validation loss; a run that goes on from a model compares with its start.
+        self.checkpointer = ModelCheckpoint(
+            every_n_steps=checkpoint_interval(config.steps),
+            keep_last=2,
+            restore_best=True,
+            evaluate_start=config.start is not None,
+        )
+        self.kept_step: int | None = None  # the run's best step, kept instead of its last (0: the start)
         self.samples: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
         self.last_sample: tuple[int, str] | None = None
         self.done = threading.Event()
@@ -407,10 +417,7 @@ class TrainingJob:
                 data.valid_loader,
                 num_epoch=math.ceil(self.config.steps / steps_per_epoch),
                 learning_rate=self.config.learning_rate,
-                callbacks=[
-                    _Reporter(self),
-                    ModelCheckpoint(every_n_steps=checkpoint_interval(self.config.steps), keep_last=2),
-                ],
+                callbacks=[_Reporter(self), self.checkpointer],
                 checkpoint_dir=self.checkpoint_dir,
                 max_steps=self.config.steps,
                 max_time=self.max_minutes * 60,
@@ -422,6 +429,8 @@ class TrainingJob:
             )
             self.stop_reason = self.trainer.stop_reason if self.trainer is not None else None
             self.usable = latest_checkpoint(self.checkpoint_dir) is not None  # `fit` saved its last step
+            if self.checkpointer.restored:
+                self._keep_best()
         except BaseException as err:  # reported to the UI; the model goes back to its last checkpoint
             log.exception("training failed")
             self.error = err
@@ -430,6 +439,30 @@ class TrainingJob:
             self.model.eval()
             self._call_on_done()
             self.done.set()
+
+    def _keep_best(self) -> None:
+        """The model holds the run's best checkpoint (`ModelCheckpoint(restore_best=True)`), not its
+        last step: its record says so (a model kept at step 0 is the one the run started from)."""
+        step, history = self.checkpointer.best_step, self.trainer.history
+        self.kept_step = step
+        if step and step in history.steps:
+            i = history.steps.index(step)
+            self.model.training_record.update(
+                steps=step,
+                tokens_seen=history.tokens[i],
+                train_loss=history.loss[i],
+                validation_loss=self.checkpointer.best_loss,
+            )
+
+    @property
+    def kept_start(self) -> bool:
+        """Training only raised the validation loss: the model holds the weights it started from."""
+        return self.kept_step == 0
+
+    @property
+    def source(self) -> Path | None:
+        """The checkpoint folder holding the weights the model ends with."""
+        return self.checkpointer.best_folder if self.kept_step is not None else latest_checkpoint(self.checkpoint_dir)
 
     def _restore_last_checkpoint(self) -> bool:
         """Load the run's newest checkpoint into the model; False when there is none (or it is unreadable)."""
@@ -489,9 +522,10 @@ class TrainingJob:
 
     def curve(self) -> Curve:
         """The model's whole loss curve after this run: the earlier one, then this run's (averaged)."""
-        snap, offset = self.snapshot(), self.earlier.end
-        train = tuple((offset + step, loss) for step, loss in _averaged(snap.steps, snap.losses))
-        evaluations = tuple((offset + step, loss) for step, loss in snap.evaluations)
+        snap, offset, end = self.snapshot(), self.earlier.end, self.kept_step
+        kept = [(s, v) for s, v in zip(snap.steps, snap.losses) if end is None or s <= end]  # to the weights kept
+        train = tuple((offset + step, loss) for step, loss in _averaged([s for s, _ in kept], [v for _, v in kept]))
+        evaluations = tuple((offset + step, loss) for step, loss in snap.evaluations if end is None or step <= end)
         return Curve(self.earlier.train + train, self.earlier.evaluations + evaluations)
 
     def _rates(self, window: float = 10.0) -> tuple[float, float]:
@@ -636,10 +670,25 @@ def outcome_text(job: TrainingJob, lang: str) -> str:
         return t(lang, "train.stopped_kept")
     reason = job.stop_reason
     if reason in (None, "max_steps") or job.completed:
-        return t(lang, "train.finished", step=job.steps_done)
-    if reason == "max_time":
-        return t(lang, "train.time_limit", step=job.steps_done, minutes=f"{job.max_minutes:g}")
-    return t(lang, "train.stopped", step=job.steps_done)
+        text = t(lang, "train.finished", step=job.steps_done)
+    elif reason == "max_time":
+        text = t(lang, "train.time_limit", step=job.steps_done, minutes=f"{job.max_minutes:g}")
+    else:
+        text = t(lang, "train.stopped", step=job.steps_done)
+    return text + _kept_text(job, lang)
+
+
+def _kept_text(job: TrainingJob, lang: str) -> str:
+    """What the app kept when the validation loss rose after the run's best checkpoint ("" otherwise)."""
+    if job.kept_step is None or job.trainer is None or job.trainer.validation_loss is None:
+        return ""
+    values = dict(
+        best=f"{job.checkpointer.best_loss:.3f}",
+        best_step=job.kept_step,
+        last=f"{job.trainer.validation_loss:.3f}",
+        step=job.trainer.history.evaluations[-1][0],
+    )
+    return "\n\n" + t(lang, "train.kept_start" if job.kept_start else "train.kept_best", **values)
 
 
 def _error_text(err: BaseException, lang: str) -> str:
