@@ -16,11 +16,11 @@ from webapp_common import Request, error_of, generate, plain, text, train
 
 from gpt import GPT, Tokenizer, evaluate_text, token_losses
 from webapp import insight, library, owners, training
-from webapp.i18n import t
 from webapp.handlers import Handlers
+from webapp.i18n import t
 from webapp.settings import Settings
 
-NEW_WORDS = "zebra quartz vixen jumps over lazy fog under amber skies".split()
+NEW_WORDS = ["zebra", "quartz", "vixen", "jumps", "over", "lazy", "fog", "under", "amber", "skies"]
 OWNER = owners.new_key()  # one visitor's browser: every session below is that visitor's page, reloaded
 
 
@@ -66,7 +66,7 @@ def test_the_current_model_goes_on_training_on_new_text(handlers, files, base):
     loss_before = evaluate_text(before, new_text[:2000]).loss
 
     outputs = train(handlers, base, [files["new"]], steps=30, start="current", num_layers=3, vocab_size=999)
-    status, plot, _, summary = outputs[-1]
+    _, plot, _, summary = outputs[-1]
     plot = plot["value"]
     after = session.model
     assert after is not before and after.config == before.config  # its shape, not the UI's settings
@@ -116,7 +116,7 @@ def test_an_unsaved_model_trained_further_is_named_by_what_it_learned(handlers, 
     request = Request("unsaved")
     train(handlers, request, [files["first"]], steps=20)
     first_summary = plain(handlers.model_info(request=request))
-    *_, (status, plot, sample, summary) = train(handlers, request, [files["new"]], steps=10, start="current")
+    summary = train(handlers, request, [files["new"]], steps=10, start="current")[-1][3]
     summary = plain(summary)
     assert "trained on first.txt, trained further on new.txt" in summary and "runs" not in summary
     assert "trained on first.txt" in first_summary and "runs" not in first_summary
@@ -183,7 +183,7 @@ def test_a_run_that_overfits_keeps_its_best_checkpoint_and_says_so(handlers, fil
     job = session.job
     best = job.trainer.history.evaluations[1][0]  # the first evaluation after the start
     assert job.kept_step == best and job.trainer.history.evaluations[0] == (0, 4.0)
-    values = dict(best="3.000", best_step=best, last=f"{job.trainer.validation_loss:.3f}", step=job.steps_done)
+    values = {"best": "3.000", "best_step": best, "last": f"{job.trainer.validation_loss:.3f}", "step": job.steps_done}
     assert rose in status and t(lang, "train.kept_best", **values) in status
     assert session.model is job.model and session.model_source == job.checkpoint_dir / "best"
     assert_same_weights(session.model, GPT.load(job.checkpoint_dir / "best"))
@@ -238,7 +238,9 @@ def test_the_earlier_curve_is_whole_and_every_series_has_its_colour(handlers, fi
 
     handlers.save_model("curvy", OWNER, request=request)  # a saved model keeps its whole curve
     other = Request("curves-ru", "ru")
-    saved_further = train(handlers, other, [files["new"]], steps=10, start="saved", start_model="curvy", owner_key=OWNER)
+    saved_further = train(
+        handlers, other, [files["new"]], steps=10, start="saved", start_model="curvy", owner_key=OWNER
+    )
     plot = saved_further[-1][1]
     series = _series(plot)
     assert len(series["обучение, до этого запуска"]) > 30 and max(series["обучение, до этого запуска"]) == 60

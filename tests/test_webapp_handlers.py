@@ -611,7 +611,7 @@ def _streamed_until_error(stream) -> tuple[list[tuple], str]:
     outputs = []
     with pytest.raises(gr.Error) as info:
         for output in stream:
-            outputs.append(output)
+            outputs.append(output)  # noqa: PERF402 (list() would lose them when it raises)
     return outputs, info.value.message
 
 

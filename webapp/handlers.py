@@ -204,10 +204,9 @@ class Handlers:
                 label = t(lang, "model.trained_on", corpus=data.corpus_label)
             else:
                 label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
-            saved_start = model.training_record["started_from"]["model"] if start == "saved" else None
-            job = self._job(
-                session, model, data, config, run_folder / "checkpoints", label, earlier=earlier, saved_start=saved_start
-            )
+            saved = model.training_record["started_from"]["model"] if start == "saved" else None
+            checkpoints = run_folder / "checkpoints"
+            job = self._job(session, model, data, config, checkpoints, label, earlier=earlier, saved_start=saved)
             yield from self._run(session, job, lang, progress)
 
     @staticmethod

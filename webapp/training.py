@@ -285,8 +285,7 @@ def _points(value: Any) -> tuple[tuple[int, float], ...]:
     if not isinstance(value, list):
         return ()
     ok = all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and p[0] >= 0 and _is_number(p[1])
-        for p in value
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and p[0] >= 0 and _is_number(p[1]) for p in value
     )
     return tuple((p[0], float(p[1])) for p in value) if ok else ()
 
@@ -682,12 +681,12 @@ def _kept_text(job: TrainingJob, lang: str) -> str:
     """What the app kept when the validation loss rose after the run's best checkpoint ("" otherwise)."""
     if job.kept_step is None or job.trainer is None or job.trainer.validation_loss is None:
         return ""
-    values = dict(
-        best=f"{job.checkpointer.best_loss:.3f}",
-        best_step=job.kept_step,
-        last=f"{job.trainer.validation_loss:.3f}",
-        step=job.trainer.history.evaluations[-1][0],
-    )
+    values = {
+        "best": f"{job.checkpointer.best_loss:.3f}",
+        "best_step": job.kept_step,
+        "last": f"{job.trainer.validation_loss:.3f}",
+        "step": job.trainer.history.evaluations[-1][0],
+    }
     return "\n\n" + t(lang, "train.kept_start" if job.kept_start else "train.kept_best", **values)
 
 
