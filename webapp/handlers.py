@@ -327,9 +327,10 @@ class Handlers:
 
     def _train_view(self, session: Session, job: training.TrainingJob, snap: training.Snapshot, lang: str) -> tuple:
         frame = training.loss_frame(snap, lang)
-        return (
+        plot = frame if frame.empty else gr.update(value=frame, color_map=training.colour_map(frame, lang))
+        return (  # the colour map changes once a run (its first frame): the plot redraws then, only then
             training.status_text(job, snap, lang),
-            gr.update(value=frame, color_map=training.colour_map(frame, lang)),
+            plot,
             training.sample_text(job, lang),
             models.summary(session, lang),
         )
