@@ -196,7 +196,8 @@ class Handlers:
             self._admit(session, "training", training.run_memory(config, text_bytes), self.settings.train_threads),
         ):
             run_folder = session.new_folder("runs")
-            yield t(lang, "train.preparing"), training.empty_frame(), "", gr.skip()
+            colours = training.run_colours(earlier, lang)  # with the stream's first yield, or the plot ignores it
+            yield t(lang, "train.preparing"), gr.update(value=training.empty_frame(), color_map=colours), "", gr.skip()
             torch.set_num_threads(self.settings.train_threads)
             data = training.prepare_data(texts, config, model.tokenizer if model is not None else None)
             if model is None:

@@ -607,6 +607,15 @@ def loss_frame(snapshot: Snapshot, lang: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "loss", "split"])
 
 
+def run_colours(earlier: Curve | None, lang: str) -> dict[str, str]:
+    """The colour map of the series a run will draw (its earlier curve's, then its own), for the
+    run's first frame: Gradio applies a streamed colour map only when it comes with the first yield."""
+    earlier = earlier or Curve()
+    names = [("earlier_train", earlier.train), ("earlier_validation", earlier.evaluations)]
+    shown = [name for name, points in names if points] + ["train", "validation"]
+    return {t(lang, f"plot.{name}"): COLOURS[name] for name in shown}
+
+
 def colour_map(frame: pd.DataFrame, lang: str) -> dict[str, str]:
     """The colour of each series `frame` holds, in legend order. Sent with every frame: the plot
     redraws its legend when this map changes (a run that shows an earlier curve after one that
