@@ -70,8 +70,9 @@ def _training(record: dict[str, Any]) -> str:
         lines.append("- trained on: " + ", ".join(f"`{name}`" for name in texts))
     earlier = record.get("started_from")
     if isinstance(earlier, dict):
-        before = ", ".join(f"`{name}`" for name in earlier.get("texts") or []) or "texts not recorded"
-        lines.append(f"- went on from the saved model `{earlier.get('model', '?')}` (trained on {before})")
+        before = ", ".join(f"`{name}`" for name in earlier.get("texts") or [])
+        name = f"the saved model `{earlier['model']}`" if earlier.get("model") else "a model"  # never invented
+        lines.append(f"- went on from {name} " + (f"trained on {before}" if before else "(texts not recorded)"))
     for key, label in (("steps", "optimizer steps"), ("tokens_seen", "tokens seen")):
         if record.get(key) is not None:
             lines.append(f"- {label}: {record[key]:,}")

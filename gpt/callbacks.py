@@ -7,10 +7,12 @@ Hooks run on every rank; the ones that write files or the terminal do so on rank
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
@@ -102,6 +104,12 @@ class ModelCheckpoint(Callback):
     every epoch end and when training ends, keeping the newest `keep_last` (None keeps all). With
     `save_best`, `best/` holds the checkpoint of the lowest validation loss.
 
+    With `restore_best`, the model ends `fit` with `best/`'s weights when a later evaluation was
+    worse (overfitting a small text); the last step's checkpoint is still written, so a resume goes on
+    from there. `evaluate_start` evaluates the weights a fresh run starts from (step 0), so that
+    `best/` may be them: for a run that goes on from a trained model, which new text can only make
+    worse. Afterwards `best_step`, `best_loss` and `restored` say what was kept.
+
     An epoch can take hours on a CPU: the time-based checkpoints bound what a crash or a `kill -9`
     loses. The clock is read on rank 0, which decides for every rank under DDP.
     """
@@ -113,8 +121,12 @@ class ModelCheckpoint(Callback):
         save_best: bool = True,
         every_n_minutes: float | None = DEFAULT_CHECKPOINT_MINUTES,
         clock: Callable[[], float] = time.monotonic,
+        restore_best: bool = False,
+        evaluate_start: bool = False,
     ) -> None:
         """`clock` gives seconds (`time.monotonic`); tests pass a fake one."""
+        if restore_best and not save_best:
+            raise ValueError("restore_best=True needs save_best=True")
         for name, value in (("every_n_steps", every_n_steps), ("keep_last", keep_last)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
@@ -130,14 +142,24 @@ class ModelCheckpoint(Callback):
         self.clock = clock
         self._saved_step = 0
         self._saved_at = 0.0  # clock time of the last checkpoint (or of the start)
-        self._best = math.inf
+        self.restore_best = restore_best
+        self.evaluate_start = evaluate_start
+        self.best_step: int | None = None  # the step of the lowest validation loss (0: the starting weights)
+        self.best_loss = math.inf
+        self.restored = False  # the model ended `fit` with `best/`'s weights, not the last step's
+        self.best_folder: Path | None = None  # `best/` of the checkpoint folder (once training began)
 
     def on_train_begin(self, trainer: Trainer) -> None:
         if trainer.checkpoint_dir is None:
             raise ValueError("ModelCheckpoint needs fit(..., checkpoint_dir=...)")
         self._saved_step = trainer.step  # a resumed step is on disk already
+        self.best_folder = trainer.checkpoint_dir / checkpoint.BEST_DIR
         self._saved_at = self.clock()
-        self._best = min((loss for _, loss in trainer.history.evaluations), default=math.inf)
+        evaluations = trainer.history.evaluations  # a resume keeps its best
+        self.best_step, self.best_loss = min(evaluations, key=lambda e: e[1], default=(None, math.inf))
+        self.restored = False
+        if self.evaluate_start and trainer.step == 0 and trainer.valid_loader is not None and not evaluations:
+            trainer._evaluate()  # step 0 in the history; `on_evaluate` saves the starting weights as `best/`
 
     def on_batch_end(self, trainer: Trainer) -> None:
         due = bool(self.every_n_steps) and trainer.step % self.every_n_steps == 0
@@ -148,16 +170,36 @@ class ModelCheckpoint(Callback):
             self._save_step(trainer)
 
     def on_evaluate(self, trainer: Trainer) -> None:
-        if self.save_best and trainer.validation_loss < self._best:
-            self._best = trainer.validation_loss
+        if self.save_best and trainer.validation_loss < self.best_loss:
+            self.best_step, self.best_loss = trainer.step, trainer.validation_loss
             if trainer.is_main:
-                trainer.save_checkpoint(trainer.checkpoint_dir / checkpoint.BEST_DIR)
+                trainer.save_checkpoint(self.best_folder)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         self._save_step(trainer)
 
     def on_train_end(self, trainer: Trainer) -> None:
         self._save_step(trainer)
+        if self.restore_best and self.best_step is not None and self.best_step != trainer.step:
+            self._restore_best(trainer)
+
+    def _restore_best(self, trainer: Trainer) -> None:
+        """Load `best/` into the model, if it holds the best step of this run's history (a crash may
+        have left one of a step the resumed history never reached)."""
+        folder = self.best_folder
+        try:
+            saved = json.loads((folder / checkpoint.TRAINER_STATE_FILE).read_text(encoding="utf-8"))["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            saved = None
+        if saved != self.best_step:
+            logger.warning("%s does not hold step %s: the model keeps its last weights", folder, self.best_step)
+            return
+        checkpoint.read_weights(trainer.model, folder)
+        self.restored = True
+        logger.info(
+            "validation loss %.4f at step %d, the best was %.4f at step %d: the model holds that checkpoint",
+            trainer.validation_loss, trainer.step, self.best_loss, self.best_step,
+        )  # fmt: skip
 
     def _save_step(self, trainer: Trainer) -> None:
         if trainer.step == self._saved_step:

@@ -5,19 +5,22 @@ probabilities and alternatives, a text's surprise."""
 
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import gradio as gr
 import pytest
 import torch
+from tiny_training import assert_same_weights
 from webapp_common import Request, error_of, generate, plain, text, train
 
 from gpt import GPT, Tokenizer, evaluate_text, token_losses
 from webapp import insight, library, owners, training
 from webapp.handlers import Handlers
+from webapp.i18n import t
 from webapp.settings import Settings
 
-NEW_WORDS = "zebra quartz vixen jumps over lazy fog under amber skies".split()
+NEW_WORDS = ["zebra", "quartz", "vixen", "jumps", "over", "lazy", "fog", "under", "amber", "skies"]
 OWNER = owners.new_key()  # one visitor's browser: every session below is that visitor's page, reloaded
 
 
@@ -63,7 +66,8 @@ def test_the_current_model_goes_on_training_on_new_text(handlers, files, base):
     loss_before = evaluate_text(before, new_text[:2000]).loss
 
     outputs = train(handlers, base, [files["new"]], steps=30, start="current", num_layers=3, vocab_size=999)
-    status, plot, _, summary = outputs[-1]
+    _, plot, _, summary = outputs[-1]
+    plot = plot["value"]
     after = session.model
     assert after is not before and after.config == before.config  # its shape, not the UI's settings
     assert after.tokenizer is before.tokenizer
@@ -74,7 +78,7 @@ def test_the_current_model_goes_on_training_on_new_text(handlers, files, base):
     assert after.training_record["texts"] == ["new.txt"]
 
     # the loss curve shows the earlier run, then this one from where it ended
-    earlier = plot[plot["split"] == "before this run"]
+    earlier = plot[plot["split"] == "train, before this run"]
     current = plot[plot["split"] == "train"]
     assert len(earlier) > 1 and earlier["step"].max() <= earlier_end
     assert current["step"].min() > earlier_end and current["step"].max() == earlier_end + 30
@@ -87,8 +91,9 @@ def test_a_saved_model_goes_on_training_in_another_session(handlers, files, base
     model = handlers.session(request).model
     assert model.config == base_model.config and model.tokenizer.to_json_str() == base_model.tokenizer.to_json_str()
     assert model.training_record["started_from"]["model"] == "base"
-    plot = outputs[-1][1]
-    assert plot["step"].min() >= json.loads((saved(handlers, "base") / "training.json").read_text())["steps"]
+    plot = outputs[-1][1]["value"]
+    base_steps = json.loads((saved(handlers, "base") / "training.json").read_text())["steps"]
+    assert plot[plot["split"] == "train"]["step"].min() > base_steps
     handlers.save_model("tuned", OWNER, request=request)
     record = json.loads((saved(handlers, "tuned") / "training.json").read_text())
     assert record["started_from"]["model"] == "base" and record["steps"] == 20
@@ -103,6 +108,32 @@ def test_a_stopped_continued_run_resumes_as_the_same_run(handlers, files, base):
     assert job is not first and job.earlier == first.earlier and job.label == first.label
     assert job.model.training_record["started_from"]["model"] == "base"
     assert "trained further on new.txt" in plain(last[3])
+
+
+def test_an_unsaved_model_trained_further_is_named_by_what_it_learned(handlers, files):
+    """Issue 22, item 5: no name the user never gave (`simple-llm-runs-001`) in the summary, the
+    model card or the export's zip: a model never saved is described by its texts."""
+    request = Request("unsaved")
+    train(handlers, request, [files["first"]], steps=20)
+    first_summary = plain(handlers.model_info(request=request))
+    summary = train(handlers, request, [files["new"]], steps=10, start="current")[-1][3]
+    summary = plain(summary)
+    assert "trained on first.txt, trained further on new.txt" in summary and "runs" not in summary
+    assert "trained on first.txt" in first_summary and "runs" not in first_summary
+    record = handlers.session(request).model.training_record
+    assert "model" not in record["started_from"] and record["started_from"]["texts"] == ["first.txt"]
+    zip_path, _ = list(handlers.export("fp32", request=request))[-1]
+    assert Path(zip_path).name == "trained-on-first.txt-trained-further-on-new.txt-onnx-fp32.zip"
+    with zipfile.ZipFile(zip_path) as archive:
+        card = archive.read(next(n for n in archive.namelist() if n.endswith("/README.md"))).decode()
+    assert "- went on from a model trained on `first.txt`" in card and "runs-0" not in card
+    assert "saved model" not in card
+
+    handlers.save_model("mine", OWNER, request=request)  # a name the user gave is the name used from then on
+    train(handlers, request, [files["new"]], steps=5, start="current")
+    record = handlers.session(request).model.training_record
+    assert record["started_from"]["model"] == "mine"
+    assert "mine, trained further on new.txt" in plain(handlers.model_info(request=request))
 
 
 @pytest.mark.parametrize(
@@ -129,9 +160,104 @@ def test_a_saved_model_whose_tokenizer_does_not_fit_is_refused(handlers, files, 
     assert "more than the model's vocabulary of 100" in message and handlers.session(request).model is None
 
 
+def _scripted_validation(monkeypatch, first: float, then: float) -> None:
+    """Every validation loss `fit` computes from now on: `first` (the start), then `then`, then rising."""
+    calls = []
+
+    def scripted(*args, **kwargs) -> float:
+        calls.append(None)
+        return first if len(calls) == 1 else then + 0.1 * (len(calls) - 2)
+
+    monkeypatch.setattr("gpt.training.evaluate", scripted)
+
+
+@pytest.mark.parametrize("lang, rose", [("en", "The validation loss rose"), ("ru", "Потери на валидации выросли")])
+def test_a_run_that_overfits_keeps_its_best_checkpoint_and_says_so(handlers, files, monkeypatch, lang, rose):
+    """Issue 22, item 9: training further on a small text raised the validation loss, and the app
+    kept the last model without a word. It keeps the checkpoint of the lowest validation loss."""
+    request = Request(f"overfit-{lang}", lang)
+    train(handlers, request, [files["first"]], steps=20)
+    _scripted_validation(monkeypatch, first=4.0, then=3.0)  # better after the start, then worse and worse
+    *_, (status, *_) = train(handlers, request, [files["new"]], steps=20, start="current")
+    session = handlers.session(request)
+    job = session.job
+    best = job.trainer.history.evaluations[1][0]  # the first evaluation after the start
+    assert job.kept_step == best and job.trainer.history.evaluations[0] == (0, 4.0)
+    values = {"best": "3.000", "best_step": best, "last": f"{job.trainer.validation_loss:.3f}", "step": job.steps_done}
+    assert rose in status and t(lang, "train.kept_best", **values) in status
+    assert session.model is job.model and session.model_source == job.checkpoint_dir / "best"
+    assert_same_weights(session.model, GPT.load(job.checkpoint_dir / "best"))
+    record = session.model.training_record
+    assert record["steps"] == best and record["validation_loss"] == 3.0
+    assert training.Curve.from_record(record).end == 20 + best  # its curve ends at the weights kept
+
+
+def test_a_run_that_only_made_the_model_worse_keeps_the_model_it_started_from(handlers, files, base, monkeypatch):
+    request = Request("worse")
+    train(handlers, request, [files["first"]], steps=20)
+    before = handlers.session(request).model
+    _scripted_validation(monkeypatch, first=2.0, then=3.0)
+    *_, (status, *_) = train(handlers, request, [files["new"]], steps=20, start="current")
+    assert handlers.session(request).model is before and handlers.session(request).job.kept_start
+    assert "The validation loss rose" in plain(status) and "kept the model the run started from" in status
+
+    other = Request("worse-saved")  # a saved model: it becomes the current model, as it was saved
+    *_, (status, _, _, summary) = train(
+        handlers, other, [files["new"]], steps=20, start="saved", start_model="base", owner_key=OWNER
+    )
+    session = handlers.session(other)
+    assert session.saved_name == "base" and plain(summary).startswith("base ·")
+    assert_same_weights(session.model, GPT.load(saved(handlers, "base")))
+    assert session.model.training_record["steps"] == GPT.load(saved(handlers, "base")).training_record["steps"]
+
+
+def _series(plot: dict) -> dict[str, list[int]]:
+    """The steps of each series of a loss-plot update."""
+    frame = plot["value"]
+    return {name: sorted(frame[frame["split"] == name]["step"]) for name in frame["split"].unique()}
+
+
+def test_the_earlier_curve_is_whole_and_every_series_has_its_colour(handlers, files):
+    """Issue 22, item 4: after training further, the earlier curve is drawn whole, in the legend and
+    in its own colour; a series keeps its colour from run to run (the colour map goes with every
+    frame: the plot redraws its legend when the map changes)."""
+    request = Request("curves")
+    first = train(handlers, request, [files["first"]], steps=40)[-1][1]
+    assert first["color_map"] == {"train": "#2563eb", "validation": "#ea580c"}
+    further = train(handlers, request, [files["new"]], steps=20, start="current")[-1][1]
+    series = _series(further)
+    assert list(further["color_map"]) == [
+        "train, before this run", "validation, before this run", "train", "validation"
+    ]  # fmt: skip
+    assert set(further["color_map"]) == set(series)  # every series drawn has a colour and a legend entry
+    assert len(set(further["color_map"].values())) == 4
+    assert {k: further["color_map"][k] for k in first["color_map"]} == first["color_map"]  # the same colours
+    assert series["train, before this run"] == sorted(_series(first)["train"])  # the whole first run
+    assert series["validation, before this run"] == sorted(_series(first)["validation"])
+    assert min(series["train"]) == 41 and max(series["train"]) == 60
+
+    handlers.save_model("curvy", OWNER, request=request)  # a saved model keeps its whole curve
+    other = Request("curves-ru", "ru")
+    saved_further = train(
+        handlers, other, [files["new"]], steps=10, start="saved", start_model="curvy", owner_key=OWNER
+    )
+    plot = saved_further[-1][1]
+    series = _series(plot)
+    assert len(series["обучение, до этого запуска"]) > 30 and max(series["обучение, до этого запуска"]) == 60
+    assert min(series["обучение"]) == 61 and max(series["обучение"]) == 70
+    assert list(plot["color_map"].values()) == list(further["color_map"].values())  # in Russian, the same colours
+
+
 def test_a_saved_record_gives_the_curve_its_starting_point():
     curve = training.Curve.from_record({"steps": 120, "train_loss": 2.5, "validation_loss": 2.7})
     assert curve.end == 120 and curve.train == ((120, 2.5),) and curve.evaluations == ((120, 2.7),)
+    went_on = {"steps": 400, "train_loss": 2.0, "started_from": {"model": "a", "steps": 300, "train_loss": 3.0}}
+    assert training.Curve.from_record(went_on).train == ((700, 2.0),)  # 300 steps, then 400 more
+    whole = training.Curve(tuple((s, 5.0 - s / 1000) for s in range(1, 2001)), ((1000, 4.5), (2000, 4.0)))
+    kept = training.Curve.from_record({"curve": json.loads(json.dumps(whole.to_record())), "steps": 3})
+    assert kept.end == 2000 and len(kept.train) == training.PLOT_POINTS and kept.evaluations == whole.evaluations
+    malformed = {"curve": {"train": [[1, "x"]]}, "steps": 5, "train_loss": 2.0}
+    assert training.Curve.from_record(malformed).end == 5  # a malformed curve is ignored
     assert training.Curve.from_record({}).end == 0
     assert training.Curve.from_record({"steps": "many", "train_loss": "low"}) == training.Curve()
 

@@ -263,8 +263,10 @@ def test_training_streams_progress_plot_samples_and_model(trained, handlers):
     status, plot, sample, summary = outputs[-1]
     assert "**Step 30 / 30**" in status and "tokens/s" in status and "Finished at step 30" in plain(status)
     assert "корпус.txt" in plain(status)
-    assert isinstance(plot, pd.DataFrame) and set(plot["split"]) == {"train", "validation"}
-    assert plot["step"].max() == 30 and plot["loss"].notna().all()
+    frame = plot["value"]
+    assert isinstance(frame, pd.DataFrame) and set(frame["split"]) == {"train", "validation"}
+    assert frame["step"].max() == 30 and frame["loss"].notna().all()
+    assert plot["color_map"] == {"train": training.COLOURS["train"], "validation": training.COLOURS["validation"]}
     assert sample.startswith("[step 30]")
     assert "parameters: 8" in summary and "context 16" in summary
     session = handlers.session(request)
@@ -297,7 +299,7 @@ def test_stop_keeps_the_last_checkpoint_and_resume_finishes_the_run(handlers, te
     resumed = session.job
     assert resumed is not job and resumed.steps_done == target and f"Finished at step {target}" in plain(outputs[-1][0])
     assert resumed.trainer.history.steps == list(range(1, target + 1))  # one history across the stop
-    plot = outputs[-1][1]
+    plot = outputs[-1][1]["value"]
     assert plot[plot["split"] == "train"]["step"].min() == 1
     assert f"already at step {target}" in error_of(lambda: list(handlers.resume(target, request=request)))
 
@@ -654,3 +656,34 @@ def test_training_progress_is_drawn_over_the_plot_not_over_the_status_text(tmp_p
     for name in ("train", "resume"):
         (fn,) = [fn for fn in demo.fns.values() if fn.api_name == name]
         assert [block.elem_id for block in fn.show_progress_on] == ["train-plot"], name
+
+
+# failures stay in the status line (issue 22, item 6) ------------------------------------------------
+def _streamed_until_error(stream) -> tuple[list[tuple], str]:
+    """The outputs a train or resume stream yielded before its error, and the error's (toast) text."""
+    outputs = []
+    with pytest.raises(gr.Error) as info:
+        for output in stream:
+            outputs.append(output)  # noqa: PERF402 (list() would lose them when it raises)
+    return outputs, info.value.message
+
+
+@pytest.mark.parametrize("lang, reason", [("en", "too short"), ("ru", "слишком короткий")])
+def test_a_failed_training_says_why_in_the_status_line(handlers, tmp_path, lang, reason):
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words", encoding="utf-8")
+    request = Request(f"short-status-{lang}", lang)
+    values = [*(TINY[k] for k in ("num_layers", "num_heads", "emb_size", "context", "vocab_size")), 1e-2, 8, 30, 0.0]
+    stream = handlers.train("upload", [str(short)], "", *values, "cpu", "new", None, request=request)
+    outputs, toast = _streamed_until_error(stream)
+    assert outputs[0][0] == t(lang, "train.preparing")  # the status line said it was preparing the data...
+    status = outputs[-1][0]
+    assert reason in toast and toast in status  # ...and then why that failed, in the reader's language
+    assert status.startswith(t(lang, "train.not_run", error="").split(":")[0])
+    assert all(value == gr.skip() for value in outputs[-1][1:])  # plot, sample and model stay as they were
+
+
+def test_a_refused_resume_says_why_in_the_status_line(handlers):
+    for lang, reason in (("en", "no stopped run"), ("ru", "нет")):
+        outputs, toast = _streamed_until_error(handlers.resume(10, request=Request("no-run", lang)))
+        assert len(outputs) == 1 and toast in outputs[0][0] and reason in outputs[0][0]

@@ -146,15 +146,27 @@ class Handlers:
     ) -> Iterator[tuple]:
         """Train on uploaded files or a built-in sample: a new model, or the current or a saved model
         further (`start`: "new" / "current" / "saved", then `start_model` names one the caller may
-        use, `owner_key` says who the caller is: `webapp.owners`); streams (status, loss plot, sample, model)."""
+        use, `owner_key` says who the caller is: `webapp.owners`); streams (status, loss plot, sample, model).
+        A failure is shown in the status line as well as in the error toast."""
         lang = _lang(request)
         session = self.session(request)
-        owner = self.owner(owner_key, profile, request)
+        values = (num_layers, num_heads, emb_size, context, vocab_size, learning_rate, batch_size, steps, dropout)
+        run = self._train(session, lang, source, files, sample, values, device, start, start_model,
+                          self.owner(owner_key, profile, request), progress)  # fmt: skip
+        yield from self._errors_in_status(run, session, lang)
+
+    def _train(
+        self, session: Session, lang: str, source: str, files: Any, sample: str, values: tuple, device: str,
+        start: str, start_model: Any, owner: owners.Owner, progress: gr.Progress,
+    ) -> Iterator[tuple]:  # fmt: skip
+        num_layers, num_heads, emb_size, context, vocab_size, learning_rate, batch_size, steps, dropout = values
         with session.lock:
             if session.training:
                 raise UserError("error.already_training")
             device_name = training.checked_device(device)
             model = models.starting_model(session, owner, start, start_model, self.settings, device_name)
+            if model is not None:  # its saved name, or (never saved) what it was trained on
+                base = model.training_record["started_from"].get("model") or session.model_label
             earlier = self._earlier_curve(session, start, model)
             config = training.make_config(
                 self.settings,
@@ -184,18 +196,33 @@ class Handlers:
             self._admit(session, "training", training.run_memory(config, text_bytes), self.settings.train_threads),
         ):
             run_folder = session.new_folder("runs")
-            yield t(lang, "train.preparing"), training.empty_frame(), "", gr.skip()
+            colours = training.run_colours(earlier, lang)  # with the stream's first yield, or the plot ignores it
+            yield t(lang, "train.preparing"), gr.update(value=training.empty_frame(), color_map=colours), "", gr.skip()
             torch.set_num_threads(self.settings.train_threads)
             data = training.prepare_data(texts, config, model.tokenizer if model is not None else None)
             if model is None:
                 model = training.build_model(config, data.tokenizer, self.settings)
                 label = t(lang, "model.trained_on", corpus=data.corpus_label)
             else:
-                base = model.training_record["started_from"]["model"]
                 label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
             model.training_record["prompt"] = generation.text_start(texts.texts)  # the Generate tab's prompt
-            job = self._job(session, model, data, config, run_folder / "checkpoints", label, earlier=earlier)
+            saved = model.training_record["started_from"]["model"] if start == "saved" else None
+            checkpoints = run_folder / "checkpoints"
+            job = self._job(session, model, data, config, checkpoints, label, earlier=earlier, saved_start=saved)
             yield from self._run(session, job, lang, progress)
+
+    @staticmethod
+    def _errors_in_status(run: Iterator[tuple], session: Session, lang: str) -> Iterator[tuple]:
+        """`yield from` a train or resume stream: a failure it raises is also written into the status
+        line, where it stays (the toast goes after a few seconds), unless the run's own status says it."""
+        try:
+            yield from run
+        except Exception as err:
+            error = _as_gr_error(err, lang)
+            job = session.job
+            if job is None or err is not job.error:  # a failed run's status already says why
+                yield t(lang, "train.not_run", error=error.message), gr.skip(), gr.skip(), gr.skip()
+            raise error from err
 
     def _reserve_disk(self, session: Session, need: int) -> Any:
         """`need` bytes of disk for the session's work while it runs (`storage.reserve`)."""
@@ -211,16 +238,23 @@ class Handlers:
         model and this session trained it, else the last losses its record keeps."""
         if model is None:
             return None
+        earlier = model.training_record["started_from"]
+        curve = training.Curve.from_record(earlier)
+        earlier.pop("curve", None)  # the new run's record keeps the whole curve, once
         job = session.job
         if start == "current" and job is not None and job.model is session.model:
             return job.curve()
-        return training.Curve.from_record(model.training_record["started_from"])
+        return curve
 
     @friendly_stream
     def resume(self, steps: float, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
-        """Continue the session's last run from its newest checkpoint, up to `steps`."""
+        """Continue the session's last run from its newest checkpoint, up to `steps`; a failure is
+        shown in the status line as well as in the error toast."""
         lang = _lang(request)
         session = self.session(request)
+        yield from self._errors_in_status(self._resume(session, steps, lang, progress), session, lang)
+
+    def _resume(self, session: Session, steps: float, lang: str, progress: gr.Progress) -> Iterator[tuple]:
         with session.lock:
             last = session.job
             if last is None:
@@ -234,8 +268,9 @@ class Handlers:
             model = training.build_model(config, last.data.tokenizer, self.settings)
             model.training_record = copy.deepcopy(last.model.training_record)  # e.g. the model it went on from
             job = self._job(
-                session, model, last.data, config, last.checkpoint_dir, last.label, resume=True, earlier=last.earlier
-            )
+                session, model, last.data, config, last.checkpoint_dir, last.label, resume=True, earlier=last.earlier,
+                saved_start=last.saved_start,
+            )  # fmt: skip
         with self._admit(session, "training", training.run_memory(config), self.settings.train_threads):
             yield from self._run(session, job, lang, progress)
 
@@ -244,11 +279,18 @@ class Handlers:
         a run refused, failed or stopped before its first checkpoint leaves the previous model in place."""
 
         def install(job: training.TrainingJob) -> None:
-            if job.usable:
-                source = training.latest_checkpoint(checkpoints)
-                session.set_model(
-                    job.model, job.label, f"simple-llm-{checkpoints.parent.name}", source=source, force=True
-                )
+            if not job.usable:
+                return
+            if job.kept_start:  # training only made it worse: the model it went on from stays as it was
+                if job.saved_start is not None:  # (the session's current model stays by itself)
+                    record = {k: v for k, v in job.model.training_record["started_from"].items() if k != "model"}
+                    job.model.training_record = {**record, "curve": job.earlier.to_record()}
+                    name = job.saved_start
+                    session.set_model(job.model, name, name, source=job.source, force=True, saved=True)
+                return
+            job.model.training_record["curve"] = job.curve().to_record()  # shown when it trains further
+            name = library.safe_name(str(job.label))  # its downloads are named as the app shows it
+            session.set_model(job.model, job.label, name, source=job.source, force=True)
 
         return training.TrainingJob(
             model,
@@ -286,9 +328,11 @@ class Handlers:
                 job.wait(STOP_WAIT_S)
 
     def _train_view(self, session: Session, job: training.TrainingJob, snap: training.Snapshot, lang: str) -> tuple:
-        return (
+        frame = training.loss_frame(snap, lang)
+        plot = frame if frame.empty else gr.update(value=frame, color_map=training.colour_map(frame, lang))
+        return (  # the colour map changes once a run (its first frame): the plot redraws then, only then
             training.status_text(job, snap, lang),
-            training.loss_frame(snap, lang),
+            plot,
             training.sample_text(job, lang),
             models.summary(session, lang),
         )

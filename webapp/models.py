@@ -66,7 +66,7 @@ def load_saved(session: Session, owner: Owner, name: str, settings: Settings) ->
     saved = library.find(settings, owner, name)
     model = load_checked(saved.path, settings)
     library.touch(saved)
-    session.set_model(model, saved.name, saved.name, source=saved.path)
+    session.set_model(model, saved.name, saved.name, source=saved.path, saved=True)
     return model
 
 
@@ -77,7 +77,7 @@ def save_current(session: Session, owner: Owner, name: str, settings: Settings) 
     if not name.strip():
         raise UserError("error.no_name")
     saved = library.save(model, owner, name, settings)
-    session.model_label = session.model_name = saved
+    session.model_label = session.model_name = session.saved_name = saved
     return saved
 
 
@@ -108,7 +108,7 @@ def import_zip(session: Session, owner: Owner, zip_path: str | Path, settings: S
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # nothing of a refused upload stays on disk
         raise
-    session.set_model(model, name, name, source=library.find(settings, owner, name).path)
+    session.set_model(model, name, name, source=library.find(settings, owner, name).path, saved=True)
     return name
 
 
@@ -120,7 +120,8 @@ def starting_model(
     session: Session, owner: Owner, start: str, name: str | None, settings: Settings, device: str
 ) -> GPT | None:
     """A copy of the model a run goes on from (the run changes its weights, the original stays as
-    it is until the run has a checkpoint), its record marking the new run; None for a new model."""
+    it is until the run has a checkpoint), its record marking the new run; None for a new model.
+    The record names the model it went on from only by a name the user gave it (its saved name)."""
     if start not in START_FROM:
         raise UserError("error.bad_value", name="start", value=start, rule=" / ".join(START_FROM))
     if start == "new":
@@ -138,7 +139,9 @@ def starting_model(
     model.load_state_dict(source.state_dict())
     model.tokenizer = source.tokenizer  # immutable: shared
     model.training_record = copy.deepcopy(source.training_record)
-    model.begin_run_from(session.model_name or "current model")
+    model.begin_run_from(session.saved_name or "")
+    if not session.saved_name:  # never saved: its record says what it was trained on, not an invented name
+        del model.training_record["started_from"]["model"]
     return model.eval()
 
 

@@ -51,6 +51,7 @@ class Session:
     model_source: Path | None = None  # a checkpoint folder the model reloads from after it was dropped
     model_label: str = ""  # where the current model came from, for the UI
     model_name: str = "model"  # a folder-safe name for its downloads
+    saved_name: str | None = None  # the name the model is saved under, None when it is not saved
     model_version: int = 0  # bumped whenever the model changes: exports of an older version are stale
     job: TrainingJob | None = None  # the current or last training run
     exports: dict[str, Path] = field(default_factory=dict)  # precision -> ONNX folder of the current model
@@ -70,17 +71,25 @@ class Session:
         return self.job is not None and self.job.running
 
     def set_model(
-        self, model: GPT | None, label: str, name: str = "model", source: Path | None = None, force: bool = False
+        self,
+        model: GPT | None,
+        label: str,
+        name: str = "model",
+        source: Path | None = None,
+        force: bool = False,
+        saved: bool = False,
     ) -> None:
         """Replace the current model (reloadable from checkpoint folder `source`, when given); its
-        exports and loaded ONNX sessions no longer apply. Raises `UserError` when the server has no
-        memory left for it (the previous model stays then), unless `force` (`Capacity.hold`)."""
+        exports and loaded ONNX sessions no longer apply. `saved`: the model is a saved one, `name`.
+        Raises `UserError` when the server has no memory left for it (the previous model stays
+        then), unless `force` (`Capacity.hold`)."""
         with self.lock:
             self._hold(model_bytes(model) if model is not None else 0, force)
             self.model = model
             self.model_source = source
             self.model_label = label
             self.model_name = name
+            self.saved_name = name if saved else None
             self.model_version += 1
             self.exports.clear()
             self.onnx_models.clear()

@@ -241,7 +241,10 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer, settings: Settings, s
 
 @dataclass(frozen=True)
 class Curve:
-    """A model's losses before a run, by step: train `(step, loss)` points and validation evaluations."""
+    """A model's losses before a run, by step: train `(step, loss)` points and validation evaluations.
+
+    Kept in the model's `training_record` as `"curve"` (`to_record`), so a saved model shows its
+    whole curve when it trains further; steps count from the model's first run."""
 
     train: tuple[tuple[int, float], ...] = ()
     evaluations: tuple[tuple[int, float], ...] = ()
@@ -253,13 +256,52 @@ class Curve:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Curve:
-        """The last losses a model's `training_record` holds (a saved model keeps no whole curve)."""
-        step = record.get("steps")
-        if not isinstance(step, int) or step <= 0:
+        """The curve a model's `training_record` keeps; for a record without one (saved before the
+        app kept curves, or by the command line), its last losses at the step its runs reached."""
+        kept = record.get("curve")
+        if isinstance(kept, dict):
+            curve = cls(_points(kept.get("train")), _points(kept.get("validation")))
+            if curve.train or curve.evaluations:
+                return curve
+        step = _record_steps(record)
+        if step <= 0:
             return cls()
         points = {name: record.get(name) for name in ("train_loss", "validation_loss")}
-        found = {name: ((step, float(v)),) if isinstance(v, (int, float)) else () for name, v in points.items()}
+        found = {name: ((step, float(v)),) if _is_number(v) else () for name, v in points.items()}
         return cls(found["train_loss"], found["validation_loss"])
+
+    def to_record(self) -> dict[str, list[list[float]]]:
+        """The curve for a `training_record`, at most `PLOT_POINTS` points a series (train losses averaged)."""
+        steps, losses = [s for s, _ in self.train], [v for _, v in self.train]
+        stride = max(1, math.ceil(len(self.evaluations) / PLOT_POINTS))
+        return {
+            "train": [[step, round(loss, 4)] for step, loss in _averaged(steps, losses)],
+            "validation": [[step, round(loss, 4)] for step, loss in self.evaluations[::stride]],
+        }
+
+
+def _points(value: Any) -> tuple[tuple[int, float], ...]:
+    """`[[step, loss], ...]` from a record (which may come from an uploaded zip): () unless well formed."""
+    if not isinstance(value, list):
+        return ()
+    ok = all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and p[0] >= 0 and _is_number(p[1]) for p in value
+    )
+    return tuple((p[0], float(p[1])) for p in value) if ok else ()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_steps(record: dict[str, Any], depth: int = 0) -> int:
+    """Optimizer steps of a model's runs together: its last run's and those of the models it went on from."""
+    steps = record.get("steps")
+    steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else 0
+    earlier = record.get("started_from")
+    if isinstance(earlier, dict) and depth < 100:
+        steps += _record_steps(earlier, depth + 1)
+    return steps
 
 
 @dataclass
@@ -295,12 +337,14 @@ class TrainingJob:
         resume: bool = False,
         earlier: Curve | None = None,
         label: Any = "",
+        saved_start: str | None = None,
         sample_every_s: float = SAMPLE_EVERY_S,
         on_done: Callable[[TrainingJob], None] | None = None,
     ) -> None:
         self.model = model
         self.earlier = earlier or Curve()  # the losses of the model this run goes on from
         self.label = label  # what the app calls the model this run trains
+        self.saved_start = saved_start  # the saved model's name, when the run goes on from one
         model.training_record.setdefault("texts", [str(data.corpus_label)])  # its model card names them
         self.data = data
         self.config = config
@@ -311,6 +355,14 @@ class TrainingJob:
         self.sample_every_s = sample_every_s
         self.on_done = on_done  # called from the worker when the run has ended, before `done` is set
         self.usable = False  # the model holds the weights of a checkpoint of this run (see `_run`)
+        # Keeps the best checkpoint by validation loss; a run that goes on from a model compares with its start.
+        self.checkpointer = ModelCheckpoint(
+            every_n_steps=checkpoint_interval(config.steps),
+            keep_last=2,
+            restore_best=True,
+            evaluate_start=config.start is not None,
+        )
+        self.kept_step: int | None = None  # the run's best step, kept instead of its last (0: the start)
         self.samples: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
         self.last_sample: tuple[int, str] | None = None
         self.done = threading.Event()
@@ -364,10 +416,7 @@ class TrainingJob:
                 data.valid_loader,
                 num_epoch=math.ceil(self.config.steps / steps_per_epoch),
                 learning_rate=self.config.learning_rate,
-                callbacks=[
-                    _Reporter(self),
-                    ModelCheckpoint(every_n_steps=checkpoint_interval(self.config.steps), keep_last=2),
-                ],
+                callbacks=[_Reporter(self), self.checkpointer],
                 checkpoint_dir=self.checkpoint_dir,
                 max_steps=self.config.steps,
                 max_time=self.max_minutes * 60,
@@ -379,6 +428,8 @@ class TrainingJob:
             )
             self.stop_reason = self.trainer.stop_reason if self.trainer is not None else None
             self.usable = latest_checkpoint(self.checkpoint_dir) is not None  # `fit` saved its last step
+            if self.checkpointer.restored:
+                self._keep_best()
         except BaseException as err:  # reported to the UI; the model goes back to its last checkpoint
             log.exception("training failed")
             self.error = err
@@ -387,6 +438,30 @@ class TrainingJob:
             self.model.eval()
             self._call_on_done()
             self.done.set()
+
+    def _keep_best(self) -> None:
+        """The model holds the run's best checkpoint (`ModelCheckpoint(restore_best=True)`), not its
+        last step: its record says so (a model kept at step 0 is the one the run started from)."""
+        step, history = self.checkpointer.best_step, self.trainer.history
+        self.kept_step = step
+        if step and step in history.steps:
+            i = history.steps.index(step)
+            self.model.training_record.update(
+                steps=step,
+                tokens_seen=history.tokens[i],
+                train_loss=history.loss[i],
+                validation_loss=self.checkpointer.best_loss,
+            )
+
+    @property
+    def kept_start(self) -> bool:
+        """Training only raised the validation loss: the model holds the weights it started from."""
+        return self.kept_step == 0
+
+    @property
+    def source(self) -> Path | None:
+        """The checkpoint folder holding the weights the model ends with."""
+        return self.checkpointer.best_folder if self.kept_step is not None else latest_checkpoint(self.checkpoint_dir)
 
     def _restore_last_checkpoint(self) -> bool:
         """Load the run's newest checkpoint into the model; False when there is none (or it is unreadable)."""
@@ -446,9 +521,10 @@ class TrainingJob:
 
     def curve(self) -> Curve:
         """The model's whole loss curve after this run: the earlier one, then this run's (averaged)."""
-        snap, offset = self.snapshot(), self.earlier.end
-        train = tuple((offset + step, loss) for step, loss in _averaged(snap.steps, snap.losses))
-        evaluations = tuple((offset + step, loss) for step, loss in snap.evaluations)
+        snap, offset, end = self.snapshot(), self.earlier.end, self.kept_step
+        kept = [(s, v) for s, v in zip(snap.steps, snap.losses) if end is None or s <= end]  # to the weights kept
+        train = tuple((offset + step, loss) for step, loss in _averaged([s for s, _ in kept], [v for _, v in kept]))
+        evaluations = tuple((offset + step, loss) for step, loss in snap.evaluations if end is None or step <= end)
         return Curve(self.earlier.train + train, self.earlier.evaluations + evaluations)
 
     def _rates(self, window: float = 10.0) -> tuple[float, float]:
@@ -505,21 +581,48 @@ def eval_interval(steps: int) -> int:
 
 
 # rendering ------------------------------------------------------------------------------------
-def loss_frame(snapshot: Snapshot, lang: str) -> pd.DataFrame:
-    """Rows (step, loss, split) for `gr.LinePlot`: the train loss averaged into at most
-    `PLOT_POINTS` points, plus the validation loss.
+SERIES = ("earlier_train", "earlier_validation", "train", "validation")
+"""The loss plot's series, in legend order; each is `plot.<name>` in the reader's language."""
+COLOURS = {"earlier_train": "#93c5fd", "earlier_validation": "#fdba74", "train": "#2563eb", "validation": "#ea580c"}
+"""A fixed colour per series: this run's train and validation losses in strong blue and orange, the
+model's earlier ones in light tints of the same colours."""
 
-    Empty until the first evaluation: Gradio's plot keeps the colour legend of the first data it
-    draws, so a first frame with train rows only would hide the validation line for good.
+
+def loss_frame(snapshot: Snapshot, lang: str) -> pd.DataFrame:
+    """Rows (step, loss, split) for `gr.LinePlot`: the model's earlier losses, this run's train loss
+    averaged into at most `PLOT_POINTS` points, and its validation losses.
+
+    Empty until this run has both a train and a validation loss: Gradio's plot keeps the series
+    (and colours) of the first data it draws until its colour map changes (`colour_map`), so every
+    series a run draws must be in its first frame.
     """
-    train_name, valid_name = t(lang, "plot.train"), t(lang, "plot.validation")
-    if not snapshot.evaluations:
+    if not snapshot.evaluations or not snapshot.steps:
         return empty_frame()
     earlier, offset = snapshot.earlier, snapshot.earlier.end  # a run that goes on from a model continues its curve
-    rows = [(step, loss, t(lang, "plot.earlier")) for step, loss in earlier.train or earlier.evaluations]
-    rows += [(offset + step, loss, train_name) for step, loss in _averaged(snapshot.steps, snapshot.losses)]
-    rows += [(offset + step, loss, valid_name) for step, loss in snapshot.evaluations]
+    names = {name: t(lang, f"plot.{name}") for name in SERIES}
+    rows = [(step, loss, names["earlier_train"]) for step, loss in earlier.train]
+    rows += [(step, loss, names["earlier_validation"]) for step, loss in earlier.evaluations]
+    rows += [(offset + step, loss, names["train"]) for step, loss in _averaged(snapshot.steps, snapshot.losses)]
+    rows += [(offset + step, loss, names["validation"]) for step, loss in snapshot.evaluations]
     return pd.DataFrame(rows, columns=["step", "loss", "split"])
+
+
+def run_colours(earlier: Curve | None, lang: str) -> dict[str, str]:
+    """The colour map of the series a run will draw (its earlier curve's, then its own), for the
+    run's first frame: Gradio applies a streamed colour map only when it comes with the first yield."""
+    earlier = earlier or Curve()
+    names = [("earlier_train", earlier.train), ("earlier_validation", earlier.evaluations)]
+    shown = [name for name, points in names if points] + ["train", "validation"]
+    return {t(lang, f"plot.{name}"): COLOURS[name] for name in shown}
+
+
+def colour_map(frame: pd.DataFrame, lang: str) -> dict[str, str]:
+    """The colour of each series `frame` holds, in legend order. Sent with every frame: the plot
+    redraws its legend when this map changes (a run that shows an earlier curve after one that
+    did not), and a series keeps its colour from run to run."""
+    present = set(frame["split"])
+    names = {t(lang, f"plot.{name}"): name for name in SERIES}
+    return {label: COLOURS[name] for label, name in names.items() if label in present}
 
 
 def _averaged(steps: list[int], losses: list[float]) -> list[tuple[int, float]]:
@@ -575,10 +678,25 @@ def outcome_text(job: TrainingJob, lang: str) -> str:
         return t(lang, "train.stopped_kept")
     reason = job.stop_reason
     if reason in (None, "max_steps") or job.completed:
-        return t(lang, "train.finished", step=job.steps_done)
-    if reason == "max_time":
-        return t(lang, "train.time_limit", step=job.steps_done, minutes=f"{job.max_minutes:g}")
-    return t(lang, "train.stopped", step=job.steps_done)
+        text = t(lang, "train.finished", step=job.steps_done)
+    elif reason == "max_time":
+        text = t(lang, "train.time_limit", step=job.steps_done, minutes=f"{job.max_minutes:g}")
+    else:
+        text = t(lang, "train.stopped", step=job.steps_done)
+    return text + _kept_text(job, lang)
+
+
+def _kept_text(job: TrainingJob, lang: str) -> str:
+    """What the app kept when the validation loss rose after the run's best checkpoint ("" otherwise)."""
+    if job.kept_step is None or job.trainer is None or job.trainer.validation_loss is None:
+        return ""
+    values = {
+        "best": f"{job.checkpointer.best_loss:.3f}",
+        "best_step": job.kept_step,
+        "last": f"{job.trainer.validation_loss:.3f}",
+        "step": job.trainer.history.evaluations[-1][0],
+    }
+    return "\n\n" + t(lang, "train.kept_start" if job.kept_start else "train.kept_best", **values)
 
 
 def _error_text(err: BaseException, lang: str) -> str:
