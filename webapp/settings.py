@@ -90,10 +90,11 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Settings from `environ` (default `os.environ`); a malformed value raises ValueError naming it."""
         env = os.environ if environ is None else environ
+        limits = container.detect()  # read the cgroup once
         values = {}
         for f in fields(cls):  # in order: a computed default may use the fields before it
             if f.name != "artifacts":
-                default = _computed_default(f.name, values, f.default)
+                default = _computed_default(f.name, values, f.default, limits)
                 values[f.name] = _number(env, f.name.upper(), default, _KINDS[f.type])
         artifacts = Path(env.get(PREFIX + "ARTIFACTS") or REPO_ROOT / "artifacts").expanduser().resolve()
         return cls(artifacts=artifacts, **values)
@@ -127,12 +128,12 @@ def _number(env: dict[str, str], name: str, default: float, kind: type) -> float
     return value
 
 
-def _computed_default(name: str, values: dict[str, float], default: float) -> float:
-    """Defaults that depend on the container (`webapp.container`) or on the settings before them."""
+def _computed_default(name: str, values: dict[str, float], default: float, limits: container.Limits) -> float:
+    """Defaults that depend on the container's `limits` or on the settings before them."""
     if name == "memory_mb":
-        return max(512, int(0.8 * container.detect().memory_bytes / MB))
+        return max(512, int(0.8 * limits.memory_bytes / MB))
     if name == "cpus":
-        return container.detect().cpus
+        return limits.cpus
     if name == "max_models_memory_mb":
         return max(128, int(values["memory_mb"] / 4))
     if name == "train_threads":
