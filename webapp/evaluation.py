@@ -14,7 +14,6 @@ from gpt import (
     DEFAULT_EVAL_BATCH,
     GPT,
     CheckpointError,
-    GPTConfig,
     TextScore,
     estimate_evaluation_memory,
     evaluation_batch_size,
@@ -45,53 +44,48 @@ def read_text(pasted: Any, upload: Path | None, settings: Settings) -> tuple[str
     return text, f"{len(text):,} chars".replace(",", " ")
 
 
-def pick_model(session: Session, which: str, saved_name: Any, settings: Settings, owner: Owner) -> tuple[GPT, str]:
-    """The model to score with and its name: the session's current model or one of the owner's saved ones."""
-    if which not in MODELS:
-        raise UserError("error.bad_value", name="model", value=which, rule=" / ".join(MODELS))
-    if which == "current":
-        return models.require_model(session), str(session.model_label)
-    if not saved_name:
-        raise UserError("error.pick_model")
-    saved = library.find(settings, owner, str(saved_name))
-    model = models.load_checked(saved.path, settings)
-    library.touch(saved)
-    return model, saved.name
-
-
 @dataclass(frozen=True)
 class Plan:
-    """How an evaluation runs: the batch of windows it scores at once, and the memory it reserves."""
+    """How an evaluation runs: the batch of windows it scores at once, the memory it reserves, and
+    the saved model it loads (None: the session's current model)."""
 
     batch_size: int
     memory: int
+    saved: Any
 
 
 def plan(
     session: Session, which: str, saved_name: Any, text: str, settings: Settings, owner: Owner, budget: int
 ) -> Plan:
-    """The largest batch whose estimated memory (`gpt.estimate_evaluation_memory`) fits half of
-    `budget` (the most one job may reserve), from the model's config, before anything is loaded."""
-    config, loads = _config_of(session, which, saved_name, settings, owner)
-    text_bytes = len(text.encode("utf-8"))
-    batch = evaluation_batch_size(config, text_bytes, budget // 2, weights=loads)
-    return Plan(batch, estimate_evaluation_memory(config, text_bytes, batch, weights=loads))
-
-
-def _config_of(
-    session: Session, which: str, saved_name: Any, settings: Settings, owner: Owner
-) -> tuple[GPTConfig, bool]:
-    """The config of the model `pick_model` will score with, and whether it loads the weights for it."""
-    if which == "current":
-        return models.require_model(session).config, False
-    if which != "saved":
+    """Score with the current or one of the owner's saved models (`which`), in the largest batch whose
+    estimated memory (`gpt.estimate_evaluation_memory`) fits half of `budget` (the most one job may
+    reserve); planned from the model's config, before anything is loaded."""
+    if which not in MODELS:
         raise UserError("error.bad_value", name="model", value=which, rule=" / ".join(MODELS))
-    if not saved_name:
+    saved = None
+    if which == "current":
+        config = models.require_model(session).config
+    elif not saved_name:
         raise UserError("error.pick_model")
-    try:
-        return read_config(library.find(settings, owner, str(saved_name)).path), True
-    except CheckpointError as err:
-        raise UserError("error.bad_checkpoint", detail=str(err)) from None
+    else:
+        saved = library.find(settings, owner, str(saved_name))
+        try:
+            config = read_config(saved.path)
+        except CheckpointError as err:
+            raise UserError("error.bad_checkpoint", detail=str(err)) from None
+    text_bytes = len(text.encode("utf-8"))
+    loads = saved is not None
+    batch = evaluation_batch_size(config, text_bytes, budget // 2, weights=loads)
+    return Plan(batch, estimate_evaluation_memory(config, text_bytes, batch, weights=loads), saved)
+
+
+def pick_model(session: Session, plan: Plan, settings: Settings) -> tuple[GPT, str]:
+    """The model `plan` scores with and its name: the session's current model or the saved one, loaded."""
+    if plan.saved is None:
+        return models.require_model(session), str(session.model_label)
+    model = models.load_checked(plan.saved.path, settings)
+    library.touch(plan.saved)
+    return model, plan.saved.name
 
 
 def score(

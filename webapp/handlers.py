@@ -701,7 +701,7 @@ class Handlers:
         budget = self.sessions.capacity.job_budget
         plan = evaluation.plan(session, which, saved_name, text, self.settings, owner, budget)
         with self._admit(session, "evaluation", plan.memory, self.settings.generate_threads):
-            model, model_name = evaluation.pick_model(session, which, saved_name, self.settings, owner)
+            model, model_name = evaluation.pick_model(session, plan, self.settings)
             torch.set_num_threads(self.settings.generate_threads)
             result, pieces = evaluation.score(session, model, model_name, text, text_name, plan.batch_size)
             del model  # a saved model loaded for this goes before the reservation ends
