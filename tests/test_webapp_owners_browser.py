@@ -9,16 +9,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_webapp_browser import ARGS, CHROMIUM, TIMEOUT_MS, wait_text
+from test_webapp_browser import TIMEOUT_MS, browser, wait_text  # noqa: F401 (browser: a fixture)
 from webapp_common import launch
 
 from gpt import GPT, MODEL_FILES, Tokenizer
 from webapp import library
 from webapp.settings import Settings
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
-if not CHROMIUM.is_file():
-    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
 
@@ -76,45 +72,44 @@ def owner_folders(settings: Settings) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def test_three_visitors_own_publish_and_keep_their_models(server, checkpoint):
+def test_three_visitors_own_publish_and_keep_their_models(server, checkpoint, browser):  # noqa: F811 (the fixture)
     url, settings = server
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        first, second = (chromium.new_context(locale="en-US", viewport={"width": 1360, "height": 900}) for _ in "ab")
+    first, second = (browser.new_context(locale="en-US", viewport={"width": 1360, "height": 900}) for _ in "ab")
 
-        page = open_models_tab(first, url)
-        page.locator("#model-upload input[type=file]").set_input_files(str(checkpoint))
-        page.locator("#model-upload a, #model-upload .file-name, #model-upload table").first.wait_for()
-        page.click("#model-upload-start")
-        wait_text(page, "#model-message", "Uploaded and loaded as mine")
-        [owner] = owner_folders(settings)
-        assert owner.name.startswith("k-") and (owner / "mine").is_dir()  # a hash names the owner, not the key
+    page = open_models_tab(first, url)
+    page.locator("#model-upload input[type=file]").set_input_files(str(checkpoint))
+    page.locator("#model-upload a, #model-upload .file-name, #model-upload table").first.wait_for()
+    page.click("#model-upload-start")
+    wait_text(page, "#model-message", "Uploaded and loaded as mine")
+    [owner] = owner_folders(settings)
+    assert owner.name.startswith("k-") and (owner / "mine").is_dir()  # a hash names the owner, not the key
 
-        page.reload(wait_until="load")  # the second visitor: the first, after a reload
-        page.get_by_role("tab", name="Models").click()
-        wait_text(page, "#model-owner-note", "private to this browser")
-        picked(page, "mine")
-        assert choices(page) == ["mine"]
-        assert owner_folders(settings) == [owner]  # the same owner: no new key was made
+    page.reload(wait_until="load")  # the second visitor: the first, after a reload
+    page.get_by_role("tab", name="Models").click()
+    wait_text(page, "#model-owner-note", "private to this browser")
+    picked(page, "mine")
+    assert choices(page) == ["mine"]
+    assert owner_folders(settings) == [owner]  # the same owner: no new key was made
 
-        other = open_models_tab(second, url)  # the third visitor: another browser
-        assert "mine" not in choices(other) and not any(c.startswith("mine@") for c in choices(other))
+    other = open_models_tab(second, url)  # the third visitor: another browser
+    assert "mine" not in choices(other) and not any(c.startswith("mine@") for c in choices(other))
 
-        page.click("#model-publish")
-        message = wait_text(page, "#model-message", "Published mine")
-        public = re.search(r"see it as (\S+@\w+)\.", message).group(1)
-        other.click("#model-refresh")
-        picked(other, public)
-        assert choices(other) == [public]
-        other.click("#model-load")
-        wait_text(other, "#model-message", re.escape(f"Loaded {public}."))
-        other.click("#model-delete")
-        other.get_by_test_id("toast-text").filter(has_text="is not yours").wait_for()
-        assert (owner / "mine").is_dir()
+    page.click("#model-publish")
+    message = wait_text(page, "#model-message", "Published mine")
+    public = re.search(r"see it as (\S+@\w+)\.", message).group(1)
+    other.click("#model-refresh")
+    picked(other, public)
+    assert choices(other) == [public]
+    other.click("#model-load")
+    wait_text(other, "#model-message", re.escape(f"Loaded {public}."))
+    other.click("#model-delete")
+    other.get_by_test_id("toast-text").filter(has_text="is not yours").wait_for()
+    assert (owner / "mine").is_dir()
 
-        page.click("#model-unpublish")
-        wait_text(page, "#model-message", "mine is private again")
-        other.click("#model-refresh")
-        other.wait_for_function("document.querySelector('#model-saved input').value === ''")
-        assert choices(other) == []
-        chromium.close()
+    page.click("#model-unpublish")
+    wait_text(page, "#model-message", "mine is private again")
+    other.click("#model-refresh")
+    other.wait_for_function("document.querySelector('#model-saved input').value === ''")
+    assert choices(other) == []
+    first.close()
+    second.close()
