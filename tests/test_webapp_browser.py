@@ -6,16 +6,20 @@ then opens the page in Russian. Screenshots go to $SIMPLE_LLM_SCREENSHOTS (the R
 a temporary folder. Skips when /usr/bin/chromium or playwright is missing.
 """
 
+import io
 import os
 import re
 import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from webapp_common import launch
 
 from gpt import GPT, Tokenizer
+from webapp import training
 from webapp.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -233,6 +237,13 @@ def test_train_a_saved_model_further_on_another_text(browser, server, shots):
     type_number(page, "#train-steps input", 30)
     page.click("#train-start")
     wait_text(page, "#train-status", r"Finished at step 30\b", TRAIN_TIMEOUT_MS)
+    page.locator("#train-start-from label", has_text="The current model").click()  # and further again
+    type_number(page, "#train-steps input", 20)
+    page.click("#train-start")
+    wait_text(page, "#train-status", r"Finished at step 20\b", TRAIN_TIMEOUT_MS)
+    page.wait_for_timeout(500)  # the last frame drawn
+    for series, colour in training.COLOURS.items():  # the earlier curve too, each in its own colour
+        assert colour_pixels(page.locator("#train-plot").screenshot(), colour) > 20, f"{series} ({colour}) not drawn"
     page.screenshot(path=str(shots / "train-further.png"), full_page=True)
     page.get_by_role("tab", name="Models").click()
     summary = wait_text(page, "#model-current", "trained further on")
@@ -251,6 +262,13 @@ def test_train_a_saved_model_further_on_another_text(browser, server, shots):
     page.screenshot(path=str(shots / "evaluate.png"), full_page=True)
     assert outside == []
     context.close()
+
+
+def colour_pixels(png: bytes, colour: str) -> int:
+    """How many pixels of a screenshot are within a small distance of `colour` ("#rrggbb")."""
+    target = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(int)
+    return int((np.abs(pixels - target).sum(axis=1) < 24).sum())
 
 
 def generate_in_the_browser(page, demo, torch_text: str) -> None:
