@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import torch
 
-from gpt import count_parameters
+from gpt import count_parameters, text_start
 from webapp import (
     backends,
     browser,
@@ -205,7 +205,7 @@ class Handlers:
                 label = t(lang, "model.trained_on", corpus=data.corpus_label)
             else:
                 label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
-            model.training_record["prompt"] = generation.text_start(texts.texts)  # the Generate tab's prompt
+            model.training_record["prompt"] = text_start(texts.texts)  # the Generate tab's prompt
             saved = model.training_record["started_from"]["model"] if start == "saved" else None
             checkpoints = run_folder / "checkpoints"
             job = self._job(session, model, data, config, checkpoints, label, earlier=earlier, saved_start=saved)
