@@ -68,8 +68,31 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "embedding lr x10": ({}, {**ONE_LR, "embedding_lr_scale": 10.0}),
     "muon x3 + embedding x3": ({}, {"muon_lr_scale": 3.0, "embedding_lr_scale": 3.0}),  # today's defaults
     "muon momentum 0.9": ({}, {**ONE_LR, "muon_momentum": 0.9}),
+    # From here on, each changes one thing from today's defaults (Muon 3x, 2026-12-07).
+    "cosine to 0 (muon x3)": ({}, {"min_lr_ratio": 0.0}),
+    "warmup 20 (muon x3)": ({}, {"warmup_steps": 20}),
+    "warmup 300 (muon x3)": ({}, {"warmup_steps": 300}),
+    "wd 0 (muon x3)": ({}, {"weight_decay": 0.0}),
+    "wd 0.3 (muon x3)": ({}, {"weight_decay": 0.3}),
+    "adamw-side lr x2 (muon x3)": ({}, {"learning_rate": 6e-3, "muon_lr_scale": 1.5}),
+    "muon momentum 0.9 (muon x3)": ({}, {"muon_momentum": 0.9}),
+    "batch 6 x 128": ({"max_seq_len": 128}, {}, {"batch": 6}),
+    "batch 3 x 256": ({"max_seq_len": 256}, {}, {"batch": 3}),
+    "batch 24 x 32": ({"max_seq_len": 32}, {}, {"batch": 24}),
+    "ema 0.99": ({}, {}, {"ema": 0.99}),
+    "ema 0.995": ({}, {}, {"ema": 0.995}),
+    "untied head (muon x3)": ({"tie_embeddings": False}, {}),
 }
-"""The ablation's variants: (GPTConfig fields, fit options), each on top of the defaults."""
+"""The ablation's variants: (GPTConfig fields, fit options[, run options]), each on top of the
+defaults. Run options (`bench.quality.run`): `batch` (sequences a step; with `max_seq_len` in the
+GPTConfig fields it trades batch for context at the same tokens a step) and `ema` (validate an
+exponential moving average of the weights with that decay a step)."""
+
+
+def variant(name: str) -> tuple[dict, dict, dict]:
+    """`VARIANTS[name]` as (GPTConfig fields, fit options, run options)."""
+    model, fit, *rest = VARIANTS[name]
+    return model, fit, (rest[0] if rest else {})
 
 
 def main() -> None:
@@ -105,14 +128,17 @@ def main() -> None:
             for name in args.variants.split(","):
                 if name not in VARIANTS:
                     raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
-                model, fit = VARIANTS[name]
+                model, fit, data = variant(name)
                 model, fit = {**model, **args.model}, {**fit, **args.fit}
-                result = run("default", text, steps, seed, fit, model)
-                if result["tokens"] != steps * BATCH * SHAPE["max_seq_len"]:  # stopped early (Ctrl-C, SIGTERM)
+                batch, seq_len = data.get("batch", BATCH), {**SHAPE, **model}["max_seq_len"]
+                result = run("default", text, steps, seed, fit, model, batch=batch, ema=data.get("ema"))
+                if result["tokens"] != steps * batch * seq_len:  # stopped early (Ctrl-C, SIGTERM)
                     raise SystemExit(f"{name} seed {seed} stopped before step {steps}: not logged")
                 record = dict(
                     variant=args.name or name, seed=seed, steps=steps, model=model, fit=fit, commit=commit, **result
                 )
+                if data:
+                    record["run"] = data
                 print(
                     f"{record['variant']} seed {seed}: {result['valid_per_byte']:.4f} nats/byte, "
                     f"{result['tokens'] / result['seconds']:,.0f} tokens/s, {result['parameters']:,} parameters",
@@ -156,18 +182,20 @@ def print_summary(log: Path, baseline: str = "default") -> None:
 def print_speed(names: list[str], rounds: int, steps: int, model_extra: dict, fit_extra: dict) -> None:
     """Training tokens/s of each variant, interleaved over `rounds` (the order rotating each round)."""
     ids = torch.tensor(Tokenizer().encode(shakespeare_text().read_text(encoding="utf-8")[:200_000]))
-    loader, _ = make_loaders(ids, SHAPE["max_seq_len"], BATCH, 0.1, seed=0)
     speeds: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            model_fields, fit_options = VARIANTS[name]
+            model_fields, fit_options, data = variant(name)
+            model_fields = {**SHAPE, **model_fields, **model_extra}
+            batch, seq_len = data.get("batch", BATCH), model_fields["max_seq_len"]
+            loader, _ = make_loaders(ids, seq_len, batch, 0.1, seed=0)
             torch.manual_seed(r)
-            model = GPT(vocab_size=Tokenizer().vocab_size, **{**SHAPE, **model_fields, **model_extra})
+            model = GPT(vocab_size=Tokenizer().vocab_size, **model_fields)
             options = {"progress": False, "log_every": None, **fit_options, **fit_extra}
             model.fit(loader, max_steps=2, **options)  # warm-up
             started = time.perf_counter()
             model.fit(loader, max_steps=steps, **options)
-            speeds[name].append(steps * BATCH * SHAPE["max_seq_len"] / (time.perf_counter() - started))
+            speeds[name].append(steps * batch * seq_len / (time.perf_counter() - started))
     rows = [[name, median_span(speeds[name]), ratio_span(speeds[name], speeds[names[0]])] for name in names]
     print(f"Training tokens/s, {rounds} interleaved rounds of {steps} steps, batch {BATCH} x {SHAPE['max_seq_len']}")
     print_table(["variant", "tokens/s median (min-max)", f"÷ {names[0]}"], rows)

@@ -31,6 +31,7 @@ import torch
 
 from bench.common import environment_lines, print_table, set_threads, shakespeare_text
 from gpt import GPT, Tokenizer, make_loaders
+from gpt.callbacks import Callback
 from gpt.training import evaluate
 
 SHAPE = dict(max_seq_len=64, emb_size=128, num_heads=4, num_layers=4, dropout=0.0)
@@ -60,10 +61,43 @@ LABELS = {
 }
 
 
+class WeightEMA(Callback):
+    """An exponential moving average of the parameters (`decay` per optimizer step), copied into the
+    model when training ends, so that the validation measures the averaged weights."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.average: list[torch.Tensor] = []
+
+    def on_train_begin(self, trainer) -> None:
+        self.average = [p.detach().clone() for p in trainer.model.parameters()]
+
+    @torch.no_grad()
+    def on_batch_end(self, trainer) -> None:
+        for a, p in zip(self.average, trainer.model.parameters()):
+            a.lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def on_train_end(self, trainer) -> None:
+        for a, p in zip(self.average, trainer.model.parameters()):
+            p.copy_(a)
+
+
 def run(
-    row: str, text: str, steps: int, seed: int, fit_overrides: dict | None = None, model_overrides: dict | None = None
+    row: str,
+    text: str,
+    steps: int,
+    seed: int,
+    fit_overrides: dict | None = None,
+    model_overrides: dict | None = None,
+    batch: int = BATCH,
+    ema: float | None = None,
 ) -> dict:
+    """One training run and its validation. The context is `model_overrides`' `max_seq_len` (else
+    SHAPE's); the validation evaluates each held-out token once, in windows of that context. `ema`:
+    validate an exponential moving average of the weights with that decay per step (`WeightEMA`)."""
     tokenizer_kind, options = ROWS[row]
+    seq_len = {**SHAPE, **(model_overrides or {})}["max_seq_len"]
     split = int(len(text) * 0.9)
     train_text, valid_text = text[:split], text[split:]
     tokenizer = Tokenizer() if tokenizer_kind == "bytes" else Tokenizer.train(train_text)
@@ -71,15 +105,17 @@ def run(
     valid_ids = torch.tensor(tokenizer.encode(valid_text))
     ids = torch.cat([train_ids, valid_ids])
     valid_fraction = len(valid_ids) / len(ids)
-    train_loader, valid_loader = make_loaders(ids, SHAPE["max_seq_len"], BATCH, valid_fraction, seed=seed)
+    train_loader, valid_loader = make_loaders(ids, seq_len, batch, valid_fraction, seed=seed)
     torch.manual_seed(seed)
     model = GPT(vocab_size=tokenizer.vocab_size, **{**SHAPE, **(model_overrides or {})})
     started = time.perf_counter()
-    model.fit(train_loader, max_steps=steps, progress=False, log_every=None, **{**options, **(fit_overrides or {})})
+    callbacks = [WeightEMA(ema)] if ema else []
+    options = {**options, **(fit_overrides or {})}
+    model.fit(train_loader, max_steps=steps, progress=False, log_every=None, callbacks=callbacks, **options)
     seconds = time.perf_counter() - started
     valid_loss = evaluate(model, valid_loader)
-    # The validation windows cover all but the last (len - 1) % 64 tokens: scale nats per token to bytes.
-    covered = (len(valid_ids) - 1) // SHAPE["max_seq_len"] * SHAPE["max_seq_len"]
+    # The validation windows cover all but the last (len - 1) % seq_len tokens: scale nats per token to bytes.
+    covered = (len(valid_ids) - 1) // seq_len * seq_len
     covered_bytes = len(tokenizer.decode(valid_ids[1 : covered + 1].tolist()).encode())
     return dict(
         train=model.history.loss[-1],
