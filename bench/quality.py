@@ -31,7 +31,7 @@ import torch
 
 from bench.common import environment_lines, print_table, set_threads, shakespeare_text
 from gpt import GPT, Tokenizer, make_loaders
-from gpt.callbacks import Callback
+from gpt.callbacks import WeightEMA
 from gpt.training import evaluate
 
 SHAPE = dict(max_seq_len=64, emb_size=128, num_heads=4, num_layers=4, dropout=0.0)
@@ -59,28 +59,6 @@ LABELS = {
     "bpe": "default fit, BPE 4096",
     "bf16": "default fit, bf16 autocast, bytes",
 }
-
-
-class WeightEMA(Callback):
-    """An exponential moving average of the parameters (`decay` per optimizer step), copied into the
-    model when training ends, so that the validation measures the averaged weights."""
-
-    def __init__(self, decay: float) -> None:
-        self.decay = decay
-        self.average: list[torch.Tensor] = []
-
-    def on_train_begin(self, trainer) -> None:
-        self.average = [p.detach().clone() for p in trainer.model.parameters()]
-
-    @torch.no_grad()
-    def on_batch_end(self, trainer) -> None:
-        for a, p in zip(self.average, trainer.model.parameters()):
-            a.lerp_(p.detach(), 1.0 - self.decay)
-
-    @torch.no_grad()
-    def on_train_end(self, trainer) -> None:
-        for a, p in zip(self.average, trainer.model.parameters()):
-            p.copy_(a)
 
 
 def run(

@@ -1,6 +1,6 @@
 """simple-llm's model library: a small GPT with a KV cache, its tokenizer, training and generation."""
 
-from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
+from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar, WeightEMA
 from gpt.checkpoint import (
     CONFIG_FILE,
     MODEL_FILES,
@@ -47,6 +47,7 @@ __all__ = [
     "Tokenizer",
     "Trainer",
     "TrainingHistory",
+    "WeightEMA",
     "atomic_folder",
     "check_text_file",
     "check_vocabulary",

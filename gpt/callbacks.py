@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from tqdm.auto import tqdm
 
 from gpt import checkpoint
@@ -48,6 +49,34 @@ class Callback:
 
     def on_train_end(self, trainer: Trainer) -> None:
         """After the last step; `trainer.stop_reason` says why training stopped (None: it ran every epoch)."""
+
+
+class WeightEMA(Callback):
+    """Keep an exponential moving average of the parameters (`decay` per optimizer step, starting
+    from the weights training starts with) and copy it into the model when training ends, so the
+    model `fit` leaves is the averaged one. In nanoGPT's CPU budget, 0.99 reached about 0.01
+    nats/byte lower validation loss than the last weights (bench/ablate.py; docs/decisions.md). The
+    average is not saved in training checkpoints: a resumed run restarts it from the resumed weights.
+    """
+
+    def __init__(self, decay: float = 0.99) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.average: list[torch.Tensor] = []
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.average = [p.detach().clone() for p in trainer.model.parameters()]
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        with torch.no_grad():
+            for average, p in zip(self.average, trainer.model.parameters(), strict=True):
+                average.lerp_(p.detach(), 1.0 - self.decay)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        with torch.no_grad():
+            for average, p in zip(self.average, trainer.model.parameters(), strict=True):
+                p.copy_(average)
 
 
 class EarlyStopping(Callback):

@@ -6,6 +6,7 @@ script still runs against the current library and measures every row it promises
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -185,25 +186,29 @@ def test_benches_fall_back_to_the_shipped_excerpt(monkeypatch: pytest.MonkeyPatc
 def test_ablate_bench(tmp_path: Path) -> None:
     log = tmp_path / "ablate.jsonl"
     result = subprocess.run(
-        [sys.executable, "bench/ablate.py", "--quick", "--variants", "default,relu2", "--log", str(log)],
+        [sys.executable, "bench/ablate.py", "--quick", "--variants", "default,relu2,batch 6 x 128,ema 0.99",
+         "--log", str(log)],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert text_used(result.stdout) == expected_text()
     rows = table_rows(result.stdout)
-    assert [row[0] for row in rows] == ["default", "relu2"]
+    assert [row[0] for row in rows] == ["default", "relu2", "batch 6 x 128", "ema 0.99"]
     for row in rows:
         assert 0 < figure(row[3]) < math.log(256) and figure(row[7]) > 0 and figure(row[8]) > 0
     assert rows[0][6] == "+0.000 (+0.000)"  # its own difference from the default
-    assert len(log.read_text().splitlines()) == 2
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r.get("run") for r in records] == [None, None, {"batch": 6}, {"ema": 0.99}]
+    # 6 sequences of 128 tokens a step: the same tokens as 12 x 64, a longer context (position table)
+    assert records[2]["tokens"] == records[0]["tokens"] and records[2]["parameters"] == records[0]["parameters"] + 64 * 128
 
 
 def test_ablate_speed_bench() -> None:
     result = subprocess.run(
-        [sys.executable, "bench/ablate.py", "--speed", "--quick", "--variants", "default,untied head"],
+        [sys.executable, "bench/ablate.py", "--speed", "--quick", "--variants", "default,batch 6 x 128"],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     rows = table_rows(result.stdout)
-    assert [row[0] for row in rows] == ["default", "untied head"] and all(figure(row[1]) > 0 for row in rows)
+    assert [row[0] for row in rows] == ["default", "batch 6 x 128"] and all(figure(row[1]) > 0 for row in rows)
     assert figure(rows[0][2]) == 1.0

@@ -16,7 +16,7 @@ import torch
 from tiny_training import SHAKESPEARE, StopAt, assert_same_weights, byte_loaders, made_text, tiny_model
 
 from gpt import GPT, checkpoint, training
-from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from gpt.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightEMA
 from gpt.training import CosineSchedule, Trainer, TrainingOptions, evaluate, fit
 
 SMALL_TEXT = made_text(60)  # 24 training batches of 8 x 16 bytes
@@ -252,6 +252,28 @@ def test_stop_training_set_from_another_thread_stops_within_a_step():
     worker.join(timeout=30)
     assert model.history.loss and len(model.history.loss) == 4
     assert model.history.stop_reason == "requested"
+
+
+def test_weight_ema_leaves_the_average_of_the_weights_after_each_step():
+    class Snapshots(Callback):
+        def on_train_begin(self, trainer: Trainer) -> None:
+            self.weights = [[p.detach().clone() for p in trainer.model.parameters()]]
+
+        def on_batch_end(self, trainer: Trainer) -> None:
+            self.weights.append([p.detach().clone() for p in trainer.model.parameters()])
+
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    snapshots, ema = Snapshots(), WeightEMA(0.8)
+    model.fit(train, max_steps=5, callbacks=[snapshots, ema], progress=False)
+    expected = snapshots.weights[0]
+    for weights in snapshots.weights[1:]:
+        expected = [0.8 * e + 0.2 * w for e, w in zip(expected, weights)]
+    for e, p in zip(expected, model.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), e)
+    assert any(not torch.equal(p, w) for p, w in zip(model.parameters(), snapshots.weights[-1]))  # not the last
+    with pytest.raises(ValueError, match="decay must be in"):
+        WeightEMA(1.0)
 
 
 def test_early_stopping_stops_when_validation_loss_stalls():
