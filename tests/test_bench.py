@@ -200,7 +200,8 @@ def test_ablate_bench(tmp_path: Path) -> None:
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r.get("run") for r in records] == [None, None, {"batch": 6}, {"ema": 0.99}]
     # 6 sequences of 128 tokens a step: the same tokens as 12 x 64, a longer context (position table)
-    assert records[2]["tokens"] == records[0]["tokens"] and records[2]["parameters"] == records[0]["parameters"] + 64 * 128
+    assert records[2]["tokens"] == records[0]["tokens"]
+    assert records[2]["parameters"] == records[0]["parameters"] + 64 * 128
 
 
 def test_ablate_speed_bench() -> None:
