@@ -194,7 +194,7 @@ def test_a_model_that_is_not_gpt2_shaped_exports_without_the_portable_graph_and_
     assert "model_fast.onnx" in files and not any(name.startswith("onnx/") for name in files)
     assert json.loads((random_dir / "config.json").read_text()) == random_model.config.to_dict()  # no GPT-2 fields
     report = json.loads((random_dir / "export_report.json").read_text())
-    assert not report["gpt2_compatible"] and list(report["graphs"]) == ["model_fast.onnx"]
+    assert not report["gpt2_compatible"] and list(report["graphs"]) == ["model_fast.onnx", "web/model.onnx"]
     note, *web = report["left_out"]
     assert web == _web_notes()
     assert "not GPT-2 compatible (bias=False" in note and "4 * 8 = 32 differs from emb_size = 24" in note
@@ -436,8 +436,15 @@ def test_reduced_precision_graphs(reduced_dir, trained_dir):
         assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and not ops & {"MatMul", "Gather", "Transpose"}
         assert (folder / "model_fast.onnx").stat().st_size < (trained_dir / "model_fast.onnx").stat().st_size / 2
     variant = {"fp16": "onnx/model_fp16.onnx", "int8": "onnx/model_quantized.onnx"}[precision]
-    assert list(report["graphs"]) == ["model_fast.onnx", "onnx/model.onnx", variant]  # each passed its parity run
+    web = ["web/model.onnx"] if precision == "int8" else []  # the browser's int8 graph (the fp16 one's is onnx/)
+    assert list(report["graphs"]) == ["model_fast.onnx", "onnx/model.onnx", variant, *web]  # each passed its parity run
     assert report["graphs"][variant]["precision"] == precision and not report["graphs"][variant]["cache_buffers"]
+    if web:  # 8-bit weights, dequantized once when a session loads (Cast, Mul: folded), a quarter of fp32's size
+        ops = {node.op_type for node in onnx.load(str(folder / web[0])).graph.node}
+        assert {"Cast", "Mul", "MatMul", "MultiHeadAttention"} <= ops
+        assert not ops & {"MatMulNBits", "GatherBlockQuantized"}
+        assert (folder / web[0]).stat().st_size < (folder / "model_fast.onnx").stat().st_size * 1.1  # as MatMulNBits
+        assert OnnxGPT.load(folder, graph=web[0]).cache_capacity is None
     portable = OnnxGPT.load(folder, graph=variant)
     assert portable.cache_capacity is None and OnnxGPT.load(folder, graph="onnx/model.onnx").past_dtype == np.float32
 

@@ -58,7 +58,7 @@ def test_every_export_holds_the_page(exports):
     folder = exports["fp32"]
     names = {p.name for p in (folder / "web").iterdir()}
     assert {"index.html", "page.mjs", "simple_llm.mjs", "model.json"} <= names
-    assert json.loads((folder / "web" / "model.json").read_text()) == {"graph": "model_fast.onnx", "precision": "fp32"}
+    assert json.loads((folder / "web" / "model.json").read_text()) == {"graph": "web/model.onnx", "precision": "fp32"}
     if webpage.local_runtime() is not None:  # offline: the runtime is beside the page, no CDN address anywhere
         assert {
             "ort.wasm.min.mjs",

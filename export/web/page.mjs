@@ -44,21 +44,30 @@ export async function loadModel(urls) {
   const eosId = tokenizerJson.added_tokens.find((t) => t.content === tokenizerConfig.eos_token).id;
   const model = new OnnxModel(ort, session, config);
   const threads = ort.env.wasm.numThreads;
-  return { model, tokenizer, eosId, precision: urls.precision, threads, loadSeconds: (performance.now() - started) / 1000 };
+  const isolated = Boolean(self.crossOriginIsolated); // threads need it: the server's COOP/COEP headers
+  return { model, tokenizer, eosId, precision: urls.precision, threads, isolated, loadSeconds: (performance.now() - started) / 1000 };
 }
 
 const loaded = new Map(); // graph address -> the loading model, for loadFromFiles
 
 /** The model from the files a web app hands over (Gradio file values: the graph, config.json,
- * tokenizer.json, tokenizer_config.json and web/model.json), loaded once per graph. */
+ * tokenizer.json, tokenizer_config.json and web/model.json), loaded once per graph. A load that
+ * fails is forgotten (the next call tries again); loading another graph releases the sessions of
+ * the models it replaces. */
 export async function loadFromFiles(files) {
   const urls = Object.fromEntries((files || []).map((f) => [f.orig_name, new URL(f.url, document.baseURI).href]));
   if (!urls["model.json"]) throw new Error("no model files");
   const info = await json(urls["model.json"]);
   const graph = urls[info.graph.split("/").pop()];
   if (!loaded.has(graph)) {
+    for (const [other, previous] of loaded) {
+      loaded.delete(other);
+      previous.then((old) => old.model.session.release(), () => {});
+    }
     const model = { graph, config: urls["config.json"], tokenizer: urls["tokenizer.json"], tokenizerConfig: urls["tokenizer_config.json"] };
-    loaded.set(graph, loadModel({ ...model, precision: info.precision }));
+    const loading = loadModel({ ...model, precision: info.precision });
+    loaded.set(graph, loading);
+    loading.catch(() => loaded.get(graph) === loading && loaded.delete(graph));
   }
   return loaded.get(graph);
 }
@@ -85,8 +94,15 @@ export function samplingFrom(v) {
     minP: minP > 0 ? minP : null,
     repetitionPenalty: Number(v.repetitionPenalty),
     stopStrings: String(v.stopStrings ?? "").split("\n").map((s) => s.replaceAll("\\n", "\n").replaceAll("\\t", "\t")).filter((s) => s),
-    seed: v.seed === "" || v.seed === null || v.seed === undefined ? null : Number(v.seed),
+    seed: v.seed === "" || v.seed === null || v.seed === undefined ? null : seedOf(v.seed),
   });
+}
+
+/** A seed from a control's value: an integer from 0 to 2**63 - 1 (the web app's range), exact. */
+function seedOf(value) {
+  const text = String(value).trim();
+  if (!/^\d+$/.test(text) || BigInt(text) >= 2n ** 63n) throw new Error(`seed must be an integer from 0 to 2**63 - 1, got ${value}`);
+  return BigInt(text);
 }
 
 function settings(doc) {
@@ -105,16 +121,15 @@ function settings(doc) {
 }
 
 /** Generate from `prompt` with a loaded model, calling `onText(textSoFar)` as pieces arrive and
- * stopping between two pieces once `shouldStop()` says so: `{text, tokens, seconds}`. */
+ * stopping before the next token once `shouldStop()` says so: `{text, tokens, seconds}`. */
 export async function generateText(loaded, prompt, sampling, onText, shouldStop = () => false) {
   const { model, tokenizer, eosId } = loaded;
   let text = "";
   let tokens = 0;
   const started = performance.now();
-  for await (const piece of streamText(model, tokenizer, eosId, prompt, sampling, () => (tokens += 1))) {
+  for await (const piece of streamText(model, tokenizer, eosId, prompt, sampling, () => (tokens += 1), shouldStop)) {
     text += piece;
     onText(text);
-    if (shouldStop()) break;
   }
   return { text, tokens, seconds: (performance.now() - started) / 1000 };
 }
@@ -134,7 +149,8 @@ export function mountPage(doc, base, explain = (error) => error.message) {
   const ready = folderUrls(base).then(loadModel);
   ready.then(
     (loaded) => {
-      show(`Model loaded in ${loaded.loadSeconds.toFixed(1)} s (${loaded.precision}, ${loaded.threads} thread(s)). Ready.`);
+      const isolation = loaded.isolated ? "cross-origin isolated" : "not cross-origin isolated";
+      show(`Model loaded in ${loaded.loadSeconds.toFixed(1)} s (${loaded.precision}, ${loaded.threads} thread(s), ${isolation}). Ready.`);
       generateButton.disabled = false;
     },
     (error) => show(error.code === "runtime" ? explain(error) : `Could not load the model: ${error.message}`, true),
