@@ -22,7 +22,7 @@ from typing import Any
 WEB_DIR = "web"
 PAGE_FILE = "web/index.html"
 SOURCE = Path(__file__).resolve().parent / "web"
-PAGE_ASSETS = ("page.mjs", "simple_llm.mjs")
+PAGE_ASSETS = ("page.mjs", "simple_llm.mjs", "worker.mjs")
 NODE_MODULES = Path(__file__).resolve().parents[1] / "node_modules"
 RUNTIME = json.loads((SOURCE / "runtime.json").read_text(encoding="utf-8"))
 CDN_NOTE = (

@@ -42,7 +42,9 @@ def model() -> GPT:
 @pytest.fixture(scope="module")
 def exports(model, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("web-exports")
-    return {p: to_onnx(model, root / p, precision=p, portable=False, threads=1) for p in ("fp32", "int8")}
+    found = {p: to_onnx(model, root / p, precision=p, portable=False, threads=1) for p in ("fp32", "int8")}
+    found["fp16"] = to_onnx(model, root / "fp16", precision="fp16", provider="cpu", portable=False, threads=1)
+    return found
 
 
 def test_runtime_pins_match_the_installed_packages():
@@ -57,7 +59,7 @@ def test_runtime_pins_match_the_installed_packages():
 def test_every_export_holds_the_page(exports):
     folder = exports["fp32"]
     names = {p.name for p in (folder / "web").iterdir()}
-    assert {"index.html", "page.mjs", "simple_llm.mjs", "model.json"} <= names
+    assert {"index.html", "page.mjs", "simple_llm.mjs", "worker.mjs", "model.json"} <= names
     assert json.loads((folder / "web" / "model.json").read_text()) == {"graph": "web/model.onnx", "precision": "fp32"}
     if webpage.local_runtime() is not None:  # offline: the runtime is beside the page, no CDN address anywhere
         assert {
@@ -258,4 +260,96 @@ def test_a_page_whose_webassembly_cannot_arrive_says_to_run_npm_ci(browser, serv
     page.goto(served + "/cdn-wasm/web/index.html")
     status = _error_status(page)
     assert "could not be loaded from the CDN" in status and "`npm ci`" in status, status
+    page.close()
+
+
+# --- the worker, Stop, retries, int8 and fp16 pages -------------------------------------------------
+
+
+def test_the_int8_page_gives_native_onnxruntimes_greedy_tokens_on_its_graph(browser, served, exports, model):
+    """The browser's int8 graph (8-bit weights, dequantized once at load) decodes as onnxruntime does."""
+    page, _ = _open(browser, served, "/int8/web/index.html")
+    graph = json.loads((exports["int8"] / "web" / "model.json").read_text())["graph"]
+    ids = model.tokenizer.encode("ROMEO:\n")
+    web = page.evaluate(
+        "async (ids) => { const { model } = await window.simpleLLM.ready; const got = [];"
+        " for await (const t of model.generateTokens(ids, { maxNewTokens: 60 })) got.push(t); return got; }",
+        ids,
+    )
+    native = OnnxGPT.load(exports["int8"], threads=1, graph=graph).generate([ids], 60)[0, len(ids) :].tolist()
+    assert web == native
+    page.close()
+
+
+def test_the_page_decodes_in_a_worker_and_stays_responsive(browser, served):
+    page, _ = _open(browser, served, "/fp32/web/index.html")
+    assert page.evaluate("async () => Boolean((await window.simpleLLM.ready).model.worker)")
+    page.fill("#max-new-tokens", "1024")
+    page.click("#generate")
+    page.wait_for_function("window.simpleLLM.progress().tokens > 5")
+    page.fill("#prompt", "typed while generating")  # the page takes input meanwhile
+    assert page.input_value("#prompt") == "typed while generating"
+    assert page.inner_text("#status").startswith("Generating")
+    seen = page.evaluate(
+        "() => { const n = window.simpleLLM.progress().tokens; document.getElementById('stop').click(); return n; }"
+    )
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    status = page.inner_text("#status")
+    assert "stopped" in status
+    tokens = int(status.split(":", 1)[1].split("tokens", 1)[0])
+    assert seen <= tokens <= seen + 1 < 1024  # Stop ends the generation within one token
+    page.close()
+
+
+def test_a_failed_load_is_retried_and_a_replaced_model_released(browser, served, exports):
+    page, _ = _open(browser, served, "/fp32/web/index.html")
+    files = {}
+    for name in ("fp32", "int8"):
+        graph = json.loads((exports[name] / "web" / "model.json").read_text())["graph"]
+        paths = [graph, "config.json", "tokenizer.json", "tokenizer_config.json", "web/model.json"]
+        files[name] = [{"orig_name": Path(p).name, "url": f"{served}/{name}/{p}"} for p in paths]
+    failing = {"on": True}
+    page.route("**/fp32/web/model.onnx", lambda route: route.abort() if failing["on"] else route.continue_())
+    load = "async (files) => { const page = await import('./page.mjs'); return (await page.loadFromFiles(files)).precision; }"
+    with pytest.raises(Exception):
+        page.evaluate(load, files["fp32"])
+    failing["on"] = False
+    assert page.evaluate(load, files["fp32"]) == "fp32"  # tried again, not the cached failure
+    released = page.evaluate(
+        "async ([a, b]) => { const page = await import('./page.mjs'); const first = await page.loadFromFiles(a);"
+        " let released = false; const release = first.model.release.bind(first.model);"
+        " first.model.release = () => { released = true; return release(); };"
+        " await page.loadFromFiles(b); await new Promise((r) => setTimeout(r, 0)); return released; }",
+        [files["fp32"], files["int8"]],
+    )
+    assert released
+    page.close()
+
+
+def test_a_cpu_fp16_export_has_a_page_that_generates(browser, served, exports):
+    assert json.loads((exports["fp16"] / "web" / "model.json").read_text()) == {
+        "graph": "model_fast.onnx",
+        "precision": "fp16",
+    }
+    page, _ = _open(browser, served, "/fp16/web/index.html")
+    page.fill("#prompt", "ROMEO:\n")
+    page.fill("#max-new-tokens", "20")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    assert (
+        "Done: 20 tokens" in page.inner_text("#status")
+        and len(page.eval_on_selector("#output", "e => e.textContent")) > 7
+    )
+    page.close()
+
+
+def test_seeds_take_the_apps_whole_range(browser, served):
+    page, _ = _open(browser, served, "/fp32/web/index.html")
+    seeds = page.evaluate(
+        "async () => { const page = await import('./page.mjs'); const seed = (s) => {"
+        " try { return String(page.samplingFrom({ maxNewTokens: 1, mode: 'sampling', temperature: 1, topK: 0, topP: 1,"
+        " minP: 0, repetitionPenalty: 1, stopStrings: '', seed: s }).seed); } catch (e) { return 'error'; } };"
+        " return [seed('9223372036854775807'), seed('9223372036854775808'), seed('-1'), seed('7')]; }"
+    )
+    assert seeds == ["9223372036854775807", "error", "error", "7"]
     page.close()

@@ -150,6 +150,12 @@ export class OnnxModel {
     const capacity = past?.shape?.[2];
     this.capacity = Number.isInteger(capacity) ? capacity : null; // cache buffers, or growing pasts
     this.cacheType = past?.type ?? "float32"; // float16 in a CPU fp16 export (onnxruntime-web takes its bits as Uint16Array)
+    this.yieldEveryMs = 16; // generateTokens lets other tasks run (paint, clicks, messages) this often; 0: every token
+  }
+
+  /** Free the session's memory (the model cannot run after). */
+  release() {
+    return this.session.release();
   }
 
   /** One forward pass: the last position's logits (Float32Array) and the next call's past. */
@@ -198,8 +204,8 @@ export class OnnxModel {
     let position = 0;
     let yielded = performance.now();
     for (let i = 0; i < s.maxNewTokens; i++) {
-      if (performance.now() - yielded > 16) {
-        await nextTask(); // about once a frame
+      if (performance.now() - yielded >= this.yieldEveryMs) {
+        await nextTask(); // about once a frame on a page
         yielded = performance.now();
       }
       if (shouldStop?.()) return;
