@@ -122,11 +122,17 @@ def page_of(folder: Path, revision: str, precision: str) -> Path:
     old = folder.with_name(folder.name + "-before")
     shutil.copytree(folder, old)
     (old / "web" / "worker.mjs").unlink(missing_ok=True)
+    html = (folder / "web" / "index.html").read_text(encoding="utf-8")
+    tags = html[
+        html.index('<script type="importmap">') : html.index("</script>", html.index('id="simple-llm-runtime"')) + 9
+    ]
     for name in ("index.html", "page.mjs", "simple_llm.mjs"):
         source = subprocess.run(
-            ["git", "show", f"{revision}:export/web/{name}"], cwd=REPO, capture_output=True, check=True
+            ["git", "show", f"{revision}:export/web/{name}"], cwd=REPO, capture_output=True, check=True, text=True
         ).stdout
-        (old / "web" / name).write_bytes(source)
+        (old / "web" / name).write_text(
+            source.replace("<!-- RUNTIME -->", tags), encoding="utf-8"
+        )  # the export's runtime
     (old / "web" / "model.json").write_text(json.dumps({"graph": "model_fast.onnx", "precision": precision}))
     return old
 
