@@ -128,7 +128,7 @@ def suggested_prompt(value: Any) -> str | None:
 @functools.cache
 def default_prompt() -> str:
     """The Generate tab's prompt before any model: the start of the built-in sample the Train tab
-    starts with (a model's own training text replaces it: `Handlers.suggested_prompt`)."""
+    starts with (a model's own training text replaces it: `GenerateHandlers.suggested_prompt`)."""
     try:
         return text_start(corpus.stdlib_texts(limit=1))
     except UserError:
