@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from webapp_common import TINY, export_children, generate
+from webapp_common import TINY, Request, export_children, generate
 
 import export
 import export.onnx_export
@@ -28,14 +28,6 @@ from webapp import backends, corpus, export_child, export_process, exports, mode
 from webapp.handlers import Handlers
 from webapp.i18n import UserError
 from webapp.settings import MB, Settings
-
-
-class Request:
-    """Stands in for `gr.Request`: a session id and an Accept-Language header."""
-
-    def __init__(self, session: str) -> None:
-        self.session_hash = session
-        self.headers = {"accept-language": "en"}
 
 
 @pytest.fixture(scope="module")
