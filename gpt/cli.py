@@ -21,7 +21,7 @@ from gpt.memory import MemoryEstimate, estimate_training_memory
 from gpt.model import GPT
 from gpt.optim import OPTIMIZERS
 from gpt.precision import bf16_pays
-from gpt.texts import read_text_file, read_texts
+from gpt.texts import read_text_file, read_texts, text_start
 from gpt.tokenizer import Tokenizer
 
 log = logging.getLogger("gpt")
@@ -311,6 +311,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     tokenizer = model.tokenizer
     trained_on = model.training_record.setdefault("texts", [])
     trained_on += [name for name in map(str, args.data) if name not in trained_on]
+    model.training_record.setdefault("prompt", text_start(texts))  # the web app's prompt for it
     ids = encode_corpus(texts, tokenizer)
     check_vocabulary(ids, model.config.vocab_size)
     train_loader, valid_loader = make_loaders(

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 TEXT_SUFFIXES = (".txt", ".md")
+PROMPT_CHARS = 40
+"""A prompt drawn from a training text (`text_start`): the start of its first line, cut at a word."""
 MAX_CONTROL_FRACTION = 0.05
 """Largest share of control characters (other than whitespace) in a text: binary data that happens
 to decode as UTF-8 has far more."""
@@ -132,3 +134,19 @@ def _control_fraction(text: str) -> float:
     sample = text[:100_000]
     bad = sum(1 for c in sample if ord(c) < 32 and c not in "\n\r\t\f\v")
     return bad / max(1, len(sample))
+
+
+def text_start(texts: Iterable[str]) -> str:
+    """A prompt from the start of a training text: its first non-blank line, cut to at most
+    `PROMPT_CHARS` characters at a word boundary ("" when there is no text). `gpt train` keeps it
+    in the model's `training_record["prompt"]`, where the web app finds a prompt that suits the model."""
+    for text in texts:
+        for line in text.splitlines():
+            line = line.rstrip()
+            if not line.strip():
+                continue
+            if len(line) <= PROMPT_CHARS:
+                return line
+            cut = line.rfind(" ", 0, PROMPT_CHARS + 1)
+            return line[: cut if cut > PROMPT_CHARS // 4 else PROMPT_CHARS].rstrip()
+    return ""

@@ -95,6 +95,7 @@ def test_train_writes_a_loadable_model(trained):
     model = GPT.load(trained)
     assert model.config.max_seq_len == 32 and model.config.activation == "gelu" and model.tokenizer is not None
     assert any((trained / "checkpoints").iterdir())
+    assert model.training_record["prompt"] == TEXT.splitlines()[0]  # the web app's prompt for it: its text's start
 
 
 def test_generate_greedy_and_streamed_agree(trained):

@@ -67,7 +67,7 @@ def test_the_current_model_goes_on_training_on_new_text(handlers, files, base):
 
     outputs = train(handlers, base, [files["new"]], steps=30, start="current", num_layers=3, vocab_size=999)
     _, plot, _, summary = outputs[-1]
-    plot = plot["value"]
+    plot = plot["value"].dropna()  # the drawn points (each series also has one empty row)
     after = session.model
     assert after is not before and after.config == before.config  # its shape, not the UI's settings
     assert after.tokenizer is before.tokenizer
@@ -91,7 +91,7 @@ def test_a_saved_model_goes_on_training_in_another_session(handlers, files, base
     model = handlers.session(request).model
     assert model.config == base_model.config and model.tokenizer.to_json_str() == base_model.tokenizer.to_json_str()
     assert model.training_record["started_from"]["model"] == "base"
-    plot = outputs[-1][1]["value"]
+    plot = outputs[-1][1]["value"].dropna()
     base_steps = json.loads((saved(handlers, "base") / "training.json").read_text())["steps"]
     assert plot[plot["split"] == "train"]["step"].min() > base_steps
     handlers.save_model("tuned", OWNER, request=request)
@@ -212,26 +212,36 @@ def test_a_run_that_only_made_the_model_worse_keeps_the_model_it_started_from(ha
 
 
 def _series(plot: dict) -> dict[str, list[int]]:
-    """The steps of each series of a loss-plot update."""
-    frame = plot["value"]
+    """The steps of each series a loss-plot update draws (its empty rows, one per series, left out)."""
+    frame = plot["value"].dropna()
     return {name: sorted(frame[frame["split"] == name]["step"]) for name in frame["split"].unique()}
+
+
+COLOUR_MAP = {
+    "train, before this run": "#93c5fd", "validation, before this run": "#fdba74", "train": "#2563eb",
+    "validation": "#ea580c",
+}  # fmt: skip
 
 
 def test_the_earlier_curve_is_whole_and_every_series_has_its_colour(handlers, files):
     """Issue 22, item 4: after training further, the earlier curve is drawn whole, in the legend and
-    in its own colour; a series keeps its colour from run to run (the colour map goes with every
-    frame: the plot redraws its legend when the map changes)."""
+    in its own colour; a series keeps its colour from run to run. Every frame holds every series (one
+    empty row each), because the plot fixes its colour scale to the series it holds when a run's first
+    frame redraws it; the legend lists the series the run draws."""
     request = Request("curves")
-    first = train(handlers, request, [files["first"]], steps=40)[-1][1]
-    assert first["color_map"] == {"train": "#2563eb", "validation": "#ea580c"}
-    further = train(handlers, request, [files["new"]], steps=20, start="current")[-1][1]
+    first_run = train(handlers, request, [files["first"]], steps=40)
+    first = first_run[-1][1]
+    assert first_run[0][1]["colors_in_legend"] == ["train", "validation"]  # with the stream's first yield
+    assert set(first["value"]["split"]) == set(COLOUR_MAP) and first["color_map"] == COLOUR_MAP
+    assert set(_series(first)) == {"train", "validation"}
+    further_run = train(handlers, request, [files["new"]], steps=20, start="current")
+    further = further_run[-1][1]
+    assert further_run[0][1]["colors_in_legend"] == list(COLOUR_MAP)  # the earlier curve, in the legend
+    shown_at_start = _series(further_run[0][1])  # the earlier curve, before the run's first step
+    assert shown_at_start == {"train, before this run": _series(first)["train"],
+                              "validation, before this run": _series(first)["validation"]}  # fmt: skip
     series = _series(further)
-    assert list(further["color_map"]) == [
-        "train, before this run", "validation, before this run", "train", "validation"
-    ]  # fmt: skip
-    assert set(further["color_map"]) == set(series)  # every series drawn has a colour and a legend entry
-    assert len(set(further["color_map"].values())) == 4
-    assert {k: further["color_map"][k] for k in first["color_map"]} == first["color_map"]  # the same colours
+    assert list(series) == list(COLOUR_MAP) and further["color_map"] == COLOUR_MAP
     assert series["train, before this run"] == sorted(_series(first)["train"])  # the whole first run
     assert series["validation, before this run"] == sorted(_series(first)["validation"])
     assert min(series["train"]) == 41 and max(series["train"]) == 60
@@ -245,7 +255,8 @@ def test_the_earlier_curve_is_whole_and_every_series_has_its_colour(handlers, fi
     series = _series(plot)
     assert len(series["обучение, до этого запуска"]) > 30 and max(series["обучение, до этого запуска"]) == 60
     assert min(series["обучение"]) == 61 and max(series["обучение"]) == 70
-    assert list(plot["color_map"].values()) == list(further["color_map"].values())  # in Russian, the same colours
+    assert list(plot["color_map"].values()) == list(COLOUR_MAP.values())  # in Russian, the same colours
+    assert saved_further[0][1]["colors_in_legend"] == list(plot["color_map"])
 
 
 def test_a_saved_record_gives_the_curve_its_starting_point():

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gpt import PRESETS, SamplingConfig, TokenScores
+from gpt import PRESETS, SamplingConfig, TokenScores, texts
 from webapp import corpus, insight, validation
 from webapp.i18n import UserError, t
 
@@ -28,7 +28,6 @@ MAX_STOP_CHARS = 10_000
 MAX_STOP_STRINGS = 64
 CUSTOM = "custom"
 _ESCAPES = {"\\n": "\n", "\\t": "\t"}
-PROMPT_CHARS = 40  # a prompt drawn from a training text: the start of its first line, cut at a word
 DEFAULT_PRESET = "precise"
 DEFAULTS: dict[str, Any] = {
     "mode": "sampling",
@@ -119,24 +118,9 @@ def parse_stop_strings(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def text_start(texts: list[str]) -> str:
-    """A prompt from the start of a training text: its first non-blank line, cut to at most
-    `PROMPT_CHARS` characters at a word boundary ("" when there is no text)."""
-    for text in texts:
-        for line in text.splitlines():
-            line = line.rstrip()
-            if not line.strip():
-                continue
-            if len(line) <= PROMPT_CHARS:
-                return line
-            cut = line.rfind(" ", 0, PROMPT_CHARS + 1)
-            return line[: cut if cut > PROMPT_CHARS // 4 else PROMPT_CHARS].rstrip()
-    return ""
-
-
 def suggested_prompt(value: Any) -> str | None:
     """The prompt a model's training record suggests (`text_start` of its text), or None."""
-    if isinstance(value, str) and value.strip() and len(value) <= 4 * PROMPT_CHARS:
+    if isinstance(value, str) and value.strip() and len(value) <= 4 * texts.PROMPT_CHARS:
         return value
     return None
 
@@ -146,7 +130,7 @@ def default_prompt() -> str:
     """The Generate tab's prompt before any model: the start of the built-in sample the Train tab
     starts with (a model's own training text replaces it: `Handlers.suggested_prompt`)."""
     try:
-        return text_start(corpus.stdlib_texts(limit=1))
+        return texts.text_start(corpus.stdlib_texts(limit=1))
     except UserError:
         return ""
 

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import torch
 
-from gpt import count_parameters
+from gpt import count_parameters, text_start
 from webapp import (
     backends,
     browser,
@@ -196,8 +196,8 @@ class Handlers:
             self._admit(session, "training", training.run_memory(config, text_bytes), self.settings.train_threads),
         ):
             run_folder = session.new_folder("runs")
-            colours = training.run_colours(earlier, lang)  # with the stream's first yield, or the plot ignores it
-            yield t(lang, "train.preparing"), gr.update(value=training.empty_frame(), color_map=colours), "", gr.skip()
+            plot = gr.update(value=training.loss_frame(None, lang, earlier), **training.plot_style(earlier, lang))
+            yield t(lang, "train.preparing"), plot, "", gr.skip()  # the plot's style: a stream's first yield
             torch.set_num_threads(self.settings.train_threads)
             data = training.prepare_data(texts, config, model.tokenizer if model is not None else None)
             if model is None:
@@ -205,7 +205,7 @@ class Handlers:
                 label = t(lang, "model.trained_on", corpus=data.corpus_label)
             else:
                 label = t(lang, "model.continued", base=base, corpus=data.corpus_label)
-            model.training_record["prompt"] = generation.text_start(texts.texts)  # the Generate tab's prompt
+            model.training_record["prompt"] = text_start(texts.texts)  # the Generate tab's prompt
             saved = model.training_record["started_from"]["model"] if start == "saved" else None
             checkpoints = run_folder / "checkpoints"
             job = self._job(session, model, data, config, checkpoints, label, earlier=earlier, saved_start=saved)
@@ -328,9 +328,8 @@ class Handlers:
                 job.wait(STOP_WAIT_S)
 
     def _train_view(self, session: Session, job: training.TrainingJob, snap: training.Snapshot, lang: str) -> tuple:
-        frame = training.loss_frame(snap, lang)
-        plot = frame if frame.empty else gr.update(value=frame, color_map=training.colour_map(frame, lang))
-        return (  # the colour map changes once a run (its first frame): the plot redraws then, only then
+        plot = gr.update(value=training.loss_frame(snap, lang), **training.plot_style(snap.earlier, lang))
+        return (  # the style counts in a stream's first yield only: a resumed run's first frame
             training.status_text(job, snap, lang),
             plot,
             training.sample_text(job, lang),
@@ -481,7 +480,8 @@ class Handlers:
             "y_title": t(lang, "plot.loss"),
             "color_title": t(lang, "plot.curve"),
         }
-        plot = gr.update(value=training.empty_frame(), **titles)  # an empty plot draws its axes and titles
+        style = {**training.plot_style(None, lang), "colors_in_legend": []}  # no legend until a run draws
+        plot = gr.update(value=training.loss_frame(None, lang), **titles, **style)  # its axes and titles
         return plot, evaluation.table(self.session(request), lang)
 
     @friendly

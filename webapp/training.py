@@ -588,41 +588,39 @@ COLOURS = {"earlier_train": "#93c5fd", "earlier_validation": "#fdba74", "train":
 model's earlier ones in light tints of the same colours."""
 
 
-def loss_frame(snapshot: Snapshot, lang: str) -> pd.DataFrame:
-    """Rows (step, loss, split) for `gr.LinePlot`: the model's earlier losses, this run's train loss
-    averaged into at most `PLOT_POINTS` points, and its validation losses.
+def loss_frame(snapshot: Snapshot | None, lang: str, earlier: Curve | None = None) -> pd.DataFrame:
+    """Rows (step, loss, split) for `gr.LinePlot`: one empty row (loss NaN, not drawn) per series,
+    then the model's earlier losses, this run's train loss averaged into at most `PLOT_POINTS`
+    points, and its validation losses (without a snapshot: a run about to go on from `earlier`).
 
-    Empty until this run has both a train and a validation loss: Gradio's plot keeps the series
-    (and colours) of the first data it draws until its colour map changes (`colour_map`), so every
-    series a run draws must be in its first frame.
+    Every frame holds every series, drawn or not. Gradio's plot fixes its colour scale to the series
+    of the data it holds when it redraws (at a run's first frame, from the frame before it), and a
+    series outside that scale has neither colour nor legend entry for the whole run; with all of them
+    always there, each keeps its colour in every run, and `plot_style` says which the legend shows.
     """
-    if not snapshot.evaluations or not snapshot.steps:
-        return empty_frame()
-    earlier, offset = snapshot.earlier, snapshot.earlier.end  # a run that goes on from a model continues its curve
     names = {name: t(lang, f"plot.{name}") for name in SERIES}
-    rows = [(step, loss, names["earlier_train"]) for step, loss in earlier.train]
+    earlier = snapshot.earlier if snapshot is not None else earlier or Curve()
+    offset = earlier.end  # a run that goes on from a model continues its curve
+    rows = [(offset, math.nan, label) for label in names.values()]
+    rows += [(step, loss, names["earlier_train"]) for step, loss in earlier.train]
     rows += [(step, loss, names["earlier_validation"]) for step, loss in earlier.evaluations]
-    rows += [(offset + step, loss, names["train"]) for step, loss in _averaged(snapshot.steps, snapshot.losses)]
-    rows += [(offset + step, loss, names["validation"]) for step, loss in snapshot.evaluations]
+    if snapshot is not None:
+        rows += [(offset + step, loss, names["train"]) for step, loss in _averaged(snapshot.steps, snapshot.losses)]
+        rows += [(offset + step, loss, names["validation"]) for step, loss in snapshot.evaluations]
     return pd.DataFrame(rows, columns=["step", "loss", "split"])
 
 
-def run_colours(earlier: Curve | None, lang: str) -> dict[str, str]:
-    """The colour map of the series a run will draw (its earlier curve's, then its own), for the
-    run's first frame: Gradio applies a streamed colour map only when it comes with the first yield."""
+def plot_style(earlier: Curve | None, lang: str) -> dict[str, Any]:
+    """The loss plot's colours (every series, fixed) and legend (the series a run that goes on from
+    `earlier` draws), as `gr.LinePlot` update arguments. Gradio applies them only from a stream's
+    first yield, so a run sends them with its first frame."""
     earlier = earlier or Curve()
-    names = [("earlier_train", earlier.train), ("earlier_validation", earlier.evaluations)]
-    shown = [name for name, points in names if points] + ["train", "validation"]
-    return {t(lang, f"plot.{name}"): COLOURS[name] for name in shown}
-
-
-def colour_map(frame: pd.DataFrame, lang: str) -> dict[str, str]:
-    """The colour of each series `frame` holds, in legend order. Sent with every frame: the plot
-    redraws its legend when this map changes (a run that shows an earlier curve after one that
-    did not), and a series keeps its colour from run to run."""
-    present = set(frame["split"])
-    names = {t(lang, f"plot.{name}"): name for name in SERIES}
-    return {label: COLOURS[name] for label, name in names.items() if label in present}
+    drawn = [name for name, points in (("earlier_train", earlier.train), ("earlier_validation", earlier.evaluations))
+             if points] + ["train", "validation"]  # fmt: skip
+    return {
+        "color_map": {t(lang, f"plot.{name}"): COLOURS[name] for name in SERIES},
+        "colors_in_legend": [t(lang, f"plot.{name}") for name in drawn],
+    }
 
 
 def _averaged(steps: list[int], losses: list[float]) -> list[tuple[int, float]]:
@@ -633,10 +631,6 @@ def _averaged(steps: list[int], losses: list[float]) -> list[tuple[int, float]]:
         chunk = losses[start : start + size]
         points.append((steps[min(start + size, len(steps)) - 1], sum(chunk) / len(chunk)))
     return points
-
-
-def empty_frame() -> pd.DataFrame:
-    return pd.DataFrame([], columns=["step", "loss", "split"])
 
 
 def status_text(job: TrainingJob, snapshot: Snapshot, lang: str) -> str:
