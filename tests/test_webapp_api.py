@@ -181,7 +181,7 @@ def test_two_clients_are_isolated(server, trained):
 
 def test_cancelled_training_keeps_its_checkpoint_queues_others_and_resumes(server, files, trained):
     demo, url = server
-    sessions = demo.handlers.sessions
+    sessions = demo.simple_llm.services.sessions
     long_run = client(url)
     job: Job = long_run.submit(*train_args(files / "story.txt", 100_000), api_name="/train")
     wait_for(

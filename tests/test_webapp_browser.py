@@ -211,7 +211,7 @@ def test_train_a_saved_model_further_on_another_text(browser, server, shots):
     texts = [Path("data/shakespeare-excerpt.txt").read_text(encoding="utf-8")[:20_000]]
     seed = GPT(vocab_size=300, max_seq_len=32, emb_size=16, num_heads=2, num_layers=1)
     seed.tokenizer = Tokenizer.train(texts, vocab_size=300)
-    seed.save(demo.handlers.settings.models_dir / "seed-model")
+    seed.save(demo.simple_llm.services.settings.models_dir / "seed-model")
     context, page, outside = open_page(browser, url, "en-US")
     page.locator("#train-start-from label", has_text="A saved model").click()
     page.click("#train-start-model input")
@@ -322,13 +322,13 @@ def test_russian_interface_and_messages(browser, server, shots):
     page.wait_for_timeout(800)  # let the toast finish sliding in
     page.screenshot(path=str(shots / "generate-ru.png"))  # the viewport, with the error toast
     assert outside == []
-    sessions = len(demo.handlers.sessions)
+    sessions = len(demo.simple_llm.services.sessions)
     page.goto("about:blank")  # leaving the page ends its session: its folders are deleted
     page.wait_for_function("1")
     deadline = time.monotonic() + 30
-    while len(demo.handlers.sessions) >= sessions and time.monotonic() < deadline:
+    while len(demo.simple_llm.services.sessions) >= sessions and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(demo.handlers.sessions) == sessions - 1
+    assert len(demo.simple_llm.services.sessions) == sessions - 1
     context.close()
 
 

@@ -1,7 +1,11 @@
 """What the web app tests share: a tiny training setup, a small mixed-language vocabulary, helpers
 that call the handlers directly as a browser session would, the one launcher of the app (in this
 process: `launch`; as `python webapp/app.py`: `start_server`) and the outside user's API calls
-(`client`, `train_args`)."""
+(`client`, `train_args`).
+
+The tests' `handlers` is a `webapp.app.SimpleLLM` (what `build_demo` puts on `demo.simple_llm`):
+each tab's handlers as `handlers.train`, `handlers.generate`, `handlers.models`, and the shared
+sessions and settings as `handlers.services`."""
 
 import os
 import random
@@ -17,8 +21,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from webapp import corpus
-from webapp.app import build_demo, launch_kwargs
-from webapp.handlers import Handlers
+from webapp.app import SimpleLLM, build_demo, launch_kwargs
 from webapp.settings import Settings
 from webapp.training import SETTING_FIELDS
 
@@ -55,12 +58,12 @@ def text(count: int = 1500, seed: int = 0, words: list[str] = WORDS) -> str:
 
 
 def train(
-    handlers: Handlers, request: Request, files: list[Path] | None = None, steps: int = 30, **overrides
+    handlers: SimpleLLM, request: Request, files: list[Path] | None = None, steps: int = 30, **overrides
 ) -> list[tuple]:
     values = {**TINY, "steps": steps, **overrides}
     source = "upload" if files is not None else "sample"
     return list(
-        handlers.train(
+        handlers.train.train(
             source,
             [str(f) for f in files or []],
             corpus.STDLIB_SAMPLE,
@@ -103,14 +106,14 @@ def generate_args(prompt: str = "the cat", backend: str = "torch", **options) ->
 
 
 def generate(
-    handlers: Handlers,
+    handlers: SimpleLLM,
     request: Request,
     prompt: str = "the cat",
     backend: str = "torch",
     mode: str = "greedy",
     **options,
 ) -> tuple[str, str]:
-    *_, last = handlers.generate(*generate_args(prompt, backend, mode=mode, **options), request=request)
+    *_, last = handlers.generate.generate(*generate_args(prompt, backend, mode=mode, **options), request=request)
     return last
 
 
