@@ -1,5 +1,6 @@
 """ONNX export: folder layout, fp32/fp16/int8 parity with torch, the shared decoding loop on
-onnxruntime, providers, onnxruntime-genai, and failures that leave nothing behind.
+onnxruntime, providers, and failures that leave nothing behind (onnxruntime-genai and the other
+runtimes that load the folder: test_export_interop.py).
 
 Exports take seconds each, so the folders most tests share are session fixtures.
 """
@@ -533,30 +534,6 @@ def test_cuda_fp16(random_dir, trained_checkpoint, trained_model, tmp_path_facto
     ids, mask = _prompts(trained_model.config.vocab_size, 8, 3)
     report = compare(trained_model, OnnxGPT.load(fp16, provider="cuda"), ids, mask, 50, TOLERANCES["fp16"])
     assert report.passed, report.format()
-
-
-# --- onnxruntime-genai ---------------------------------------------------------------------------
-
-
-def test_onnxruntime_genai_reproduces_our_greedy_tokens(trained_dir):
-    og = pytest.importorskip("onnxruntime_genai", reason="install with: pip install --no-deps onnxruntime-genai")
-    ours = OnnxGPT.load(trained_dir)
-    prompt = ours.tokenizer.encode("ROMEO:\nWhat")
-    expected = ours.generate(prompt, 40)[0, len(prompt) :].tolist()
-
-    model = og.Model(str(trained_dir))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + 40)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt)
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
-    assert tokens == expected
-    tokenizer = og.Tokenizer(model)  # reads tokenizer.json + tokenizer_config.json
-    assert list(tokenizer.encode("ROMEO:\nWhat")) == prompt
-    assert tokenizer.decode(tokens) == ours.tokenizer.decode(expected)
 
 
 # --- failures leave nothing behind ---------------------------------------------------------------

@@ -15,41 +15,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import need, need_npm_package
 
 from export import OnnxGPT, to_onnx, webpage
-from gpt import GPT, Tokenizer
+from gpt import GPT
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-TEXT = (REPO / "data" / "shakespeare-excerpt.txt").read_text(encoding="utf-8")[:60_000]
 TIMEOUT_MS = 120_000
 IMPORT_TIMEOUT_S = 20  # export/web/index.html's limit for the runtime's modules
 
 
 @pytest.fixture(scope="module")
-def model() -> GPT:
-    """A tiny model trained a few steps on the shipped excerpt."""
-    from gpt import encode_corpus, make_loaders
-
-    tokenizer = Tokenizer.train([TEXT], vocab_size=300)
-    model = GPT(vocab_size=tokenizer.vocab_size, max_seq_len=48, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
-    model.tokenizer = tokenizer
-    train, valid = make_loaders(encode_corpus([TEXT], tokenizer), 48, 8)
-    model.fit(train, valid, max_steps=30, progress=False)
-    return model.eval()
+def model(tiny_model) -> GPT:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def exports(model, tmp_path_factory) -> dict[str, Path]:
+def exports(tiny_export, tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """The session's fp32 and int8 exports of the tiny model, linked side by side into a folder of
+    this module's (the pages without the runtime are copies beside them), and a CPU fp16 export."""
     root = tmp_path_factory.mktemp("web-exports")
-    found = {p: to_onnx(model, root / p, precision=p, portable=False, threads=1) for p in ("fp32", "int8")}
-    found["fp16"] = to_onnx(model, root / "fp16", precision="fp16", provider="cpu", portable=False, threads=1)
+    for precision in ("fp32", "int8"):
+        (root / precision).symlink_to(tiny_export(precision), target_is_directory=True)
+    found = {p: root / p for p in ("fp32", "int8")}
+    found["fp16"] = to_onnx(tiny_model, root / "fp16", precision="fp16", provider="cpu", portable=False, threads=1)
     return found
 
 
 def test_runtime_pins_match_the_installed_packages():
-    if not (webpage.NODE_MODULES / "onnxruntime-web").is_dir():
-        pytest.skip("the JavaScript runtime is not installed: run `ONNXRUNTIME_NODE_INSTALL=skip npm ci`")
+    need_npm_package("onnxruntime-web")
     package = json.loads((REPO / "package.json").read_text())["dependencies"]
     for name, pinned in webpage.RUNTIME["packages"].items():
         assert package[name] == pinned["version"]  # package.json and runtime.json pin the same versions
@@ -92,29 +86,18 @@ def test_without_the_installed_runtime_the_page_uses_the_cdn_with_integrity(tmp_
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
-    with sync_api.sync_playwright() as playwright:
-        found = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
-        yield found
-        found.close()
-
-
-@pytest.fixture(scope="module")
 def browser(chromium):
-    if webpage.local_runtime() is None:
-        pytest.skip(
-            "the JavaScript runtime is not installed (ONNXRUNTIME_NODE_INSTALL=skip npm ci): an offline page needs it"
-        )
+    need(
+        webpage.local_runtime() is not None,
+        "the JavaScript runtime is not installed (ONNXRUNTIME_NODE_INSTALL=skip npm ci): an offline page needs it",
+    )
     return chromium
 
 
 @pytest.fixture(scope="module")
 def served(exports, tmp_path_factory):
     """`python -m http.server` over the folder that holds both exports, as a user would serve one."""
-    root = next(iter(exports.values())).parent
+    root = exports["fp32"].parent
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -173,15 +156,16 @@ def test_onnxruntime_web_logits_match_onnxruntime(browser, served, exports, mode
     page.close()
 
 
-def test_the_int8_page_runs_its_quantized_graph(browser, served):
+def test_the_int8_page_writes_native_onnxruntime_int8s_greedy_text(browser, served, exports):
     page, outside = _open(browser, served, "/int8/web/index.html")
     assert "int8" in page.inner_text("#status")
-    page.select_option("#mode", "sampling")
-    page.fill("#seed", "3")
+    prompt = "JULIET:\n"
+    expected = OnnxGPT.load(exports["int8"], threads=1).generate_text(prompt, 40)  # the same quantized graph
+    page.fill("#prompt", prompt)
     page.fill("#max-new-tokens", "40")
     page.click("#generate")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
-    assert len(page.eval_on_selector("#output", "e => e.textContent")) > 0 and outside == []
+    assert page.eval_on_selector("#output", "e => e.textContent") == prompt + expected and outside == []
     page.close()
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from webapp_common import TINY, export_children, generate
+from webapp_common import TINY, Request, export_children, generate
 
 import export
 import export.onnx_export
@@ -28,14 +28,6 @@ from webapp import backends, corpus, export_child, export_process, exports, mode
 from webapp.app import SimpleLLM
 from webapp.i18n import UserError
 from webapp.settings import MB, Settings
-
-
-class Request:
-    """Stands in for `gr.Request`: a session id and an Accept-Language header."""
-
-    def __init__(self, session: str) -> None:
-        self.session_hash = session
-        self.headers = {"accept-language": "en"}
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +103,7 @@ class StopWhen(Callback):
             self.event.wait(0.01)
 
 
+@pytest.mark.slow  # several export processes at once: not in the fast tier
 def test_exports_beside_a_training_run_in_child_processes(trained, loaders, handlers, monkeypatch, children):
     def refuse(*args, **kwargs):
         raise AssertionError("torch.export ran in the server process")
@@ -280,6 +273,7 @@ class Peak:
         self._thread.join()
 
 
+@pytest.mark.slow  # several export processes at once: not in the fast tier
 def test_exports_from_every_entry_point_run_at_most_export_concurrency_children(trained, tmp_path):
     handlers = SimpleLLM.create(Settings(artifacts=tmp_path / "artifacts", generate_threads=1, export_concurrency=2))
     calls = {
@@ -311,6 +305,7 @@ def test_exports_from_every_entry_point_run_at_most_export_concurrency_children(
     assert not export_children() and not leftovers(handlers)
 
 
+@pytest.mark.slow  # several export processes at once: not in the fast tier
 def test_the_same_model_and_precision_is_exported_once_for_every_caller(trained, handlers, children):
     session = handlers.services.session(Request("shared"))
     session.set_model(copy.deepcopy(trained), "tiny", "tiny")
@@ -393,6 +388,7 @@ export_in_child(model, folder, "fp32", threads=1)
 """
 
 
+@pytest.mark.slow  # several export processes at once: not in the fast tier
 def test_an_export_child_dies_with_its_server(trained, tmp_path):
     trained.save(tmp_path / "model")
     server = subprocess.Popen(

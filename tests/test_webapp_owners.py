@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from needs import need_module
 from webapp_common import Request, error_of, text, train
 
 from gpt import GPT
@@ -254,7 +255,7 @@ def test_a_space_with_oauth_offers_sign_in_and_a_plain_server_does_not(tmp_path,
     monkeypatch.setattr(owners, "OAUTH_MODULES", ("no_such_module_here",))
     assert not owners.oauth_enabled() and login_buttons() == 0  # without gradio[oauth]: keys only, still serving
     monkeypatch.setattr(owners, "OAUTH_MODULES", ())
-    pytest.importorskip("itsdangerous", reason="gradio[oauth] is not installed")
+    need_module("itsdangerous", "gradio[oauth] is not installed (requirements-dev.txt)")
     import gradio.oauth  # reads the Space's OAuth variables once, at import
 
     for name, value in (("OAUTH_CLIENT_ID", "client-id"), ("OAUTH_CLIENT_SECRET", "secret"),
