@@ -54,7 +54,10 @@ def test_every_export_holds_the_page(exports):
     folder = exports["fp32"]
     names = {p.name for p in (folder / "web").iterdir()}
     assert {"index.html", "page.mjs", "simple_llm.mjs", "worker.mjs", "model.json"} <= names
-    assert json.loads((folder / "web" / "model.json").read_text()) == {"graph": "web/model.onnx", "precision": "fp32"}
+    page = json.loads((folder / "web" / "model.json").read_text())  # fp32: the portable graph (growing pasts)
+    assert page == {"graph": "onnx/model.onnx", "precision": "fp32"} and (folder / page["graph"]).is_file()
+    page = json.loads((exports["int8"] / "web" / "model.json").read_text())  # int8: its own, dequantized at load
+    assert page == {"graph": "web/model.onnx", "precision": "int8"} and (exports["int8"] / page["graph"]).is_file()
     if webpage.local_runtime() is not None:  # offline: the runtime is beside the page, no CDN address anywhere
         assert {
             "ort.wasm.min.mjs",
@@ -293,7 +296,8 @@ def test_a_failed_load_is_retried_and_a_replaced_model_released(browser, served,
         paths = [graph, "config.json", "tokenizer.json", "tokenizer_config.json", "web/model.json"]
         files[name] = [{"orig_name": Path(p).name, "url": f"{served}/{name}/{p}"} for p in paths]
     failing = {"on": True}
-    page.route("**/fp32/web/model.onnx", lambda route: route.abort() if failing["on"] else route.continue_())
+    graph = files["fp32"][0]["url"].removeprefix(served)
+    page.route(f"**{graph}", lambda route: route.abort() if failing["on"] else route.continue_())
     load = "async (files) => { const page = await import('./page.mjs'); return (await page.loadFromFiles(files)).precision; }"
     with pytest.raises(Exception):
         page.evaluate(load, files["fp32"])
