@@ -8,6 +8,8 @@ Tests marked `slow` (a server, a real browser, a benchmark, a side environment, 
 every test that uses `chromium` is marked here) are left out of the fast tier, `pytest -m "not slow"`.
 
 - `chromium`: a headless Chromium (Debian's, driven by Playwright) per module that uses it.
+- `settings` / `handlers`: the web app's settings and handlers per module, the module's caps in its
+  `APP_SETTINGS`.
 """
 
 from __future__ import annotations
@@ -93,3 +95,21 @@ def chromium():
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def settings(request, tmp_path_factory):
+    """A module's server settings: the tests' (`webapp_common.app_settings`) with the module's
+    `APP_SETTINGS` caps, artifacts in a folder of the module's own."""
+    from webapp_common import app_settings
+
+    return app_settings(tmp_path_factory.mktemp("artifacts"), **getattr(request.module, "APP_SETTINGS", {}))
+
+
+@pytest.fixture(scope="module")
+def handlers(settings):
+    """The app's handlers on `settings`, without a page (`webapp.app.SimpleLLM`): each tab's as
+    `handlers.train`, `handlers.generate`, `handlers.models`, sessions in `handlers.services`."""
+    from webapp.app import SimpleLLM
+
+    return SimpleLLM.create(settings)

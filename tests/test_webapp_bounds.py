@@ -8,7 +8,7 @@ import zipfile
 import gradio as gr
 import pytest
 import torch
-from webapp_common import Request, error_of, generate, text, train
+from webapp_common import Request, app_settings, error_of, generate, text, train
 
 from gpt import GPT, GPTConfig, Tokenizer, estimate_evaluation_memory, evaluation_batch_size
 from webapp import sessions, storage
@@ -19,8 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def make_handlers(tmp_path, **overrides) -> SimpleLLM:
-    values = {"artifacts": tmp_path / "artifacts", "min_free_disk_mb": 1, "train_threads": 1, **overrides}
-    return SimpleLLM.create(Settings(**values))
+    return SimpleLLM.create(app_settings(tmp_path / "artifacts", **overrides))
 
 
 @pytest.fixture

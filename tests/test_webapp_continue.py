@@ -24,10 +24,7 @@ NEW_WORDS = ["zebra", "quartz", "vixen", "jumps", "over", "lazy", "fog", "under"
 OWNER = owners.new_key()  # one visitor's browser: every session below is that visitor's page, reloaded
 
 
-@pytest.fixture(scope="module")
-def handlers(tmp_path_factory) -> SimpleLLM:
-    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1, max_steps=500)
-    return SimpleLLM.create(settings)
+APP_SETTINGS = dict(max_steps=500)  # conftest's `handlers`
 
 
 @pytest.fixture(scope="module")

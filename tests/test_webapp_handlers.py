@@ -16,26 +16,11 @@ from webapp_common import TINY, Request, error_of, generate, plain, text, train
 
 from gpt import MODEL_FILES, count_parameters
 from webapp import archive, backends, browser, corpus, evaluation, generation, owners, training
-from webapp.app import SimpleLLM, toast_js
+from webapp.app import toast_js
 from webapp.i18n import EN, LANGUAGES, RU, TABLES, Msg, UserError, language, page_language_js, t
 from webapp.settings import MB, Settings
 
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory) -> Settings:
-    return Settings(
-        artifacts=tmp_path_factory.mktemp("artifacts"),
-        train_threads=1,
-        max_upload_mb=1,
-        max_text_mb=2,
-        max_steps=500,
-        max_params=200_000,
-    )
-
-
-@pytest.fixture(scope="module")
-def handlers(settings) -> SimpleLLM:
-    return SimpleLLM.create(settings)
+APP_SETTINGS = dict(max_upload_mb=1, max_text_mb=2, max_steps=500, max_params=200_000)  # conftest's `handlers`
 
 
 @pytest.fixture(scope="module")
@@ -608,14 +593,14 @@ def test_webapp_uses_only_the_public_api_of_gpt_and_export() -> None:
 def test_the_browser_backend_gets_files_and_never_runs_on_the_server(trained, handlers):
     request, _ = trained
     files = [Path(f) for f in list(handlers.generate.browser_model("int8", request=request))[-1]]
-    assert [f.name for f in files] == [
-        "model_fast.onnx",
+    assert [f.name for f in files] == [  # the browser's own int8 graph (8-bit weights dequantized at load)
+        "model.onnx",
         "config.json",
         "tokenizer.json",
         "tokenizer_config.json",
         "model.json",
     ]
-    assert json.loads(files[-1].read_text()) == {"graph": "model_fast.onnx", "precision": "int8"}
+    assert json.loads(files[-1].read_text()) == {"graph": "web/model.onnx", "precision": "int8"}
     assert all(
         f.is_relative_to(handlers.services.session(request).downloads) for f in files
     )  # where the app may serve from

@@ -20,11 +20,7 @@ from webapp import library, owners
 from webapp.app import SimpleLLM
 from webapp.settings import Settings
 
-
-@pytest.fixture(scope="module")
-def handlers(tmp_path_factory) -> SimpleLLM:
-    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1, max_steps=500)
-    return SimpleLLM.create(settings)
+APP_SETTINGS = dict(max_steps=500)  # conftest's `handlers`
 
 
 @pytest.fixture(scope="module")

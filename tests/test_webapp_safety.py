@@ -19,24 +19,9 @@ from webapp.settings import MB, Settings
 BAD_NUMBERS = ["nan", [1]]  # a bad text and a non-number reach every field's check; every bad value: test_validation.py
 
 
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory) -> Settings:
-    return Settings(
-        artifacts=tmp_path_factory.mktemp("artifacts"),
-        train_threads=1,
-        max_upload_mb=1,
-        max_text_mb=2,
-        max_steps=500,
-        max_params=200_000,
-        max_train_memory_mb=64,
-        max_new_tokens=64,
-        min_free_disk_mb=1,
-    )
-
-
-@pytest.fixture(scope="module")
-def handlers(settings) -> SimpleLLM:
-    return SimpleLLM.create(settings)
+APP_SETTINGS = dict(  # conftest's `handlers`
+    max_upload_mb=1, max_text_mb=2, max_steps=500, max_params=200_000, max_train_memory_mb=64, max_new_tokens=64
+)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,12 @@ from webapp.training import SETTING_FIELDS
 ROOT = Path(__file__).resolve().parents[1]
 DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-test-downloads"
 
+def app_settings(artifacts: Path, **overrides) -> Settings:
+    """The tests' server settings: artifacts in `artifacts`, one training thread, no free-disk floor
+    to trip on a full test machine, then `overrides` (a module's caps)."""
+    return Settings(**{"artifacts": artifacts, "train_threads": 1, "min_free_disk_mb": 1, **overrides})
+
+
 TINY = dict(
     num_layers=1,
     num_heads=2,
