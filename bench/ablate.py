@@ -31,7 +31,6 @@ import argparse
 import json
 import statistics
 import subprocess
-
 import time
 
 import torch

@@ -7,6 +7,10 @@ Rows per shape and precision (random weights, the byte-level tokenizer; a 32-tok
   or a Space serves it): onnxruntime-web runs single-threaded;
 - `browser, all threads`: the page served with the COOP/COEP headers, so the page may start up to
   4 WebAssembly threads (here: the machine's cores, at most 4).
+- with `--before REF`, `browser, 1 thread, page of REF`: the same export's fast graph
+  (`model_fast.onnx`, which pages ran before the browser got its own graph) under the page files of
+  git revision REF (index.html, page.mjs, simple_llm.mjs), for a before/after in one run; "÷ before"
+  is the median of per-round ratios of each browser row to it.
 tokens/s = new tokens / seconds of `generateTokens` (prefill included), timed inside the page;
 page load = from opening the page to the model being ready (runtime, graph and tokenizer, from
 localhost). Every round runs every row once (interleaved); medians (min-max) over rounds; the
@@ -15,7 +19,7 @@ ratio is the median of per-round ratios to native onnxruntime.
 Needs the JavaScript runtime (`ONNXRUNTIME_NODE_INSTALL=skip npm ci`), Playwright for Python and
 Debian's Chromium at /usr/bin/chromium.
 
-    python bench/browser_decode.py [--shapes S,M] [--repeats 3] [--new-tokens 200] [--quick]
+    python bench/browser_decode.py [--shapes S,M] [--repeats 3] [--new-tokens 200] [--quick] [--before REF]
 """
 
 from __future__ import annotations
@@ -29,15 +33,18 @@ if __package__ in (None, ""):
 import argparse
 import functools
 import http.server
+import json
 import logging
+import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
 
 import torch
 
-from bench.common import DECODE_CONTEXT, environment_lines, median_span, model_kwargs, print_table
+from bench.common import DECODE_CONTEXT, REPO, environment_lines, median_span, model_kwargs, print_table
 from export import OnnxGPT, to_onnx
 from export.webpage import RUNTIME
 from gpt import GPT, Tokenizer
@@ -110,33 +117,72 @@ def browser_decode(chromium, url: str, ids: list[int], new_tokens: int) -> tuple
     return result["count"] / result["seconds"], load, result["threads"]
 
 
+def page_of(folder: Path, revision: str, precision: str) -> Path:
+    """A copy of export `folder` whose page is git revision `revision`'s, running the fast graph."""
+    old = folder.with_name(folder.name + "-before")
+    shutil.copytree(folder, old)
+    (old / "web" / "worker.mjs").unlink(missing_ok=True)
+    html = (folder / "web" / "index.html").read_text(encoding="utf-8")
+    tags = html[
+        html.index('<script type="importmap">') : html.index("</script>", html.index('id="simple-llm-runtime"')) + 9
+    ]
+    for name in ("index.html", "page.mjs", "simple_llm.mjs"):
+        source = subprocess.run(
+            ["git", "show", f"{revision}:export/web/{name}"], cwd=REPO, capture_output=True, check=True, text=True
+        ).stdout
+        (old / "web" / name).write_text(
+            source.replace("<!-- RUNTIME -->", tags), encoding="utf-8"
+        )  # the export's runtime
+    (old / "web" / "model.json").write_text(json.dumps({"graph": "model_fast.onnx", "precision": precision}))
+    return old
+
+
 def measure(
-    chromium, shapes: list[str], precisions: list[str], repeats: int, new_tokens: int, tmp: Path
+    chromium,
+    shapes: list[str],
+    precisions: list[str],
+    repeats: int,
+    new_tokens: int,
+    tmp: Path,
+    before: str | None = None,
 ) -> list[list[str]]:
     plain, plain_url = serve(tmp, isolated=False)
     isolated, isolated_url = serve(tmp, isolated=True)
+    rows = (*ROWS, "before") if before else ROWS
     table = []
     try:
         for shape in shapes:
             for precision in precisions:
                 name = f"{shape}-{precision}"
                 folder = export(shape, precision, tmp / name)
+                pages = {"browser-1": (plain_url, name), "browser-all": (isolated_url, name)}
+                if before:
+                    pages["before"] = (plain_url, page_of(folder, before, precision).name)
                 ids = torch.randint(0, 256, (PROMPT,), generator=torch.Generator().manual_seed(1)).tolist()
-                rates = {row: [] for row in ROWS}
-                loads = {row: [] for row in ROWS[1:]}
+                rates = {row: [] for row in rows}
+                loads = {row: [] for row in rows[1:]}
                 threads = {}
                 for _ in range(repeats):
                     rates["native"].append(native_decode(folder, ids, new_tokens))
-                    for row, base in (("browser-1", plain_url), ("browser-all", isolated_url)):
-                        rate, load, used = browser_decode(chromium, f"{base}/{name}/web/index.html", ids, new_tokens)
+                    for row, (base, page) in pages.items():
+                        rate, load, used = browser_decode(chromium, f"{base}/{page}/web/index.html", ids, new_tokens)
                         rates[row].append(rate)
                         loads[row].append(load)
                         threads[row] = used
-                for row in ROWS:
+                for row in rows:
                     ratio = statistics.median(r / n for r, n in zip(rates[row], rates["native"]))
-                    label = LABELS[row] if row == "native" else f"{LABELS[row]} ({threads[row]})"
+                    label = LABELS.get(row, f"browser, 1 thread, page of {before}")
+                    label = label if row == "native" else f"{label} ({threads[row]})"
                     load = median_span(loads[row], "{:.2f}") if row in loads else "-"
-                    table.append([shape, precision, label, median_span(rates[row], "{:,.1f}"), f"{ratio:.2f}", load])
+                    line = [shape, precision, label, median_span(rates[row], "{:,.1f}"), f"{ratio:.2f}", load]
+                    if before:
+                        versus = (
+                            "-"
+                            if row == "native"
+                            else statistics.median(r / b for r, b in zip(rates[row], rates["before"]))
+                        )
+                        line.insert(5, versus if versus == "-" else f"{versus:.2f}")
+                    table.append(line)
     finally:
         plain.shutdown()
         isolated.shutdown()
@@ -150,6 +196,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default: %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens generated per call (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="shape S, 1 round of 40 tokens (about a minute)")
+    parser.add_argument("--before", metavar="REF", help="add the page of git revision REF on the fast graph")
     args = parser.parse_args()
     shapes = ["S"] if args.quick else args.shapes.split(",")
     repeats = 1 if args.quick else args.repeats
@@ -162,7 +209,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-browser-") as tmp, sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
         try:
-            table = measure(chromium, shapes, args.precisions.split(","), repeats, new_tokens, Path(tmp))
+            table = measure(chromium, shapes, args.precisions.split(","), repeats, new_tokens, Path(tmp), args.before)
         finally:
             chromium.close()
     print(
@@ -170,7 +217,10 @@ def main() -> None:
         f"WebAssembly) and native onnxruntime, {PROMPT}-token prompt + {new_tokens} new tokens, random weights, "
         f"{repeats} interleaved round(s)"
     )
-    print_table(["shape", "precision", "run (threads)", "tokens/s median (min-max)", "÷ native", "page load s"], table)
+    headers = ["shape", "precision", "run (threads)", "tokens/s median (min-max)", "÷ native", "page load s"]
+    if args.before:
+        headers.insert(5, "÷ before")
+    print_table(headers, table)
     print("\n".join(environment_lines(1)))
 
 

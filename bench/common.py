@@ -13,24 +13,17 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE_FULL = REPO.parent / "shared" / "data" / "shakespeare.txt"
-"""The whole text (1.1 MB) the published figures were measured on; only beside this workspace."""
-SHAKESPEARE_EXCERPT = REPO / "data" / "shakespeare-excerpt.txt"
-"""Its first 200 KB, shipped with the repository (data/README.md): every clone has it."""
+SHAKESPEARE = REPO / "data" / "shakespeare.txt"
+"""The whole text (1.1 MB, public domain; data/README.md) the published figures were measured on."""
 
 
 def shakespeare_text() -> Path:
-    """The Shakespeare text a benchmark reads: ../shared/data/shakespeare.txt when it is there, else the
-    excerpt the repository ships. Prints which one, so a table always says what it was measured on."""
-    if SHAKESPEARE_FULL.is_file():
-        path, note = SHAKESPEARE_FULL, "the full text"
-    elif SHAKESPEARE_EXCERPT.is_file():
-        path = SHAKESPEARE_EXCERPT
-        note = f"the shipped excerpt: {SHAKESPEARE_FULL} not found; figures are not comparable with docs/performance.md"
-    else:
-        raise SystemExit(f"neither {SHAKESPEARE_FULL} nor {SHAKESPEARE_EXCERPT} found")
-    print(f"text: {path} ({path.stat().st_size:,} bytes, {note})")
-    return path
+    """The Shakespeare text every benchmark reads, data/shakespeare.txt. Prints it with its size, so a
+    table always says what it was measured on."""
+    if not SHAKESPEARE.is_file():
+        raise SystemExit(f"{SHAKESPEARE} not found: it ships with the repository")
+    print(f"text: {SHAKESPEARE} ({SHAKESPEARE.stat().st_size:,} bytes, the full text)")
+    return SHAKESPEARE
 
 
 def set_threads(threads: int) -> None:

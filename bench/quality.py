@@ -1,8 +1,7 @@
 """Model quality in nanoGPT's documented CPU budget on Shakespeare, with the project's default `fit`.
 
 Budget: 4 layers, 4 heads, emb 128, context 64, batch 12, 2000 steps, dropout 0; first 90% of
-../shared/data/shakespeare.txt trains, the last 10% validates (without ../shared, e.g. in a fresh
-clone, the 200 KB excerpt the repository ships stands in; the output says which text). Rows:
+data/shakespeare.txt (the full text, shipped with the repository) trains, the last 10% validates. Rows:
 - `default`: byte-level tokenizer (no merges), `fit` with its default settings;
 - `adamw`: the default row with `optimizer="adamw"` (AdamW everywhere, the original design);
 - `nanoGPT config`: the same, with nanoGPT's own optimisation settings (the reference row);

@@ -1,8 +1,7 @@
 """Tokenizer speed: training a 4096-token byte-level BPE on the first 1 MB of Shakespeare, and encoding.
 
-The text is ../shared/data/shakespeare.txt when it is beside the repository (the published figures),
-else the 200 KB excerpt the repository ships (a fresh clone); the output says which, and its labels
-give the size measured.
+The text is data/shakespeare.txt (the full text, shipped with the repository: the published
+figures); the output names it, and its labels give the size measured.
 
 - ours: `gpt.Tokenizer.train(text, vocab_size=4096)` (Hugging Face `tokenizers` underneath), then
   `encode(text)` of the whole 1 MB string by the freshly trained tokenizer (cold caches: what
@@ -109,7 +108,7 @@ def main() -> None:
     raw = data.read_bytes()[:MB]
     text = raw.decode("utf-8", errors="ignore")  # a cut multi-byte character at the end is dropped
     size = len(text.encode())
-    size_label = f"{size / MB:.2g} MB"  # "1 MB" on the full text, "0.2 MB" on the excerpt
+    size_label = f"{size / MB:.2g} MB"  # "1 MB": the first 1 MB of the full text
     lines = text.splitlines(keepends=True)
     piece = text[:slice_bytes]
     piece_bytes = len(piece.encode())

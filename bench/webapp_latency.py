@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.max_new_tokens > settings.max_new_tokens:
             raise SystemExit(f"--max-new-tokens is over the app's limit ({settings.max_new_tokens})")
         demo, url = launch(lambda: build_demo(settings), lambda d: launch_kwargs(settings, d))
-        sessions = demo.handlers.sessions
+        sessions = demo.simple_llm.services.sessions
         clients: list[Client] = []
 
         def client(name: str) -> Client:

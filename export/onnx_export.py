@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 20
 SUPPORTED_OPSETS = range(18, 25)  # the dynamo exporter needs >= 18; onnxruntime 1.31 ran 18-24 here
 _FP32_FILE = "model.fp32.onnx"  # the exported graph before an fp16/int8 conversion (staging folder only)
+WEB_GRAPH = "web/model.onnx"  # the browser's graph where the export has no portable one for it (`_write_web_page`)
 
 
 class ExportError(RuntimeError):
@@ -120,7 +121,7 @@ def to_onnx(
                 graphs[name] = _checked(model, stage, name, graph_precision, options)
         _write_metadata(model, stage, fast, provider)
         if web:
-            notes += _write_web_page(model, stage, provider, graphs)
+            notes += _write_web_page(model, stage, provider, precision, opset, graphs, options)
         seconds = time.perf_counter() - started
         report = _report(model, stage, precision, provider, fast, opset, exporter, graphs, notes, seconds)
         _write_json(stage / REPORT_FILE, report)
@@ -157,13 +158,45 @@ def left_out(model: GPT, portable: bool = True) -> list[str]:
     return notes
 
 
-def _write_web_page(model: GPT, stage: Path, provider: str, graphs: dict[str, CheckedGraph]) -> list[str]:
-    """`web/` for the graph a browser runs (onnxruntime-web has the CPU graph's ops); notes on what it lacks."""
+def _write_web_page(
+    model: GPT,
+    stage: Path,
+    provider: str,
+    precision: str,
+    opset: int,
+    graphs: dict[str, CheckedGraph],
+    options: ort.SessionOptions,
+) -> list[str]:
+    """`web/` for the graph a browser runs; notes on what it lacks. onnxruntime-web (WebAssembly)
+    copies every input into its memory and every output back on each run, so the browser runs
+    growing pasts (the past crosses at its length, not as whole-context cache buffers: the
+    portable graph, else `web/model.onnx`); its int8 is `precision.dequantized_at_load` (8-bit
+    download, float32 kernels: onnxruntime-web has no fast `MatMulNBits`). A CPU fp16 export's
+    page runs the fast graph, its inputs in float16."""
     if model.tokenizer is None:
         return ["no web/ page: the model has no tokenizer to turn text into tokens"]
-    graph = MODEL_FILE if provider == "cpu" else PORTABLE_FILE if PORTABLE_FILE in graphs else None
-    if graph is None:
-        return ["no web/ page: a CUDA export without the portable graph has no graph a browser runs"]
+    if provider != "cpu":
+        graph = PORTABLE_FILE if PORTABLE_FILE in graphs else None
+        if graph is None:
+            return ["no web/ page: a CUDA export without the portable graph has no graph a browser runs"]
+    elif precision == "fp16":
+        graph = MODEL_FILE
+    elif precision == "fp32" and PORTABLE_FILE in graphs:
+        graph = PORTABLE_FILE
+    else:
+        graph = WEB_GRAPH
+        (stage / webpage.WEB_DIR).mkdir()
+        if precision == "fp32":
+            _write_graph(model, stage / graph, "fp32", opset, provider=None)
+        else:
+            portable = f"{PORTABLE_DIR}/{PORTABLE_VARIANTS[precision]}"
+            source = stage / (portable if portable in graphs else f"{webpage.WEB_DIR}/model_int8.onnx")
+            if portable not in graphs:
+                _write_graph(model, source, precision, opset, provider=None)
+            precisions.dequantized_at_load(source, stage / graph)
+            if portable not in graphs:
+                precisions.remove(source)
+        graphs[graph] = _checked(model, stage, graph, precision, options)
     notes = webpage.write_page(stage, graph, graphs[graph].precision)
     for note in notes:
         log.warning("%s", note)

@@ -12,7 +12,9 @@
   the same quantized table (`MatMulNBits` on it, reshaped). onnxruntime's quantizer handles
   tables only in 4 bits, so `_quantize_tables` does that part. Against its dynamic quantization
   (`quantize_dynamic`: int8 per channel, `MatMulInteger`) it decodes much faster and its greedy
-  tokens agree with fp32's (figures in docs/decisions.md).
+  tokens agree with fp32's (figures in docs/decisions.md). For onnxruntime-web, which has no fast
+  WebAssembly kernel for these ops, `dequantized_at_load` rewrites the same 8-bit weights into
+  float32 at session load (the page's graph).
 """
 
 from __future__ import annotations
@@ -201,3 +203,86 @@ def _quiet_root_logger() -> Iterator[None]:
         yield
     finally:
         logging.root.setLevel(level)
+
+
+def dequantized_at_load(source: Path, target: Path) -> None:
+    """Write the int8 graph `source` (`MatMulNBits`, `GatherBlockQuantized`: `_to_int8`) to `target`
+    for onnxruntime-web, which has no fast WebAssembly kernel for them (it dequantizes every weight
+    on every call). Each quantized weight stays 8-bit in the file (int8 blocks and their float32
+    scales: the same values and about the same size), but as `Cast` -> `Mul` -> `Reshape` of
+    initializers, which onnxruntime's constant folding turns into float32 weights once, when the
+    session loads; the matmuls and lookups then run as float32 `MatMul` and `Gather`. A tied
+    table is stored once for the lookup and the head (`Transpose` of the same folded table)."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    reshaped = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Reshape" and n.input[0] in initializers}
+    weights: dict[str, str] = {}  # quantized data -> its float32 `[rows, width]` tensor
+    nodes: list[onnx.NodeProto] = []
+
+    def weight(data: str, scales: str, rows: int, width: int, block: int) -> str:
+        data = reshaped.get(data, data)
+        if data not in weights:
+            blocks = -(-width // block)  # MatMulNBits pads the last block of a row
+            values = onnx.numpy_helper.to_array(initializers[data]).reshape(rows, blocks, block)
+            signed = (values.astype(np.int16) - 128).astype(np.int8)  # the zero point 128 of both ops
+            scale = onnx.numpy_helper.to_array(initializers[scales]).reshape(rows, blocks, 1)
+            base = data.removesuffix("_q8")
+            padded = blocks * block != width
+            graph.initializer.extend(
+                [
+                    onnx.numpy_helper.from_array(signed, base + "_int8"),
+                    onnx.numpy_helper.from_array(scale.astype(np.float32), base + "_int8_scales"),
+                    onnx.numpy_helper.from_array(np.array([rows, blocks * block], np.int64), base + "_int8_shape"),
+                ]
+            )
+            nodes.extend(
+                [
+                    onnx.helper.make_node("Cast", [base + "_int8"], [base + "_int8_f"], to=onnx.TensorProto.FLOAT),
+                    onnx.helper.make_node("Mul", [base + "_int8_f", base + "_int8_scales"], [base + "_int8_m"]),
+                    onnx.helper.make_node(
+                        "Reshape",
+                        [base + "_int8_m", base + "_int8_shape"],
+                        [base + ("_int8_padded" if padded else "_dequantized")],
+                    ),
+                ]
+            )
+            if padded:
+                graph.initializer.extend(
+                    onnx.numpy_helper.from_array(np.array([v], np.int64), f"{base}_int8_{name}")
+                    for name, v in (("start", 0), ("end", width), ("axis", 1))
+                )
+                slice_inputs = [f"{base}_int8_{name}" for name in ("padded", "start", "end", "axis")]
+                nodes.append(onnx.helper.make_node("Slice", slice_inputs, [base + "_dequantized"]))
+            weights[data] = base + "_dequantized"
+        return weights[data]
+
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "MatMulNBits" and attrs.get("bits") == 8 and len(node.input) == 3:
+            rows, width, block = attrs["N"], attrs["K"], attrs["block_size"]
+            table = weight(node.input[1], node.input[2], rows, width, block)
+            nodes.append(onnx.helper.make_node("Transpose", [table], [node.output[0] + "_weight"], perm=[1, 0]))
+            nodes.append(
+                onnx.helper.make_node(
+                    "MatMul", [node.input[0], node.output[0] + "_weight"], node.output, name=node.name
+                )
+            )
+        elif node.op_type == "GatherBlockQuantized" and attrs.get("bits") == 8 and attrs.get("quantize_axis") == 1:
+            rows, width = initializers[node.input[0]].dims
+            table = weight(node.input[0], node.input[2], rows, width, attrs["block_size"])
+            nodes.append(onnx.helper.make_node("Gather", [table, node.input[1]], node.output, name=node.name))
+        elif node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            raise ValueError(f"{node.name}: no float32 form for {node.op_type} with {attrs}")
+        else:
+            nodes.append(node)
+    read = {name for n in nodes for name in n.input}
+    del graph.node[:]
+    graph.node.extend(
+        n for n in nodes if n.op_type != "Reshape" or n.output[0] in read or n.input[0] not in initializers
+    )
+    used = {name for n in graph.node for name in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    save(model, target)

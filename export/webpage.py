@@ -22,7 +22,7 @@ from typing import Any
 WEB_DIR = "web"
 PAGE_FILE = "web/index.html"
 SOURCE = Path(__file__).resolve().parent / "web"
-PAGE_ASSETS = ("page.mjs", "simple_llm.mjs")
+PAGE_ASSETS = ("page.mjs", "simple_llm.mjs", "worker.mjs")
 NODE_MODULES = Path(__file__).resolve().parents[1] / "node_modules"
 RUNTIME = json.loads((SOURCE / "runtime.json").read_text(encoding="utf-8"))
 CDN_NOTE = (
@@ -36,7 +36,7 @@ def write_page(folder: Path, graph: str, precision: str, node_modules: Path = NO
     """Write `folder/web/` for the graph `graph` (a path inside `folder`); return what the page
     leaves to the network (empty when it runs offline)."""
     web = folder / WEB_DIR
-    web.mkdir()
+    web.mkdir(exist_ok=True)  # it may hold the browser's graph already
     local = local_runtime(node_modules)
     if local is not None:
         for source in local:

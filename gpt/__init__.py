@@ -18,7 +18,15 @@ from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig, Toke
 from gpt.memory import MemoryEstimate, estimate_evaluation_memory, estimate_training_memory, evaluation_batch_size
 from gpt.model import GPT
 from gpt.modes import evaluating
-from gpt.texts import TEXT_SUFFIXES, TextFileError, check_text_file, decode_text, read_text_file, text_start
+from gpt.texts import (
+    PROMPT_CHARS,
+    TEXT_SUFFIXES,
+    TextFileError,
+    check_text_file,
+    decode_text,
+    read_text_file,
+    text_start,
+)
 from gpt.tokenizer import TOKENIZER_FILE, Tokenizer
 from gpt.training import Trainer, TrainingHistory, fit
 
@@ -65,6 +73,7 @@ __all__ = [
     "read_config",
     "read_text_file",
     "read_texts",
+    "PROMPT_CHARS",
     "text_start",
     "read_weights",
     "split_ids",

@@ -6,8 +6,8 @@ backward pass of one micro-batch, the logits with their cross-entropy copies, an
 the memory allocator keeps. Each tensor is counted as torch 2.13 really keeps it (checked with
 `saved_tensors_hooks` and the profiler's allocation log), so the sum is an upper-ish bound:
 gradients only grow as activations are freed. Measured on a CPU (glibc), the peak RSS growth of
-`fit` came within 0.85x-1.2x of it, for shapes where the weights, the activations or the logits
-dominate (`tests/test_memory.py` checks two).
+`fit` came within 0.85x-1.3x of it, for shapes where the weights, the activations or the logits
+dominate (`tests/test_memory.py` checks that range on two).
 """
 
 from __future__ import annotations

@@ -6,17 +6,17 @@
 - optimum: `ORTModelForCausalLM` in `.venv-optimum`, a side environment because optimum-onnx pins
   `transformers<4.58` (`.ci/run` builds it: torch, then `optimum-onnx[onnxruntime]`).
 
-Each call skips the calling test with the install command when its runtime is missing.
+Each call skips the calling test with the install command when its runtime is missing, and fails
+it under `CI=true` (`needs.py`).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from needs import NPM_CI, need, need_node
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSFORMERS_JS = REPO / "node_modules" / "@huggingface" / "transformers"
@@ -34,12 +34,9 @@ def _answer(command: list[str]) -> dict:
 
 def node_answer(script: Path, request: dict, package: Path) -> dict:
     """Run `script` under Node with `request` as JSON and return its JSON answer; skip the calling
-    test when Node or the npm `package` it needs is missing."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("the JavaScript tests need Node.js 18 or newer")
-    if not package.is_dir():
-        pytest.skip(f"{package.name} is not installed: run `ONNXRUNTIME_NODE_INSTALL=skip npm ci` in the repository")
+    test when Node or the npm `package` it needs is missing (fail it under CI=true)."""
+    node = need_node()
+    need(package.is_dir(), f"{package.name} is not installed: run `{NPM_CI}` in the repository")
     return _answer([node, str(script), json.dumps(request)])
 
 
@@ -61,10 +58,10 @@ def transformers_js_encode(folder: Path, text: str) -> list[int]:
 
 def optimum_generate(folder: Path, ids: list[int], new_tokens: int) -> tuple[list[int], str]:
     """optimum's greedy continuation of `ids` from the export `folder`, and the graph it loaded."""
-    if not OPTIMUM_PYTHON.is_file():
-        pytest.skip(
-            "optimum is not installed: python -m venv .venv-optimum && .venv-optimum/bin/pip install "
-            "torch 'optimum-onnx[onnxruntime]'"
-        )
+    need(
+        OPTIMUM_PYTHON.is_file(),
+        "optimum is not installed: python -m venv .venv-optimum && .venv-optimum/bin/pip install "
+        "torch 'optimum-onnx[onnxruntime]'",
+    )
     answer = _answer([str(OPTIMUM_PYTHON), str(OPTIMUM_SCRIPT), str(folder), str(new_tokens), *map(str, ids)])
     return answer["generated"], answer["graph"]

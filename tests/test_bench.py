@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from needs import need_chromium, need_npm_package
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL_TEXT = ROOT.parent / "shared" / "data" / "shakespeare.txt"  # beside this workspace only
-EXCERPT = ROOT / "data" / "shakespeare-excerpt.txt"  # shipped: every clone has it
+
+pytestmark = pytest.mark.slow  # benchmarks: not in the fast tier
+FULL_TEXT = ROOT / "data" / "shakespeare.txt"  # the whole text, shipped: the published figures' text
 
 
 def run_quick(script: str) -> str:
@@ -57,11 +59,6 @@ def text_used(output: str) -> Path:
     assert match, lines[0]
     assert Path(match[1]).stat().st_size == int(match[2].replace(",", ""))
     return Path(match[1])
-
-
-def expected_text() -> Path:
-    """The full text when it is beside the repository, else the shipped excerpt."""
-    return FULL_TEXT if FULL_TEXT.is_file() else EXCERPT
 
 
 def measured(rows: list[list[str]], label: str, column: int) -> float:
@@ -116,8 +113,8 @@ def test_decode_cuda_rows_run_their_code_path_on_the_cpu() -> None:
 
 def test_tokenizer_bench() -> None:
     output = run_quick("tokenizer")
-    assert text_used(output) == expected_text()
-    size = "1 MB" if expected_text() == FULL_TEXT else "0.2 MB"  # its first 1 MB, or the whole 200 KB excerpt
+    assert text_used(output) == FULL_TEXT
+    size = "1 MB"  # its first 1 MB
     rows = table_rows(output)
     assert measured(rows, f"ours `Tokenizer.train`, {size}, vocab 4096", 1) > 0
     assert measured(rows, f"ours `encode(text)`, one {size} string, fresh tokenizer", 1) > 0
@@ -133,7 +130,7 @@ def test_memory_bench() -> None:
 
 def test_quality_bench() -> None:
     output = run_quick("quality")
-    assert text_used(output) == expected_text()
+    assert text_used(output) == FULL_TEXT
     rows = table_rows(output)
     assert {row[0] for row in rows} == {
         "default fit (Muon + AdamW), bytes",
@@ -160,11 +157,10 @@ def test_webapp_latency_bench(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_browser_decode_bench() -> None:
-    """In-browser decoding beside native onnxruntime (skips without Chromium or the JS runtime)."""
-    if not Path("/usr/bin/chromium").is_file():
-        pytest.skip("/usr/bin/chromium not found: apt-get install -y chromium")
-    if not (ROOT / "node_modules" / "onnxruntime-web").is_dir():
-        pytest.skip("the JavaScript runtime is not installed: ONNXRUNTIME_NODE_INSTALL=skip npm ci")
+    """In-browser decoding beside native onnxruntime (skips without Chromium or the JS runtime; fails
+    without them under CI=true)."""
+    need_chromium()
+    need_npm_package("onnxruntime-web")
     rows = table_rows(run_quick("browser_decode"))
     assert {(row[0], row[1]) for row in rows} == {("S", "fp32"), ("S", "int8")}
     runs = {re.sub(r" \(\d+\)$", "", row[2]) for row in rows}
@@ -174,13 +170,12 @@ def test_browser_decode_bench() -> None:
         assert (row[5] == "-") == row[2].startswith("onnxruntime")  # page load: browser rows only
 
 
-def test_benches_fall_back_to_the_shipped_excerpt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
-    """Without ../shared (a fresh clone), the benches read data/shakespeare-excerpt.txt and say so."""
+def test_benches_read_the_shipped_full_text(capsys) -> None:
+    """A fresh clone reproduces docs/performance.md: the benches read data/shakespeare.txt, in the repository."""
     from bench import common
 
-    monkeypatch.setattr(common, "SHAKESPEARE_FULL", tmp_path / "shared" / "data" / "shakespeare.txt")
-    assert common.shakespeare_text() == EXCERPT
-    assert text_used(capsys.readouterr().out) == EXCERPT
+    assert common.shakespeare_text() == FULL_TEXT and FULL_TEXT.stat().st_size == 1_115_508
+    assert text_used(capsys.readouterr().out) == FULL_TEXT
 
 
 def test_ablate_bench(tmp_path: Path) -> None:
@@ -191,7 +186,7 @@ def test_ablate_bench(tmp_path: Path) -> None:
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert text_used(result.stdout) == expected_text()
+    assert text_used(result.stdout) == FULL_TEXT
     rows = table_rows(result.stdout)
     assert [row[0] for row in rows] == ["default", "relu2", "batch 6 x 128", "ema 0.99"]
     for row in rows:

@@ -185,6 +185,7 @@ def test_checkpoint_flags_default_to_every_5_minutes():
     assert (args.checkpoint_minutes, args.checkpoint_steps) == (5.0, None)
 
 
+@pytest.mark.slow  # a training process killed and restarted: not in the fast tier
 def test_kill_9_during_training_loses_at_most_the_steps_since_the_last_timed_checkpoint(tmp_path):
     """`kill -9` mid-epoch: the newest checkpoint (written on the clock, long before the epoch ends)
     loads, no folder is half-written, and `--resume` continues from it."""

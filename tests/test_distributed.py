@@ -16,6 +16,8 @@ from gpt import GPT, checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("tiny_training.py")
 
+pytestmark = pytest.mark.slow  # two processes under torchrun: not in the fast tier
+
 
 def free_port() -> int:
     with socket.socket() as s:

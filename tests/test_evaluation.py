@@ -4,51 +4,37 @@ against transformers' GPT-2 loss on the same checkpoint, the same on both backen
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_training import TINY_CONTEXT, run_module
 
-from export import OnnxGPT, to_onnx
+from export import OnnxGPT
+from export.cli import main as export_main
 from gpt import GPT, evaluate_text, token_losses
+from gpt.cli import main as gpt_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "shakespeare-excerpt.txt"
-CONTEXT = 32
+CONTEXT = TINY_CONTEXT
 HELD_OUT = "KING RICHARD:\nNow is the winter of our discontent\nMade glorious summer by this sun of York;\n"
 
 
-def _run(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("eval") / "model"
-    shape = ["--vocab-size", "300", "--context", str(CONTEXT), "--emb", "32", "--heads", "4", "--layers", "2"]
-    _run("gpt", "train", "--data", str(SHAKESPEARE), "--out", str(out), *shape, "--batch-size", "8", "--steps", "20",
-         "--eval-interval", "10", "--threads", "1")  # fmt: skip
-    return out
+def model(tiny_model) -> GPT:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def model(checkpoint) -> GPT:
-    return GPT.load(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def exported(model, tmp_path_factory) -> Path:
-    return to_onnx(model, tmp_path_factory.mktemp("eval") / "onnx", portable=False, threads=1)
+def exported(tiny_export) -> Path:
+    return tiny_export("fp32")
 
 
 def _transformers_nats(checkpoint: Path, ids: list[int], window: int) -> float:
@@ -126,8 +112,8 @@ def test_eval_commands_print_the_same_figures(checkpoint, model, exported, tmp_p
     held_out = tmp_path / "held-out.txt"
     held_out.write_text(HELD_OUT, encoding="utf-8")
     expected = evaluate_text(model, HELD_OUT)
-    from_torch = _run("gpt", "eval", "--model", str(checkpoint), "--data", str(held_out), "--threads", "1").stdout
-    from_onnx = _run("export", "eval", "--onnx", str(exported), "--data", str(held_out), "--threads", "1").stdout
+    from_torch = run_module("gpt", "eval", "--model", str(checkpoint), "--data", str(held_out), "--threads", "1").stdout
+    from_onnx = run_module("export", "eval", "--onnx", str(exported), "--data", str(held_out), "--threads", "1").stdout
     pattern = (
         r"(\d+) tokens, (\d+) bytes: loss ([\d.]+) nats/token, perplexity ([\d.]+), ([\d.]+) nats/byte "
         r"\(([\d.]+) bits/byte\)"
@@ -141,15 +127,19 @@ def test_eval_commands_print_the_same_figures(checkpoint, model, exported, tmp_p
 
 
 @pytest.mark.parametrize("module", ["gpt", "export"])
-def test_eval_commands_refuse_bad_files_clearly(checkpoint, exported, tmp_path, module):
+def test_eval_commands_refuse_bad_files_clearly(checkpoint, exported, tmp_path, module, capsys):
+    """A binary file as a user runs the command (exit 2, the file named, no traceback); the other bad
+    files through the same `main` in this process (a traceback there would fail the test)."""
+    main = {"gpt": gpt_main, "export": export_main}[module]
     model_flag = ["--model", str(checkpoint)] if module == "gpt" else ["--onnx", str(exported)]
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"\x00\x01\x02\xff" * 10)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
+    result = run_module(module, "eval", *model_flag, "--data", str(binary), check=False)
+    assert result.returncode == 2 and "blob.txt" in result.stderr and "Traceback" not in result.stderr
     for path, reason in ((binary, "blob.txt"), (empty, "empty.txt"), (tmp_path / "missing.txt", "missing.txt")):
-        result = _run(module, "eval", *model_flag, "--data", str(path), check=False)
-        assert result.returncode == 2 and reason in result.stderr and "Traceback" not in result.stderr
-    wrong = _run(module, "eval", *(["--model"] if module == "gpt" else ["--onnx"]), str(tmp_path), "--data",
-                 str(binary), check=False)  # fmt: skip
-    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+        assert main(["eval", *model_flag, "--data", str(path), "--threads", "1"]) == 2
+        assert reason in capsys.readouterr().err
+    wrong = [*(["--model"] if module == "gpt" else ["--onnx"]), str(tmp_path)]
+    assert main(["eval", *wrong, "--data", str(binary), "--threads", "1"]) == 2

@@ -1,28 +1,27 @@
 """The ecosystem loads our folders unchanged: a model trained by `python -m gpt train` and exported
-by `python -m export` with default options, in transformers, optimum, transformers.js and
-onnxruntime-genai, each generating our torch model's greedy ids.
+with default options (the session's tiny model, conftest.py), in transformers, optimum,
+transformers.js and onnxruntime-genai, each generating our torch model's greedy ids.
 
 optimum and transformers.js run outside this environment (`tests/interop.py` says how they are
-installed; `.ci/run` installs both) and skip with the reason when they are not installed.
+installed; `.ci/run` installs both) and skip with the reason when they are not installed (under
+`CI=true` they fail instead).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from needs import need_module
 
+from export import OnnxGPT
 from gpt import GPT, GPTConfig
 from gpt.hub import read_config_values
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO / "data" / "shakespeare-excerpt.txt"  # shipped with the repository
 PROMPT = "ROMEO:\nWhat light"
 NEW_TOKENS = 24
 TEXTS = [
@@ -32,37 +31,22 @@ TEXTS = [
 ]
 
 
-def _run(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr
-    return result
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint) -> Path:
+    """The session's tiny model: `python -m gpt train` on the shipped excerpt, GPT-2-shaped (conftest.py)."""
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """`python -m gpt train` on the shipped Shakespeare excerpt: GPT-2-shaped, a few steps."""
-    out = tmp_path_factory.mktemp("interop") / "model"
-    shape = ["--vocab-size", "320", "--context", "64", "--emb", "32", "--heads", "4", "--layers", "2"]
-    _run("gpt", "train", "--data", str(SHAKESPEARE), "--out", str(out), *shape, "--batch-size", "8", "--steps", "30",
-         "--eval-interval", "15", "--threads", "1")  # fmt: skip
-    return out
+def exported(tiny_export) -> Path:
+    """Its fp32 export with default options, in a folder named `onnx` (optimum once matched its
+    `subfolder="onnx"` against the whole path)."""
+    return tiny_export("fp32")
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory) -> Path:
-    """`python -m export` with default options, into a folder named `onnx` (optimum once matched
-    its `subfolder="onnx"` against the whole path)."""
-    out = tmp_path_factory.mktemp("runs") / "onnx"
-    _run("export", "--model", str(checkpoint), "--out", str(out), "--threads", "1")
-    return out
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint) -> GPT:
-    return GPT.load(checkpoint)
+def model(tiny_model) -> GPT:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +73,7 @@ def test_transformers_loads_the_checkpoint_as_gpt2_with_our_logits_and_greedy_id
     warned = _Records()
     logging.getLogger("transformers").addHandler(warned)  # transformers' loggers do not propagate
     assert isinstance(hf.config, GPT2Config) and hf.config.n_embd == model.config.emb_size
-    ids = torch.tensor([model.tokenizer.encode(TEXTS[0])[:64]])
+    ids = torch.tensor([model.tokenizer.encode(TEXTS[0])[: model.config.max_seq_len]])
     with torch.no_grad():
         difference = (hf(ids).logits - model(ids)).abs().max().item()
     assert difference < 1e-4
@@ -154,18 +138,22 @@ def test_other_shapes_say_they_are_not_gpt2_compatible(tmp_path):
 # --- the runtimes that load the export folder -------------------------------------------------------
 
 
-def test_onnxruntime_genai_generates_our_greedy_ids(exported, prompt_ids, greedy):
-    og = pytest.importorskip("onnxruntime_genai", reason="install with: pip install --no-deps onnxruntime-genai")
-    model = og.Model(str(exported))
-    params = og.GeneratorParams(model)
+def test_onnxruntime_genai_generates_our_greedy_ids_and_tokens(exported, model, prompt_ids, greedy):
+    og = need_module("onnxruntime_genai", "install with: pip install --no-deps onnxruntime-genai")
+    genai_model = og.Model(str(exported))
+    params = og.GeneratorParams(genai_model)
     params.set_search_options(do_sample=False, max_length=len(prompt_ids) + NEW_TOKENS)
-    generator = og.Generator(model, params)
+    generator = og.Generator(genai_model, params)
     generator.append_tokens([prompt_ids])
     while not generator.is_done():
         generator.generate_next_token()
     assert list(generator.get_sequence(0))[len(prompt_ids) :] == greedy
+    tokenizer = og.Tokenizer(genai_model)  # reads tokenizer.json + tokenizer_config.json
+    assert list(tokenizer.encode(PROMPT)) == prompt_ids
+    assert tokenizer.decode(greedy) == model.tokenizer.decode(greedy)
 
 
+@pytest.mark.slow  # a side environment
 def test_optimum_generates_our_greedy_ids(exported, prompt_ids, greedy):
     from interop import optimum_generate
 
@@ -174,6 +162,7 @@ def test_optimum_generates_our_greedy_ids(exported, prompt_ids, greedy):
     assert generated == greedy
 
 
+@pytest.mark.slow  # a side environment
 def test_transformers_js_generates_our_greedy_ids_and_tokens(exported, model, prompt_ids, greedy):
     from interop import transformers_js_encode, transformers_js_generate
 
@@ -182,11 +171,14 @@ def test_transformers_js_generates_our_greedy_ids_and_tokens(exported, model, pr
         assert transformers_js_encode(exported, text) == model.tokenizer.encode(text)
 
 
-def test_transformers_js_runs_the_int8_graph(checkpoint, tmp_path, prompt_ids, greedy):
-    """An int8 export's `onnx/model_quantized.onnx` is what transformers.js's "q8" loads."""
+@pytest.mark.slow  # a side environment
+def test_transformers_js_runs_the_int8_graph(tiny_export, prompt_ids):
+    """An int8 export's `onnx/model_quantized.onnx` is what transformers.js's "q8" loads: its greedy
+    ids are native onnxruntime's on that same graph, every one of them."""
     from interop import transformers_js_generate
 
-    out = tmp_path / "onnx"
-    _run("export", "--model", str(checkpoint), "--out", str(out), "--precision", "int8", "--threads", "1")
-    generated = transformers_js_generate(out, prompt_ids, NEW_TOKENS, dtype="q8")
-    assert len(generated) == NEW_TOKENS and generated[:4] == greedy[:4]
+    folder = tiny_export("int8")
+    native = OnnxGPT.load(folder, graph="onnx/model_quantized.onnx", threads=1)
+    expected = native.generate([prompt_ids], NEW_TOKENS, do_sample=False)[0, len(prompt_ids) :].tolist()
+    generated = transformers_js_generate(folder, prompt_ids, NEW_TOKENS, dtype="q8")
+    assert len(generated) == NEW_TOKENS and generated == expected

@@ -170,9 +170,11 @@ print(json.dumps({"grown": status("VmHWM") - before, "estimate": estimate.total,
 )
 def test_estimate_brackets_the_measured_peak_of_fit(shape, largest):
     """Peak RSS growth of three `fit` steps in a fresh process (VmHWM, reset just before; the
-    process's earlier peaks once hid the growth in a full-suite run): the estimate is within 0.6x-2x of it.
+    process's earlier peaks once hid the growth in a full-suite run): the estimate is within 0.85x-1.3x of
+    it, the accuracy gpt/memory.py states.
 
-    (Measured: 0.95x-1.2x; ignoring the activations or the logits would give under 0.25x.)
+    (Measured: about 0.96x where the logits dominate, 1.1x-1.2x where the activations do; ignoring
+    the activations or the logits would give under 0.25x.)
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-c", MEASURE, json.dumps({**shape, "dropout": 0.0})]
@@ -180,4 +182,4 @@ def test_estimate_brackets_the_measured_peak_of_fit(shape, largest):
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.splitlines()[-1])
     assert measured["largest"] == largest
-    assert 0.6 <= measured["estimate"] / measured["grown"] <= 2.0, measured
+    assert 0.85 <= measured["estimate"] / measured["grown"] <= 1.3, measured

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from needs import need_module
 
 from gpt import GPT, GPTConfig, count_parameters, evaluating
 
@@ -276,7 +277,7 @@ def test_device_places_weights_on_cuda():
     "activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu"), ("relu2", "relu2")]
 )
 def test_matches_hugging_face_gpt2(activation, hf_activation):
-    transformers = pytest.importorskip("transformers")
+    transformers = need_module("transformers", "transformers is not installed (requirements-dev.txt)")
     hf_config = transformers.GPT2Config(
         vocab_size=97,
         n_positions=64,

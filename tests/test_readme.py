@@ -30,3 +30,13 @@ def test_every_file_the_readmes_commands_name_exists_or_an_earlier_command_makes
         made += outputs
     assert not missing, missing
     assert "data/shakespeare-excerpt.txt" in README and "runs/held-out.txt" in made  # the check sees both
+
+
+def test_ci_runs_the_readmes_test_command_with_durations_and_ci_true():
+    """`.ci/run` runs what the README's test section says, listing the slowest tests, under CI=true
+    (missing runtimes fail there instead of skipping: tests/needs.py)."""
+    tests = README.split("## Tests", 1)[1]
+    command = re.search(r"&& (python -m pytest[^`]*)`", tests)[1]
+    ci = [line.split("#")[0].strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert f"CI=true {command} --durations=25" in ci
+    assert '`python -m pytest -q -m "not slow"`' in tests and "slow:" in (REPO / "pyproject.toml").read_text()

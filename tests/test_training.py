@@ -501,6 +501,7 @@ print(json.dumps(decided))
 """
 
 
+@pytest.mark.slow  # two processes
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch.distributed with gloo needed")
 def test_time_based_checkpoints_are_decided_by_rank_0_on_every_rank(tmp_path):
     tests = Path(__file__).resolve().parent

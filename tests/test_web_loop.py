@@ -5,23 +5,20 @@ here (the browser runs the same file with onnxruntime-web); skips with the reaso
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from interop import node_answer
+from tiny_training import TINY_CONTEXT
 
-from export import to_onnx
 from gpt import GPT, SamplingConfig
 from gpt.generation import apply_repetition_penalty, min_p_filter, top_k_filter, top_p_filter
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "js" / "simple_llm_node.mjs"
 ORT_NODE = REPO / "node_modules" / "onnxruntime-node"
-CONTEXT = 48
+CONTEXT = TINY_CONTEXT
 
 
 def _node(request: dict) -> dict:
@@ -29,21 +26,13 @@ def _node(request: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> GPT:
-    out = tmp_path_factory.mktemp("web") / "model"
-    shape = ["--vocab-size", "300", "--context", str(CONTEXT), "--emb", "32", "--heads", "4", "--layers", "2"]
-    command = [sys.executable, "-m", "gpt", "train", "--data", str(REPO / "data" / "shakespeare-excerpt.txt"),
-               "--out", str(out), *shape, "--batch-size", "8", "--steps", "30", "--threads", "1"]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return GPT.load(out)
+def model(tiny_model) -> GPT:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory) -> Path:
-    return to_onnx(model, tmp_path_factory.mktemp("web") / "onnx", threads=1)  # with the portable graph
+def exported(tiny_export) -> Path:
+    return tiny_export("fp32")  # with the portable graph
 
 
 @pytest.mark.parametrize("graph", ["model_fast.onnx", "onnx/model.onnx"])

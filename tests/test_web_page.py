@@ -15,39 +15,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import need, need_npm_package
 
 from export import OnnxGPT, to_onnx, webpage
-from gpt import GPT, Tokenizer
+from gpt import GPT
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-TEXT = (REPO / "data" / "shakespeare-excerpt.txt").read_text(encoding="utf-8")[:60_000]
 TIMEOUT_MS = 120_000
 IMPORT_TIMEOUT_S = 20  # export/web/index.html's limit for the runtime's modules
 
 
 @pytest.fixture(scope="module")
-def model() -> GPT:
-    """A tiny model trained a few steps on the shipped excerpt."""
-    from gpt import encode_corpus, make_loaders
-
-    tokenizer = Tokenizer.train([TEXT], vocab_size=300)
-    model = GPT(vocab_size=tokenizer.vocab_size, max_seq_len=48, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
-    model.tokenizer = tokenizer
-    train, valid = make_loaders(encode_corpus([TEXT], tokenizer), 48, 8)
-    model.fit(train, valid, max_steps=30, progress=False)
-    return model.eval()
+def model(tiny_model) -> GPT:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def exports(model, tmp_path_factory) -> dict[str, Path]:
+def exports(tiny_export, tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """The session's fp32 and int8 exports of the tiny model, linked side by side into a folder of
+    this module's (the pages without the runtime are copies beside them), and a CPU fp16 export."""
     root = tmp_path_factory.mktemp("web-exports")
-    return {p: to_onnx(model, root / p, precision=p, portable=False, threads=1) for p in ("fp32", "int8")}
+    for precision in ("fp32", "int8"):
+        (root / precision).symlink_to(tiny_export(precision), target_is_directory=True)
+    found = {p: root / p for p in ("fp32", "int8")}
+    found["fp16"] = to_onnx(tiny_model, root / "fp16", precision="fp16", provider="cpu", portable=False, threads=1)
+    return found
 
 
 def test_runtime_pins_match_the_installed_packages():
-    if not (webpage.NODE_MODULES / "onnxruntime-web").is_dir():
-        pytest.skip("the JavaScript runtime is not installed: run `ONNXRUNTIME_NODE_INSTALL=skip npm ci`")
+    need_npm_package("onnxruntime-web")
     package = json.loads((REPO / "package.json").read_text())["dependencies"]
     for name, pinned in webpage.RUNTIME["packages"].items():
         assert package[name] == pinned["version"]  # package.json and runtime.json pin the same versions
@@ -57,8 +53,11 @@ def test_runtime_pins_match_the_installed_packages():
 def test_every_export_holds_the_page(exports):
     folder = exports["fp32"]
     names = {p.name for p in (folder / "web").iterdir()}
-    assert {"index.html", "page.mjs", "simple_llm.mjs", "model.json"} <= names
-    assert json.loads((folder / "web" / "model.json").read_text()) == {"graph": "model_fast.onnx", "precision": "fp32"}
+    assert {"index.html", "page.mjs", "simple_llm.mjs", "worker.mjs", "model.json"} <= names
+    page = json.loads((folder / "web" / "model.json").read_text())  # fp32: the portable graph (growing pasts)
+    assert page == {"graph": "onnx/model.onnx", "precision": "fp32"} and (folder / page["graph"]).is_file()
+    page = json.loads((exports["int8"] / "web" / "model.json").read_text())  # int8: its own, dequantized at load
+    assert page == {"graph": "web/model.onnx", "precision": "int8"} and (exports["int8"] / page["graph"]).is_file()
     if webpage.local_runtime() is not None:  # offline: the runtime is beside the page, no CDN address anywhere
         assert {
             "ort.wasm.min.mjs",
@@ -90,29 +89,18 @@ def test_without_the_installed_runtime_the_page_uses_the_cdn_with_integrity(tmp_
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
-    with sync_api.sync_playwright() as playwright:
-        found = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
-        yield found
-        found.close()
-
-
-@pytest.fixture(scope="module")
 def browser(chromium):
-    if webpage.local_runtime() is None:
-        pytest.skip(
-            "the JavaScript runtime is not installed (ONNXRUNTIME_NODE_INSTALL=skip npm ci): an offline page needs it"
-        )
+    need(
+        webpage.local_runtime() is not None,
+        "the JavaScript runtime is not installed (ONNXRUNTIME_NODE_INSTALL=skip npm ci): an offline page needs it",
+    )
     return chromium
 
 
 @pytest.fixture(scope="module")
 def served(exports, tmp_path_factory):
     """`python -m http.server` over the folder that holds both exports, as a user would serve one."""
-    root = next(iter(exports.values())).parent
+    root = exports["fp32"].parent
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -171,15 +159,16 @@ def test_onnxruntime_web_logits_match_onnxruntime(browser, served, exports, mode
     page.close()
 
 
-def test_the_int8_page_runs_its_quantized_graph(browser, served):
+def test_the_int8_page_writes_native_onnxruntime_int8s_greedy_text(browser, served, exports):
     page, outside = _open(browser, served, "/int8/web/index.html")
     assert "int8" in page.inner_text("#status")
-    page.select_option("#mode", "sampling")
-    page.fill("#seed", "3")
+    prompt = "JULIET:\n"
+    expected = OnnxGPT.load(exports["int8"], threads=1).generate_text(prompt, 40)  # the same quantized graph
+    page.fill("#prompt", prompt)
     page.fill("#max-new-tokens", "40")
     page.click("#generate")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
-    assert len(page.eval_on_selector("#output", "e => e.textContent")) > 0 and outside == []
+    assert page.eval_on_selector("#output", "e => e.textContent") == prompt + expected and outside == []
     page.close()
 
 
@@ -258,4 +247,97 @@ def test_a_page_whose_webassembly_cannot_arrive_says_to_run_npm_ci(browser, serv
     page.goto(served + "/cdn-wasm/web/index.html")
     status = _error_status(page)
     assert "could not be loaded from the CDN" in status and "`npm ci`" in status, status
+    page.close()
+
+
+# --- the worker, Stop, retries, int8 and fp16 pages -------------------------------------------------
+
+
+def test_the_int8_page_gives_native_onnxruntimes_greedy_tokens_on_its_graph(browser, served, exports, model):
+    """The browser's int8 graph (8-bit weights, dequantized once at load) decodes as onnxruntime does."""
+    page, _ = _open(browser, served, "/int8/web/index.html")
+    graph = json.loads((exports["int8"] / "web" / "model.json").read_text())["graph"]
+    ids = model.tokenizer.encode("ROMEO:\n")
+    web = page.evaluate(
+        "async (ids) => { const { model } = await window.simpleLLM.ready; const got = [];"
+        " for await (const t of model.generateTokens(ids, { maxNewTokens: 60 })) got.push(t); return got; }",
+        ids,
+    )
+    native = OnnxGPT.load(exports["int8"], threads=1, graph=graph).generate([ids], 60)[0, len(ids) :].tolist()
+    assert web == native
+    page.close()
+
+
+def test_the_page_decodes_in_a_worker_and_stays_responsive(browser, served):
+    page, _ = _open(browser, served, "/fp32/web/index.html")
+    assert page.evaluate("async () => Boolean((await window.simpleLLM.ready).model.worker)")
+    page.fill("#max-new-tokens", "1024")
+    page.click("#generate")
+    page.wait_for_function("window.simpleLLM.progress().tokens > 5")
+    page.fill("#prompt", "typed while generating")  # the page takes input meanwhile
+    assert page.input_value("#prompt") == "typed while generating"
+    assert page.inner_text("#status").startswith("Generating")
+    seen = page.evaluate(
+        "() => { const n = window.simpleLLM.progress().tokens; document.getElementById('stop').click(); return n; }"
+    )
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    status = page.inner_text("#status")
+    assert "stopped" in status
+    tokens = int(status.split(":", 1)[1].split("tokens", 1)[0])
+    assert seen <= tokens <= seen + 1 < 1024  # Stop ends the generation within one token
+    page.close()
+
+
+def test_a_failed_load_is_retried_and_a_replaced_model_released(browser, served, exports):
+    page, _ = _open(browser, served, "/fp32/web/index.html")
+    files = {}
+    for name in ("fp32", "int8"):
+        graph = json.loads((exports[name] / "web" / "model.json").read_text())["graph"]
+        paths = [graph, "config.json", "tokenizer.json", "tokenizer_config.json", "web/model.json"]
+        files[name] = [{"orig_name": Path(p).name, "url": f"{served}/{name}/{p}"} for p in paths]
+    failing = {"on": True}
+    graph = files["fp32"][0]["url"].removeprefix(served)
+    page.route(f"**{graph}", lambda route: route.abort() if failing["on"] else route.continue_())
+    load = "async (files) => { const page = await import('./page.mjs'); return (await page.loadFromFiles(files)).precision; }"
+    with pytest.raises(Exception):
+        page.evaluate(load, files["fp32"])
+    failing["on"] = False
+    assert page.evaluate(load, files["fp32"]) == "fp32"  # tried again, not the cached failure
+    released = page.evaluate(
+        "async ([a, b]) => { const page = await import('./page.mjs'); const first = await page.loadFromFiles(a);"
+        " let released = false; const release = first.model.release.bind(first.model);"
+        " first.model.release = () => { released = true; return release(); };"
+        " await page.loadFromFiles(b); await new Promise((r) => setTimeout(r, 0)); return released; }",
+        [files["fp32"], files["int8"]],
+    )
+    assert released
+    page.close()
+
+
+def test_a_cpu_fp16_export_has_a_page_that_generates(browser, served, exports):
+    assert json.loads((exports["fp16"] / "web" / "model.json").read_text()) == {
+        "graph": "model_fast.onnx",
+        "precision": "fp16",
+    }
+    page, _ = _open(browser, served, "/fp16/web/index.html")
+    page.fill("#prompt", "ROMEO:\n")
+    page.fill("#max-new-tokens", "20")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    assert (
+        "Done: 20 tokens" in page.inner_text("#status")
+        and len(page.eval_on_selector("#output", "e => e.textContent")) > 7
+    )
+    page.close()
+
+
+def test_seeds_take_the_apps_whole_range(browser, served):
+    page, _ = _open(browser, served, "/fp32/web/index.html")
+    seeds = page.evaluate(
+        "async () => { const page = await import('./page.mjs'); const seed = (s) => {"
+        " try { return String(page.samplingFrom({ maxNewTokens: 1, mode: 'sampling', temperature: 1, topK: 0, topP: 1,"
+        " minP: 0, repetitionPenalty: 1, stopStrings: '', seed: s }).seed); } catch (e) { return 'error'; } };"
+        " return [seed('9223372036854775807'), seed('9223372036854775808'), seed('-1'), seed('7')]; }"
+    )
+    assert seeds == ["9223372036854775807", "error", "error", "7"]
     page.close()

@@ -9,8 +9,6 @@ and bad input of every kind answered with a clear message while the server keeps
 import json
 import random
 import re
-import socket
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -22,14 +20,16 @@ from gradio_client import Client, handle_file
 from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
-from webapp_common import TINY, WORDS, launch
+from webapp_common import WORDS, client, free_port, launch, start_server, train_args
 from webapp_common import generate_args as common_generate_args
 
 from webapp.settings import Settings
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
+pytestmark = [
+    pytest.mark.slow,  # servers and browsers: not in the fast tier
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*"),
+]
 
-DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-api-test-downloads"
 
 
 @pytest.fixture(scope="module")
@@ -56,40 +56,6 @@ def files(tmp_path_factory) -> Path:
     lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(120)]
     (folder / "story.txt").write_text("\n".join(lines), encoding="utf-8")
     return folder
-
-
-def client(url: str, lang: str = "en-US") -> Client:
-    """A new browser-like session (each `Client` is its own Gradio session)."""
-    return Client(url, verbose=False, headers={"Accept-Language": lang}, download_files=str(DOWNLOADS))
-
-
-def train_args(file: Path, steps: int, owner_key: str | None = None, **overrides) -> list:
-    """The /train inputs; the owner key (the last) only when given: clients may leave it out."""
-    values = {**TINY, "steps": steps, "start": "new", "start_model": None, **overrides}
-    key = [] if owner_key is None else [owner_key]
-    return [
-        "upload",
-        [handle_file(str(file))],
-        "python-stdlib",
-        *(
-            values[k]
-            for k in (
-                "num_layers",
-                "num_heads",
-                "emb_size",
-                "context",
-                "vocab_size",
-                "learning_rate",
-                "batch_size",
-                "steps",
-                "dropout",
-                "device",
-                "start",
-                "start_model",
-            )
-        ),
-        *key,
-    ]
 
 
 def generate_args(prompt: str = "the cat", backend: str = "torch", **options) -> list:
@@ -215,7 +181,7 @@ def test_two_clients_are_isolated(server, trained):
 
 def test_cancelled_training_keeps_its_checkpoint_queues_others_and_resumes(server, files, trained):
     demo, url = server
-    sessions = demo.handlers.sessions
+    sessions = demo.simple_llm.services.sessions
     long_run = client(url)
     job: Job = long_run.submit(*train_args(files / "story.txt", 100_000), api_name="/train")
     wait_for(
@@ -350,24 +316,10 @@ def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(server, fil
 
 def test_the_app_script_serves_the_page_from_the_repository_root(tmp_path):
     """`python webapp/app.py` as a user runs it: webapp/ (not the root) is first on sys.path."""
-    import os
-    import subprocess
-    import sys
     import urllib.request
 
-    root = Path(__file__).resolve().parents[1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "SIMPLE_LLM_ARTIFACTS": str(tmp_path), "PYTHONPATH": ""}
-    process = subprocess.Popen(
-        [sys.executable, "webapp/app.py"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    port = free_port()
+    process = start_server(tmp_path, port)
     try:
         page = ""
         deadline = time.monotonic() + 120
@@ -378,7 +330,7 @@ def test_the_app_script_serves_the_page_from_the_repository_root(tmp_path):
                 break
             except OSError:
                 time.sleep(0.2)
-        assert process.poll() is None, process.stdout.read()
+        assert process.poll() is None, "the server exited"
         assert "<title>simple-llm</title>" in page or "simple-llm" in page
     finally:
         process.terminate()

@@ -8,31 +8,30 @@ import zipfile
 import gradio as gr
 import pytest
 import torch
-from webapp_common import Request, error_of, generate, text, train
+from webapp_common import Request, app_settings, error_of, generate, text, train
 
 from gpt import GPT, GPTConfig, Tokenizer, estimate_evaluation_memory, evaluation_batch_size
 from webapp import sessions, storage
-from webapp.handlers import Handlers
+from webapp.app import SimpleLLM
 from webapp.settings import MB, Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def make_handlers(tmp_path, **overrides) -> Handlers:
-    values = {"artifacts": tmp_path / "artifacts", "min_free_disk_mb": 1, "train_threads": 1, **overrides}
-    return Handlers(Settings(**values))
+def make_handlers(tmp_path, **overrides) -> SimpleLLM:
+    return SimpleLLM.create(app_settings(tmp_path / "artifacts", **overrides))
 
 
 @pytest.fixture
 def handlers(tmp_path):
     h = make_handlers(tmp_path)
     yield h
-    for session in list(h.sessions._sessions.values()):
+    for session in list(h.services.sessions._sessions.values()):
         session.close()
 
 
 def evaluate(handlers, request, pasted="", which="current", saved=None):
-    return handlers.evaluate(which, saved, pasted, None, request=request)
+    return handlers.models.evaluate(which, saved, pasted, None, request=request)
 
 
 # Evaluation -------------------------------------------------------------------------------------
@@ -54,15 +53,15 @@ def test_evaluation_picks_its_batch_from_the_budget_and_reserves_its_estimate(ha
     request = Request("eval-plan")
     train(handlers, request, steps=4)
     reserved = []
-    admit = handlers.sessions.capacity.admit
+    admit = handlers.services.sessions.capacity.admit
 
     def spy(job, memory, *args, **kwargs):
         reserved.append((job, memory))
         return admit(job, memory, *args, **kwargs)
 
-    monkeypatch.setattr(handlers.sessions.capacity, "admit", spy)
+    monkeypatch.setattr(handlers.services.sessions.capacity, "admit", spy)
     evaluate(handlers, request, text(300))
-    config = handlers.session(request).model.config
+    config = handlers.services.session(request).model.config
     [(job, memory)] = reserved
     assert job == "evaluation" and memory >= estimate_evaluation_memory(config, len(text(300).encode()), 1)
     huge = GPTConfig(vocab_size=32768, max_seq_len=2048, emb_size=16, num_heads=2, num_layers=1)
@@ -97,17 +96,17 @@ def test_live_sessions_are_capped_and_the_longest_idle_goes_first(tmp_path, monk
     monkeypatch.setattr(sessions, "MIN_IDLE_S", 0.0)
     handlers = make_handlers(tmp_path, max_sessions=3)
     for n in range(5):
-        handlers.session(Request(f"visitor-{n}"))
-    assert len(handlers.sessions) == 3
-    assert "visitor-4" in handlers.sessions and "visitor-0" not in handlers.sessions
+        handlers.services.session(Request(f"visitor-{n}"))
+    assert len(handlers.services.sessions) == 3
+    assert "visitor-4" in handlers.services.sessions and "visitor-0" not in handlers.services.sessions
 
 
 def test_a_full_server_refuses_a_new_session_while_every_one_is_busy(tmp_path):
     handlers = make_handlers(tmp_path, max_sessions=2)  # sessions seen in the last seconds are busy
-    handlers.session(Request("a"))
-    handlers.session(Request("b"))
+    handlers.services.session(Request("a"))
+    handlers.services.session(Request("b"))
     with pytest.raises(Exception) as info:
-        handlers.session(Request("c"))
+        handlers.services.session(Request("c"))
     assert "as many visitors as it can serve (2)" in str(info.value)
 
 
@@ -116,37 +115,37 @@ def test_idle_sessions_models_are_dropped_for_room_and_reload_from_their_checkpo
     first, second = Request("first"), Request("second")
     handlers = make_handlers(tmp_path)
     train(handlers, first, steps=6)
-    held = handlers.sessions.capacity.held("first")
-    assert held == sessions.model_bytes(handlers.session(first).model) > 0
+    held = handlers.services.sessions.capacity.held("first")
+    assert held == sessions.model_bytes(handlers.services.session(first).model) > 0
     before, _ = generate(handlers, first, max_new_tokens=12)
 
-    handlers.sessions.capacity.models_cap = held + held // 2  # room for one model of this size
+    handlers.services.sessions.capacity.models_cap = held + held // 2  # room for one model of this size
     train(handlers, second, steps=6)
-    assert handlers.session(first).model is None  # dropped: the other session needed the room
-    assert handlers.sessions.capacity.usage().models == handlers.sessions.capacity.held("second")
+    assert handlers.services.session(first).model is None  # dropped: the other session needed the room
+    assert handlers.services.sessions.capacity.usage().models == handlers.services.sessions.capacity.held("second")
     after, _ = generate(handlers, first, max_new_tokens=12)  # reloaded from its checkpoint
     assert after == before
-    assert handlers.session(second).model is None  # and now it made room for the first
+    assert handlers.services.session(second).model is None  # and now it made room for the first
     for name in ("first", "second"):
-        handlers.sessions.close(name)
-    assert handlers.sessions.capacity.usage().models == 0
+        handlers.services.sessions.close(name)
+    assert handlers.services.sessions.capacity.usage().models == 0
 
 
 def test_a_training_waits_for_memory_and_says_the_server_is_busy(tmp_path):
     handlers = make_handlers(tmp_path)
-    capacity = handlers.sessions.capacity
+    capacity = handlers.services.sessions.capacity
     capacity.wait_s = 0.5
     with capacity.admit("evaluation", capacity.job_budget - 1024):  # another job holds the whole budget
         message = error_of(lambda: train(handlers, Request("busy"), steps=4))
     assert "The server is busy" in message
     assert capacity.usage().jobs == 0
     train(handlers, Request("busy"), steps=4)  # and runs once the memory is free
-    assert handlers.session(Request("busy")).model is not None
+    assert handlers.services.session(Request("busy")).model is not None
 
 
 def test_a_training_larger_than_the_whole_budget_is_refused_before_it_starts(tmp_path):
     handlers = make_handlers(tmp_path, memory_mb=1, max_train_memory_mb=100_000)
-    handlers.sessions.capacity.baseline = 0
+    handlers.services.sessions.capacity.baseline = 0
     message = error_of(lambda: train(handlers, Request("big"), steps=4))
     assert "more than this server can give one job" in message
     assert not list((tmp_path / "artifacts" / "sessions").glob("*/*/runs/*"))  # nothing was written
@@ -200,11 +199,11 @@ def test_a_checkpoint_whose_tokenizer_outruns_the_vocabulary_is_refused_at_uploa
     with zipfile.ZipFile(archive, "w") as z:
         for path in folder.iterdir():
             z.write(path, path.name)
-    message = error_of(lambda: handlers.upload_checkpoint(str(archive), request=Request("upload")))
+    message = error_of(lambda: handlers.models.upload_checkpoint(str(archive), request=Request("upload")))
     assert f"has {tokenizer.vocab_size} tokens, more than the model's vocabulary of 300" in message
 
 
 def test_token_details_answer_any_event_data(handlers):
     request = Request("details")
     for data in ({}, {"index": []}, {"index": None}, {"value": 1}, None, {"index": [3, 4]}):
-        assert "Generate some text first" in handlers.token_details(gr.EventData(None, data), request=request)
+        assert "Generate some text first" in handlers.generate.token_details(gr.EventData(None, data), request=request)

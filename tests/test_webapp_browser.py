@@ -3,7 +3,7 @@
 Clicks through train -> generate (PyTorch, then onnxruntime CPU) -> compare -> export -> download,
 then opens the page in Russian. Screenshots go to $SIMPLE_LLM_SCREENSHOTS (the README's come from
 `SIMPLE_LLM_SCREENSHOTS=docs/screenshots python -m pytest tests/test_webapp_browser.py`), else to
-a temporary folder. Skips when /usr/bin/chromium or playwright is missing.
+a temporary folder. Skips when /usr/bin/chromium or playwright is missing (fails under CI=true).
 """
 
 import io
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import need_chromium
 from PIL import Image
 from webapp_common import launch
 
@@ -22,17 +23,6 @@ from gpt import GPT, Tokenizer
 from webapp import training
 from webapp.settings import Settings
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = os.environ.get("SIMPLE_LLM_SCREENSHOTS")
 PRESET_STEPS = 1500  # the tiny preset's step count, the field's default
 TRAIN_STEPS = PRESET_STEPS if SCREENSHOTS else 300  # the README's screenshots show the whole tiny preset
@@ -41,13 +31,12 @@ TRAIN_TIMEOUT_MS = 900_000  # the app trains at nice 10: when other processes ke
 # it gets about a tenth of the CPU, and 300 steps that take 20 s on a quiet machine took over 180 s
 DONE = r"^(?![\s\S]*generating)[\s\S]*"  # a regex prefix: the stats line of a finished generation
 
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright for Python is not installed (pip install playwright)"
-)
-if not CHROMIUM.is_file():
-    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
+sync_api = need_chromium(module_level=True)  # skips the module without them (fails it under CI=true)
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
+pytestmark = [
+    pytest.mark.slow,  # servers and browsers: not in the fast tier
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +63,8 @@ def cdn_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
+def browser(chromium):
+    return chromium
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +211,7 @@ def test_train_a_saved_model_further_on_another_text(browser, server, shots):
     texts = [Path("data/shakespeare-excerpt.txt").read_text(encoding="utf-8")[:20_000]]
     seed = GPT(vocab_size=300, max_seq_len=32, emb_size=16, num_heads=2, num_layers=1)
     seed.tokenizer = Tokenizer.train(texts, vocab_size=300)
-    seed.save(demo.handlers.settings.models_dir / "seed-model")
+    seed.save(demo.simple_llm.services.settings.models_dir / "seed-model")
     context, page, outside = open_page(browser, url, "en-US")
     page.locator("#train-start-from label", has_text="A saved model").click()
     page.click("#train-start-model input")
@@ -336,13 +322,13 @@ def test_russian_interface_and_messages(browser, server, shots):
     page.wait_for_timeout(800)  # let the toast finish sliding in
     page.screenshot(path=str(shots / "generate-ru.png"))  # the viewport, with the error toast
     assert outside == []
-    sessions = len(demo.handlers.sessions)
+    sessions = len(demo.simple_llm.services.sessions)
     page.goto("about:blank")  # leaving the page ends its session: its folders are deleted
     page.wait_for_function("1")
     deadline = time.monotonic() + 30
-    while len(demo.handlers.sessions) >= sessions and time.monotonic() < deadline:
+    while len(demo.simple_llm.services.sessions) >= sessions and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(demo.handlers.sessions) == sessions - 1
+    assert len(demo.simple_llm.services.sessions) == sessions - 1
     context.close()
 
 

@@ -15,12 +15,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_webapp_public import client, connect, start_server
-from webapp_common import export_children, free_port, text
+from webapp_common import client, connect, export_children, free_port, start_server, text
 
 from gpt import GPT, Tokenizer
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,  # servers and browsers: not in the fast tier
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 BUDGET_MB = 2500
 MODELS_MB = 300

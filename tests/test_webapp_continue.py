@@ -16,7 +16,7 @@ from webapp_common import Request, error_of, generate, plain, text, train
 
 from gpt import GPT, Tokenizer, evaluate_text, token_losses
 from webapp import insight, library, owners, training
-from webapp.handlers import Handlers
+from webapp.app import SimpleLLM
 from webapp.i18n import t
 from webapp.settings import Settings
 
@@ -24,10 +24,7 @@ NEW_WORDS = ["zebra", "quartz", "vixen", "jumps", "over", "lazy", "fog", "under"
 OWNER = owners.new_key()  # one visitor's browser: every session below is that visitor's page, reloaded
 
 
-@pytest.fixture(scope="module")
-def handlers(tmp_path_factory) -> Handlers:
-    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1, max_steps=500)
-    return Handlers(settings)
+APP_SETTINGS = dict(max_steps=500)  # conftest's `handlers`
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +41,21 @@ def base(handlers, files) -> Request:
     """A session whose model trained 40 steps on the first text, saved as `base`."""
     request = Request("base")
     train(handlers, request, [files["first"]], steps=40)
-    handlers.save_model("base", OWNER, request=request)
+    handlers.models.save_model("base", OWNER, request=request)
     return request
 
 
-def saved(handlers: Handlers, name: str) -> Path:
-    return library.root(handlers.settings) / owners.of_key(OWNER).id / name
+def saved(handlers: SimpleLLM, name: str) -> Path:
+    return library.root(handlers.services.settings) / owners.of_key(OWNER).id / name
 
 
-def _runs(handlers: Handlers, request: Request) -> set[str]:
-    folder = handlers.session(request).folder / "runs"
+def _runs(handlers: SimpleLLM, request: Request) -> set[str]:
+    folder = handlers.services.session(request).folder / "runs"
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
 def test_the_current_model_goes_on_training_on_new_text(handlers, files, base):
-    session = handlers.session(base)
+    session = handlers.services.session(base)
     before = session.model
     before_weights = {k: v.clone() for k, v in before.state_dict().items()}
     earlier_end = session.job.steps_done
@@ -88,13 +85,13 @@ def test_a_saved_model_goes_on_training_in_another_session(handlers, files, base
     request = Request("other")
     base_model = GPT.load(saved(handlers, "base"))
     outputs = train(handlers, request, [files["new"]], steps=20, start="saved", start_model="base", owner_key=OWNER)
-    model = handlers.session(request).model
+    model = handlers.services.session(request).model
     assert model.config == base_model.config and model.tokenizer.to_json_str() == base_model.tokenizer.to_json_str()
     assert model.training_record["started_from"]["model"] == "base"
     plot = outputs[-1][1]["value"].dropna()
     base_steps = json.loads((saved(handlers, "base") / "training.json").read_text())["steps"]
     assert plot[plot["split"] == "train"]["step"].min() > base_steps
-    handlers.save_model("tuned", OWNER, request=request)
+    handlers.models.save_model("tuned", OWNER, request=request)
     record = json.loads((saved(handlers, "tuned") / "training.json").read_text())
     assert record["started_from"]["model"] == "base" and record["steps"] == 20
 
@@ -102,9 +99,9 @@ def test_a_saved_model_goes_on_training_in_another_session(handlers, files, base
 def test_a_stopped_continued_run_resumes_as_the_same_run(handlers, files, base):
     request = Request("resumer")
     train(handlers, request, [files["new"]], steps=10, start="saved", start_model="base", owner_key=OWNER)
-    first = handlers.session(request).job
-    *_, last = handlers.resume(25, request=request)
-    job = handlers.session(request).job
+    first = handlers.services.session(request).job
+    *_, last = handlers.train.resume(25, request=request)
+    job = handlers.services.session(request).job
     assert job is not first and job.earlier == first.earlier and job.label == first.label
     assert job.model.training_record["started_from"]["model"] == "base"
     assert "trained further on new.txt" in plain(last[3])
@@ -115,25 +112,25 @@ def test_an_unsaved_model_trained_further_is_named_by_what_it_learned(handlers, 
     model card or the export's zip: a model never saved is described by its texts."""
     request = Request("unsaved")
     train(handlers, request, [files["first"]], steps=20)
-    first_summary = plain(handlers.model_info(request=request))
+    first_summary = plain(handlers.models.model_info(request=request))
     summary = train(handlers, request, [files["new"]], steps=10, start="current")[-1][3]
     summary = plain(summary)
     assert "trained on first.txt, trained further on new.txt" in summary and "runs" not in summary
     assert "trained on first.txt" in first_summary and "runs" not in first_summary
-    record = handlers.session(request).model.training_record
+    record = handlers.services.session(request).model.training_record
     assert "model" not in record["started_from"] and record["started_from"]["texts"] == ["first.txt"]
-    zip_path, _ = list(handlers.export("fp32", request=request))[-1]
+    zip_path, _ = list(handlers.models.export("fp32", request=request))[-1]
     assert Path(zip_path).name == "trained-on-first.txt-trained-further-on-new.txt-onnx-fp32.zip"
     with zipfile.ZipFile(zip_path) as archive:
         card = archive.read(next(n for n in archive.namelist() if n.endswith("/README.md"))).decode()
     assert "- went on from a model trained on `first.txt`" in card and "runs-0" not in card
     assert "saved model" not in card
 
-    handlers.save_model("mine", OWNER, request=request)  # a name the user gave is the name used from then on
+    handlers.models.save_model("mine", OWNER, request=request)  # a name the user gave is the name used from then on
     train(handlers, request, [files["new"]], steps=5, start="current")
-    record = handlers.session(request).model.training_record
+    record = handlers.services.session(request).model.training_record
     assert record["started_from"]["model"] == "mine"
-    assert "mine, trained further on new.txt" in plain(handlers.model_info(request=request))
+    assert "mine, trained further on new.txt" in plain(handlers.models.model_info(request=request))
 
 
 @pytest.mark.parametrize(
@@ -148,16 +145,16 @@ def test_an_unsaved_model_trained_further_is_named_by_what_it_learned(handlers, 
 def test_bad_starting_points_are_refused_before_anything_is_written(handlers, files, start, name, message):
     request = Request(f"bad-{start}-{name}")
     assert message in error_of(lambda: train(handlers, request, [files["new"]], steps=5, start=start, start_model=name))
-    assert _runs(handlers, request) == set() and handlers.session(request).model is None
+    assert _runs(handlers, request) == set() and handlers.services.session(request).model is None
 
 
 def test_a_saved_model_whose_tokenizer_does_not_fit_is_refused(handlers, files, base):
-    folder = handlers.settings.models_dir / "misfit"
+    folder = handlers.services.settings.models_dir / "misfit"
     GPT(vocab_size=100, max_seq_len=16, emb_size=16, num_heads=2, num_layers=1).save(folder)
     (folder / "tokenizer.json").write_text((saved(handlers, "base") / "tokenizer.json").read_text())
     request = Request("misfit")
     message = error_of(lambda: train(handlers, request, [files["new"]], steps=5, start="saved", start_model="misfit"))
-    assert "more than the model's vocabulary of 100" in message and handlers.session(request).model is None
+    assert "more than the model's vocabulary of 100" in message and handlers.services.session(request).model is None
 
 
 def _scripted_validation(monkeypatch, first: float, then: float) -> None:
@@ -179,7 +176,7 @@ def test_a_run_that_overfits_keeps_its_best_checkpoint_and_says_so(handlers, fil
     train(handlers, request, [files["first"]], steps=20)
     _scripted_validation(monkeypatch, first=4.0, then=3.0)  # better after the start, then worse and worse
     *_, (status, *_) = train(handlers, request, [files["new"]], steps=20, start="current")
-    session = handlers.session(request)
+    session = handlers.services.session(request)
     job = session.job
     best = job.trainer.history.evaluations[1][0]  # the first evaluation after the start
     assert job.kept_step == best and job.trainer.history.evaluations[0] == (0, 4.0)
@@ -195,17 +192,17 @@ def test_a_run_that_overfits_keeps_its_best_checkpoint_and_says_so(handlers, fil
 def test_a_run_that_only_made_the_model_worse_keeps_the_model_it_started_from(handlers, files, base, monkeypatch):
     request = Request("worse")
     train(handlers, request, [files["first"]], steps=20)
-    before = handlers.session(request).model
+    before = handlers.services.session(request).model
     _scripted_validation(monkeypatch, first=2.0, then=3.0)
     *_, (status, *_) = train(handlers, request, [files["new"]], steps=20, start="current")
-    assert handlers.session(request).model is before and handlers.session(request).job.kept_start
+    assert handlers.services.session(request).model is before and handlers.services.session(request).job.kept_start
     assert "The validation loss rose" in plain(status) and "kept the model the run started from" in status
 
     other = Request("worse-saved")  # a saved model: it becomes the current model, as it was saved
     *_, (status, _, _, summary) = train(
         handlers, other, [files["new"]], steps=20, start="saved", start_model="base", owner_key=OWNER
     )
-    session = handlers.session(other)
+    session = handlers.services.session(other)
     assert session.saved_name == "base" and plain(summary).startswith("base ·")
     assert_same_weights(session.model, GPT.load(saved(handlers, "base")))
     assert session.model.training_record["steps"] == GPT.load(saved(handlers, "base")).training_record["steps"]
@@ -246,7 +243,7 @@ def test_the_earlier_curve_is_whole_and_every_series_has_its_colour(handlers, fi
     assert series["validation, before this run"] == sorted(_series(first)["validation"])
     assert min(series["train"]) == 41 and max(series["train"]) == 60
 
-    handlers.save_model("curvy", OWNER, request=request)  # a saved model keeps its whole curve
+    handlers.models.save_model("curvy", OWNER, request=request)  # a saved model keeps its whole curve
     other = Request("curves-ru", "ru")
     saved_further = train(
         handlers, other, [files["new"]], steps=10, start="saved", start_model="curvy", owner_key=OWNER
@@ -280,12 +277,12 @@ def test_two_models_compare_on_the_same_held_out_text(handlers, files, base):
     request = Request("evaluator")
     train(handlers, request, [files["new"]], steps=20, start="saved", start_model="base", owner_key=OWNER)
     held_out = text(words=NEW_WORDS, seed=9, count=300)
-    table, message, _ = handlers.evaluate("current", None, held_out, None, request=request)
-    table, message, _ = handlers.evaluate("saved", "base", held_out, None, OWNER, request=request)
+    table, message, _ = handlers.models.evaluate("current", None, held_out, None, request=request)
+    table, message, _ = handlers.models.evaluate("saved", "base", held_out, None, OWNER, request=request)
     assert list(table.columns) == [
         "model", "text", "tokens", "loss per token", "perplexity", "nats per byte", "bits per byte"
     ]  # fmt: skip
-    assert list(table["model"]) == ["base", handlers.session(request).model_label]  # newest first
+    assert list(table["model"]) == ["base", handlers.services.session(request).model_label]  # newest first
     expected = evaluate_text(GPT.load(saved(handlers, "base")), held_out)
     assert table["nats per byte"][0] == pytest.approx(expected.nats_per_byte, abs=1e-4)
     assert table["tokens"][0] == expected.tokens and f"{expected.nats_per_byte:.4f} nats per byte" in message
@@ -294,11 +291,11 @@ def test_two_models_compare_on_the_same_held_out_text(handlers, files, base):
 
 
 def test_an_uploaded_file_is_scored_by_the_upload_rules(handlers, files, base, tmp_path):
-    table, message, _ = handlers.evaluate("current", None, "", str(files["new"]), request=base)
+    table, message, _ = handlers.models.evaluate("current", None, "", str(files["new"]), request=base)
     assert table["text"][0] == "new.txt" and "new.txt" in message
     blob = tmp_path / "blob.txt"
     blob.write_bytes(b"\x7fELF\x02\x01\x01\x00" * 8)
-    assert "binary" in error_of(lambda: handlers.evaluate("current", None, "", str(blob), request=base))
+    assert "binary" in error_of(lambda: handlers.models.evaluate("current", None, "", str(blob), request=base))
 
 
 @pytest.mark.parametrize(
@@ -312,15 +309,15 @@ def test_an_uploaded_file_is_scored_by_the_upload_rules(handlers, files, base, t
     ],
 )
 def test_bad_evaluation_requests_say_why(handlers, base, which, name, pasted, message):
-    assert message in error_of(lambda: handlers.evaluate(which, name, pasted, None, request=base))
+    assert message in error_of(lambda: handlers.models.evaluate(which, name, pasted, None, request=base))
 
 
 def test_evaluation_without_a_model_or_over_the_text_limit(tmp_path):
-    handlers = Handlers(Settings(artifacts=tmp_path, max_eval_mb=1))
-    assert "no model yet" in error_of(lambda: handlers.evaluate("current", None, "text", None, request=Request("a")))
+    handlers = SimpleLLM.create(Settings(artifacts=tmp_path, max_eval_mb=1))
+    assert "no model yet" in error_of(lambda: handlers.models.evaluate("current", None, "text", None, request=Request("a")))
     too_long = "a" * (1024 * 1024 + 1)
     assert "over the limit" in error_of(
-        lambda: handlers.evaluate("current", None, too_long, None, request=Request("a"))
+        lambda: handlers.models.evaluate("current", None, too_long, None, request=Request("a"))
     )
 
 
@@ -333,23 +330,23 @@ def _select(index: int) -> gr.SelectData:
 
 def test_the_generation_view_shows_each_tokens_probability_and_alternatives(handlers, base):
     text_out, _ = generate(handlers, base, max_new_tokens=24)
-    view, hint = handlers.token_view(request=base)
+    view, hint = handlers.generate.token_view(request=base)
     assert "".join(piece for piece, _ in view) == text_out[len("the cat") :]  # the continuation, piece by piece
     assert all(0.0 <= surprise <= 1.0 for _, surprise in view) and "Click a token" in hint
-    pieces = handlers.session(base).pieces
+    pieces = handlers.services.session(base).pieces
     for piece in pieces:  # greedy: every chosen token was the model's most likely one
         assert piece.alternatives[0][1] == pytest.approx(piece.probability, rel=1e-5)
         assert len(piece.alternatives) == 5 and piece.alternatives[0][1] >= piece.alternatives[-1][1]
-    details = handlers.token_details(_select(2), request=base)
+    details = handlers.generate.token_details(_select(2), request=base)
     assert f"{pieces[2].probability:.1%}" in details and details.count("\n") == 5
-    assert "Generate some text first" in handlers.token_details(_select(10_000), request=base)
+    assert "Generate some text first" in handlers.generate.token_details(_select(10_000), request=base)
 
 
 def test_both_backends_show_the_same_probabilities(handlers, base):
     views = {}
     for backend in ("torch", "ort-cpu"):
         generate(handlers, base, backend=backend, max_new_tokens=16)
-        views[backend] = handlers.session(base).pieces
+        views[backend] = handlers.services.session(base).pieces
     assert [p.text for p in views["torch"]] == [p.text for p in views["ort-cpu"]]
     for ours, theirs in zip(views["torch"], views["ort-cpu"]):
         assert ours.probability == pytest.approx(theirs.probability, abs=1e-4)
@@ -357,15 +354,15 @@ def test_both_backends_show_the_same_probabilities(handlers, base):
 
 
 def test_a_fresh_session_has_no_view(handlers):
-    view, hint = handlers.token_view(request=Request("no-view"))
+    view, hint = handlers.generate.token_view(request=Request("no-view"))
     assert view == [] and "Generate some text first" in hint
 
 
 def test_evaluation_shows_the_text_coloured_by_surprise(handlers, base):
     held_out = "the cat sat on a mat; кот сидел на ковре\n"
-    _, _, view = handlers.evaluate("current", None, held_out, None, request=base)
+    _, _, view = handlers.models.evaluate("current", None, held_out, None, request=base)
     assert "".join(piece for piece, _ in view) == held_out
-    model = handlers.session(base).model
+    model = handlers.services.session(base).model
     ids, losses = token_losses(model, held_out)
     pieces = insight.surprise_pieces(ids, losses, model.tokenizer)
     assert view == [(piece.text, round(1 - piece.probability, 3)) for piece in pieces]

@@ -19,23 +19,15 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from webapp_common import TINY, export_children, generate
+from webapp_common import TINY, Request, export_children, generate
 
 import export
 import export.onnx_export
 from gpt import GPT, Callback, Tokenizer, make_loaders
 from webapp import backends, corpus, export_child, export_process, exports, models
-from webapp.handlers import Handlers
+from webapp.app import SimpleLLM
 from webapp.i18n import UserError
 from webapp.settings import MB, Settings
-
-
-class Request:
-    """Stands in for `gr.Request`: a session id and an Accept-Language header."""
-
-    def __init__(self, session: str) -> None:
-        self.session_hash = session
-        self.headers = {"accept-language": "en"}
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +60,8 @@ def trained(loaders) -> GPT:
 
 
 @pytest.fixture
-def handlers(tmp_path) -> Handlers:
-    return Handlers(Settings(artifacts=tmp_path / "artifacts", generate_threads=1, train_threads=1))
+def handlers(tmp_path) -> SimpleLLM:
+    return SimpleLLM.create(Settings(artifacts=tmp_path / "artifacts", generate_threads=1, train_threads=1))
 
 
 @pytest.fixture
@@ -86,9 +78,9 @@ def children(monkeypatch) -> list[subprocess.Popen]:
     return started
 
 
-def leftovers(handlers: Handlers) -> list[str]:
+def leftovers(handlers: SimpleLLM) -> list[str]:
     """Work folders (and anything else hidden) left in any session's exports folder."""
-    return [p.name for p in handlers.settings.sessions_dir.glob("**/exports/.*")]
+    return [p.name for p in handlers.services.settings.sessions_dir.glob("**/exports/.*")]
 
 
 def assert_gone(child: subprocess.Popen) -> None:
@@ -111,6 +103,7 @@ class StopWhen(Callback):
             self.event.wait(0.01)
 
 
+@pytest.mark.slow  # several export processes at once: not in the fast tier
 def test_exports_beside_a_training_run_in_child_processes(trained, loaders, handlers, monkeypatch, children):
     def refuse(*args, **kwargs):
         raise AssertionError("torch.export ran in the server process")
@@ -130,7 +123,7 @@ def test_exports_beside_a_training_run_in_child_processes(trained, loaders, hand
         except Exception as err:  # noqa: BLE001 - the assertions below report it
             training_errors.append(err)
 
-    sessions = {name: handlers.session(Request(name)) for name in ("a", "b")}
+    sessions = {name: handlers.services.session(Request(name)) for name in ("a", "b")}
     for name, session in sessions.items():
         session.set_model(copy.deepcopy(trained), name, name)
     jobs = [("a", "fp32"), ("b", "fp32"), ("a", "int8")]
@@ -139,7 +132,7 @@ def test_exports_beside_a_training_run_in_child_processes(trained, loaders, hand
 
     def exporting(name: str, precision: str) -> None:
         try:
-            folders[name, precision] = models.export_current(sessions[name], precision, handlers.settings)
+            folders[name, precision] = models.export_current(sessions[name], precision, handlers.services.settings)
         except Exception as err:  # noqa: BLE001 - the assertions below report it
             export_errors.append(err)
 
@@ -162,24 +155,24 @@ def test_exports_beside_a_training_run_in_child_processes(trained, loaders, hand
         assert report["precision"] == precision and report["parity"]["passed"]
         assert folder.parent == sessions[name].folder / "exports"
         assert sessions[name].exports[precision] == folder
-    assert models.export_current(sessions["a"], "fp32", handlers.settings) == folders["a", "fp32"]  # cached
+    assert models.export_current(sessions["a"], "fp32", handlers.services.settings) == folders["a", "fp32"]  # cached
     assert len(children) == len(jobs) and not leftovers(handlers)
 
 
 def test_a_failing_export_says_why_without_server_paths(trained, handlers, children):
-    session = handlers.session(Request("broken"))
+    session = handlers.services.session(Request("broken"))
     broken = copy.deepcopy(trained)
     with torch.no_grad():
         broken.transformer.ln_f.weight.fill_(float("nan"))  # NaN logits: the child's parity run refuses them
     session.set_model(broken, "broken", "broken")
     with pytest.raises(UserError) as info:
-        models.export_current(session, "fp32", handlers.settings)
+        models.export_current(session, "fp32", handlers.services.settings)
     message = info.value.message("en")
     assert message.startswith(
         "The ONNX export failed: model_fast.onnx (fp32) does not match the torch model: prefill logits outside atol"
     ), message  # the reason, not a headline cut at its colon
     assert "\nresult           FAIL: prefill logits outside atol" in message  # and the parity table under it
-    assert not re.search(r"(^|[\s'\"])/", message) and str(handlers.settings.artifacts) not in message
+    assert not re.search(r"(^|[\s'\"])/", message) and str(handlers.services.settings.artifacts) not in message
     assert children[0].returncode == 1
     assert session.exports == {} and not any((session.folder / "exports").iterdir())
 
@@ -216,18 +209,18 @@ def test_an_int8_export_that_fails_for_the_browser_points_to_fp32(handlers, monk
 
     monkeypatch.setattr(models, "export_current", failing)
     with pytest.raises(UserError) as info:
-        models.browser_files(handlers.session(Request("int8")), "int8", handlers.settings)
+        models.browser_files(handlers.services.session(Request("int8")), "int8", handlers.services.settings)
     message = info.value.message(lang)
     assert detail in message and "fp32" in message, message
     assert ("choose fp32" if lang == "en" else "выберите fp32") in message
     assert browser.PRECISIONS[0] == "fp32"  # the default
     with pytest.raises(UserError) as info:  # fp32 failing: nothing to point to
-        models.browser_files(handlers.session(Request("fp32")), "fp32", handlers.settings)
+        models.browser_files(handlers.services.session(Request("fp32")), "fp32", handlers.services.settings)
     assert info.value.key == "error.export_failed"
 
 
 def test_an_export_over_its_time_limit_is_killed(trained, handlers, children):
-    session = handlers.session(Request("slow"))
+    session = handlers.services.session(Request("slow"))
     folder = session.new_folder("exports")
     with pytest.raises(export_process.ChildExportError, match="took longer than 0 s"):
         export_process.export_in_child(trained, folder, "fp32", threads=1, timeout_s=0.01)
@@ -238,9 +231,9 @@ def test_an_export_over_its_time_limit_is_killed(trained, handlers, children):
 @pytest.mark.parametrize("how", ["handler closed", "session closed"])
 def test_a_cancelled_export_kills_its_child(trained, handlers, children, how):
     request = Request("cancel")
-    session = handlers.session(request)
+    session = handlers.services.session(request)
     session.set_model(copy.deepcopy(trained), "tiny", "tiny")
-    stream = handlers.export("fp32", request=request)
+    stream = handlers.models.export("fp32", request=request)
     for _ in range(200):  # each step waits up to `handlers.POLL_S` for the export
         if children:
             break
@@ -250,7 +243,7 @@ def test_a_cancelled_export_kills_its_child(trained, handlers, children, how):
         stream.close()  # what a Gradio cancel (Stop, page closed) does to the handler
         assert session.exports == {} and not any((session.folder / "exports").iterdir())
     else:
-        handlers.unload(request=request)
+        handlers.services.unload(request=request)
         with pytest.raises(gr.Error) as info:
             list(stream)
         assert "cancelled" in info.value.message
@@ -280,20 +273,21 @@ class Peak:
         self._thread.join()
 
 
+@pytest.mark.slow  # several export processes at once: not in the fast tier
 def test_exports_from_every_entry_point_run_at_most_export_concurrency_children(trained, tmp_path):
-    handlers = Handlers(Settings(artifacts=tmp_path / "artifacts", generate_threads=1, export_concurrency=2))
+    handlers = SimpleLLM.create(Settings(artifacts=tmp_path / "artifacts", generate_threads=1, export_concurrency=2))
     calls = {
-        "export": lambda r: list(handlers.export("fp32", request=r))[-1][0],
+        "export": lambda r: list(handlers.models.export("fp32", request=r))[-1][0],
         "generate": lambda r: generate(handlers, r, backend=backends.ORT_CPU)[1],
-        "browser_model": lambda r: list(handlers.browser_model("fp32", request=r))[-1][-1],
-        "compare": lambda r: list(handlers.compare("the cat", 4, backends.ORT_CPU, request=r))[-1],
-        "browser_reference": lambda r: list(handlers.browser_reference("the", 4, "browser", "int8", request=r))[-1],
+        "browser_model": lambda r: list(handlers.generate.browser_model("fp32", request=r))[-1][-1],
+        "compare": lambda r: list(handlers.generate.compare("the cat", 4, backends.ORT_CPU, request=r))[-1],
+        "browser_reference": lambda r: list(handlers.generate.browser_reference("the", 4, "browser", "int8", request=r))[-1],
     }
     results: dict[str, object] = {}
 
     def call(name: str) -> None:
         request = Request(name)
-        handlers.session(request).set_model(copy.deepcopy(trained), name, name)
+        handlers.services.session(request).set_model(copy.deepcopy(trained), name, name)
         try:
             results[name] = calls[name](request)
         except Exception as err:  # noqa: BLE001 - the assertions below report it
@@ -311,21 +305,22 @@ def test_exports_from_every_entry_point_run_at_most_export_concurrency_children(
     assert not export_children() and not leftovers(handlers)
 
 
+@pytest.mark.slow  # several export processes at once: not in the fast tier
 def test_the_same_model_and_precision_is_exported_once_for_every_caller(trained, handlers, children):
-    session = handlers.session(Request("shared"))
+    session = handlers.services.session(Request("shared"))
     session.set_model(copy.deepcopy(trained), "tiny", "tiny")
     first_cancel, outcomes = threading.Event(), {}
 
     def call(name: str, precision: str, cancel: threading.Event | None = None) -> None:
         try:
-            outcomes[name] = models.export_current(session, precision, handlers.settings, cancel and cancel.is_set)
+            outcomes[name] = models.export_current(session, precision, handlers.services.settings, cancel and cancel.is_set)
         except Exception as err:  # noqa: BLE001 - the assertions below report it
             outcomes[name] = err
 
     first = threading.Thread(target=call, args=("first", "fp32", first_cancel))
     first.start()
     assert wait_for(lambda: children, 60)
-    usage = exports._gate(session, handlers.settings).capacity.usage()  # admitted: its memory is reserved
+    usage = exports._gate(session, handlers.services.settings).capacity.usage()  # admitted: its memory is reserved
     assert usage.running == ("export",) and usage.jobs == exports.export_memory(trained.num_parameters())
     second = threading.Thread(target=call, args=("second", "fp32"))
     second.start()
@@ -352,9 +347,9 @@ def test_the_same_model_and_precision_is_exported_once_for_every_caller(trained,
 
 def test_cancelling_browser_model_kills_its_export_child(trained, handlers, children):
     request = Request("stop-browser")
-    session = handlers.session(request)
+    session = handlers.services.session(request)
     session.set_model(copy.deepcopy(trained), "tiny", "tiny")
-    stream = handlers.browser_model("int8", request=request)
+    stream = handlers.generate.browser_model("int8", request=request)
     for _ in range(200):
         if children:
             break
@@ -369,10 +364,10 @@ def test_cancelling_browser_model_kills_its_export_child(trained, handlers, chil
 
 def test_an_export_over_its_memory_limit_is_killed_with_a_clear_message(trained, handlers, children, monkeypatch):
     monkeypatch.setattr(exports, "memory_limit", lambda reserved: 50 * MB)
-    session = handlers.session(Request("greedy"))
+    session = handlers.services.session(Request("greedy"))
     session.set_model(copy.deepcopy(trained), "tiny", "tiny")
     with pytest.raises(UserError) as info:
-        models.export_current(session, "fp32", handlers.settings)
+        models.export_current(session, "fp32", handlers.services.settings)
     assert re.fullmatch(
         r"The ONNX export failed: it used [\d ,]+ MB of memory, over its limit of 50 MB, and was stopped",
         info.value.message("en"),
@@ -393,6 +388,7 @@ export_in_child(model, folder, "fp32", threads=1)
 """
 
 
+@pytest.mark.slow  # several export processes at once: not in the fast tier
 def test_an_export_child_dies_with_its_server(trained, tmp_path):
     trained.save(tmp_path / "model")
     server = subprocess.Popen(
@@ -423,7 +419,7 @@ def test_a_restarted_server_kills_the_export_children_a_dead_server_left(tmp_pat
         for work, process in ((orphan_work, orphan), (other_work, stranger)):
             work.mkdir(parents=True)
             (work / export_process.CHILD_RECORD).write_text(str(process.pid))
-        Handlers(settings)  # a new server: cleans what dead ones left
+        SimpleLLM.create(settings)  # a new server: cleans what dead ones left
         assert orphan.wait(10) == -signal.SIGKILL
         assert stranger.poll() is None  # not ours: left alone
         assert not exports_folder.exists()
@@ -450,12 +446,12 @@ def test_browser_model_cycles_keep_the_session_within_its_disk_cap(trained, tmp_
     if links == "copies":
         monkeypatch.setattr(exports.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links")))
     cap = 64
-    handlers = Handlers(Settings(artifacts=tmp_path / "artifacts", max_session_disk_mb=cap, min_free_disk_mb=1))
+    handlers = SimpleLLM.create(Settings(artifacts=tmp_path / "artifacts", max_session_disk_mb=cap, min_free_disk_mb=1))
     request = Request("cycles")
-    session = handlers.session(request)
+    session = handlers.services.session(request)
     for cycle in range(10):
         session.set_model(copy.deepcopy(trained), f"v{cycle}", f"v{cycle}")
-        files = list(handlers.browser_model("fp32", request=request))[-1]
+        files = list(handlers.generate.browser_model("fp32", request=request))[-1]
         assert Path(files[0]).stat().st_size == 6 * MB
         used = disk_used(session.folder, session.downloads)
         assert used <= cap * MB, f"cycle {cycle}: {used / MB:.1f} MB in a session capped at {cap} MB"

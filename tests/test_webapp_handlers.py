@@ -15,27 +15,12 @@ import pytest
 from webapp_common import TINY, Request, error_of, generate, plain, text, train
 
 from gpt import MODEL_FILES, count_parameters
-from webapp import archive, backends, corpus, evaluation, generation, owners, training
-from webapp.handlers import Handlers
-from webapp.i18n import EN, LANGUAGES, RU, TABLES, Msg, UserError, language, t
+from webapp import archive, backends, browser, corpus, evaluation, generation, owners, training
+from webapp.app import toast_js
+from webapp.i18n import EN, LANGUAGES, RU, TABLES, Msg, UserError, language, page_language_js, t
 from webapp.settings import MB, Settings
 
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory) -> Settings:
-    return Settings(
-        artifacts=tmp_path_factory.mktemp("artifacts"),
-        train_threads=1,
-        max_upload_mb=1,
-        max_text_mb=2,
-        max_steps=500,
-        max_params=200_000,
-    )
-
-
-@pytest.fixture(scope="module")
-def handlers(settings) -> Handlers:
-    return Handlers(settings)
+APP_SETTINGS = dict(max_upload_mb=1, max_text_mb=2, max_steps=500, max_params=200_000)  # conftest's `handlers`
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +58,23 @@ def test_every_message_exists_in_both_languages_with_the_same_fields():
     for key in EN:
         assert sorted(fields.findall(EN[key])) == sorted(fields.findall(RU[key])), key
     assert re.search("[а-я]", RU["tab.train"])
+
+
+def test_page_scripts_take_their_texts_from_the_tables_in_the_pages_language():
+    """The browser backend's scripts say only what `webapp.i18n` holds, in every language, and pick
+    the language as the page does; no module but `i18n` writes Russian (or any text of its own)."""
+    runtime = browser.runtime()
+    scripts = [browser.run_js(runtime), browser.compare_js(runtime), browser.probe_js(runtime), toast_js()]
+    used = set(re.findall(r'say\("([\w.]+)"', browser._HELPERS + browser._RUN_JS + browser._COMPARE_JS))
+    tables = browser.strings()
+    assert used and set(tables) == set(LANGUAGES)
+    assert all(set(table) == used for table in tables.values())  # each key used, none missing
+    assert all(page_language_js() in script for script in scripts)
+    webapp_dir = Path(browser.__file__).parent
+    cyrillic = [
+        f.name for f in webapp_dir.glob("*.py") if f.name != "i18n.py" and re.search("[а-яА-ЯёЁ]", f.read_text())
+    ]
+    assert cyrillic == []
 
 
 @pytest.mark.parametrize(
@@ -252,7 +254,7 @@ def test_bad_upload_through_the_handler_leaves_the_session_usable(handlers, tmp_
     bad.write_bytes("Привет".encode("cp1251"))
     request = Request("bad-upload", "ru")
     assert "не в кодировке UTF-8" in error_of(lambda: train(handlers, request, [bad]))
-    session = handlers.session(request)
+    session = handlers.services.session(request)
     assert session.model is None and session.job is None
 
 
@@ -270,17 +272,17 @@ def test_training_streams_progress_plot_samples_and_model(trained, handlers):
     assert list(plot["color_map"].values()) == list(training.COLOURS.values())
     assert sample.startswith("[step 30]")
     assert "parameters: 8" in summary and "context 16" in summary
-    session = handlers.session(request)
+    session = handlers.services.session(request)
     assert session.job.completed and training.latest_checkpoint(session.job.checkpoint_dir).name == "step-00000030"
-    assert "already at step 30" in error_of(lambda: list(handlers.resume(30, request=request)))
+    assert "already at step 30" in error_of(lambda: list(handlers.train.resume(30, request=request)))
 
 
 def test_stop_keeps_the_last_checkpoint_and_resume_finishes_the_run(handlers, text_file):
     request = Request("stop-resume")
-    run = handlers.train(
+    run = handlers.train.train(
         "upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, "cpu", "new", None, request=request
     )
-    session = handlers.session(request)
+    session = handlers.services.session(request)
     for _ in run:
         if session.job is not None and session.job.steps_done >= 5:
             break
@@ -290,30 +292,30 @@ def test_stop_keeps_the_last_checkpoint_and_resume_finishes_the_run(handlers, te
     stopped_at = job.steps_done
     assert 5 <= stopped_at < 400 and job.stop_reason == training.STOPPED
     assert training.latest_checkpoint(job.checkpoint_dir).name == f"step-{stopped_at:08d}"
-    status, *_ = handlers.stop(request=request)
+    status, *_ = handlers.train.stop(request=request)
     assert f"Stopped at step {stopped_at}" in plain(status) and "Resume" in plain(status)
     assert session.model is job.model  # the stopped model is usable right away
     assert generate(handlers, request)[0].startswith("the cat")
 
     target = stopped_at + 20
-    outputs = list(handlers.resume(target, request=request))
+    outputs = list(handlers.train.resume(target, request=request))
     resumed = session.job
     assert resumed is not job and resumed.steps_done == target and f"Finished at step {target}" in plain(outputs[-1][0])
     assert resumed.trainer.history.steps == list(range(1, target + 1))  # one history across the stop
     plot = outputs[-1][1]["value"].dropna()
     assert plot[plot["split"] == "train"]["step"].min() == 1
-    assert f"already at step {target}" in error_of(lambda: list(handlers.resume(target, request=request)))
+    assert f"already at step {target}" in error_of(lambda: list(handlers.train.resume(target, request=request)))
 
 
 def test_stop_without_a_run_and_resume_without_a_run(handlers):
     request = Request("idle")
-    assert handlers.stop(request=request)[0] == "Nothing is training."
-    assert "no stopped run" in error_of(lambda: list(handlers.resume(10, request=request)))
+    assert handlers.train.stop(request=request)[0] == "Nothing is training."
+    assert "no stopped run" in error_of(lambda: list(handlers.train.resume(10, request=request)))
 
 
 def test_a_second_training_in_the_same_session_is_refused(handlers, text_file):
     request = Request("twice")
-    run = handlers.train(
+    run = handlers.train.train(
         "upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, "cpu", "new", None, request=request
     )
     next(run), next(run)
@@ -341,7 +343,7 @@ def test_greedy_output_is_the_same_on_torch_and_onnxruntime(trained, handlers):
 
 def test_sampling_is_reproducible_with_a_seed_and_presets_fill_the_settings(trained, handlers):
     request, _ = trained
-    values = handlers.sampling_preset("creative")
+    values = handlers.generate.sampling_preset("creative")
     assert values == ("sampling", 1.2, 60, 0.9)
     options = dict(temperature=values[1], top_k=values[2], top_p=values[3], repetition_penalty=1.1)
     first = generate(handlers, request, mode="sampling", seed="7", **options)
@@ -349,7 +351,7 @@ def test_sampling_is_reproducible_with_a_seed_and_presets_fill_the_settings(trai
     assert first[0] == again[0] and "seed 7" in first[1]
     drawn = generate(handlers, request, mode="sampling", **options)[1]
     assert re.search(r"seed \d+", drawn)
-    assert all(v == gr.skip() for v in handlers.sampling_preset("custom"))
+    assert all(v == gr.skip() for v in handlers.generate.sampling_preset("custom"))
 
 
 def test_min_p_one_keeps_only_the_top_token(trained, handlers):
@@ -395,24 +397,25 @@ def test_unavailable_backend_says_why(trained, handlers):
     assert "onnxruntime CUDA is not available here" in message and reason.message("en") in message
     russian = error_of(lambda: generate(handlers, Request("trained", "ru"), backend=backends.ORT_CUDA))
     assert "здесь недоступен" in russian and reason.message("ru") in russian
-    backend_note, device_note = handlers.availability(request=Request("trained", "ru"))
+    backend_note = handlers.generate.page_labels(request=Request("trained", "ru"))
+    _, device_note = handlers.train.page_labels(request=Request("trained", "ru"))
     assert backend_note["info"].startswith("Здесь недоступно: onnxruntime CUDA: ")
 
 
 def test_compare_backends_reports_logit_difference_and_greedy_agreement(trained, handlers):
     request, _ = trained
-    report = list(handlers.compare("the cat sat", 12, backends.TORCH, request=request))[-1]
+    report = list(handlers.generate.compare("the cat sat", 12, backends.TORCH, request=request))[-1]
     assert "Max logit difference:" in report and "agree (12 of 12)" in report and "PASS" in report
     match = re.search(r"Max logit difference:\*\* ([0-9.e+-]+)", report)
     assert float(match.group(1)) < 1e-3
-    russian = list(handlers.compare("the cat", 5, backends.ORT_CPU, request=Request("trained", "ru")))[-1]
+    russian = list(handlers.generate.compare("the cat", 5, backends.ORT_CPU, request=Request("trained", "ru")))[-1]
     assert "разница логитов" in russian
 
 
 # models and export ------------------------------------------------------------------------------
 def test_export_zip_holds_the_onnx_folder_and_its_report(trained, handlers):
     request, _ = trained
-    outputs = list(handlers.export("fp32", request=request))
+    outputs = list(handlers.models.export("fp32", request=request))
     zip_path, report = outputs[-1]
     names = {n.split("/", 1)[1] for n in zipfile.ZipFile(zip_path).namelist()}  # inside its top folder
     assert {"web/index.html", "web/simple_llm.mjs", "web/model.json"} <= names  # unpacked and served: a demo
@@ -431,45 +434,49 @@ def test_export_zip_holds_the_onnx_folder_and_its_report(trained, handlers):
     with zipfile.ZipFile(zip_path) as archive_:
         inner = next(n for n in archive_.namelist() if n.endswith("export_report.json"))
         assert json.loads(archive_.read(inner))["parity"]["passed"]
-    assert "precision" in error_of(lambda: list(handlers.export("fp8", request=request)))
-    assert "no model yet" in error_of(lambda: list(handlers.export("fp32", request=Request("nobody"))))
+    assert "precision" in error_of(lambda: list(handlers.models.export("fp8", request=request)))
+    assert "no model yet" in error_of(lambda: list(handlers.models.export("fp32", request=Request("nobody"))))
 
 
 def test_save_list_load_download_and_upload_models(trained, handlers, settings, tmp_path):
     request, _ = trained
     key = owners.new_key()  # the browser's owner key: a reload is a new session with the same key
-    update, summary, message = handlers.save_model("моя модель", key, request=request)
+    update, summary, message = handlers.models.save_model("моя модель", key, request=request)
     assert message == "Saved as моя-модель." and update["value"] == "моя-модель"
-    assert "моя-модель" in [value for _, value in handlers.model_choices(key, request=request)["choices"]]
-    assert "already exists" in error_of(lambda: handlers.save_model("моя модель", key, request=request))
-    assert "Enter a name" in error_of(lambda: handlers.save_model("  ", key, request=request))
+    assert "моя-модель" in [value for _, value in handlers.models.model_choices(key, request=request)["choices"]]
+    assert "already exists" in error_of(lambda: handlers.models.save_model("моя модель", key, request=request))
+    assert "Enter a name" in error_of(lambda: handlers.models.save_model("  ", key, request=request))
 
     other = Request("loader")  # the same owner in another session (the page reloaded)
-    summary, message = handlers.load_model("моя-модель", key, request=other)
+    summary, message = handlers.models.load_model("моя-модель", key, request=other)
     assert message == "Loaded моя-модель." and "**моя-модель**" in summary
     assert generate(handlers, other)[0] == generate(handlers, request)[0]
-    assert "no saved model called '../models'" in error_of(lambda: handlers.load_model("../models", key, request=other))
+    assert "no saved model called '../models'" in error_of(
+        lambda: handlers.models.load_model("../models", key, request=other)
+    )
 
-    zip_path = Path(handlers.download_model("моя-модель", key, request=other))
+    zip_path = Path(handlers.models.download_model("моя-модель", key, request=other))
     names = [Path(n).name for n in zipfile.ZipFile(zip_path).namelist()]
     assert sorted(names) == sorted(MODEL_FILES)  # weights, configs, tokenizer and the training record
     upload = tmp_path / "копия.zip"
     upload.write_bytes(zip_path.read_bytes())
-    update, summary, message = handlers.upload_checkpoint(str(upload), key, request=Request("uploader"))
+    update, summary, message = handlers.models.upload_checkpoint(str(upload), key, request=Request("uploader"))
     assert update["value"] == "копия" and "копия" in message
-    update, *_ = handlers.upload_checkpoint(str(upload), key, request=Request("uploader"))
+    update, *_ = handlers.models.upload_checkpoint(str(upload), key, request=Request("uploader"))
     assert update["value"] == "копия-2"  # never overwrites
 
 
 def test_bad_checkpoint_uploads_are_refused(trained, handlers, tmp_path):
     request, _ = trained
-    folder = handlers.session(request).model.save(tmp_path / "good")
+    folder = handlers.services.session(request).model.save(tmp_path / "good")
     good = {f.name: f.read_bytes() for f in folder.iterdir()}
 
     def upload(name: str, **files: bytes | None) -> str:
         entries = {f"ckpt/{k}": v for k, v in {**good, **files}.items() if v is not None}
         return error_of(
-            lambda: handlers.upload_checkpoint(str(make_zip(tmp_path / name, entries)), request=Request("bad-zip"))
+            lambda: handlers.models.upload_checkpoint(
+                str(make_zip(tmp_path / name, entries)), request=Request("bad-zip")
+            )
         )
 
     assert "not a usable checkpoint" in upload(
@@ -488,34 +495,38 @@ def test_bad_checkpoint_uploads_are_refused(trained, handlers, tmp_path):
     assert "lacks tokenizer.json" in upload("partial.zip", **{"tokenizer.json": None})
     slip = tmp_path / "slip.zip"
     make_zip(slip, {"../config.json": b"{}"})
-    assert "points outside" in error_of(lambda: handlers.upload_checkpoint(str(slip), request=Request("bad-zip")))
+    assert "points outside" in error_of(
+        lambda: handlers.models.upload_checkpoint(str(slip), request=Request("bad-zip"))
+    )
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
-    assert "expected .zip" in error_of(lambda: handlers.upload_checkpoint(str(notes), request=Request("bad-zip")))
-    session = handlers.session(Request("bad-zip"))
+    assert "expected .zip" in error_of(
+        lambda: handlers.models.upload_checkpoint(str(notes), request=Request("bad-zip"))
+    )
+    session = handlers.services.session(Request("bad-zip"))
     assert session.model is None and not any((session.folder / "uploads").glob("*/*"))  # nothing kept
 
 
 def test_sessions_are_isolated_and_closed(trained, handlers, settings, text_file):
     request, _ = trained
-    assert handlers.session(request).model is not None
-    assert handlers.session(Request("stranger")).model is None
-    assert handlers.model_info(request=Request("stranger")).startswith("No model yet")
-    handlers.session(Request("../../etc"))  # a hostile session id becomes a safe folder name
-    assert handlers.session(Request("../../etc")).folder.parent == handlers.sessions.folder
-    assert handlers.sessions.folder.parent == settings.sessions_dir
+    assert handlers.services.session(request).model is not None
+    assert handlers.services.session(Request("stranger")).model is None
+    assert handlers.models.model_info(request=Request("stranger")).startswith("No model yet")
+    handlers.services.session(Request("../../etc"))  # a hostile session id becomes a safe folder name
+    assert handlers.services.session(Request("../../etc")).folder.parent == handlers.services.sessions.folder
+    assert handlers.services.sessions.folder.parent == settings.sessions_dir
     closing = Request("closing")
     train(handlers, closing, [text_file], steps=10)
-    folder = handlers.session(closing).folder
+    folder = handlers.services.session(closing).folder
     assert folder.is_dir()
-    handlers.unload(request=closing)
-    assert not folder.exists() and "closing" not in handlers.sessions
+    handlers.services.unload(request=closing)
+    assert not folder.exists() and "closing" not in handlers.services.sessions
 
 
 def test_reduced_precision_exports(trained, handlers):
     request, _ = trained
     for precision in ("fp16", "int8"):
-        zip_path, report = list(handlers.export(precision, request=request))[-1]
+        zip_path, report = list(handlers.models.export(precision, request=request))[-1]
         assert zip_path.endswith(f"-onnx-{precision}.zip") and f"**{precision}**" in report and "PASS" in report
     text, stats = generate(handlers, request, backend=backends.ORT_CPU)
     assert "(int8)" in stats  # onnxruntime runs the newest export of the current model
@@ -523,8 +534,8 @@ def test_reduced_precision_exports(trained, handlers):
 
 def test_idle_sessions_are_swept_but_not_while_training(handlers, settings):
     idle, busy = Request("idle-one"), Request("busy-one")
-    handlers.session(idle).last_seen -= settings.session_ttl_minutes * 60 + 1
-    handlers.session(busy).last_seen -= settings.session_ttl_minutes * 60 + 1
+    handlers.services.session(idle).last_seen -= settings.session_ttl_minutes * 60 + 1
+    handlers.services.session(busy).last_seen -= settings.session_ttl_minutes * 60 + 1
 
     class Running:
         running = True
@@ -535,10 +546,10 @@ def test_idle_sessions_are_swept_but_not_while_training(handlers, settings):
         def wait(self, timeout):
             return True
 
-    handlers.session(busy).job = Running()
-    handlers.sessions.sweep()
-    assert "idle-one" not in handlers.sessions and "busy-one" in handlers.sessions
-    handlers.session(busy).job = None
+    handlers.services.session(busy).job = Running()
+    handlers.services.sessions.sweep()
+    assert "idle-one" not in handlers.services.sessions and "busy-one" in handlers.services.sessions
+    handlers.services.session(busy).job = None
 
 
 def test_unexpected_failures_become_a_message(trained, handlers, monkeypatch):
@@ -548,9 +559,9 @@ def test_unexpected_failures_become_a_message(trained, handlers, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr("webapp.models.summary", broken)
-    message = error_of(lambda: handlers.model_info(request=request))
+    message = error_of(lambda: handlers.models.model_info(request=request))
     assert "Something went wrong on the server (RuntimeError: disk on fire)" in message
-    assert "Ошибка на сервере" in error_of(lambda: handlers.model_info(request=Request("trained", "ru")))
+    assert "Ошибка на сервере" in error_of(lambda: handlers.models.model_info(request=Request("trained", "ru")))
 
 
 def test_webapp_uses_only_the_public_api_of_gpt_and_export() -> None:
@@ -581,26 +592,32 @@ def test_webapp_uses_only_the_public_api_of_gpt_and_export() -> None:
 # the browser backend -------------------------------------------------------------------------------
 def test_the_browser_backend_gets_files_and_never_runs_on_the_server(trained, handlers):
     request, _ = trained
-    files = [Path(f) for f in list(handlers.browser_model("int8", request=request))[-1]]
-    assert [f.name for f in files] == [
-        "model_fast.onnx",
+    files = [Path(f) for f in list(handlers.generate.browser_model("int8", request=request))[-1]]
+    assert [f.name for f in files] == [  # the browser's own int8 graph (8-bit weights dequantized at load)
+        "model.onnx",
         "config.json",
         "tokenizer.json",
         "tokenizer_config.json",
         "model.json",
     ]
-    assert json.loads(files[-1].read_text()) == {"graph": "model_fast.onnx", "precision": "int8"}
-    assert all(f.is_relative_to(handlers.session(request).downloads) for f in files)  # where the app may serve from
+    assert json.loads(files[-1].read_text()) == {"graph": "web/model.onnx", "precision": "int8"}
+    assert all(
+        f.is_relative_to(handlers.services.session(request).downloads) for f in files
+    )  # where the app may serve from
     assert "runs in your browser" in error_of(lambda: generate(handlers, request, backend="browser"))
-    assert "precision = 'fp16' is not valid" in error_of(lambda: list(handlers.browser_model("fp16", request=request)))
-    assert "no model yet" in error_of(lambda: list(handlers.browser_model("int8", request=Request("nobody"))))
+    assert "precision = 'fp16' is not valid" in error_of(
+        lambda: list(handlers.generate.browser_model("fp16", request=request))
+    )
+    assert "no model yet" in error_of(lambda: list(handlers.generate.browser_model("int8", request=Request("nobody"))))
 
 
 def test_compare_on_the_browser_backend_hands_over_pytorchs_greedy_ids(trained, handlers):
     request, _ = trained
-    assert list(handlers.browser_reference("the cat", 8, "torch", "fp32", request=request)) == [(gr.skip(), gr.skip())]
-    files, reference = list(handlers.browser_reference("the cat", 8, "browser", "fp32", request=request))[-1]
-    model = handlers.session(request).model
+    assert list(handlers.generate.browser_reference("the cat", 8, "torch", "fp32", request=request)) == [
+        (gr.skip(), gr.skip())
+    ]
+    files, reference = list(handlers.generate.browser_reference("the cat", 8, "browser", "fp32", request=request))[-1]
+    model = handlers.services.session(request).model
     assert reference["ids"] == model.tokenizer.encode("the cat") and len(reference["expected"]) == 8
     assert model.generate([reference["ids"]], 8)[0, len(reference["ids"]) :].tolist() == reference["expected"]
     assert json.loads(Path(files[-1]).read_text())["precision"] == "fp32"
@@ -616,14 +633,16 @@ def _repetitive(text: str, n: int = 4) -> float:
 def test_the_generate_tabs_defaults_write_varied_text_from_the_training_texts_start(trained, handlers, text_file):
     request, _ = trained
     start = text_file.read_text(encoding="utf-8").splitlines()[0]
-    prompt = handlers.suggested_prompt(generation.default_prompt(), request)  # the model came: its text's start
+    prompt = handlers.generate.suggested_prompt(
+        generation.default_prompt(), request
+    )  # the model came: its text's start
     assert prompt and start.startswith(prompt)
-    assert handlers.suggested_prompt("my own words", request) == gr.skip()  # a typed prompt stays
+    assert handlers.generate.suggested_prompt("my own words", request) == gr.skip()  # a typed prompt stays
     key = owners.new_key()
-    handlers.save_model("prompt-model", key, request=request)
+    handlers.models.save_model("prompt-model", key, request=request)
     loaded = Request("loads-prompt-model")
-    handlers.load_model("prompt-model", key, request=loaded)  # a saved model keeps its text's start
-    assert handlers.suggested_prompt("", loaded) == prompt
+    handlers.models.load_model("prompt-model", key, request=loaded)  # a saved model keeps its text's start
+    assert handlers.generate.suggested_prompt("", loaded) == prompt
     defaults = {**generation.DEFAULTS, "seed": "3", "max_new_tokens": 120}
     text = generate(handlers, request, prompt=prompt, **defaults)[0][len(prompt) :]
     assert len(text) > 40 and _repetitive(text) < 0.6, text
@@ -634,15 +653,16 @@ def test_the_generate_tabs_defaults_write_varied_text_from_the_training_texts_st
 def test_why_it_wrote_this_says_the_browser_backend_is_not_covered(trained, handlers):
     request, _ = trained
     generate(handlers, request)
-    tokens, note = handlers.look_view(backends.BROWSER, request=request)
+    tokens, note = handlers.generate.look_view(backends.BROWSER, request=request)
     assert tokens == [] and "generation on the server" in note
-    assert "на сервере" in handlers.look_view(backends.BROWSER, request=Request("trained", "ru"))[1]
-    tokens, note = handlers.look_view(backends.TORCH, request=request)
+    assert "на сервере" in handlers.generate.look_view(backends.BROWSER, request=Request("trained", "ru"))[1]
+    tokens, note = handlers.generate.look_view(backends.TORCH, request=request)
     assert tokens and "Click a token" in note
 
 
 def test_plot_titles_and_the_empty_evaluation_table_speak_the_readers_language(handlers):
-    plot, table = handlers.page_labels(request=Request("labels", "ru-RU"))
+    plot, _ = handlers.train.page_labels(request=Request("labels", "ru-RU"))
+    table = handlers.models.page_labels(request=Request("labels", "ru-RU"))
     assert (plot["x_title"], plot["y_title"], plot["color_title"]) == ("шаг", "потери", "кривая")
     assert list(table.columns) == [RU[f"eval.col_{name}"] for name in evaluation.COLUMNS] and table.empty
     assert backends.choice_label(backends.backends()[backends.BROWSER]).key == "gen.backend_browser"
@@ -675,7 +695,7 @@ def test_a_failed_training_says_why_in_the_status_line(handlers, tmp_path, lang,
     short.write_text("just a few words", encoding="utf-8")
     request = Request(f"short-status-{lang}", lang)
     values = [*(TINY[k] for k in ("num_layers", "num_heads", "emb_size", "context", "vocab_size")), 1e-2, 8, 30, 0.0]
-    stream = handlers.train("upload", [str(short)], "", *values, "cpu", "new", None, request=request)
+    stream = handlers.train.train("upload", [str(short)], "", *values, "cpu", "new", None, request=request)
     outputs, toast = _streamed_until_error(stream)
     assert outputs[0][0] == t(lang, "train.preparing")  # the status line said it was preparing the data...
     status = outputs[-1][0]
@@ -686,5 +706,5 @@ def test_a_failed_training_says_why_in_the_status_line(handlers, tmp_path, lang,
 
 def test_a_refused_resume_says_why_in_the_status_line(handlers):
     for lang, reason in (("en", "no stopped run"), ("ru", "нет")):
-        outputs, toast = _streamed_until_error(handlers.resume(10, request=Request("no-run", lang)))
+        outputs, toast = _streamed_until_error(handlers.train.resume(10, request=Request("no-run", lang)))
         assert len(outputs) == 1 and toast in outputs[0][0] and reason in outputs[0][0]

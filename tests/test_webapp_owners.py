@@ -12,18 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
+from needs import need_module
 from webapp_common import Request, error_of, text, train
 
 from gpt import GPT
 from webapp import library, owners
-from webapp.handlers import Handlers
+from webapp.app import SimpleLLM
 from webapp.settings import Settings
 
-
-@pytest.fixture(scope="module")
-def handlers(tmp_path_factory) -> Handlers:
-    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1, max_steps=500)
-    return Handlers(settings)
+APP_SETTINGS = dict(max_steps=500)  # conftest's `handlers`
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +38,8 @@ def alice(handlers, text_file) -> Request:
     return request
 
 
-def names(handlers: Handlers, key: str | None, request: Request) -> list[str]:
-    return [value for _, value in handlers.model_choices(key, request=request)["choices"]]
+def names(handlers: SimpleLLM, key: str | None, request: Request) -> list[str]:
+    return [value for _, value in handlers.models.model_choices(key, request=request)["choices"]]
 
 
 def missing(name: str) -> str:
@@ -51,7 +48,7 @@ def missing(name: str) -> str:
 
 def test_a_private_model_is_invisible_to_other_owners_and_refused_as_if_it_did_not_exist(handlers, alice, text_file):
     a_key, b_key = owners.new_key(), owners.new_key()
-    handlers.save_model("private", a_key, request=alice)
+    handlers.models.save_model("private", a_key, request=alice)
     bob = Request("bob-page")
     assert "private" in names(handlers, a_key, alice)
     assert "private" in names(handlers, a_key, Request("alice-reloaded"))  # the same key after a reload
@@ -60,128 +57,128 @@ def test_a_private_model_is_invisible_to_other_owners_and_refused_as_if_it_did_n
     tag = owners.of_key(a_key).tag
     for name in ("private", f"private@{tag}"):  # by its name, and by the name it would have if published
         for key in (b_key, None):
-            assert error_of(lambda: handlers.load_model(name, key, request=bob)) == missing(name)
-            assert error_of(lambda: handlers.download_model(name, key, request=bob)) == missing(name)
-            evaluated = lambda: handlers.evaluate("saved", name, "the cat sat", None, key, request=bob)  # noqa: E731
+            assert error_of(lambda: handlers.models.load_model(name, key, request=bob)) == missing(name)
+            assert error_of(lambda: handlers.models.download_model(name, key, request=bob)) == missing(name)
+            evaluated = lambda: handlers.models.evaluate("saved", name, "the cat sat", None, key, request=bob)  # noqa: E731
             assert error_of(evaluated) == missing(name)
             go_on = dict(start="saved", start_model=name, owner_key=key)
             assert error_of(lambda: train(handlers, bob, [text_file], steps=3, **go_on)) == missing(name)
-    assert handlers.session(bob).model is None
-    for action in (handlers.delete_model, handlers.publish_model, handlers.unpublish_model):
+    assert handlers.services.session(bob).model is None
+    for action in (handlers.models.delete_model, handlers.models.publish_model, handlers.models.unpublish_model):
         assert error_of(lambda: action("private", b_key, request=bob)) == missing("private")
-    assert error_of(lambda: handlers.load_model("never-saved", b_key, request=bob)) == missing("never-saved")
+    assert error_of(lambda: handlers.models.load_model("never-saved", b_key, request=bob)) == missing("never-saved")
     assert "private" in names(handlers, a_key, alice)  # untouched
 
 
 def test_a_published_model_is_usable_by_everyone_and_changed_only_by_its_owner(handlers, alice, text_file, tmp_path):
     a_key, b_key = owners.new_key(), owners.new_key()
-    handlers.save_model("shared", a_key, request=alice)
-    choices, message = handlers.publish_model("shared", a_key, request=alice)
+    handlers.models.save_model("shared", a_key, request=alice)
+    choices, message = handlers.models.publish_model("shared", a_key, request=alice)
     public = f"shared@{owners.of_key(a_key).tag}"
     assert public in message and choices["value"] == "shared"
-    labels = {value: label for label, value in handlers.model_choices(a_key, request=alice)["choices"]}
+    labels = {value: label for label, value in handlers.models.model_choices(a_key, request=alice)["choices"]}
     assert labels["shared"].endswith("yours, published")
 
     bob = Request("bob-published")
     assert public in names(handlers, b_key, bob) and public in names(handlers, None, Request("rest-call"))
-    assert handlers.load_model(public, b_key, request=bob)[1] == f"Loaded {public}."
-    assert Path(handlers.download_model(public, b_key, request=bob)).name == "shared.zip"
-    _, message, _ = handlers.evaluate("saved", public, text(200, seed=3), None, b_key, request=bob)
+    assert handlers.models.load_model(public, b_key, request=bob)[1] == f"Loaded {public}."
+    assert Path(handlers.models.download_model(public, b_key, request=bob)).name == "shared.zip"
+    _, message, _ = handlers.models.evaluate("saved", public, text(200, seed=3), None, b_key, request=bob)
     assert message.startswith(f"**{public}** on")
     *_, last = train(handlers, bob, [text_file], steps=3, start="saved", start_model=public, owner_key=b_key)
-    assert handlers.session(bob).model.training_record["started_from"]["model"] == public
+    assert handlers.services.session(bob).model.training_record["started_from"]["model"] == public
     refusal = f"{public!r} is not yours: only its owner can delete, publish or unpublish it."
-    for action in (handlers.delete_model, handlers.unpublish_model, handlers.publish_model):
+    for action in (handlers.models.delete_model, handlers.models.unpublish_model, handlers.models.publish_model):
         assert error_of(lambda: action(public, b_key, request=bob)) == refusal
-    handlers.save_model("shared", b_key, request=bob)  # names are per owner: Bob's own "shared" is another model
+    handlers.models.save_model("shared", b_key, request=bob)  # names are per owner: Bob's own "shared" is another model
     assert {"shared", public} <= set(names(handlers, b_key, bob))
 
-    handlers.unpublish_model("shared", a_key, request=alice)
+    handlers.models.unpublish_model("shared", a_key, request=alice)
     assert public not in names(handlers, b_key, bob)
-    assert error_of(lambda: handlers.load_model(public, b_key, request=bob)) == missing(public)
+    assert error_of(lambda: handlers.models.load_model(public, b_key, request=bob)) == missing(public)
     assert "shared" in names(handlers, a_key, alice)
 
 
 def test_owners_delete_their_own_models(handlers, alice):
     key = owners.new_key()
-    handlers.save_model("short-lived", key, request=alice)
-    choices, message = handlers.delete_model("short-lived", key, request=alice)
+    handlers.models.save_model("short-lived", key, request=alice)
+    choices, message = handlers.models.delete_model("short-lived", key, request=alice)
     assert message == "Deleted short-lived." and "short-lived" not in [v for _, v in choices["choices"]]
-    assert error_of(lambda: handlers.load_model("short-lived", key, request=alice)) == missing("short-lived")
-    assert not (library.root(handlers.settings) / owners.of_key(key).id / "short-lived").exists()
-    handlers.save_model("short-lived", key, request=alice)  # the name is free again
+    assert error_of(lambda: handlers.models.load_model("short-lived", key, request=alice)) == missing("short-lived")
+    assert not (library.root(handlers.services.settings) / owners.of_key(key).id / "short-lived").exists()
+    handlers.models.save_model("short-lived", key, request=alice)  # the name is free again
 
 
 def test_models_of_the_server_are_shared_read_only(handlers, alice):
     GPT(vocab_size=64, max_seq_len=8, emb_size=8, num_heads=2, num_layers=1).save(
-        handlers.settings.models_dir / "from-the-operator"
+        handlers.services.settings.models_dir / "from-the-operator"
     )
     key = owners.new_key()
     assert "from-the-operator" in names(handlers, key, alice) and "from-the-operator" in names(handlers, None, alice)
-    assert "not yours" in error_of(lambda: handlers.delete_model("from-the-operator", key, request=alice))
-    assert "already exists" in error_of(lambda: handlers.save_model("from-the-operator", key, request=alice))
-    assert (handlers.settings.models_dir / "from-the-operator").is_dir()
+    assert "not yours" in error_of(lambda: handlers.models.delete_model("from-the-operator", key, request=alice))
+    assert "already exists" in error_of(lambda: handlers.models.save_model("from-the-operator", key, request=alice))
+    assert (handlers.services.settings.models_dir / "from-the-operator").is_dir()
 
 
 def test_without_a_key_the_session_owns_what_it_saves(handlers, alice):
-    handlers.save_model("session-owned", None, request=alice)
+    handlers.models.save_model("session-owned", None, request=alice)
     assert "session-owned" in names(handlers, None, alice)
-    assert handlers.load_model("session-owned", None, request=alice)[1] == "Loaded session-owned."
+    assert handlers.models.load_model("session-owned", None, request=alice)[1] == "Loaded session-owned."
     assert "session-owned" not in names(handlers, None, Request("another-client"))
     assert "session-owned" not in names(handlers, owners.new_key(), alice)
 
 
 def test_the_page_gets_a_key_once_and_a_signed_in_user_owns_by_name(handlers, alice):
-    key, choices, start_choices, note = handlers.owner_view(None, request=alice)
+    key, choices, start_choices, note = handlers.models.owner_view(None, request=alice)
     assert owners.valid_key(key) and "private to this browser" in note and "7 days" in note
-    assert handlers.owner_view(key, request=Request("reloaded"))[0] == key  # kept across reloads
-    assert handlers.owner_view("not a key", request=alice)[0] != "not a key"  # a damaged one is replaced
-    assert "owner key must be" in error_of(lambda: handlers.load_model("x", "short", request=alice))
-    assert key not in str(list(library.root(handlers.settings).rglob("*")))  # only its hash names a folder
+    assert handlers.models.owner_view(key, request=Request("reloaded"))[0] == key  # kept across reloads
+    assert handlers.models.owner_view("not a key", request=alice)[0] != "not a key"  # a damaged one is replaced
+    assert "owner key must be" in error_of(lambda: handlers.models.load_model("x", "short", request=alice))
+    assert key not in str(list(library.root(handlers.services.settings).rglob("*")))  # only its hash names a folder
 
     class Profile:
         username = "ada"
 
-    handlers.save_model("signed-in", key, request=alice, profile=Profile())
-    elsewhere = handlers.model_choices(None, request=Request("ada-2"), profile=Profile())  # any session, any key
+    handlers.models.save_model("signed-in", key, request=alice, profile=Profile())
+    elsewhere = handlers.models.model_choices(None, request=Request("ada-2"), profile=Profile())  # any session, any key
     assert "signed-in" in [value for _, value in elsewhere["choices"]]
     assert "signed-in" not in names(handlers, key, alice)  # the key owner is someone else
-    assert "Signed in as **ada**" in handlers.owner_view(key, request=alice, profile=Profile())[3]
-    assert (library.root(handlers.settings) / "hf-ada" / "signed-in").is_dir()
+    assert "Signed in as **ada**" in handlers.models.owner_view(key, request=alice, profile=Profile())[3]
+    assert (library.root(handlers.services.settings) / "hf-ada" / "signed-in").is_dir()
 
 
-def capped(tmp_path: Path, **caps) -> Handlers:
-    return Handlers(Settings(artifacts=tmp_path / "artifacts", min_free_disk_mb=1, **caps))
+def capped(tmp_path: Path, **caps) -> SimpleLLM:
+    return SimpleLLM.create(Settings(artifacts=tmp_path / "artifacts", min_free_disk_mb=1, **caps))
 
 
 def test_caps_are_per_owner_and_server_wide(handlers, alice, tmp_path):
-    model = handlers.session(alice).model
+    model = handlers.services.session(alice).model
     small = capped(tmp_path, max_saved_models=2, max_total_saved_models=3)
     a_key, b_key = owners.new_key(), owners.new_key()
     a, b = Request("cap-a"), Request("cap-b")
     for request in (a, b):
-        small.session(request).set_model(model, "trained", "trained")
-    small.save_model("one", a_key, request=a)
-    small.save_model("two", a_key, request=a)
+        small.services.session(request).set_model(model, "trained", "trained")
+    small.models.save_model("one", a_key, request=a)
+    small.models.save_model("two", a_key, request=a)
     assert "You already have 2 saved models, the limit of one owner" in error_of(
-        lambda: small.save_model("three", a_key, request=a)
+        lambda: small.models.save_model("three", a_key, request=a)
     )
-    small.save_model("one", b_key, request=b)  # another owner's cap is their own
-    server_full = error_of(lambda: small.save_model("two", b_key, request=b))
+    small.models.save_model("one", b_key, request=b)  # another owner's cap is their own
+    server_full = error_of(lambda: small.models.save_model("two", b_key, request=b))
     assert "The server holds as many saved models as it can" in server_full
-    small.delete_model("one", a_key, request=a)
-    small.save_model("two", b_key, request=b)  # room again
+    small.models.delete_model("one", a_key, request=a)
+    small.models.save_model("two", b_key, request=b)  # room again
 
     tiny = capped(tmp_path / "bytes", max_saved_mb=1)
-    tiny.session(a).set_model(model, "trained", "trained")
-    assert "would pass the 1 MB limit of one owner" in error_of(lambda: tiny.save_model("big", a_key, request=a))
-    assert not list(library.root(tiny.settings).rglob("config.json")), "a refused save leaves nothing"
+    tiny.services.session(a).set_model(model, "trained", "trained")
+    assert "would pass the 1 MB limit of one owner" in error_of(lambda: tiny.models.save_model("big", a_key, request=a))
+    assert not list(library.root(tiny.services.settings).rglob("config.json")), "a refused save leaves nothing"
 
 
 def test_concurrent_saves_cannot_pass_the_count_cap(handlers, alice, tmp_path, monkeypatch):
     small = capped(tmp_path, max_saved_models=3)
     key = owners.new_key()
-    model = handlers.session(alice).model
+    model = handlers.services.session(alice).model
     start = threading.Barrier(8)
     slow_save = GPT.save
 
@@ -194,10 +191,10 @@ def test_concurrent_saves_cannot_pass_the_count_cap(handlers, alice, tmp_path, m
 
     def one(n: int) -> None:
         request = Request(f"racer-{n}")
-        small.session(request).set_model(model, "trained", "trained")
+        small.services.session(request).set_model(model, "trained", "trained")
         start.wait()
         try:
-            results.append(small.save_model(f"race-{n}", key, request=request)[2])
+            results.append(small.models.save_model(f"race-{n}", key, request=request)[2])
         except Exception as err:  # gr.Error
             results.append(str(getattr(err, "message", err)))
 
@@ -208,33 +205,33 @@ def test_concurrent_saves_cannot_pass_the_count_cap(handlers, alice, tmp_path, m
         thread.join()
     assert sum(r.startswith("Saved as") for r in results) == 3, results
     assert sum("the limit of one owner" in r for r in results) == 5, results
-    assert len(list((library.root(small.settings) / owners.of_key(key).id).glob("*/config.json"))) == 3
+    assert len(list((library.root(small.services.settings) / owners.of_key(key).id).glob("*/config.json"))) == 3
 
 
 def test_anonymous_saves_expire_after_days_unused_and_signed_in_ones_stay(handlers, alice, tmp_path):
     fresh = capped(tmp_path, anonymous_save_days=7)
-    model = handlers.session(alice).model
+    model = handlers.services.session(alice).model
     request = Request("expiring")
-    fresh.session(request).set_model(model, "trained", "trained")
+    fresh.services.session(request).set_model(model, "trained", "trained")
     key = owners.new_key()
 
     class Profile:
         username = "kept"
 
     for name in ("old", "used", "recent"):
-        fresh.save_model(name, key, request=request)
-    fresh.save_model("old-signed-in", None, request=request, profile=Profile())
-    folder = library.root(fresh.settings)
+        fresh.models.save_model(name, key, request=request)
+    fresh.models.save_model("old-signed-in", None, request=request, profile=Profile())
+    folder = library.root(fresh.services.settings)
     eight_days_ago = time.time() - 8 * 86400
     mine = folder / owners.of_key(key).id
     for path in (mine / "old", mine / "used", folder / "hf-kept" / "old-signed-in"):
         os.utime(path, (eight_days_ago, eight_days_ago))
-    fresh.load_model("used", key, request=request)  # a use resets its clock
-    assert library.sweep(fresh.settings, force=True) == 1
+    fresh.models.load_model("used", key, request=request)  # a use resets its clock
+    assert library.sweep(fresh.services.settings, force=True) == 1
     assert names(fresh, key, request) == ["recent", "used"]
-    assert "old-signed-in" in [v for _, v in fresh.model_choices(None, request=request, profile=Profile())["choices"]]
+    assert "old-signed-in" in [v for _, v in fresh.models.model_choices(None, request=request, profile=Profile())["choices"]]
     os.utime(mine / "recent", (eight_days_ago, eight_days_ago))
-    Handlers(fresh.settings)  # a server starting sweeps too
+    SimpleLLM.create(fresh.services.settings)  # a server starting sweeps too
     assert names(fresh, key, request) == ["used"]
 
 
@@ -254,7 +251,7 @@ def test_a_space_with_oauth_offers_sign_in_and_a_plain_server_does_not(tmp_path,
     monkeypatch.setattr(owners, "OAUTH_MODULES", ("no_such_module_here",))
     assert not owners.oauth_enabled() and login_buttons() == 0  # without gradio[oauth]: keys only, still serving
     monkeypatch.setattr(owners, "OAUTH_MODULES", ())
-    pytest.importorskip("itsdangerous", reason="gradio[oauth] is not installed")
+    need_module("itsdangerous", "gradio[oauth] is not installed (requirements-dev.txt)")
     import gradio.oauth  # reads the Space's OAuth variables once, at import
 
     for name, value in (("OAUTH_CLIENT_ID", "client-id"), ("OAUTH_CLIENT_SECRET", "secret"),

@@ -10,46 +10,23 @@ import json
 import os
 import resource
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from webapp_common import TINY, free_port, launch, text
+from webapp_common import TINY, client, connect, free_port, launch, start_server, text, train_args
 from webapp_common import generate_args as common_generate_args
 
 from webapp.settings import Settings
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*")
+pytestmark = [
+    pytest.mark.slow,  # servers and browsers: not in the fast tier
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*"),
+]
 
-ROOT = Path(__file__).resolve().parents[1]
-DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-public-test-downloads"
 OWNER = "restart-test-owner-key-0123456789abcdef"  # an owner key, as a browser keeps it
-TRAIN_KEYS = ("num_layers", "num_heads", "emb_size", "context", "vocab_size", "learning_rate", "batch_size")
-
-
-def client(url: str) -> Client:
-    return Client(url, verbose=False, download_files=str(DOWNLOADS))
-
-
-def train_args(file: Path, steps: int, **overrides) -> list:
-    values = {**TINY, **overrides}
-    return [
-        "upload",
-        [handle_file(str(file))],
-        "python-stdlib",
-        *(values[k] for k in TRAIN_KEYS),
-        steps,
-        values["dropout"],
-        "cpu",
-        "new",  # start from a new model
-        None,
-    ]
 
 
 def generate_args(prompt: str = "the", backend: str = "torch", **options) -> list:
@@ -183,35 +160,6 @@ def test_a_full_queue_answers_try_again(tmp_path, texts):
 
 
 # restart safety ---------------------------------------------------------------------------------------
-def start_server(artifacts: Path, port: int, extra: dict[str, str] | None = None) -> subprocess.Popen:
-    """`python webapp/app.py` as a Space runs it, with `extra` environment variables."""
-    env = {
-        **os.environ,
-        "GRADIO_SERVER_PORT": str(port),
-        "SIMPLE_LLM_ARTIFACTS": str(artifacts),
-        "SIMPLE_LLM_TRAIN_THREADS": "1",
-        "SIMPLE_LLM_TRAIN_CONCURRENCY": "2",
-        "SIMPLE_LLM_MIN_FREE_DISK_MB": "1",
-        "PYTHONPATH": "",
-        **(extra or {}),
-    }
-    return subprocess.Popen(
-        [sys.executable, "webapp/app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
-def connect(url: str, process: subprocess.Popen, timeout: float = 180) -> Client:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, "the server exited"
-        try:
-            return client(url)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
 def test_a_server_killed_during_training_export_and_save_restarts_clean(tmp_path, texts):
     artifacts, port = tmp_path / "artifacts", free_port()
     url = f"http://127.0.0.1:{port}/"

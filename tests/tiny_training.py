@@ -1,4 +1,5 @@
-"""Tiny models and byte-level loaders shared by the training tests.
+"""Tiny models and byte-level loaders shared by the training tests, and the command line the session's
+tiny model is trained with (conftest.py's `tiny_checkpoint`).
 
 Run as a script under `torch.distributed.run`, it is the worker of `test_distributed.py`: it trains a
 few steps with DDP and writes each rank's weights and history, and who saved checkpoints, to a folder.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,8 +22,22 @@ from gpt import GPT, checkpoint, make_loaders
 from gpt.callbacks import Callback
 from gpt.training import Trainer
 
-SHAKESPEARE = Path(__file__).resolve().parents[1] / "data/shakespeare-excerpt.txt"  # shipped with the repository
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO / "data/shakespeare-excerpt.txt"  # shipped with the repository
+TINY_CONTEXT = 48  # the session's tiny model (conftest.py): BPE vocabulary 320, 2 layers of width 32
+TINY_SHAPE = ["--vocab-size", "320", "--context", str(TINY_CONTEXT), "--emb", "32", "--heads", "4", "--layers", "2"]
 _WORDS = "the cat sat on a mat and the dog ran to the sun while birds sang".split()
+
+
+def run_module(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m module args` in the repository, on one thread; asserts success unless `check` is False."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
 def made_text(words: int = 400, seed: int = 0) -> str:

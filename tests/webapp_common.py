@@ -1,18 +1,38 @@
-"""What the web app tests share: a tiny training setup, a small mixed-language vocabulary, and
-helpers that call the handlers directly as a browser session would."""
+"""What the web app tests share: a tiny training setup, a small mixed-language vocabulary, helpers
+that call the handlers directly as a browser session would, the one launcher of the app (in this
+process: `launch`; as `python webapp/app.py`: `start_server`) and the outside user's API calls
+(`client`, `train_args`).
+
+The tests' `handlers` is a `webapp.app.SimpleLLM` (what `build_demo` puts on `demo.simple_llm`):
+each tab's handlers as `handlers.train`, `handlers.generate`, `handlers.models`, and the shared
+sessions and settings as `handlers.services`."""
 
 import os
 import random
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
 import pytest
+from gradio_client import Client, handle_file
 
 from webapp import corpus
-from webapp.app import build_demo, launch_kwargs
-from webapp.handlers import Handlers
+from webapp.app import SimpleLLM, build_demo, launch_kwargs
 from webapp.settings import Settings
+from webapp.training import SETTING_FIELDS
+
+ROOT = Path(__file__).resolve().parents[1]
+DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-test-downloads"
+
+def app_settings(artifacts: Path, **overrides) -> Settings:
+    """The tests' server settings: artifacts in `artifacts`, one training thread, no free-disk floor
+    to trip on a full test machine, then `overrides` (a module's caps)."""
+    return Settings(**{"artifacts": artifacts, "train_threads": 1, "min_free_disk_mb": 1, **overrides})
+
 
 TINY = dict(
     num_layers=1,
@@ -44,12 +64,12 @@ def text(count: int = 1500, seed: int = 0, words: list[str] = WORDS) -> str:
 
 
 def train(
-    handlers: Handlers, request: Request, files: list[Path] | None = None, steps: int = 30, **overrides
+    handlers: SimpleLLM, request: Request, files: list[Path] | None = None, steps: int = 30, **overrides
 ) -> list[tuple]:
     values = {**TINY, "steps": steps, **overrides}
     source = "upload" if files is not None else "sample"
     return list(
-        handlers.train(
+        handlers.train.train(
             source,
             [str(f) for f in files or []],
             corpus.STDLIB_SAMPLE,
@@ -92,14 +112,14 @@ def generate_args(prompt: str = "the cat", backend: str = "torch", **options) ->
 
 
 def generate(
-    handlers: Handlers,
+    handlers: SimpleLLM,
     request: Request,
     prompt: str = "the cat",
     backend: str = "torch",
     mode: str = "greedy",
     **options,
 ) -> tuple[str, str]:
-    *_, last = handlers.generate(*generate_args(prompt, backend, mode=mode, **options), request=request)
+    *_, last = handlers.generate.generate(*generate_args(prompt, backend, mode=mode, **options), request=request)
     return last
 
 
@@ -131,6 +151,51 @@ def launch(settings: Settings) -> tuple[gr.Blocks, str]:
         **launch_kwargs(settings, demo),
     )
     return demo, url
+
+
+def start_server(artifacts: Path, port: int, extra: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python webapp/app.py` as a user or a Space runs it (webapp/, not the root, first on sys.path),
+    with `extra` environment variables. Stop it with `terminate()`."""
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_PORT": str(port),
+        "SIMPLE_LLM_ARTIFACTS": str(artifacts),
+        "SIMPLE_LLM_TRAIN_THREADS": "1",
+        "SIMPLE_LLM_TRAIN_CONCURRENCY": "2",
+        "SIMPLE_LLM_MIN_FREE_DISK_MB": "1",
+        "PYTHONPATH": "",
+        **(extra or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "webapp/app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def client(url: str, lang: str = "en-US") -> Client:
+    """A new browser-like session through the public API (each `Client` is its own Gradio session)."""
+    return Client(url, verbose=False, headers={"Accept-Language": lang}, download_files=str(DOWNLOADS))
+
+
+def connect(url: str, process: subprocess.Popen, timeout: float = 180) -> Client:
+    """A `client` of the server `process` started, once it answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, "the server exited"
+        try:
+            return client(url)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def train_args(file: Path, steps: int, owner_key: str | None = None, **overrides) -> list:
+    """The /train inputs for an uploaded `file`; the owner key (the last) only when given: clients
+    may leave it out."""
+    values = {**TINY, "steps": steps, "start": "new", "start_model": None, **overrides}
+    key = [] if owner_key is None else [owner_key]
+    fields = (*SETTING_FIELDS, "device", "start", "start_model")
+    return ["upload", [handle_file(str(file))], "python-stdlib", *(values[k] for k in fields), *key]
 
 
 def export_children(parent: int | None = None) -> list[int]:

@@ -99,4 +99,7 @@ def unavailable_text(items: list[Availability], lang: str) -> str | None:
 
     if not items:
         return None
-    return t(lang, "gen.unavailable", items="; ".join(f"{a.label}: {a.reason.message(lang)}" for a in items))
+    def label(a: Availability) -> str:  # translated where it is words (`choice_label`)
+        return t(lang, LABEL_KEYS[a.name]) if a.name in LABEL_KEYS else a.label
+
+    return t(lang, "gen.unavailable", items="; ".join(f"{label(a)}: {a.reason.message(lang)}" for a in items))

@@ -21,7 +21,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from export import BrowserRuntime, browser_runtime, runtime_tags
-from webapp.i18n import TABLES
+from webapp.i18n import js_tables, page_language_js
 
 BROWSER = "browser"
 ROUTE = "simple-llm-web"  # the app serves this backend's files under ./simple-llm-web/<n>/, never under a server path
@@ -86,11 +86,12 @@ def probe_js(found: BrowserRuntime) -> str:
 
 def strings() -> dict[str, dict[str, str]]:
     """The scripts' texts, per language: the `browser.*` keys of `webapp.i18n`."""
-    return {lang: {k: v for k, v in table.items() if k.startswith("browser.")} for lang, table in TABLES.items()}
+    return js_tables("browser.")
 
 
 def _with_page(script: str, found: BrowserRuntime) -> str:
     helpers = _HELPERS.replace("STRINGS", json.dumps(strings(), ensure_ascii=False))
+    helpers = helpers.replace("PAGE_LANGUAGE", page_language_js())
     helpers = helpers.replace("IMPORT_TIMEOUT_S", str(IMPORT_TIMEOUT_S))
     page = json.dumps(_url(found.page_modules / "page.mjs", found))
     return script.replace("HELPERS;", helpers).replace("PAGE_URL", page)
@@ -99,7 +100,7 @@ def _with_page(script: str, found: BrowserRuntime) -> str:
 # Shared by the scripts: texts in the browser's language, and the page's modules loaded within
 # IMPORT_TIMEOUT_S, a failure naming what is missing (the CDN's runtime: `npm ci` on the server).
 _HELPERS = """
-  const T = STRINGS[(navigator.language || "").toLowerCase().startsWith("ru") ? "ru" : "en"];
+  const T = STRINGS[PAGE_LANGUAGE];
   const say = (key, values = {}) => T[key].replace(/\\{(\\w+)\\}/g, (_, name) => String(values[name]));
   const missing = (error) => {
     const found = document.getElementById("simple-llm-runtime");

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gpt import PRESETS, SamplingConfig, TokenScores, texts
+from gpt import PRESETS, PROMPT_CHARS, SamplingConfig, TokenScores, text_start
 from webapp import corpus, insight, validation
 from webapp.i18n import UserError, t
 
@@ -120,7 +120,7 @@ def parse_stop_strings(text: str) -> tuple[str, ...]:
 
 def suggested_prompt(value: Any) -> str | None:
     """The prompt a model's training record suggests (`text_start` of its text), or None."""
-    if isinstance(value, str) and value.strip() and len(value) <= 4 * texts.PROMPT_CHARS:
+    if isinstance(value, str) and value.strip() and len(value) <= 4 * PROMPT_CHARS:
         return value
     return None
 
@@ -128,9 +128,9 @@ def suggested_prompt(value: Any) -> str | None:
 @functools.cache
 def default_prompt() -> str:
     """The Generate tab's prompt before any model: the start of the built-in sample the Train tab
-    starts with (a model's own training text replaces it: `Handlers.suggested_prompt`)."""
+    starts with (a model's own training text replaces it: `GenerateHandlers.suggested_prompt`)."""
     try:
-        return texts.text_start(corpus.stdlib_texts(limit=1))
+        return text_start(corpus.stdlib_texts(limit=1))
     except UserError:
         return ""
 

@@ -3,11 +3,14 @@
 Static labels go through Gradio's `gr.I18n` (`I18N(key)`), which the browser translates from its
 own language. Messages built on the server (status lines, errors, reports) are translated here with
 `t(lang, key, **values)`, the language taken from the request's Accept-Language header. Both use the
-same tables, and every key exists in every language (a test checks it).
+same tables, and every key exists in every language (a test checks it). Page scripts get their
+texts from the same tables too (`js_tables`, `page_language_js`): no text of the page is written
+anywhere else.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -554,6 +557,20 @@ def t(lang: str, key: str, **values: Any) -> str:
     if not values:
         return template
     return template.format(**{k: _value(v, lang) for k, v in values.items()})
+
+
+def js_tables(prefix: str) -> dict[str, dict[str, str]]:
+    """The `prefix` keys of every language, for a page script (`page_language_js` picks one)."""
+    return {lang: {k: v for k, v in table.items() if k.startswith(prefix)} for lang, table in TABLES.items()}
+
+
+def page_language_js() -> str:
+    """A JavaScript expression: the page's language among `LANGUAGES`, as the page's own labels
+    (`I18N`) choose it, from the browser's language; `DEFAULT` when the browser's is not among them."""
+    return '((l) => (%s.includes(l) ? l : "%s"))((navigator.language || "").toLowerCase().split("-")[0])' % (
+        json.dumps(list(LANGUAGES)),
+        DEFAULT,
+    )
 
 
 def without_paths(text: str) -> str:

@@ -58,7 +58,7 @@ class Session:
     onnx_models: dict[tuple[str, str], Any] = field(default_factory=dict)  # (folder, provider) -> OnnxGPT
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # the Models tab's results, oldest first
     pieces: list[Any] = field(default_factory=list)  # the last generation's `insight.TokenPiece`s
-    suggested_prompt: str = ""  # the prompt the Generate tab last suggested (`Handlers.suggested_prompt`)
+    suggested_prompt: str = ""  # the prompt the Generate tab last suggested (`GenerateHandlers.suggested_prompt`)
     last_seen: float = field(default_factory=time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)
     closed: bool = False

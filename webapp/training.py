@@ -111,7 +111,7 @@ SETTING_FIELDS = (
     "dropout",
 )
 """The advanced training settings in the order of the /train API (after source, files and sample)
-and of `Handlers.preset`'s values."""
+and of `TrainHandlers.preset`'s values."""
 
 # (minimum, maximum) of each integer setting; steps are capped by the server settings too.
 LIMITS = {

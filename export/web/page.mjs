@@ -1,6 +1,7 @@
 // The export's web page: loads the model beside it (see model.json) with onnxruntime-web and
-// generates with simple_llm.mjs, the decoding loop of gpt/generation.py. The web app's browser
-// backend uses `loadModel` and `samplingFrom` from here too (webapp/browser.py).
+// generates with simple_llm.mjs, the decoding loop of gpt/generation.py, both in a Web Worker
+// (worker.mjs) so that the page never freezes. The web app's browser backend uses `loadFromFiles`,
+// `generateText` and `samplingFrom` from here too (webapp/browser.py).
 import * as ort from "onnxruntime-web";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { OnnxModel, samplingConfig, streamText } from "./simple_llm.mjs";
@@ -13,18 +14,120 @@ async function json(url) {
   return response.json();
 }
 
-/** Set up onnxruntime-web: its WebAssembly from beside the page, or from the CDN with its integrity hash. */
+/** A runtime file from the CDN, checked against its integrity hash (code "runtime" when it cannot arrive). */
+async function checkedFetch(url, integrity) {
+  try {
+    const response = await fetch(url, { integrity });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    return response;
+  } catch (error) {  // code "runtime": the caller says what is missing and how to get it
+    throw Object.assign(new Error(`${url}: ${error.message}`), { code: "runtime" });
+  }
+}
+
+/** Set up onnxruntime-web: its WebAssembly from beside the page, or from the CDN with its integrity
+ * hash; returns what a worker needs to load the same runtime (import maps do not reach workers, so
+ * the CDN's modules go to it as blobs of their checked text). */
 async function setUpRuntime() {
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   ort.env.wasm.wasmPaths = new URL(RUNTIME.wasmPaths, document.baseURI).href; // relative to the page
+  const runtime = { ort: new URL(import.meta.resolve("onnxruntime-web"), document.baseURI).href, glue: null, wasmPaths: ort.env.wasm.wasmPaths };
   if (RUNTIME.wasmIntegrity) {
-    const url = new URL("ort-wasm-simd-threaded.wasm", ort.env.wasm.wasmPaths);
+    const url = new URL("ort-wasm-simd-threaded.wasm", ort.env.wasm.wasmPaths).href;
+    ort.env.wasm.wasmBinary = await (await checkedFetch(url, RUNTIME.wasmIntegrity)).arrayBuffer();
+    const integrity = JSON.parse(document.querySelector('script[type="importmap"]')?.textContent ?? "{}").integrity ?? {};
+    const blob = async (address) => {
+      const text = await (await checkedFetch(address, integrity[address])).text();
+      return URL.createObjectURL(new Blob([text], { type: "text/javascript" }));
+    };
+    runtime.ort = await blob(runtime.ort);
+    runtime.glue = await blob(new URL("ort-wasm-simd-threaded.mjs", ort.env.wasm.wasmPaths).href);
+  }
+  return runtime;
+}
+
+/** The model in a Web Worker (worker.mjs), with OnnxModel's `step`, `generateTokens` and `release`:
+ * the cache stays in the worker, token ids cross. */
+export class WorkerModel {
+  constructor(worker, info, config) {
+    this.worker = worker;
+    this.capacity = info.capacity;
+    this.vocabSize = config.vocab_size;
+    this.calls = new Map(); // message id -> handler of the worker's answers
+    this.nextId = 0;
+    worker.onmessage = ({ data }) => this.calls.get(data.id)?.(data);
+  }
+
+  /** Start the worker and load the graph at `graph` in it. */
+  static async create(runtime, graph, config, threads) {
+    const worker = new Worker(new URL("./worker.mjs", import.meta.url), { type: "module" });
+    const loading = new Promise((resolve, reject) => {
+      worker.onmessage = ({ data }) => (data.type === "result" ? resolve(data.value) : reject(Object.assign(new Error(data.message), { code: data.code })));
+      worker.onerror = (event) => reject(new Error(event.message || "the model's worker could not start"));
+    });
+    const wasmBinary = ort.env.wasm.wasmBinary ? ort.env.wasm.wasmBinary.slice(0) : null;
+    worker.postMessage({ id: 0, type: "load", runtime, graph, config, threads, wasmBinary });
     try {
-      const response = await fetch(url, { integrity: RUNTIME.wasmIntegrity });
-      if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      ort.env.wasm.wasmBinary = await response.arrayBuffer();
-    } catch (error) {  // code "runtime": the caller says what is missing and how to get it
-      throw Object.assign(new Error(`${url.href}: ${error.message}`), { code: "runtime" });
+      return new WorkerModel(worker, await loading, config);
+    } catch (error) {
+      worker.terminate();
+      throw error;
+    }
+  }
+
+  call(type, message = {}) {
+    const id = ++this.nextId;
+    return new Promise((resolve, reject) => {
+      this.calls.set(id, (data) => {
+        this.calls.delete(id);
+        if (data.type === "result") resolve(data.value);
+        else reject(Object.assign(new Error(data.message), { code: data.code }));
+      });
+      this.worker.postMessage({ id, type, ...message });
+    });
+  }
+
+  /** The logits of the last position of `ids` from an empty cache (as OnnxModel.step's, for checks). */
+  async step(ids, past = null) {
+    if (past !== null) throw new Error("the worker's model steps from an empty cache only");
+    return { logits: await this.call("step", { ids }) };
+  }
+
+  /** As OnnxModel.generateTokens: `shouldStop()` is asked before each token is handed on, and once
+   * it is true no further token is, and the worker stops before its next step. */
+  async *generateTokens(ids, sampling, stopTokens = [], shouldStop = null) {
+    const id = ++this.nextId;
+    const tokens = [];
+    let finished = false;
+    let failure = null;
+    let wake = null;
+    this.calls.set(id, (data) => {
+      if (data.type === "token") tokens.push(data.token);
+      else if (data.type === "result") finished = true;
+      else failure = Object.assign(new Error(data.message), { code: data.code });
+      wake?.();
+    });
+    this.worker.postMessage({ id, type: "generate", ids: [...ids], sampling: { ...sampling }, stopTokens: [...stopTokens] });
+    try {
+      for (;;) {
+        if (shouldStop?.()) return;
+        if (tokens.length) yield tokens.shift();
+        else if (failure) throw failure;
+        else if (finished) return;
+        else await new Promise((resolve) => (wake = resolve));
+      }
+    } finally {
+      if (!finished && !failure) this.worker.postMessage({ type: "stop", target: id });
+      this.calls.delete(id);
+    }
+  }
+
+  /** Free the session and end the worker. */
+  async release() {
+    try {
+      await this.call("release");
+    } finally {
+      this.worker.terminate();
     }
   }
 }
@@ -32,33 +135,44 @@ async function setUpRuntime() {
 /** The model, tokenizer and end-of-text id from the addresses of an export's files:
  * `{graph, config, tokenizer, tokenizerConfig}` (and `precision`, shown). */
 export async function loadModel(urls) {
-  await setUpRuntime();
+  const runtime = await setUpRuntime();
   const started = performance.now();
   const [config, tokenizerJson, tokenizerConfig] = await Promise.all([
     json(urls.config),
     json(urls.tokenizer),
     json(urls.tokenizerConfig),
   ]);
-  const session = await ort.InferenceSession.create(String(urls.graph), { executionProviders: ["wasm"] });
+  const graph = new URL(String(urls.graph), document.baseURI).href;
+  const threads = ort.env.wasm.numThreads;
+  let model;
+  if (typeof Worker === "function") model = await WorkerModel.create(runtime, graph, config, threads);
+  else model = new OnnxModel(ort, await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] }), config);
   const tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig);
   const eosId = tokenizerJson.added_tokens.find((t) => t.content === tokenizerConfig.eos_token).id;
-  const model = new OnnxModel(ort, session, config);
-  const threads = ort.env.wasm.numThreads;
-  return { model, tokenizer, eosId, precision: urls.precision, threads, loadSeconds: (performance.now() - started) / 1000 };
+  const isolated = Boolean(self.crossOriginIsolated); // threads need it: the server's COOP/COEP headers
+  return { model, tokenizer, eosId, precision: urls.precision, threads, isolated, loadSeconds: (performance.now() - started) / 1000 };
 }
 
 const loaded = new Map(); // graph address -> the loading model, for loadFromFiles
 
 /** The model from the files a web app hands over (Gradio file values: the graph, config.json,
- * tokenizer.json, tokenizer_config.json and web/model.json), loaded once per graph. */
+ * tokenizer.json, tokenizer_config.json and web/model.json), loaded once per graph. A load that
+ * fails is forgotten (the next call tries again); loading another graph releases the sessions of
+ * the models it replaces. */
 export async function loadFromFiles(files) {
   const urls = Object.fromEntries((files || []).map((f) => [f.orig_name, new URL(f.url, document.baseURI).href]));
   if (!urls["model.json"]) throw new Error("no model files");
   const info = await json(urls["model.json"]);
   const graph = urls[info.graph.split("/").pop()];
   if (!loaded.has(graph)) {
+    for (const [other, previous] of loaded) {
+      loaded.delete(other);
+      previous.then((old) => old.model.release(), () => {});
+    }
     const model = { graph, config: urls["config.json"], tokenizer: urls["tokenizer.json"], tokenizerConfig: urls["tokenizer_config.json"] };
-    loaded.set(graph, loadModel({ ...model, precision: info.precision }));
+    const loading = loadModel({ ...model, precision: info.precision });
+    loaded.set(graph, loading);
+    loading.catch(() => loaded.get(graph) === loading && loaded.delete(graph));
   }
   return loaded.get(graph);
 }
@@ -85,8 +199,15 @@ export function samplingFrom(v) {
     minP: minP > 0 ? minP : null,
     repetitionPenalty: Number(v.repetitionPenalty),
     stopStrings: String(v.stopStrings ?? "").split("\n").map((s) => s.replaceAll("\\n", "\n").replaceAll("\\t", "\t")).filter((s) => s),
-    seed: v.seed === "" || v.seed === null || v.seed === undefined ? null : Number(v.seed),
+    seed: v.seed === "" || v.seed === null || v.seed === undefined ? null : seedOf(v.seed),
   });
+}
+
+/** A seed from a control's value: an integer from 0 to 2**63 - 1 (the web app's range), exact. */
+function seedOf(value) {
+  const text = String(value).trim();
+  if (!/^\d+$/.test(text) || BigInt(text) >= 2n ** 63n) throw new Error(`seed must be an integer from 0 to 2**63 - 1, got ${value}`);
+  return BigInt(text);
 }
 
 function settings(doc) {
@@ -105,21 +226,25 @@ function settings(doc) {
 }
 
 /** Generate from `prompt` with a loaded model, calling `onText(textSoFar)` as pieces arrive and
- * stopping between two pieces once `shouldStop()` says so: `{text, tokens, seconds}`. */
-export async function generateText(loaded, prompt, sampling, onText, shouldStop = () => false) {
+ * stopping before the next token once `shouldStop()` says so: `{text, tokens, seconds}`. */
+export async function generateText(loaded, prompt, sampling, onText, shouldStop = () => false, onToken = null) {
   const { model, tokenizer, eosId } = loaded;
   let text = "";
   let tokens = 0;
   const started = performance.now();
-  for await (const piece of streamText(model, tokenizer, eosId, prompt, sampling, () => (tokens += 1))) {
+  const counted = (token) => {
+    tokens += 1;
+    onToken?.(token);
+  };
+  for await (const piece of streamText(model, tokenizer, eosId, prompt, sampling, counted, shouldStop)) {
     text += piece;
     onText(text);
-    if (shouldStop()) break;
   }
   return { text, tokens, seconds: (performance.now() - started) / 1000 };
 }
 
-/** Wire the page's controls; returns `{ready, generate}` (the tests drive it through them too).
+/** Wire the page's controls; returns `{ready, generate, progress}` (the tests drive it through them
+ * too; `progress()`: the tokens of the current or last generation so far).
  * `explain(error)` says what to do when the runtime's files could not be fetched (error.code "runtime"). */
 export function mountPage(doc, base, explain = (error) => error.message) {
   const status = doc.getElementById("status");
@@ -127,6 +252,7 @@ export function mountPage(doc, base, explain = (error) => error.message) {
   const generateButton = doc.getElementById("generate");
   const stopButton = doc.getElementById("stop");
   let stopRequested = false;
+  let tokens = 0;
   const show = (text, error = false) => {
     status.textContent = text;
     status.classList.toggle("error", error);
@@ -134,7 +260,8 @@ export function mountPage(doc, base, explain = (error) => error.message) {
   const ready = folderUrls(base).then(loadModel);
   ready.then(
     (loaded) => {
-      show(`Model loaded in ${loaded.loadSeconds.toFixed(1)} s (${loaded.precision}, ${loaded.threads} thread(s)). Ready.`);
+      const isolation = loaded.isolated ? "cross-origin isolated" : "not cross-origin isolated";
+      show(`Model loaded in ${loaded.loadSeconds.toFixed(1)} s (${loaded.precision}, ${loaded.threads} thread(s), ${isolation}). Ready.`);
       generateButton.disabled = false;
     },
     (error) => show(error.code === "runtime" ? explain(error) : `Could not load the model: ${error.message}`, true),
@@ -143,7 +270,9 @@ export function mountPage(doc, base, explain = (error) => error.message) {
   async function generate(prompt, sampling) {
     const loaded = await ready;
     stopRequested = false;
-    return generateText(loaded, prompt, sampling, (text) => (output.textContent = prompt + text), () => stopRequested);
+    tokens = 0;
+    const onText = (text) => (output.textContent = prompt + text);
+    return generateText(loaded, prompt, sampling, onText, () => stopRequested, () => (tokens += 1));
   }
 
   generateButton.addEventListener("click", async () => {
@@ -164,5 +293,5 @@ export function mountPage(doc, base, explain = (error) => error.message) {
   stopButton.addEventListener("click", () => {
     stopRequested = true;
   });
-  return { ready, generate, ort };
+  return { ready, generate, ort, progress: () => ({ tokens }) };
 }

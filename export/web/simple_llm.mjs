@@ -39,9 +39,18 @@ export function samplingConfig(options = {}) {
   return Object.freeze({ ...s, greedy: !s.doSample || s.temperature === 0 });
 }
 
-/** A seeded generator of floats in [0, 1) (mulberry32); a random seed when `seed` is null. */
+/** A seeded generator of floats in [0, 1) (mulberry32); a random seed when `seed` is null. A seed is
+ * any integer from 0 to 2**63 - 1 (the web app's range), as a number or a BigInt (exact above 2**53):
+ * its high 32 bits are folded into the low ones (the generator's state is 32 bits), so seeds below
+ * 2**32 are used as they are. */
 export function seededRandom(seed) {
-  let state = (seed ?? Math.floor(Math.random() * 2 ** 32)) >>> 0;
+  let state;
+  if (seed === null || seed === undefined) state = Math.floor(Math.random() * 2 ** 32) >>> 0;
+  else {
+    const big = BigInt(seed);
+    if (big < 0n || big >= 2n ** 63n) throw new Error(`seed must be an integer from 0 to 2**63 - 1, got ${seed}`);
+    state = (Number(big & 0xffffffffn) ^ Math.imul(Number(big >> 32n), 0x9e3779b1)) >>> 0;
+  }
   return () => {
     state = (state + 0x6d2b79f5) >>> 0;
     let t = state;
@@ -140,6 +149,13 @@ export class OnnxModel {
     const past = session.inputMetadata?.find?.((m) => m.name === "past_key_values.0.key");
     const capacity = past?.shape?.[2];
     this.capacity = Number.isInteger(capacity) ? capacity : null; // cache buffers, or growing pasts
+    this.cacheType = past?.type ?? "float32"; // float16 in a CPU fp16 export (onnxruntime-web takes its bits as Uint16Array)
+    this.yieldEveryMs = 16; // generateTokens lets other tasks run (paint, clicks, messages) this often; 0: every token
+  }
+
+  /** Free the session's memory (the model cannot run after). */
+  release() {
+    return this.session.release();
   }
 
   /** One forward pass: the last position's logits (Float32Array) and the next call's past. */
@@ -170,11 +186,13 @@ export class OnnxModel {
     const length = this.capacity ?? 0;
     const shape = [1, this.numHeads, length, this.headSize];
     const size = this.numHeads * length * this.headSize;
-    return Array.from({ length: 2 * this.numLayers }, () => new this.ort.Tensor("float32", new Float32Array(size), shape));
+    const Data = this.cacheType === "float16" ? Uint16Array : Float32Array; // zero bits are 0.0 in both
+    return Array.from({ length: 2 * this.numLayers }, () => new this.ort.Tensor(this.cacheType, new Data(size), shape));
   }
 
-  /** Yield each new token id of the continuation of `promptIds` (stop tokens end it, unyielded). */
-  async *generateTokens(promptIds, sampling, stopTokens = []) {
+  /** Yield each new token id of the continuation of `promptIds` (stop tokens end it, unyielded);
+   * `shouldStop()`, asked before every step, ends it at once when true. */
+  async *generateTokens(promptIds, sampling, stopTokens = [], shouldStop = null) {
     const s = samplingConfig(sampling);
     if (promptIds.length === 0) throw new Error("the prompt must hold at least one token");
     const random = seededRandom(s.seed);
@@ -186,10 +204,11 @@ export class OnnxModel {
     let position = 0;
     let yielded = performance.now();
     for (let i = 0; i < s.maxNewTokens; i++) {
-      if (performance.now() - yielded > 16) {
-        await nextTask(); // about once a frame
+      if (performance.now() - yielded >= this.yieldEveryMs) {
+        await nextTask(); // about once a frame on a page
         yielded = performance.now();
       }
+      if (shouldStop?.()) return;
       const end = tokens.length;
       let result;
       if (past === null || end - start > this.maxSeqLen) {
@@ -214,9 +233,10 @@ export class OnnxModel {
  * Stream the continuation of `prompt` as text pieces, each final when yielded (as
  * GenerationMixin.stream_text): `tokenizer` is @huggingface/tokenizers' Tokenizer of the
  * export's tokenizer.json, `eosId` its end-of-text id; an empty prompt starts a new document;
- * `onToken` sees every generated token id (e.g. to count tokens/s).
+ * `onToken` sees every generated token id (e.g. to count tokens/s); `shouldStop()`, asked before
+ * every token, ends the stream (with the text so far) when true.
  */
-export async function* streamText(model, tokenizer, eosId, prompt, sampling = {}, onToken = null) {
+export async function* streamText(model, tokenizer, eosId, prompt, sampling = {}, onToken = null, shouldStop = null) {
   const stops = (sampling.stopStrings ?? []).filter((x) => x);
   const longest = Math.max(0, ...stops.map((x) => x.length));
   let ids = prompt ? tokenizer.encode(prompt, { add_special_tokens: false }).ids : [];
@@ -224,7 +244,7 @@ export async function* streamText(model, tokenizer, eosId, prompt, sampling = {}
   const generated = [];
   let emitted = 0;
   let text = "";
-  for await (const token of model.generateTokens(ids, sampling, [eosId])) {
+  for await (const token of model.generateTokens(ids, sampling, [eosId], shouldStop)) {
     onToken?.(token);
     generated.push(token);
     text = tokenizer.decode(generated);

@@ -1,0 +1,57 @@
+"""webapp/validation.py on its own: every bad number any endpoint may receive through the API is
+refused with a message naming the setting, the value and the range (the endpoints' own wiring:
+one call each in test_webapp_safety.py)."""
+
+import math
+
+import pytest
+
+from webapp import validation
+from webapp.i18n import UserError
+
+BAD_NUMBERS = [math.nan, math.inf, -math.inf, "nan", "inf", "-inf", "1e999", -1, 10**30, "abc", [1], {"a": 1}, True]
+
+
+def message(call) -> str:
+    with pytest.raises(UserError) as info:
+        call()
+    return str(info.value)  # the English message
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+def test_bad_integers_are_refused_with_the_name_and_the_range(value):
+    text = message(lambda: validation.integer("batch_size", value, 1, 1024))
+    assert "batch_size" in text and "not valid" in text and "1..1024" in text, text
+
+
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+def test_bad_reals_are_refused_with_the_name_and_the_range(value):
+    text = message(lambda: validation.real("top_p", value, 0.0, 1.0, open_low=True))
+    assert "top_p" in text and "not valid" in text and "(0, 1]" in text, text
+
+
+@pytest.mark.parametrize("value", [0, 1025, 2.5, "2.5", "", None])
+def test_integers_out_of_range_or_fractional(value):
+    assert "batch_size" in message(lambda: validation.integer("batch_size", value, 1, 1024))
+
+
+def test_good_numbers_and_their_text():
+    assert validation.integer("steps", "  12 ", 1, 100) == 12 and validation.integer("steps", 3.0, 1, 100) == 3
+    assert validation.integer("seed", str(2**63 - 1), 0, 2**63 - 1) == 2**63 - 1  # exact, however large
+    assert validation.real("temperature", "0.5", 0.0, 10.0) == 0.5 and validation.real("min_p", 1, 0.0, 1.0) == 1.0
+    with pytest.raises(UserError):
+        validation.real("top_p", 0, 0.0, 1.0, open_low=True)
+    assert validation.optional(None) and validation.optional("  ") and not validation.optional(0)
+
+
+def test_a_huge_value_is_echoed_back_shortened():
+    text = message(lambda: validation.integer("steps", [1] * 1000, 1, 10))
+    assert "…" in text and len(text) < 300
+
+
+def test_text_fields():
+    assert validation.text("prompt", None, 10) == ""
+    assert "prompt" in message(lambda: validation.text("prompt", 5, 10))
+    assert "prompt" in message(lambda: validation.text("prompt", "x" * 11, 10))
+    assert "prompt" in message(lambda: validation.text("prompt", "\ud800", 10))  # a lone surrogate: not Unicode
+    assert "prompt" in message(lambda: validation.text("prompt", "я" * 6, 10, max_bytes=10))
