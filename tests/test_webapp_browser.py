@@ -214,13 +214,15 @@ def test_train_a_saved_model_further_on_another_text(browser, server, shots):
     seed.save(demo.simple_llm.services.settings.models_dir / "seed-model")
     context, page, outside = open_page(browser, url, "en-US")
     page.locator("#train-start-from label", has_text="A saved model").click()
+    sync_api.expect(page.locator("#train-preset")).to_be_hidden()  # the server's answer: the model picker instead
     page.click("#train-start-model input")
     page.get_by_role("option", name=re.compile("^seed-model")).click()
     page.locator("#train-source label", has_text="Built-in sample").click()
     page.click("#train-sample-corpus input")
     page.get_by_role("option", name=re.compile("^Shakespeare")).click()
+    sync_api.expect(page.locator("#train-sample-corpus input")).to_have_value(re.compile("^Shakespeare"))
     page.click("#train-advanced button, #train-advanced .label-wrap")
-    type_number(page, "#train-steps input", 30)
+    type_number(page, "#train-steps input", 30)  # once a CI run saw 1500 here, typed before the page had answered
     page.click("#train-start")
     wait_text(page, "#train-status", r"Finished at step 30\b", TRAIN_TIMEOUT_MS)
     page.locator("#train-start-from label", has_text="The current model").click()  # and further again

@@ -431,11 +431,11 @@ def test_a_restarted_server_kills_the_export_children_a_dead_server_left(tmp_pat
 
 def test_browser_model_cycles_keep_the_session_within_its_disk_cap(trained, tmp_path, monkeypatch, links):
     """10 new model versions, each fetched by /browser_model: exports, their zips and browser files
-    stay within the session's cap (the export is faked: a real one's files, with a 6 MB graph)."""
+    stay within the session's cap (the export is faked: a real one's files, the browser's graph 6 MB)."""
     real = tmp_path / "real"
     real.mkdir()
     export_process.export_in_child(trained, real, "fp32", threads=1)
-    (real / "model_fast.onnx").write_bytes(bytes(6 * MB))
+    (real / json.loads((real / "web" / "model.json").read_text())["graph"]).write_bytes(bytes(6 * MB))
 
     def fake(model, folder, precision, **kwargs):
         shutil.copytree(real, folder, dirs_exist_ok=True)
