@@ -75,9 +75,13 @@ def shots(tmp_path_factory) -> Path:
     return folder
 
 
-def open_page(browser, url: str, locale: str):
+def open_page(browser, url: str, locale: str, frame_delay_ms: int = 0):
+    """A new browser context on the app; `frame_delay_ms` holds back every animation frame's callbacks
+    by that long, as a busy machine does."""
     context = browser.new_context(locale=locale, viewport={"width": 1360, "height": 900}, accept_downloads=True)
     page = context.new_page()
+    if frame_delay_ms:
+        page.add_init_script(SLOW_FRAMES_JS % frame_delay_ms)
     page.set_default_timeout(TIMEOUT_MS)
     outside = []
     page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None)
@@ -99,6 +103,28 @@ def wait_text(page, selector: str, pattern: str, timeout_ms: int = TIMEOUT_MS) -
     return page.inner_text(selector)
 
 
+SLOW_FRAMES_JS = """
+const frame = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) => frame((time) => setTimeout(() => callback(time), %d));
+"""
+TWO_FRAMES_JS = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+ADVANCED = "#train-advanced button, #train-advanced .label-wrap"
+
+
+def reveal(page, opener, shown: str) -> None:
+    """Open an accordion or a tab the way a user does: click `opener`, see `shown`, then act.
+
+    Gradio 6 mounts a closed accordion's or an unvisited tab's components on their first reveal and,
+    an animation frame later, sets them again to the values the page was loaded with
+    (`render_previously_invisible_children` in its js/core/src/init.svelte.ts): a value typed before
+    that frame is lost. A person cannot type that fast (the frame runs before the field is drawn); a
+    test can, and on a busy machine the frame comes late: CI saw steps typed right after opening
+    "Advanced" come back as 1500. So this waits two frames once `shown` is there."""
+    (page.locator(opener) if isinstance(opener, str) else opener).click()
+    page.locator(shown).first.wait_for()
+    page.evaluate(TWO_FRAMES_JS)
+
+
 def type_number(page, selector: str, value: int) -> None:
     """Type `value` into a number field the way a user does (type, then leave the field)."""
     field = page.locator(selector)
@@ -108,12 +134,15 @@ def type_number(page, selector: str, value: int) -> None:
 
 
 def test_typed_settings_stay_whatever_else_the_page_updates(browser, server):
-    """A typed step count once came back as the preset's value seconds later (the presets applied
-    on `.change`, which also fires when the page re-renders the radio; they now apply on `.input`,
-    a user's pick). Everything that updates the Train tab's other controls keeps typed values."""
+    """Typed values stay whatever else updates the Train tab's controls. Two causes of a typed step
+    count coming back as the preset's were found: the presets applied on `.change`, which also fires
+    when the page re-renders the radio (they now apply on `.input`, a user's pick), and Gradio's
+    first reveal of the "Advanced" accordion (see `reveal`). The page runs with slow animation
+    frames, as on a busy machine: typing right after the first click on "Advanced" loses the value
+    on every run."""
     url, _ = server
-    context, page, _ = open_page(browser, url, "en-US")
-    page.click("#train-advanced button, #train-advanced .label-wrap")
+    context, page, _ = open_page(browser, url, "en-US", frame_delay_ms=400)
+    reveal(page, ADVANCED, "#train-steps input")
     steps, dropout = page.locator("#train-steps input"), page.locator("#train-dropout input")
     sync_api.expect(steps).to_have_value(str(PRESET_STEPS))
     type_number(page, "#train-steps input", 300)
@@ -137,7 +166,7 @@ def test_typed_settings_stay_whatever_else_the_page_updates(browser, server):
 def test_train_generate_compare_export_download(browser, server, shots, tmp_path):
     url, _ = server
     context, page, outside = open_page(browser, url, "en-US")
-    page.click("#train-advanced button, #train-advanced .label-wrap")
+    reveal(page, ADVANCED, "#train-steps input")
     sync_api.expect(page.locator("#train-steps input")).to_have_value(str(PRESET_STEPS))
     type_number(page, "#train-steps input", TRAIN_STEPS)
     page.click("#train-start")
@@ -150,7 +179,7 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
     assert "[step" in page.locator("#train-sample textarea").input_value()
     page.screenshot(path=str(shots / "train.png"), full_page=True)
 
-    page.get_by_role("tab", name="Generate").click()
+    reveal(page, page.get_by_role("tab", name="Generate"), "#gen-prompt textarea")
     cuda = page.locator('#gen-backend label:has(input[value="ort-cuda"])')
     if "Unavailable here" in page.inner_text("#gen-backend"):
         assert float(cuda.evaluate("e => getComputedStyle(e).opacity")) < 1  # greyed out with the reason shown
@@ -182,7 +211,7 @@ def test_train_generate_compare_export_download(browser, server, shots, tmp_path
     wait_text(page, "#gen-stats", DONE + "seed 1")
     page.screenshot(path=str(shots / "generate.png"), full_page=True)
 
-    page.get_by_role("tab", name="Models").click()
+    reveal(page, page.get_by_role("tab", name="Models"), "#model-save-name input")
     page.locator("#model-save-name input").fill("stdlib-tiny")
     page.click("#model-save")
     wait_text(page, "#model-message", "Saved as stdlib-tiny")
@@ -222,8 +251,8 @@ def test_train_a_saved_model_further_on_another_text(browser, server, shots):
     page.click("#train-sample-corpus input")
     page.get_by_role("option", name=re.compile("^Shakespeare")).click()
     sync_api.expect(page.locator("#train-sample-corpus input")).to_have_value(re.compile("^Shakespeare"))
-    page.click("#train-advanced button, #train-advanced .label-wrap")
-    type_number(page, "#train-steps input", 30)  # once a CI run saw 1500 here, typed before the page had answered
+    reveal(page, ADVANCED, "#train-steps input")
+    type_number(page, "#train-steps input", 30)
     page.click("#train-start")
     wait_text(page, "#train-status", r"Finished at step 30\b", TRAIN_TIMEOUT_MS)
     page.locator("#train-start-from label", has_text="The current model").click()  # and further again
@@ -234,7 +263,7 @@ def test_train_a_saved_model_further_on_another_text(browser, server, shots):
     for series, colour in training.COLOURS.items():  # the earlier curve too, each in its own colour
         assert colour_pixels(page.locator("#train-plot").screenshot(), colour) > 20, f"{series} ({colour}) not drawn"
     page.screenshot(path=str(shots / "train-further.png"), full_page=True)
-    page.get_by_role("tab", name="Models").click()
+    reveal(page, page.get_by_role("tab", name="Models"), "#eval-text textarea")
     summary = wait_text(page, "#model-current", "trained further on")
     assert "seed-model, trained further on Shakespeare" in summary and "context 32" in summary  # its shape
     held_out = "KING RICHARD:\nNow is the winter of our discontent\nMade glorious summer by this sun of York."

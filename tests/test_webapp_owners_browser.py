@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_webapp_browser import TIMEOUT_MS, wait_text
+from test_webapp_browser import TIMEOUT_MS, reveal, wait_text
 from webapp_common import launch
 
 from gpt import GPT, MODEL_FILES, Tokenizer
@@ -49,7 +49,7 @@ def open_models_tab(context, url: str):
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url, wait_until="load")
-    page.get_by_role("tab", name="Models").click()
+    reveal(page, page.get_by_role("tab", name="Models"), "#model-upload")  # before setting files
     wait_text(page, "#model-owner-note", "private to this browser")  # the page has its owner key
     return page
 
