@@ -1,7 +1,7 @@
 """The web app as a public Space sees it: outside users through `gradio_client` on loopback.
 
-Four sessions train, export and generate at once (two trainings run side by side while the others
-export), each gets its own model; adversarial values get a clear message while the server keeps
+Four sessions train, export and generate at once (two trainings and two exports may run side by
+side), each gets its own model; adversarial values get a clear message while the server keeps
 answering; a full queue answers "try again"; a server killed with `kill -9` during a training and
 an export restarts clean.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
 from webapp_common import TINY, client, connect, free_port, launch, start_server, text, train_args
 from webapp_common import generate_args as common_generate_args
 
@@ -62,6 +63,7 @@ def server(tmp_path_factory):
         train_threads=1,
         generate_threads=1,
         train_concurrency=2,
+        export_concurrency=2,  # two sessions' exports side by side, as two trainings are
         max_train_memory_mb=512,
         min_free_disk_mb=1,
     )
@@ -145,18 +147,21 @@ def test_a_full_queue_answers_try_again(tmp_path, texts):
     demo, url = launch(settings)
     try:
         running = client(url).submit(*train_args(texts[0], 2000), api_name="/train")
-        time.sleep(1.0)
+        wait_until(lambda: running.status().code in (Status.PROCESSING, Status.ITERATING), "the first training")
         waiting = [client(url).submit(*train_args(texts[1], 5), api_name="/train") for _ in range(3)]
-        errors = []
-        for job in waiting:
-            try:
-                job.result(timeout=60)
-            except Exception as err:
-                errors.append(str(err))
+        wait_until(lambda: any(job.done() for job in waiting), "an answer to a request beyond the queue")
+        errors = [str(job.exception()) for job in waiting if job.done() and job.exception() is not None]
         assert any("Queue is full" in e and "try again" in e for e in errors), errors
         running.cancel()
     finally:
         demo.close()
+
+
+def wait_until(condition, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 # restart safety ---------------------------------------------------------------------------------------
