@@ -104,7 +104,12 @@ class StopWhen(Callback):
 
 
 @pytest.mark.slow  # several export processes at once: not in the fast tier
-def test_exports_beside_a_training_run_in_child_processes(trained, loaders, handlers, monkeypatch, children):
+def test_exports_beside_a_training_run_in_child_processes(trained, loaders, tmp_path, monkeypatch, children):
+    jobs = [("a", "fp32"), ("b", "int8")]  # two sessions, two precisions, both exporting at once
+    handlers = SimpleLLM.create(
+        Settings(artifacts=tmp_path / "artifacts", generate_threads=1, train_threads=1, export_concurrency=len(jobs))
+    )
+
     def refuse(*args, **kwargs):
         raise AssertionError("torch.export ran in the server process")
 
@@ -126,7 +131,6 @@ def test_exports_beside_a_training_run_in_child_processes(trained, loaders, hand
     sessions = {name: handlers.services.session(Request(name)) for name in ("a", "b")}
     for name, session in sessions.items():
         session.set_model(copy.deepcopy(trained), name, name)
-    jobs = [("a", "fp32"), ("b", "fp32"), ("a", "int8")]
     folders: dict[tuple[str, str], Path] = {}
     export_errors: list[Exception] = []
 
@@ -274,22 +278,28 @@ class Peak:
 
 
 @pytest.mark.slow  # several export processes at once: not in the fast tier
-def test_exports_from_every_entry_point_run_at_most_export_concurrency_children(trained, tmp_path):
+def test_exports_from_every_entry_point_run_at_most_export_concurrency_children(trained, tmp_path, children):
+    """Every entry point at once, in three sessions: the three fp32 callers of session "shared" wait
+    on one export, so an entry point that went around the gate would start a fourth export child."""
     handlers = SimpleLLM.create(Settings(artifacts=tmp_path / "artifacts", generate_threads=1, export_concurrency=2))
-    calls = {
-        "export": lambda r: list(handlers.models.export("fp32", request=r))[-1][0],
-        "generate": lambda r: generate(handlers, r, backend=backends.ORT_CPU)[1],
-        "browser_model": lambda r: list(handlers.generate.browser_model("fp32", request=r))[-1][-1],
-        "compare": lambda r: list(handlers.generate.compare("the cat", 4, backends.ORT_CPU, request=r))[-1],
-        "browser_reference": lambda r: list(handlers.generate.browser_reference("the", 4, "browser", "int8", request=r))[-1],
+    calls = {  # entry point: (session, call)
+        "export": ("shared", lambda r: list(handlers.models.export("fp32", request=r))[-1][0]),
+        "generate": ("shared", lambda r: generate(handlers, r, backend=backends.ORT_CPU)[1]),
+        "compare": ("shared", lambda r: list(handlers.generate.compare("the cat", 4, backends.ORT_CPU, request=r))[-1]),
+        "browser_model": ("browser", lambda r: list(handlers.generate.browser_model("fp32", request=r))[-1][-1]),
+        "browser_reference": (
+            "reference",
+            lambda r: list(handlers.generate.browser_reference("the", 4, "browser", "int8", request=r))[-1],
+        ),
     }
+    for session in {session for session, _ in calls.values()}:
+        handlers.services.session(Request(session)).set_model(copy.deepcopy(trained), session, session)
     results: dict[str, object] = {}
 
     def call(name: str) -> None:
-        request = Request(name)
-        handlers.services.session(request).set_model(copy.deepcopy(trained), name, name)
+        session, entry_point = calls[name]
         try:
-            results[name] = calls[name](request)
+            results[name] = entry_point(Request(session))
         except Exception as err:  # noqa: BLE001 - the assertions below report it
             results[name] = err
 
@@ -300,7 +310,8 @@ def test_exports_from_every_entry_point_run_at_most_export_concurrency_children(
         for worker in workers:
             worker.join()
     assert not [r for r in results.values() if isinstance(r, Exception)], results
-    assert peak.most == 2  # 5 exports, 2 at a time
+    assert len(children) == 3  # one export per session and precision, whichever entry point asked
+    assert peak.most == 2  # 3 exports, 2 at a time
     assert "(fp32)" in results["generate"] and "PASS" in results["compare"]
     assert not export_children() and not leftovers(handlers)
 
@@ -429,16 +440,25 @@ def test_a_restarted_server_kills_the_export_children_a_dead_server_left(tmp_pat
             process.wait()
 
 
-def test_browser_model_cycles_keep_the_session_within_its_disk_cap(trained, tmp_path, monkeypatch, links):
-    """10 new model versions, each fetched by /browser_model: exports, their zips and browser files
-    stay within the session's cap (the export is faked: a real one's files, the browser's graph 6 MB)."""
-    real = tmp_path / "real"
+@pytest.fixture(scope="module")
+def browser_sized_export(trained, tmp_path_factory) -> Path:
+    """A real fp32 export of `trained` (made once for the module) whose browser graph is enlarged
+    to 6 MB, so that a few versions of it fill a session's disk cap. Read it; never write into it."""
+    real = tmp_path_factory.mktemp("browser-sized") / "onnx"
     real.mkdir()
     export_process.export_in_child(trained, real, "fp32", threads=1)
     (real / json.loads((real / "web" / "model.json").read_text())["graph"]).write_bytes(bytes(6 * MB))
+    return real
+
+
+def test_browser_model_cycles_keep_the_session_within_its_disk_cap(
+    trained, browser_sized_export, tmp_path, monkeypatch, links
+):
+    """10 new model versions, each fetched by /browser_model: exports, their zips and browser files
+    stay within the session's cap (the export is faked: a real one's files, the browser's graph 6 MB)."""
 
     def fake(model, folder, precision, **kwargs):
-        shutil.copytree(real, folder, dirs_exist_ok=True)
+        shutil.copytree(browser_sized_export, folder, dirs_exist_ok=True)
         return folder
 
     monkeypatch.setattr(export_process, "export_in_child", fake)
