@@ -1,10 +1,7 @@
 """`python -m gpt`: tokenizer, train (with resume, --init-from, --tokenizer), generate and eval, as a user runs them."""
 
-import contextlib
 import inspect
-import io
 import json
-import logging
 import os
 import shutil
 import signal
@@ -13,10 +10,10 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import torch
+from in_process import CliRun, run_main
 
 from gpt import GPT, Tokenizer, checkpoint, evaluate_text
 from gpt.cli import build_parser, main
@@ -25,33 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 TEXT = "Привет, мир! Hello world. 世界 🙂\n" * 40 + "The quick brown fox jumps over the lazy dog.\n" * 60
 
 
-class CliRun(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str  # the log included, as `python -m gpt` prints it
-
-
 def run_cli(*args: str, check: bool = True) -> CliRun:
-    """`python -m gpt ARGS`, run in this process through `gpt.cli.main` (the subprocess start, torch's
-    import, would be most of each call's time; `test_kill_9_...` and the shared `tiny_checkpoint`
-    run the real `python -m gpt`)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    log = logging.StreamHandler(stderr)  # what `main`'s basicConfig prints when it runs alone
-    log.setFormatter(logging.Formatter("%(message)s"))
-    root, level, threads = logging.getLogger(), logging.getLogger().level, torch.get_num_threads()
-    root.addHandler(log)
-    root.setLevel(logging.INFO)
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                code = main(list(args))
-            except SystemExit as exit:  # argparse: --help, or a bad flag
-                code = exit.code
-    finally:
-        root.removeHandler(log)
-        root.setLevel(level)
-        torch.set_num_threads(threads)  # --threads
-    result = CliRun(code, stdout.getvalue(), stderr.getvalue())
+    """`python -m gpt ARGS`, run in this process (`test_kill_9_...` and the shared `tiny_checkpoint`
+    run the real one)."""
+    result = run_main(main, *args)
     if check:
         assert result.returncode == 0, result.stderr
     return result
