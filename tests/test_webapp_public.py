@@ -177,10 +177,11 @@ def test_a_server_killed_during_training_export_and_save_restarts_clean(tmp_path
         training = trainer.submit(*train_args(texts[1], 500), api_name="/train")
         exporting = saver.submit("int8", api_name="/export")
         sessions = artifacts / "sessions" / f"{process.pid}-1"
-        deadline = time.monotonic() + 120
-        while not (list(sessions.glob("*/runs/*/checkpoints/*")) and list(sessions.glob("*/exports/*"))):
-            assert time.monotonic() < deadline, "training and export never started"
-            time.sleep(0.2)
+        wait_until(
+            lambda: list(sessions.glob("*/runs/*/checkpoints/*")) and list(sessions.glob("*/exports/*")),
+            "the training's first checkpoint and the export's folder",
+            seconds=120,
+        )
         # a save interrupted half-way, as `kill -9` leaves it: a hidden temporary folder of the dead server
         half = artifacts / "models" / f".saving-{process.pid}-process-x1"
         half.mkdir(parents=True)
