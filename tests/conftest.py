@@ -4,8 +4,9 @@
   once per session by `python -m gpt train` on the shipped excerpt, and exported once per precision
   (with the portable graphs) for every test that only reads it. Tests that modify a model or an
   export make their own.
-Tests marked `slow` (a server, a real browser, a benchmark, a side environment, several processes;
-every test that uses `chromium` is marked here) are left out of the fast tier, `pytest -m "not slow"`.
+Tests marked `slow` (a server, a real browser, a benchmark, a side environment, several processes,
+an ONNX export or a measured process of its own, an exhaustive sweep; every test that uses
+`chromium` is marked here) are left out of the fast tier, `pytest -m "not slow"`.
 
 - `chromium`: a headless Chromium (Debian's, driven by Playwright) per module that uses it.
 - `settings` / `handlers`: the web app's settings and handlers per module, the module's caps in its

@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from in_process import CliRun, run_main
 
 from gpt import GPT, Tokenizer, checkpoint, evaluate_text
-from gpt.cli import build_parser
+from gpt.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "Привет, мир! Hello world. 世界 🙂\n" * 40 + "The quick brown fox jumps over the lazy dog.\n" * 60
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "gpt", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+def run_cli(*args: str, check: bool = True) -> CliRun:
+    """`python -m gpt ARGS`, run in this process (`test_kill_9_...` and the shared `tiny_checkpoint`
+    run the real one)."""
+    result = run_main(main, *args)
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_training import TINY_CONTEXT, run_module
+from in_process import run_main
+from tiny_training import TINY_CONTEXT
 
 from export import OnnxGPT
 from export.cli import main as export_main
@@ -112,14 +113,15 @@ def test_eval_commands_print_the_same_figures(checkpoint, model, exported, tmp_p
     held_out = tmp_path / "held-out.txt"
     held_out.write_text(HELD_OUT, encoding="utf-8")
     expected = evaluate_text(model, HELD_OUT)
-    from_torch = run_module("gpt", "eval", "--model", str(checkpoint), "--data", str(held_out), "--threads", "1").stdout
-    from_onnx = run_module("export", "eval", "--onnx", str(exported), "--data", str(held_out), "--threads", "1").stdout
+    from_torch = run_main(gpt_main, "eval", "--model", str(checkpoint), "--data", str(held_out), "--threads", "1")
+    from_onnx = run_main(export_main, "eval", "--onnx", str(exported), "--data", str(held_out), "--threads", "1")
     pattern = (
         r"(\d+) tokens, (\d+) bytes: loss ([\d.]+) nats/token, perplexity ([\d.]+), ([\d.]+) nats/byte "
         r"\(([\d.]+) bits/byte\)"
     )
-    for output in (from_torch, from_onnx):
-        tokens, size, loss, perplexity, nats, bits = re.search(pattern, output).groups()
+    for run in (from_torch, from_onnx):
+        assert run.returncode == 0, run.stderr
+        tokens, size, loss, perplexity, nats, bits = re.search(pattern, run.stdout).groups()
         assert (int(tokens), int(size)) == (expected.tokens, expected.bytes)
         figures = [float(loss), float(perplexity), float(nats), float(bits)]
         wanted = [expected.loss, expected.perplexity, expected.nats_per_byte, expected.bits_per_byte]
@@ -128,16 +130,14 @@ def test_eval_commands_print_the_same_figures(checkpoint, model, exported, tmp_p
 
 @pytest.mark.parametrize("module", ["gpt", "export"])
 def test_eval_commands_refuse_bad_files_clearly(checkpoint, exported, tmp_path, module, capsys):
-    """A binary file as a user runs the command (exit 2, the file named, no traceback); the other bad
-    files through the same `main` in this process (a traceback there would fail the test)."""
+    """A binary file, an empty one, a missing one, a folder that is not a model: exit 2, the file
+    named (a traceback would fail the test: `main` runs in this process)."""
     main = {"gpt": gpt_main, "export": export_main}[module]
     model_flag = ["--model", str(checkpoint)] if module == "gpt" else ["--onnx", str(exported)]
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"\x00\x01\x02\xff" * 10)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    result = run_module(module, "eval", *model_flag, "--data", str(binary), check=False)
-    assert result.returncode == 2 and "blob.txt" in result.stderr and "Traceback" not in result.stderr
     for path, reason in ((binary, "blob.txt"), (empty, "empty.txt"), (tmp_path / "missing.txt", "missing.txt")):
         assert main(["eval", *model_flag, "--data", str(path), "--threads", "1"]) == 2
         assert reason in capsys.readouterr().err

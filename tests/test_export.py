@@ -2,7 +2,8 @@
 onnxruntime, providers, and failures that leave nothing behind (onnxruntime-genai and the other
 runtimes that load the folder: test_export_interop.py).
 
-Exports take seconds each, so the folders most tests share are session fixtures.
+Exports take seconds each, so the folders most tests share are session fixtures; a test that
+makes an export of its own is marked `slow` (outside the fast tier).
 """
 
 import json
@@ -238,6 +239,7 @@ def test_one_graph_runs_prefill_from_an_empty_cache_and_decode(random_dir, rando
         np.testing.assert_allclose(onnx_value, torch_value.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow  # an export of its own: not in the fast tier
 @pytest.mark.parametrize("case", ["cuda provider", "odd head size"])
 def test_growing_pasts_for_the_cuda_provider_and_odd_head_sizes(tokenizer, tmp_path, case):
     """GroupQueryAttention's CUDA kernels are fp16-only without an attention bias, and its CPU
@@ -264,6 +266,7 @@ def test_growing_pasts_for_the_cuda_provider_and_odd_head_sizes(tokenizer, tmp_p
 
 
 # head size 16: cache buffers (GroupQueryAttention); 5: growing pasts (MultiHeadAttention)
+@pytest.mark.slow  # an export of its own: not in the fast tier
 @pytest.mark.parametrize("head_size", [16, 5])
 @pytest.mark.parametrize("option", [dict(qk_norm=True), dict(logit_softcap=5.0)], ids=lambda o: ",".join(o))
 def test_options_that_are_not_gpt2_export_with_parity(tokenizer, tmp_path, option, head_size):
@@ -340,6 +343,7 @@ def test_graph_is_fused_for_onnxruntime(random_dir, trained_dir):
     assert sum(ops.values()) <= 9 * layers + 30  # + once per step: the mask, the op's lengths, embeddings, head
 
 
+@pytest.mark.slow  # an export of its own: not in the fast tier
 def test_exact_gelu_with_bias_is_fused_to_bias_gelu(tokenizer, tmp_path):
     model = _model(tokenizer, **{**TRAINED, "activation": "gelu"})
     folder = to_onnx(model, tmp_path / "onnx", portable=False)
@@ -450,6 +454,7 @@ def test_reduced_precision_graphs(reduced_dir, trained_dir):
     assert portable.cache_capacity is None and OnnxGPT.load(folder, graph="onnx/model.onnx").past_dtype == np.float32
 
 
+@pytest.mark.slow  # an export of its own: not in the fast tier
 def test_int8_embedding_table_is_quantized_once_for_the_lookup_and_the_tied_head(trained_model, tmp_path):
     """The tied table is stored once in 8 bits (blocks along each row, zero point 128), read by
     `GatherBlockQuantized` and, reshaped, by the head's `MatMulNBits`; it dequantizes to the
@@ -567,6 +572,7 @@ def test_checkpoint_with_a_missing_file(random_model, tmp_path, missing):
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.slow  # an export of its own: not in the fast tier
 def test_a_model_without_a_tokenizer_exports_and_says_what_it_leaves_out(trained_model, tmp_path, caplog):
     model = GPT(trained_model.config)  # built from the shape alone, as a model trained on token ids
     model.load_state_dict(trained_model.state_dict())
@@ -633,6 +639,7 @@ def test_parity_failure_leaves_nothing(random_model, tmp_path, fast_exporter, mo
     _nothing_written(tmp_path / "out")
 
 
+@pytest.mark.slow  # an export of its own: not in the fast tier
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_weights_go_to_one_data_file_above_the_protobuf_limit(random_model, tmp_path, monkeypatch, precision):
     monkeypatch.setattr(onnx_export.precisions, "WEIGHTS_LIMIT", 1024)  # pretend the model is above 2 GB

@@ -1,12 +1,14 @@
 """`python -m export`: export (the default subcommand), verify and generate, run as a user would."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from in_process import CliRun, run_main
 
 from export import OnnxGPT
 from export.cli import main
@@ -15,9 +17,9 @@ from gpt import GPT, Tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "export", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+def run(*args: str) -> CliRun:
+    """`python -m export ARGS`, run in this process (its --help test starts the real one)."""
+    return run_main(main, *args, log_level=logging.WARNING)  # `main` sets its own logger to INFO
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,8 @@ def exported(checkpoint) -> Path:
 
 
 def test_help_documents_every_flag(capsys):
-    top = run("--help")
+    command = [sys.executable, "-m", "export", "--help"]  # the entry point, in its own interpreter
+    top = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert top.returncode == 0 and all(command in top.stdout for command in ("export", "verify", "generate"))
     assert "Without a subcommand" in " ".join(top.stdout.split())
     flags = {

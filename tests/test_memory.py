@@ -153,6 +153,7 @@ print(json.dumps({"grown": status("VmHWM") - before, "estimate": estimate.total,
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self peak RSS, glibc's allocator: Linux")
+@pytest.mark.slow  # a process of its own, measured: not in the fast tier
 @pytest.mark.parametrize(
     "shape, largest",
     [

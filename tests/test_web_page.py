@@ -50,14 +50,14 @@ def test_runtime_pins_match_the_installed_packages():
     assert webpage.local_runtime() is not None  # every file there, with the pinned hash
 
 
-def test_every_export_holds_the_page(exports):
-    folder = exports["fp32"]
+def test_every_export_holds_the_page(tiny_export):
+    folder, int8 = tiny_export("fp32"), tiny_export("int8")
     names = {p.name for p in (folder / "web").iterdir()}
     assert {"index.html", "page.mjs", "simple_llm.mjs", "worker.mjs", "model.json"} <= names
     page = json.loads((folder / "web" / "model.json").read_text())  # fp32: the portable graph (growing pasts)
     assert page == {"graph": "onnx/model.onnx", "precision": "fp32"} and (folder / page["graph"]).is_file()
-    page = json.loads((exports["int8"] / "web" / "model.json").read_text())  # int8: its own, dequantized at load
-    assert page == {"graph": "web/model.onnx", "precision": "int8"} and (exports["int8"] / page["graph"]).is_file()
+    page = json.loads((int8 / "web" / "model.json").read_text())  # int8: its own, dequantized at load
+    assert page == {"graph": "web/model.onnx", "precision": "int8"} and (int8 / page["graph"]).is_file()
     if webpage.local_runtime() is not None:  # offline: the runtime is beside the page, no CDN address anywhere
         assert {
             "ort.wasm.min.mjs",

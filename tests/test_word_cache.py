@@ -32,6 +32,7 @@ def contexts(char: str) -> str:
     return f"{char}|{char}{char}a {char}1{char} x{char}y\n\n{char}  {char}'ll{char}_{char}\t {char}é{char}Ж{char}9 "
 
 
+@pytest.mark.slow  # an exhaustive sweep (seconds): not in the fast tier
 def test_every_code_point_encodes_like_the_backend(tok: Tokenizer) -> None:
     """All of the Basic Multilingual Plane and a stride through the other planes, in many contexts."""
     words = tok._words
