@@ -35,8 +35,18 @@ import time
 
 import torch
 
-from bench.common import REPO, environment_lines, median_span, print_table, ratio_span, set_threads, shakespeare_text
-from bench.quality import BATCH, SHAPE, run
+from bench.common import (
+    QUICK_TEXT_CHARS,
+    REPO,
+    environment_lines,
+    median_span,
+    print_table,
+    ratio_span,
+    set_threads,
+    shakespeare_text,
+    training_text,
+)
+from bench.quality import BATCH, QUICK_STEPS, SHAPE, run
 from gpt import GPT, Tokenizer, make_loaders
 
 ONE_LR = {"muon_lr_scale": 1.0, "embedding_lr_scale": 1.0}
@@ -106,21 +116,26 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="the name logged (default: the variant's)")
     parser.add_argument("--table", action="store_true", help="only print the table of --log")
     parser.add_argument("--baseline", default="default", help="the variant the table compares with")
-    parser.add_argument("--quick", action="store_true", help="50 steps, one seed (a smoke run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_STEPS} steps, one seed, the text's first {QUICK_TEXT_CHARS:,} characters; "
+        "with --speed: 1 round of 5 steps (a smoke run)",
+    )
     parser.add_argument("--speed", action="store_true", help="interleaved training tokens/s only (see above)")
     parser.add_argument("--rounds", type=int, default=5, help="--speed: interleaved rounds (default: %(default)s)")
     parser.add_argument("--speed-steps", type=int, default=100, help="--speed: steps a variant a round")
     args = parser.parse_args()
     if args.speed:
         set_threads(args.threads)
-        rounds, steps = (2, 5) if args.quick else (args.rounds, args.speed_steps)
+        rounds, steps = (1, 5) if args.quick else (args.rounds, args.speed_steps)
         print_speed(args.variants.split(","), rounds, steps, args.model, args.fit)
         print("\n".join(environment_lines(args.threads)))
         return
     if not args.table:
         set_threads(args.threads)
-        text = shakespeare_text().read_text(encoding="utf-8")
-        steps = 50 if args.quick else args.steps
+        text = training_text(args.quick)
+        steps = QUICK_STEPS if args.quick else args.steps
         seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
         commit = _commit()
         for seed in seeds:  # interleaved: every variant once per seed

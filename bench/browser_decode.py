@@ -195,12 +195,12 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,int8", help="exports to run (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default: %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens generated per call (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="shape S, 1 round of 40 tokens (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="shape S, 1 round of 10 tokens (a smoke run)")
     parser.add_argument("--before", metavar="REF", help="add the page of git revision REF on the fast graph")
     args = parser.parse_args()
     shapes = ["S"] if args.quick else args.shapes.split(",")
     repeats = 1 if args.quick else args.repeats
-    new_tokens = 40 if args.quick else args.new_tokens
+    new_tokens = 10 if args.quick else args.new_tokens
     if not CHROMIUM.is_file():
         raise SystemExit(f"{CHROMIUM} not found: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright

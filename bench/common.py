@@ -26,6 +26,20 @@ def shakespeare_text() -> Path:
     return SHAKESPEARE
 
 
+QUICK_TEXT_CHARS = 100_000
+"""The training benches' `--quick` smoke runs read only this many first characters of the text."""
+
+
+def training_text(quick: bool = False) -> str:
+    """The Shakespeare text (`shakespeare_text()`), or with `quick` its first `QUICK_TEXT_CHARS`
+    characters, and a line that says so."""
+    text = shakespeare_text().read_text(encoding="utf-8")
+    if quick:
+        text = text[:QUICK_TEXT_CHARS]
+        print(f"quick: its first {len(text):,} characters only")
+    return text
+
+
 def set_threads(threads: int) -> None:
     """Use `threads` intra-op threads in torch (and one inter-op thread)."""
     torch.set_num_threads(threads)

@@ -208,11 +208,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens generated per call (default: %(default)s)")
     parser.add_argument("--rows", default=",".join(CPU_ROWS), help="CPU rows: " + ", ".join(CPU_ROWS))
     parser.add_argument("--no-batch8", action="store_true", help="skip the batch-8 rows at M")
-    parser.add_argument("--quick", action="store_true", help="shape S only, 2 rounds of 100 tokens (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="shape S only, 1 round of 20 tokens (a smoke run)")
     args = parser.parse_args()
     shapes = ["S"] if args.quick else args.shapes.split(",")
-    repeats = 2 if args.quick else args.repeats
-    new_tokens = 100 if args.quick else args.new_tokens
+    repeats = 1 if args.quick else args.repeats
+    new_tokens = 20 if args.quick else args.new_tokens
     rows = [r for r in args.rows.split(",") if r]
     for name in rows:
         if name not in CPU_ROWS:

@@ -28,13 +28,14 @@ import time
 
 import torch
 
-from bench.common import environment_lines, print_table, set_threads, shakespeare_text
+from bench.common import QUICK_TEXT_CHARS, environment_lines, print_table, set_threads, training_text
 from gpt import GPT, Tokenizer, make_loaders
 from gpt.callbacks import WeightEMA
 from gpt.training import evaluate
 
 SHAPE = dict(max_seq_len=64, emb_size=128, num_heads=4, num_layers=4, dropout=0.0)
 BATCH = 12
+QUICK_STEPS = 10  # --quick: a smoke run of every row, not a figure
 NANOGPT = dict(
     optimizer="adamw",
     learning_rate=1e-3,
@@ -115,7 +116,11 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="seeds per row; the table gives medians (default: %(default)s)"
     )
-    parser.add_argument("--quick", action="store_true", help="50 steps (a smoke run, under a minute)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_STEPS} steps on the text's first {QUICK_TEXT_CHARS:,} characters (a smoke run)",
+    )
     parser.add_argument(
         "--fit",
         type=json.loads,
@@ -130,8 +135,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     set_threads(args.threads)
-    steps = 50 if args.quick else args.steps
-    text = shakespeare_text().read_text(encoding="utf-8")
+    steps = QUICK_STEPS if args.quick else args.steps
+    text = training_text(args.quick)
     rows = args.rows.split(",")
     results: dict[str, list[dict]] = {row: [] for row in rows}
     for seed in range(args.repeats):  # interleaved: every row once per seed

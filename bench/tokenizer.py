@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default: %(default)s)")
     parser.add_argument("--slice-kb", type=int, default=64, help="reference: slice in kB (default: %(default)s)")
     parser.add_argument("--merges", type=int, default=256, help="reference: merges on the slice (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="2 rounds, a 16 kB slice with 64 merges (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="1 round, a 16 kB slice with 64 merges (a smoke run)")
     args = parser.parse_args()
     # rayon reads these when its pool first starts, i.e. at the first parallel call below
     os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(args.threads)
@@ -102,7 +102,7 @@ def main() -> None:
     data = shakespeare_text()
 
     set_threads(args.threads)
-    repeats = 2 if args.quick else args.repeats
+    repeats = 1 if args.quick else args.repeats
     slice_bytes = (16 if args.quick else args.slice_kb) * 1000
     merges = 64 if args.quick else args.merges
     raw = data.read_bytes()[:MB]

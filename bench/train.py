@@ -145,10 +145,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help=f"timed steps a row a round (default: {DEFAULT_STEPS})")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per row first (default: %(default)s)")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
-    parser.add_argument("--quick", action="store_true", help="shape S only, 3 rounds of 3 steps (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="shape S only, 1 round of 2 steps (a smoke run)")
     args = parser.parse_args()
     shapes = ["S"] if args.quick else args.shapes.split(",")
-    repeats = 3 if args.quick else args.repeats
+    repeats = 1 if args.quick else args.repeats
     rows = [r for r in args.rows.split(",") if r]
     for name in rows:
         if name not in ROWS:
@@ -160,7 +160,7 @@ def main() -> None:
 
     table = []
     for shape in shapes:
-        steps = 3 if args.quick else (args.steps or DEFAULT_STEPS[shape])
+        steps = 2 if args.quick else (args.steps or DEFAULT_STEPS[shape])
         tokens_per_step = SHAPES[shape]["batch"] * SHAPES[shape]["max_seq_len"]
         fpt = flops_per_token(shape)
         data = batches(shape, 4)

@@ -76,10 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("tiny", "small", "medium"),
         help="preset of client A's background training (default tiny, the app's default)",
     )
-    parser.add_argument("--quick", action="store_true", help="4 requests per phase in 2 blocks (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="2 requests per phase in 1 block (a smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.blocks = min(args.repeats, 4), min(args.blocks, 2)
+        args.repeats, args.blocks = min(args.repeats, 2), min(args.blocks, 1)
     if args.repeats < 1 or args.blocks < 1 or args.threads < 1 or args.max_new_tokens < 1:
         parser.error("--repeats, --blocks, --threads and --max-new-tokens must be positive")
     args.blocks = min(args.blocks, args.repeats)

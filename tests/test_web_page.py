@@ -50,6 +50,7 @@ def test_runtime_pins_match_the_installed_packages():
     assert webpage.local_runtime() is not None  # every file there, with the pinned hash
 
 
+@pytest.mark.slow  # the int8 export, which no other fast test needs: not in the fast tier
 def test_every_export_holds_the_page(tiny_export):
     folder, int8 = tiny_export("fp32"), tiny_export("int8")
     names = {p.name for p in (folder / "web").iterdir()}
