@@ -107,6 +107,7 @@ def test_a_stopped_continued_run_resumes_as_the_same_run(handlers, files, base):
     assert "trained further on new.txt" in plain(last[3])
 
 
+@pytest.mark.slow  # an ONNX export of its own, in a child process: not in the fast tier
 def test_an_unsaved_model_trained_further_is_named_by_what_it_learned(handlers, files):
     """Issue 22, item 5: no name the user never gave (`simple-llm-runs-001`) in the summary, the
     model card or the export's zip: a model never saved is described by its texts."""
@@ -342,6 +343,7 @@ def test_the_generation_view_shows_each_tokens_probability_and_alternatives(hand
     assert "Generate some text first" in handlers.generate.token_details(_select(10_000), request=base)
 
 
+@pytest.mark.slow  # an ONNX export of its own, in a child process: not in the fast tier
 def test_both_backends_show_the_same_probabilities(handlers, base):
     views = {}
     for backend in ("torch", "ort-cpu"):

@@ -163,6 +163,7 @@ def test_exports_beside_a_training_run_in_child_processes(trained, loaders, tmp_
     assert len(children) == len(jobs) and not leftovers(handlers)
 
 
+@pytest.mark.slow  # an ONNX export of its own, in a child process: not in the fast tier
 def test_a_failing_export_says_why_without_server_paths(trained, handlers, children):
     session = handlers.services.session(Request("broken"))
     broken = copy.deepcopy(trained)
@@ -451,6 +452,7 @@ def browser_sized_export(trained, tmp_path_factory) -> Path:
     return real
 
 
+@pytest.mark.slow  # an ONNX export of its own, in a child process: not in the fast tier
 def test_browser_model_cycles_keep_the_session_within_its_disk_cap(
     trained, browser_sized_export, tmp_path, monkeypatch, links
 ):

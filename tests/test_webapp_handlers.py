@@ -332,6 +332,7 @@ def test_generate_before_any_model(handlers):
     assert "Модели ещё нет" in error_of(lambda: generate(handlers, Request("empty", "ru")))
 
 
+@pytest.mark.slow  # an ONNX export of its own, in a child process: not in the fast tier
 def test_greedy_output_is_the_same_on_torch_and_onnxruntime(trained, handlers):
     request, _ = trained
     torch_text, torch_stats = generate(handlers, request)
@@ -523,6 +524,7 @@ def test_sessions_are_isolated_and_closed(trained, handlers, settings, text_file
     assert not folder.exists() and "closing" not in handlers.services.sessions
 
 
+@pytest.mark.slow  # an ONNX export of its own, in a child process: not in the fast tier
 def test_reduced_precision_exports(trained, handlers):
     request, _ = trained
     for precision in ("fp16", "int8"):
