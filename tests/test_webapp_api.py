@@ -20,7 +20,7 @@ from gradio_client import Client, handle_file
 from gradio_client.client import Job
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
-from webapp_common import WORDS, client, free_port, launch, start_server, train_args
+from webapp_common import WORDS, client, free_port, launch, start_server, train_args, wait_for
 from webapp_common import generate_args as common_generate_args
 
 from webapp.settings import Settings
@@ -64,14 +64,6 @@ def generate_args(prompt: str = "the cat", backend: str = "torch", **options) ->
 
 def plain(markdown: str) -> str:
     return markdown.replace("**", "")
-
-
-def wait_for(condition, timeout: float = 120.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +181,7 @@ def test_cancelled_training_keeps_its_checkpoint_queues_others_and_resumes(serve
             sessions.get(long_run.session_hash).job is not None
             and sessions.get(long_run.session_hash).job.steps_done > 10
         ),
-        what="training steps",
+        "training steps",
     )
 
     # another session's generation is answered while the training runs
@@ -198,13 +190,13 @@ def test_cancelled_training_keeps_its_checkpoint_queues_others_and_resumes(serve
     # a second training waits in the queue (concurrency 1) and sees its position
     waiting = client(url)
     queued = waiting.submit(*train_args(files / "story.txt", 20), api_name="/train")
-    wait_for(lambda: queued.status().code == Status.IN_QUEUE, timeout=30, what="a queued training")
+    wait_for(lambda: queued.status().code == Status.IN_QUEUE, "a queued training", 30)
     assert queued.status().rank is not None
     queued.cancel()
 
     job.cancel()  # as the Stop button does: Gradio closes the handler, which stops the run at a clean step
     session = sessions.get(long_run.session_hash)
-    wait_for(lambda: session.job.done.is_set(), what="the run to stop")
+    wait_for(lambda: session.job.done.is_set(), "the run to stop")
     stopped_at = session.job.steps_done
     assert session.job.stop_reason == "stopped" and 10 < stopped_at < 100_000
     checkpoints = sorted(p.name for p in session.job.checkpoint_dir.iterdir() if p.name.startswith("step-"))

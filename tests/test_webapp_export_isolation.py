@@ -13,13 +13,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import gradio as gr
 import pytest
 import torch
-from webapp_common import TINY, Request, export_children, generate
+from webapp_common import TINY, Request, export_children, generate, wait_for
 
 import export
 import export.onnx_export
@@ -331,7 +330,7 @@ def test_the_same_model_and_precision_is_exported_once_for_every_caller(trained,
 
     first = threading.Thread(target=call, args=("first", "fp32", first_cancel))
     first.start()
-    assert wait_for(lambda: children, 60)
+    assert wait_for(lambda: children, "an export child", 60)
     usage = exports._gate(session, handlers.services.settings).capacity.usage()  # admitted: its memory is reserved
     assert usage.running == ("export",) and usage.jobs == exports.export_memory(trained.num_parameters())
     second = threading.Thread(target=call, args=("second", "fp32"))
@@ -347,7 +346,7 @@ def test_the_same_model_and_precision_is_exported_once_for_every_caller(trained,
     both = [threading.Thread(target=call, args=(f"int8-{n}", "int8", cancels[n])) for n in range(2)]
     for worker in both:
         worker.start()
-    assert wait_for(lambda: len(children) == 2, 60)
+    assert wait_for(lambda: len(children) == 2, "two export children", 60)
     for cancel in cancels:
         cancel.set()
     for worker in both:
@@ -368,7 +367,7 @@ def test_cancelling_browser_model_kills_its_export_child(trained, handlers, chil
         next(stream)
     assert children and children[0].poll() is None
     niced = min(19, os.nice(0) + export_child.NICE)
-    assert wait_for(lambda: _nice(children[0].pid) == niced, 30)  # it yields the CPU
+    assert wait_for(lambda: _nice(children[0].pid) == niced, "the child's niceness", 30)  # it yields the CPU
     stream.close()  # the page's Stop: Gradio closes the handler
     assert_gone(children[0])
     assert session.exports == {} and not leftovers(handlers) and not export_children()
@@ -409,13 +408,13 @@ def test_an_export_child_dies_with_its_server(trained, tmp_path):
         env=export_process._child_env(),
     )
     try:
-        child = wait_for(lambda: _children_of(server.pid), 120)[0]
+        child = wait_for(lambda: _children_of(server.pid), "the server's export child", 120)[0]
         threading.Event().wait(2)  # well inside the export by now
         assert _alive(child)
     finally:
         server.kill()  # kill -9: no handler, no `finally` runs in the server
         server.wait()
-    assert wait_for(lambda: not _alive(child), 10)
+    assert wait_for(lambda: not _alive(child), "the child's end", 10)
 
 
 def test_a_restarted_server_kills_the_export_children_a_dead_server_left(tmp_path):
@@ -494,16 +493,6 @@ def disk_used(*folders: Path) -> int:
                 seen.add((stat.st_dev, stat.st_ino))
                 total += stat.st_size
     return total
-
-
-def wait_for(condition, seconds: float):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    return condition()
 
 
 def _children_of(pid: int) -> list[int]:

@@ -11,13 +11,12 @@ import os
 import resource
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
-from webapp_common import TINY, client, connect, free_port, launch, start_server, text, train_args
+from webapp_common import TINY, client, connect, free_port, launch, start_server, text, train_args, wait_for
 from webapp_common import generate_args as common_generate_args
 
 from webapp.settings import Settings
@@ -147,21 +146,14 @@ def test_a_full_queue_answers_try_again(tmp_path, texts):
     demo, url = launch(settings)
     try:
         running = client(url).submit(*train_args(texts[0], 2000), api_name="/train")
-        wait_until(lambda: running.status().code in (Status.PROCESSING, Status.ITERATING), "the first training")
+        wait_for(lambda: running.status().code in (Status.PROCESSING, Status.ITERATING), "the first training", 60)
         waiting = [client(url).submit(*train_args(texts[1], 5), api_name="/train") for _ in range(3)]
-        wait_until(lambda: any(job.done() for job in waiting), "an answer to a request beyond the queue")
+        wait_for(lambda: any(job.done() for job in waiting), "an answer to a request beyond the queue", 60)
         errors = [str(job.exception()) for job in waiting if job.done() and job.exception() is not None]
         assert any("Queue is full" in e and "try again" in e for e in errors), errors
         running.cancel()
     finally:
         demo.close()
-
-
-def wait_until(condition, what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # restart safety ---------------------------------------------------------------------------------------
@@ -177,7 +169,7 @@ def test_a_server_killed_during_training_export_and_save_restarts_clean(tmp_path
         training = trainer.submit(*train_args(texts[1], 500), api_name="/train")
         exporting = saver.submit("int8", api_name="/export")
         sessions = artifacts / "sessions" / f"{process.pid}-1"
-        wait_until(
+        wait_for(
             lambda: list(sessions.glob("*/runs/*/checkpoints/*")) and list(sessions.glob("*/exports/*")),
             "the training's first checkpoint and the export's folder",
             seconds=120,

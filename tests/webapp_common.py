@@ -133,6 +133,16 @@ def error_of(call) -> str:
     return info.value.message
 
 
+def wait_for(condition, what: str, seconds: float = 120):
+    """Poll `condition` until it returns something truthy and return that; fail naming `what`
+    after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {seconds:g} s waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
