@@ -2,7 +2,9 @@
 (and the Hugging Face configs beside them, `gpt.hub`, so transformers loads it as a GPT-2).
 
 A training checkpoint (`step-00000123/` under a checkpoint folder) is the same folder plus what a
-resume needs: `optimizer.safetensors`, `trainer_state.json` and `rng.safetensors`.
+resume needs: `optimizer.safetensors`, `trainer_state.json` and `rng.safetensors`, and, when training
+averages the weights (`gpt.WeightEMA`), `training_weights.safetensors`: the raw weights training goes
+on from, while `model.safetensors` holds their average (the model to use).
 
 No pickle anywhere. Every file is written under a temporary name and renamed into place, and a
 training checkpoint folder is written whole under a temporary name and renamed too (`gpt.files`),
@@ -22,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file
 from safetensors.torch import save_model as save_safetensors
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINING_WEIGHTS_FILE = "training_weights.safetensors"
+"""The raw weights of a training checkpoint whose `model.safetensors` holds their average, by parameter name."""
 TRAINER_STATE_FILE = "trainer_state.json"
 TRAINING_FILE = "training.json"
 """What the model was trained on and how far (`GPT.training_record`), for its model card."""
@@ -226,14 +231,23 @@ def prune_checkpoints(checkpoint_dir: str | Path, keep_last: int) -> None:
 
 
 def save_training_checkpoint(
-    path: str | Path, model: nn.Module, optimizer: Optimizer, state: dict[str, Any], rng: dict[str, Tensor]
+    path: str | Path,
+    model: nn.Module,
+    optimizer: Optimizer,
+    state: dict[str, Any],
+    rng: dict[str, Tensor],
+    training_weights: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Write folder `path` atomically: the model files, the optimizer state, `state` as JSON and `rng` tensors."""
+    """Write folder `path` atomically: the model files, the optimizer state, `state` as JSON and `rng`
+    tensors; and `training_weights` (by parameter name), the raw weights when `model` holds their average."""
     tensors, groups = _flatten_optimizer(optimizer)
     text = json.dumps({**state, "optimizer_param_groups": groups}, indent=1) + "\n"
 
     with atomic_folder(Path(path)) as tmp:
         save_model(model, tmp, tokenizer=getattr(model, "tokenizer", None))
+        if training_weights is not None:
+            raw = {name: weight.contiguous() for name, weight in training_weights.items()}
+            atomic_write(tmp / TRAINING_WEIGHTS_FILE, lambda f: save_file(raw, str(f)))
         atomic_write(tmp / OPTIMIZER_FILE, lambda f: save_file(tensors, str(f)))
         atomic_write(tmp / RNG_FILE, lambda f: save_file(rng, str(f)))
         atomic_write(tmp / TRAINER_STATE_FILE, lambda f: f.write_text(text, encoding="utf-8"))
@@ -252,6 +266,23 @@ def read_training_state(path: str | Path, optimizer: Optimizer) -> tuple[dict[st
         raise CheckpointError(f"{state_file}: not a valid trainer state for this model ({err!r})") from err
     _load_optimizer(optimizer, groups, params, folder)
     return state, _read_tensors(folder, RNG_FILE)
+
+
+def read_training_weights(model: nn.Module, path: str | Path) -> bool:
+    """Load the raw weights of checkpoint folder `path` into `model` in place, if it has them apart
+    (`TRAINING_WEIGHTS_FILE`); True if it had. Every parameter must be there with its shape."""
+    folder = Path(path)
+    if not (folder / TRAINING_WEIGHTS_FILE).is_file():
+        return False
+    tensors = _read_tensors(folder, TRAINING_WEIGHTS_FILE)
+    params = dict(model.named_parameters())
+    wrong = sorted(set(params) ^ set(tensors)) or [n for n, p in params.items() if tensors[n].shape != p.shape]
+    if wrong:
+        raise CheckpointError(f"{folder / TRAINING_WEIGHTS_FILE}: weights do not fit the model ({', '.join(wrong)})")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[name])
+    return True
 
 
 def _flatten_optimizer(optimizer: Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:

@@ -1,7 +1,9 @@
 """Training: `fit` runs Muon on the blocks' weight matrices and AdamW on the rest (or AdamW
 everywhere; see `gpt.optim`) with warmup + cosine decay, gradient accumulation and clipping,
 periodic evaluation, callbacks and resumable checkpoints; bf16 autocast where it pays
-(`gpt.precision`) and DistributedDataParallel under `torchrun` (`gpt.distributed`).
+(`gpt.precision`) and DistributedDataParallel under `torchrun` (`gpt.distributed`), and an
+exponential moving average of the weights (`gpt.WeightEMA`), which is what evaluations measure,
+checkpoints hold as the model and the model holds when `fit` returns.
 
 One `Trainer` runs one `fit` call and is what callbacks receive. Training stops cleanly, after the
 last completed optimizer step, when `max_steps` or `max_time` is reached, when `stop_training` is
@@ -28,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gpt import checkpoint
-from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, Callback, ModelCheckpoint, ProgressBar
+from gpt.callbacks import DEFAULT_CHECKPOINT_MINUTES, Callback, ModelCheckpoint, ProgressBar, WeightEMA
 from gpt.checkpoint import CheckpointError, latest_checkpoint
 from gpt.distributed import data_parallel, join_process_group, shard, training_device
 from gpt.modes import evaluating
@@ -70,6 +72,10 @@ class TrainingOptions:
     muon_lr_scale: float = 3.0
     embedding_lr_scale: float = 1.0  # the embeddings' (and an untied head's) learning rate is learning_rate * this
     grad_clip: float | None = 1.0  # largest global gradient norm; None: no clipping
+    # Decay per optimizer step of the weight average (`WeightEMA`) that evaluations measure, checkpoints
+    # hold as the model and `fit` leaves in it; None or 0: no average, the last weights. 0.99 reached
+    # 0.008 nats/byte lower in nanoGPT's budget on three seeds (bench/ablate.py; docs/decisions.md).
+    ema_decay: float | None = 0.99
     grad_accum_steps: int = 1  # batches per optimizer step
     max_steps: int | None = None  # stop after this many optimizer steps (resumed ones included)
     max_time: float | None = None  # stop after this many seconds of this call
@@ -95,6 +101,11 @@ class TrainingOptions:
         _check(self.embedding_lr_scale > 0, f"embedding_lr_scale must be > 0, got {self.embedding_lr_scale}")
         _check(self.muon_lr_scale > 0, f"muon_lr_scale must be > 0, got {self.muon_lr_scale}")
         _check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be None or > 0, got {self.grad_clip}")
+        decay = self.ema_decay
+        _check(
+            decay is None or (not isinstance(decay, bool) and isinstance(decay, (int, float)) and 0 <= decay < 1),
+            f"ema_decay must be None or 0 (no average) or in (0, 1), got {decay!r}",
+        )
         _check(self.max_time is None or self.max_time > 0, f"max_time must be None or > 0 seconds, got {self.max_time}")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -163,6 +174,13 @@ def fit(
     `model.train_loss` and `model.validation_loss`). With `checkpoint_dir`, a `ModelCheckpoint` is
     added unless one is given (a checkpoint every 5 minutes of training, at every epoch end and at the
     end), and `resume=True` continues from its newest checkpoint. Under `torchrun` it trains with DDP.
+
+    By default (`ema_decay=0.99`) training keeps an average of the weights (`WeightEMA`; a `WeightEMA`
+    among `callbacks` takes its place): every evaluation measures the average (the validation history,
+    `EarlyStopping`, the best checkpoint), a checkpoint's `model.safetensors` holds it (its
+    `training_weights.safetensors` the raw weights, so that a resume restores both and trains exactly
+    as one run), and the model ends `fit` holding it, or the best checkpoint's with
+    `ModelCheckpoint(restore_best=True)`. `ema_decay=None` trains and returns the raw weights.
     """
     if train_loader is None:
         raise ValueError("train_loader is required")
@@ -197,7 +215,8 @@ class Trainer:
 
     Read: `model`, `options`, `step` (optimizer steps done), `epoch` (0-based), `loss` (of the last
     step), `lr`, `tokens_per_second`, `validation_loss` (of the last evaluation), `history`,
-    `total_steps`, `checkpoint_dir`, `valid_loader`, `is_main` (rank 0), `world_size`.
+    `total_steps`, `checkpoint_dir`, `valid_loader`, `is_main` (rank 0), `world_size`, `ema` (the
+    `WeightEMA` it keeps, or None).
     Write: `stop_training = True` from any thread (checked before every optimizer step), or
     `request_stop(reason)`; `stop_reason` then says why.
     Under DDP, `main_decides(flag)` makes a decision taken on rank 0 everyone's.
@@ -245,6 +264,8 @@ class Trainer:
         if self.dist is not None:
             self.module = data_parallel(model, self.device)
         self.callbacks = _with_defaults(list(callbacks or []), options, self.checkpoint_dir, self.is_main)
+        self.ema = _weight_average(self.callbacks, options.ema_decay)  # None: no average
+        self._final_raw_weights: list[Tensor] | None = None  # once `fit` has put the average in the model
 
         self.step = 0
         self.epoch = 0
@@ -266,6 +287,8 @@ class Trainer:
         """Train until every epoch has run or training stops; see `fit`."""
         try:
             with on_sigterm(self._terminate):
+                if self.ema is not None:
+                    self.ema.start(self.model)  # a resume restarts it from the checkpoint
                 if self.options.resume:
                     self._resume()
                 elif self.checkpoint_dir is not None and latest_checkpoint(self.checkpoint_dir) is not None:
@@ -313,7 +336,9 @@ class Trainer:
             "history": self.history.to_dict(),
         }
         rng = {**_prefixed("now.", self._capture_rng()), **_prefixed("epoch_start.", self._epoch_rng)}
-        path = checkpoint.save_training_checkpoint(path, self.model, self.optimizer, state, rng)
+        with self._averaged_weights() as raw:
+            training_weights = None if raw is None else dict(zip(self._parameter_names(), raw, strict=True))
+            path = checkpoint.save_training_checkpoint(path, self.model, self.optimizer, state, rng, training_weights)
         logger.info("saved checkpoint %s", path)
         return path
 
@@ -367,6 +392,8 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self._record_step(loss_value, lr, tokens * self.world_size, time.perf_counter() - started)
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
 
     def _record_step(self, loss: float, lr: float, tokens: int, seconds: float) -> None:
         self.step += 1
@@ -398,7 +425,8 @@ class Trainer:
 
     def _evaluate(self) -> None:
         options = self.options
-        self.validation_loss = evaluate(self.model, self.valid_loader, options.eval_batches, options.precision)
+        with self._averaged_weights():
+            self.validation_loss = evaluate(self.model, self.valid_loader, options.eval_batches, options.precision)
         self._last_eval_step = self.step
         self.history.evaluations.append((self.step, self.validation_loss))
         if self.is_main:
@@ -441,6 +469,8 @@ class Trainer:
             self.stop_reason = self.stop_reason or "requested"
             logger.info("training stopped at step %d: %s", self.step, self.stop_reason)
         self.history.stop_reason = self.stop_reason
+        if self.ema is not None:
+            self._final_raw_weights = self.ema.copy_to(self.model)
         self._call("on_train_end")
         if self.dist is not None:
             self.dist.barrier()  # rank 0's last checkpoint is on disk when fit returns on any rank
@@ -457,7 +487,11 @@ class Trainer:
         if saved not in (None, self.options.optimizer):
             file = folder / checkpoint.TRAINER_STATE_FILE
             raise CheckpointError(f"{file}: trained with optimizer={saved!r}; resume it with optimizer={saved!r}")
-        checkpoint.read_weights(self.model, folder)
+        checkpoint.read_weights(self.model, folder)  # the average, if the run kept one
+        if self.ema is not None:
+            self.ema.start(self.model)
+        if not checkpoint.read_training_weights(self.model, folder) and self.ema is not None:
+            logger.info("%s holds no weight average: it restarts from the checkpoint's weights", folder)
         state, rng = checkpoint.read_training_state(folder, self.optimizer)
         with _reading(folder / checkpoint.TRAINER_STATE_FILE):
             epoch_finished = self._load_state(state)
@@ -501,6 +535,21 @@ class Trainer:
         if "loader" in states and self.train_loader.generator is not None:
             self.train_loader.generator.set_state(states["loader"])
 
+    @contextmanager
+    def _averaged_weights(self) -> Iterator[list[Tensor] | None]:
+        """The model holds the weight average inside the block (and its raw weights again after it,
+        until `fit` ends); yields the raw weights, or None when training keeps no average."""
+        if self.ema is None:
+            yield None
+        elif self._final_raw_weights is not None:
+            yield self._final_raw_weights
+        else:
+            with self.ema.applied(self.model) as raw:
+                yield raw
+
+    def _parameter_names(self) -> list[str]:
+        return [name for name, _ in self.model.named_parameters()]
+
     def _gradient_sync(self, sync: bool) -> AbstractContextManager:
         """DDP all-reduces gradients on the last batch of an accumulated step only."""
         return nullcontext() if sync or self.dist is None else self.module.no_sync()
@@ -529,6 +578,18 @@ def _with_defaults(
     if options.progress and is_main and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(ProgressBar())
     return callbacks
+
+
+def _weight_average(callbacks: list[Callback], ema_decay: float | None) -> WeightEMA | None:
+    """The `WeightEMA` among `callbacks` (taken out of them: the trainer drives it), else one of
+    `ema_decay` (None when it is None or 0)."""
+    given = [c for c in callbacks if isinstance(c, WeightEMA)]
+    if len(given) > 1:
+        raise ValueError(f"callbacks hold {len(given)} WeightEMA: training keeps one weight average at most")
+    if given:
+        callbacks.remove(given[0])
+        return given[0]
+    return WeightEMA(ema_decay) if ema_decay else None
 
 
 def _lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:

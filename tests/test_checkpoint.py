@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_training import StopAt, assert_same_weights, byte_loaders, made_text, tiny_model
 
 from gpt import GPT, CheckpointError, Tokenizer, atomic_folder, checkpoint
@@ -14,7 +15,7 @@ from gpt.callbacks import ModelCheckpoint
 TEXT = made_text(60)  # 24 training batches of 8 x 16 bytes
 TRAINING_FILES = {
     *("config.json", "generation_config.json", "model.safetensors"),
-    *("optimizer.safetensors", "trainer_state.json", "rng.safetensors"),
+    *("optimizer.safetensors", "trainer_state.json", "rng.safetensors", "training_weights.safetensors"),
 }
 
 
@@ -41,6 +42,18 @@ def test_checkpoint_folder_layout(tmp_path):
     assert state["history"]["loss"] == model.history.loss
     assert len(state["optimizer_param_groups"]) == 3  # Muon; AdamW with and without weight decay
     assert GPT.load(folder).tokenizer.encode("hé") == model.tokenizer.encode("hé")
+
+
+def test_a_checkpoint_holds_the_weight_average_as_its_model_and_the_raw_weights_apart(tmp_path):
+    averaged, raw = trained(tmp_path / "averaged"), trained(tmp_path / "raw", ema_decay=None)
+    folder = tmp_path / "averaged" / "step-00000005"
+    assert_same_weights(GPT.load(folder), averaged)  # the model to use is the average
+    trained_raw = {name: p.detach() for name, p in raw.named_parameters()}  # the same steps, not averaged
+    assert load_file(folder / "training_weights.safetensors").keys() == trained_raw.keys()
+    for name, weight in load_file(folder / "training_weights.safetensors").items():
+        assert torch.equal(weight, trained_raw[name]), name
+    assert not (tmp_path / "raw" / "step-00000005" / "training_weights.safetensors").exists()
+    assert_same_weights(GPT.load(tmp_path / "raw" / "step-00000005"), raw)
 
 
 def test_saved_and_loaded_models_give_identical_logits(tmp_path):
@@ -153,6 +166,7 @@ def test_loading_a_damaged_model_names_the_file(tmp_path, damaged, damage, named
         ("trainer_state.json", lambda f: f.write_text(json.dumps({**json.loads(f.read_text()), "history": 3}))),
         ("optimizer.safetensors", _truncate),
         ("rng.safetensors", Path.unlink),
+        ("training_weights.safetensors", _truncate),
         ("config.json", _change_emb_size),  # the model being trained differs from the checkpoint
     ],
 )
@@ -172,15 +186,18 @@ def test_resume_without_a_checkpoint_starts_from_scratch_and_a_fresh_start_needs
 
 
 @pytest.mark.parametrize(
-    "dropout, stop_step, grad_accum_steps",
+    "dropout, stop_step, grad_accum_steps, ema_decay",
     [
-        (0.0, 10, 1),  # mid-epoch
-        (0.2, 24, 1),  # at the end of the first epoch, with dropout
-        (0.2, 7, 2),  # mid-epoch, accumulating gradients, with dropout
+        (0.0, 10, 1, 0.99),  # mid-epoch
+        (0.2, 24, 1, 0.99),  # at the end of the first epoch, with dropout
+        (0.2, 7, 2, 0.99),  # mid-epoch, accumulating gradients, with dropout
+        (0.0, 10, 1, 0.5),  # an average far from the start weights and from the raw ones
+        (0.0, 10, 1, None),  # no average
     ],
 )
-def test_stopping_and_resuming_trains_exactly_like_one_run(tmp_path, dropout, stop_step, grad_accum_steps):
-    options = dict(num_epoch=2, eval_interval=5, grad_accum_steps=grad_accum_steps, progress=False)
+def test_stopping_and_resuming_trains_exactly_like_one_run(tmp_path, dropout, stop_step, grad_accum_steps, ema_decay):
+    """The weights (the average, with one), the losses and the evaluations (of the average) of one run."""
+    options = dict(num_epoch=2, eval_interval=5, grad_accum_steps=grad_accum_steps, ema_decay=ema_decay, progress=False)
 
     def run(seed: int, **extra) -> GPT:
         model = tiny_model(dropout, seed=seed)
@@ -195,6 +212,7 @@ def test_stopping_and_resuming_trains_exactly_like_one_run(tmp_path, dropout, st
     assert_same_weights(straight, resumed)
     for name in ("steps", "loss", "learning_rate", "tokens", "train_loss", "validation_loss"):
         assert getattr(resumed.history, name) == getattr(straight.history, name), name
+    assert set(straight.history.evaluations) <= set(resumed.history.evaluations)  # + one where the first part stopped
 
 
 def test_saved_files_get_ordinary_permissions(tmp_path):

@@ -63,6 +63,10 @@ class Recorder(Callback):
         ((), dict(grad_accum_steps=100), ValueError, "fewer than grad_accum_steps"),
         ((), dict(resume=True), ValueError, "resume=True needs a checkpoint_dir"),
         ((), dict(epochs=2), TypeError, "epochs"),
+        ((), dict(ema_decay=1.0), ValueError, "ema_decay must be None or 0 .no average. or in .0, 1."),
+        ((), dict(ema_decay=-0.5), ValueError, "ema_decay must be None or 0"),
+        ((), dict(ema_decay=True), ValueError, "ema_decay must be None or 0"),
+        ((), dict(ema_decay="0.99"), ValueError, "ema_decay must be None or 0"),
     ],
 )
 def test_fit_validates_arguments(args, options, error, message):
@@ -254,26 +258,77 @@ def test_stop_training_set_from_another_thread_stops_within_a_step():
     assert model.history.stop_reason == "requested"
 
 
-def test_weight_ema_leaves_the_average_of_the_weights_after_each_step():
-    class Snapshots(Callback):
-        def on_train_begin(self, trainer: Trainer) -> None:
-            self.weights = [[p.detach().clone() for p in trainer.model.parameters()]]
+class RawWeights(Callback):
+    """The raw weights training starts from and those after each step (the model holds them then)."""
 
-        def on_batch_end(self, trainer: Trainer) -> None:
-            self.weights.append([p.detach().clone() for p in trainer.model.parameters()])
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.weights = [[p.detach().clone() for p in trainer.model.parameters()]]
 
+    def on_batch_end(self, trainer: Trainer) -> None:
+        self.weights.append([p.detach().clone() for p in trainer.model.parameters()])
+
+    def averages(self, decay: float) -> list[list[torch.Tensor]]:
+        """The average after each step (index 0: the start), computed here from the raw weights."""
+        averages = [self.weights[0]]
+        for step, weights in enumerate(self.weights[1:], start=1):
+            d = min(decay, (1 + step) / (10 + step))  # follows the weights closely in the first steps
+            averages.append([d * a + (1 - d) * w for a, w in zip(averages[-1], weights)])
+        return averages
+
+
+def _holding(weights: list[torch.Tensor]) -> GPT:
+    """A tiny model holding `weights`."""
     model = tiny_model()
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights, strict=True):
+            p.copy_(w)
+    return model
+
+
+@pytest.mark.parametrize("averaging", [dict(ema_decay=0.3), dict(callbacks=[WeightEMA(0.3)], ema_decay=0.9)])
+def test_fit_leaves_the_average_of_the_raw_weights_of_every_step(averaging):
+    """`ema_decay`, or a `WeightEMA` among the callbacks (which takes its place)."""
+    model, raw = tiny_model(), RawWeights()
     train, _ = byte_loaders(SMALL_TEXT)
-    snapshots, ema = Snapshots(), WeightEMA(0.8)
-    model.fit(train, max_steps=5, callbacks=[snapshots, ema], progress=False)
-    expected = snapshots.weights[0]
-    for weights in snapshots.weights[1:]:
-        expected = [0.8 * e + 0.2 * w for e, w in zip(expected, weights)]
-    for e, p in zip(expected, model.parameters(), strict=True):
-        torch.testing.assert_close(p.detach(), e)
-    assert any(not torch.equal(p, w) for p, w in zip(model.parameters(), snapshots.weights[-1]))  # not the last
-    with pytest.raises(ValueError, match="decay must be in"):
-        WeightEMA(1.0)
+    model.fit(train, max_steps=5, progress=False, **{**averaging, "callbacks": [raw, *averaging.get("callbacks", [])]})
+    for average, p in zip(raw.averages(0.3)[-1], model.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), average)
+    assert any(not torch.equal(p, w) for p, w in zip(model.parameters(), raw.weights[-1]))  # not the last
+
+
+def test_evaluations_measure_the_average_of_the_weights():
+    """The validation history (and so `EarlyStopping` and the best checkpoint) sees the weights `fit` leaves."""
+    model, raw = tiny_model(), RawWeights()
+    train, valid = byte_loaders(SMALL_TEXT)
+    history = model.fit(train, valid, max_steps=6, eval_interval=3, ema_decay=0.3, callbacks=[raw], progress=False)
+    averages = raw.averages(0.3)
+    assert [step for step, _ in history.evaluations] == [3, 6]
+    for step, loss in history.evaluations:
+        assert loss == pytest.approx(evaluate(_holding(averages[step]), valid), rel=1e-5)
+        assert loss != pytest.approx(evaluate(_holding(raw.weights[step]), valid), rel=1e-5)
+    assert history.evaluations[-1][1] == pytest.approx(evaluate(model, valid), rel=1e-6)
+
+
+@pytest.mark.parametrize("off", [None, 0])
+def test_ema_decay_none_or_0_trains_and_leaves_the_raw_weights(off):
+    model, raw = tiny_model(), RawWeights()
+    train, valid = byte_loaders(SMALL_TEXT)
+    history = model.fit(train, valid, max_steps=4, ema_decay=off, callbacks=[raw], progress=False)
+    assert_same_weights(model, _holding(raw.weights[-1]))
+    assert history.evaluations[-1][1] == pytest.approx(evaluate(model, valid), rel=1e-6)
+    default = tiny_model()
+    default.fit(byte_loaders(SMALL_TEXT)[0], max_steps=4, progress=False)  # the same steps, averaged (0.99)
+    assert default.history.loss == history.loss
+    assert not all(torch.equal(a, b) for a, b in zip(default.parameters(), model.parameters()))
+
+
+def test_weight_ema_values_are_checked():
+    train, _ = byte_loaders(SMALL_TEXT)
+    for decay in (1.0, -0.1, True, "0.99"):
+        with pytest.raises(ValueError, match="decay must be in"):
+            WeightEMA(decay)
+    with pytest.raises(ValueError, match="one weight average at most"):
+        fit(tiny_model(), train, callbacks=[WeightEMA(0.9), WeightEMA(0.99)], progress=False)
 
 
 def test_early_stopping_stops_when_validation_loss_stalls():
