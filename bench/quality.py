@@ -2,9 +2,11 @@
 
 Budget: 4 layers, 4 heads, emb 128, context 64, batch 12, 2000 steps, dropout 0; first 90% of
 data/shakespeare.txt (the full text, shipped with the repository) trains, the last 10% validates. Rows:
-- `default`: byte-level tokenizer (no merges), `fit` with its default settings;
+- `default`: byte-level tokenizer (no merges), `fit` with its default settings (Muon, and the
+  model validated is the average of its weights, `ema_decay=0.99`);
 - `adamw`: the default row with `optimizer="adamw"` (AdamW everywhere, the original design);
-- `nanoGPT config`: the same, with nanoGPT's own optimisation settings (the reference row);
+- `nanoGPT config`: the same, with nanoGPT's own optimisation settings (the reference row; no
+  weight average);
 - `default, BPE`: the project's default BPE tokenizer, same budget; its validation loss is also
   given per byte (total nats / bytes), so the tokenizers compare fairly;
 - `default, bf16`: the default row with bf16 autocast forced on (fp32 master weights), to show
@@ -30,7 +32,6 @@ import torch
 
 from bench.common import QUICK_TEXT_CHARS, environment_lines, print_table, set_threads, training_text
 from gpt import GPT, Tokenizer, make_loaders
-from gpt.callbacks import WeightEMA
 from gpt.training import evaluate
 
 SHAPE = dict(max_seq_len=64, emb_size=128, num_heads=4, num_layers=4, dropout=0.0)
@@ -44,6 +45,7 @@ NANOGPT = dict(
     betas=(0.9, 0.99),
     weight_decay=0.1,
     grad_clip=1.0,
+    ema_decay=None,
 )
 ROWS = {
     "default": ("bytes", {}),
@@ -69,11 +71,9 @@ def run(
     fit_overrides: dict | None = None,
     model_overrides: dict | None = None,
     batch: int = BATCH,
-    ema: float | None = None,
 ) -> dict:
     """One training run and its validation. The context is `model_overrides`' `max_seq_len` (else
-    SHAPE's); the validation evaluates each held-out token once, in windows of that context. `ema`:
-    validate an exponential moving average of the weights with that decay per step (`WeightEMA`)."""
+    SHAPE's); the validation evaluates each held-out token once, in windows of that context."""
     tokenizer_kind, options = ROWS[row]
     seq_len = {**SHAPE, **(model_overrides or {})}["max_seq_len"]
     split = int(len(text) * 0.9)
@@ -87,9 +87,8 @@ def run(
     torch.manual_seed(seed)
     model = GPT(vocab_size=tokenizer.vocab_size, **{**SHAPE, **(model_overrides or {})})
     started = time.perf_counter()
-    callbacks = [WeightEMA(ema)] if ema else []
     options = {**options, **(fit_overrides or {})}
-    model.fit(train_loader, max_steps=steps, progress=False, log_every=None, callbacks=callbacks, **options)
+    model.fit(train_loader, max_steps=steps, progress=False, log_every=None, **options)
     seconds = time.perf_counter() - started
     valid_loss = evaluate(model, valid_loader)
     # The validation windows cover all but the last (len - 1) % seq_len tokens: scale nats per token to bytes.

@@ -181,19 +181,20 @@ def test_benches_read_the_shipped_full_text(capsys) -> None:
 def test_ablate_bench(tmp_path: Path) -> None:
     log = tmp_path / "ablate.jsonl"
     result = subprocess.run(
-        [sys.executable, "bench/ablate.py", "--quick", "--variants", "default,relu2,batch 6 x 128,ema 0.99",
+        [sys.executable, "bench/ablate.py", "--quick", "--variants", "default,relu2,batch 6 x 128,no ema",
          "--log", str(log)],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert text_used(result.stdout) == FULL_TEXT
     rows = table_rows(result.stdout)
-    assert [row[0] for row in rows] == ["default", "relu2", "batch 6 x 128", "ema 0.99"]
+    assert [row[0] for row in rows] == ["default", "relu2", "batch 6 x 128", "no ema"]
     for row in rows:
         assert 0 < figure(row[3]) < math.log(256) and figure(row[7]) > 0 and figure(row[8]) > 0
     assert rows[0][6] == "+0.000 (+0.000)"  # its own difference from the default
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r.get("run") for r in records] == [None, None, {"batch": 6}, {"ema": 0.99}]
+    assert [r.get("run") for r in records] == [None, None, {"batch": 6}, None]
+    assert [r["fit"].get("ema_decay", 0.99) for r in records] == [0.99, None, None, None]  # the default averages
     # 6 sequences of 128 tokens a step: the same tokens as 12 x 64, a longer context (position table)
     assert records[2]["tokens"] == records[0]["tokens"]
     assert records[2]["parameters"] == records[0]["parameters"] + 64 * 128
