@@ -23,6 +23,7 @@ from gpt.optim import OPTIMIZERS
 from gpt.precision import bf16_pays
 from gpt.texts import read_text_file, read_texts, text_start
 from gpt.tokenizer import Tokenizer
+from gpt.training import TrainingOptions
 
 log = logging.getLogger("gpt")
 
@@ -149,6 +150,14 @@ def _add_fit_arguments(fit: argparse._ArgumentGroup) -> None:
         help="muon: Muon for the block matrices, AdamW for the rest; adamw: AdamW everywhere (default: %(default)s)",
     )
     fit.add_argument(
+        "--ema-decay",
+        type=_decay,
+        default=TrainingOptions.ema_decay,
+        metavar="DECAY",
+        help="decay per step of the average of the weights that is evaluated, saved and kept; "
+        "0: none, the last weights (default: %(default)s)",
+    )
+    fit.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
@@ -172,6 +181,14 @@ def _add_fit_arguments(fit: argparse._ArgumentGroup) -> None:
     fit.add_argument("--seed", type=int, default=0, help="seed for weights and data order (default: %(default)s)")
     fit.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _decay(text: str) -> float:
+    """A decay in [0, 1) (0 turns the weight average off)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
 
 
 def _add_generate_command(commands: argparse._SubParsersAction) -> None:
@@ -329,6 +346,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         max_time=args.max_time,
         eval_interval=args.eval_interval,
         optimizer=args.optimizer,
+        ema_decay=args.ema_decay,
         precision=args.precision,
         resume=resume_from is not None,
     )

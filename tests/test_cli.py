@@ -172,7 +172,14 @@ def test_bad_input_gives_a_clear_error(tmp_path, trained):
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--checkpoint-minutes", "-1"), ("--checkpoint-minutes", "inf"), ("--checkpoint-steps", "0")]
+    "flag, value",
+    [
+        ("--checkpoint-minutes", "-1"),
+        ("--checkpoint-minutes", "inf"),
+        ("--checkpoint-steps", "0"),
+        ("--ema-decay", "1"),
+        ("--ema-decay", "-0.1"),
+    ],
 )
 def test_checkpoint_flags_are_checked(flag, value, capsys):
     with pytest.raises(SystemExit) as exit:
@@ -183,6 +190,16 @@ def test_checkpoint_flags_are_checked(flag, value, capsys):
 def test_checkpoint_flags_default_to_every_5_minutes():
     args = build_parser().parse_args(["train", "--data", "a.txt", "--out", "m"])
     assert (args.checkpoint_minutes, args.checkpoint_steps) == (5.0, None)
+
+
+def test_ema_decay_0_trains_without_a_weight_average(trained, corpus, tmp_path):
+    averaged = checkpoint.latest_checkpoint(trained / "checkpoints")  # the default, 0.99
+    assert (averaged / checkpoint.TRAINING_WEIGHTS_FILE).is_file()
+    out = tmp_path / "raw"
+    run_cli("train", "--data", str(corpus), "--out", str(out), "--init-from", str(trained), "--steps", "2",
+            "--batch-size", "8", "--threads", "1", "--ema-decay", "0")  # fmt: skip
+    raw = checkpoint.latest_checkpoint(out / "checkpoints")
+    assert raw.name == "step-00000002" and not (raw / checkpoint.TRAINING_WEIGHTS_FILE).exists()
 
 
 @pytest.mark.slow  # a training process killed and restarted: not in the fast tier
