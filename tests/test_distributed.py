@@ -52,4 +52,5 @@ def test_two_process_ddp_run_keeps_ranks_in_step_and_checkpoints_once(tmp_path):
     assert [Path(p).name for p in records[0]["saves"]].count("step-00000006") == 1
     latest = checkpoint.latest_checkpoint(tmp_path / "ckpt")
     assert latest.name == "step-00000006"
-    assert_same_weights(GPT.load(latest), rank0)
+    assert_same_weights(GPT.load(latest), rank0)  # fit's default: the average of the weights, the same on every rank
+    assert (latest / checkpoint.TRAINING_WEIGHTS_FILE).is_file()  # and the raw weights apart, for a resume
