@@ -407,7 +407,12 @@ def _memory_estimate(model: GPT, args: argparse.Namespace) -> MemoryEstimate:
     if precision == "auto":
         precision = "bf16" if bf16_pays(model, model.device) else "fp32"
     return estimate_training_memory(
-        model.config, args.batch_size, optimizer=args.optimizer, precision=precision, device=model.device.type
+        model.config,
+        args.batch_size,
+        optimizer=args.optimizer,
+        precision=precision,
+        device=model.device.type,
+        weight_average=bool(args.ema_decay),
     )
 
 

@@ -1,7 +1,7 @@
 """How much memory training needs, estimated from the config before anything is allocated.
 
-`estimate_training_memory` adds up what one `fit` step keeps alive at its peak: the fp32 weights,
-their gradients, the optimizer's state (with its step's temporaries), what autograd saves for the
+`estimate_training_memory` adds up what one `fit` step keeps alive at its peak: the fp32 weights
+(and their average, `fit`'s `ema_decay`), their gradients, the optimizer's state (with its step's temporaries), what autograd saves for the
 backward pass of one micro-batch, the logits with their cross-entropy copies, and the freed blocks
 the memory allocator keeps. Each tensor is counted as torch 2.13 really keeps it (checked with
 `saved_tensors_hooks` and the profiler's allocation log), so the sum is an upper-ish bound:
@@ -39,7 +39,7 @@ LOWER_TO_SHRINK = {
 class MemoryEstimate:
     """Bytes one training step needs at its peak, by part; `total` is their sum."""
 
-    weights: int  # fp32 parameters
+    weights: int  # fp32 parameters, and their average (`WeightEMA`) when training keeps one
     gradients: int  # one fp32 gradient per parameter
     optimizer: int  # AdamW: 2 fp32 moments per parameter; Muon: 1 per block matrix entry; step temporaries
     activations: int  # what autograd saves for backward, for one micro-batch (bf16 weight copies included)
@@ -68,6 +68,7 @@ def estimate_training_memory(
     precision: str = "fp32",
     grad_accum_steps: int = 1,
     device: str = "cpu",
+    weight_average: bool = True,
 ) -> MemoryEstimate:
     """Peak memory of training a `GPT(config)` with `fit` on windows of `config.max_seq_len` tokens.
 
@@ -77,13 +78,16 @@ def estimate_training_memory(
     (autocast) or "auto" (the larger of the two). `device` matters with dropout: on "cpu" (and any
     device but "cuda"), torch runs attention through its math kernel, which keeps
     `[batch, heads, context, context]` scores; CUDA's fused kernels keep O(context) per head.
+    `weight_average`: `fit` keeps an average of the weights (its default `ema_decay`), one more fp32
+    copy of them.
     """
     _check_positive("batch_size", batch_size)
     _check_positive("grad_accum_steps", grad_accum_steps)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if precision == "auto":
-        options = {"optimizer": optimizer, "grad_accum_steps": grad_accum_steps, "device": device}
+        options = dict(optimizer=optimizer, grad_accum_steps=grad_accum_steps, device=device)
+        options["weight_average"] = weight_average
         both = [estimate_training_memory(config, batch_size, precision=p, **options) for p in ("fp32", "bf16")]
         return max(both, key=lambda estimate: estimate.total)
     if precision not in ("fp32", "bf16"):
@@ -94,7 +98,7 @@ def estimate_training_memory(
     transient = saved + logits
     kept = sum(count * size for count, size in transient if size < MMAP_THRESHOLD)
     return MemoryEstimate(
-        weights=FP32 * count_parameters(config),
+        weights=FP32 * count_parameters(config) * (2 if weight_average else 1),
         gradients=FP32 * count_parameters(config),
         optimizer=_optimizer_bytes(config, optimizer),
         activations=_total(saved),

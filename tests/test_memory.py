@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt import GPT, GPTConfig, MemoryEstimate, estimate_training_memory
+from gpt import GPT, GPTConfig, MemoryEstimate, count_parameters, estimate_training_memory
 from gpt.memory import LOWER_TO_SHRINK, format_bytes
 from gpt.training import _lm_loss
 
@@ -40,11 +40,17 @@ def test_doubling_the_batch_doubles_activations_and_logits():
     assert accumulated == one
 
 
+def test_the_weight_average_is_one_more_copy_of_the_weights():
+    averaged, last = (estimate_training_memory(config(), 8, weight_average=a) for a in (True, False))
+    assert averaged.weights == 2 * last.weights == 2 * 4 * count_parameters(config())
+    assert averaged.total - last.total == last.weights
+
+
 def test_adamw_keeps_more_optimizer_state_than_muon():
     muon = estimate_training_memory(config(), 8, optimizer="muon")
     adamw = estimate_training_memory(config(), 8, optimizer="adamw")
-    assert adamw.optimizer > muon.optimizer >= muon.weights  # both at least a state per parameter
-    assert adamw.optimizer >= 2 * adamw.weights  # two moments per parameter
+    assert adamw.optimizer > muon.optimizer >= muon.weights / 2  # at least a state per parameter (weights: 2 copies)
+    assert adamw.optimizer >= adamw.weights  # two moments per parameter
 
 
 @pytest.mark.parametrize(
