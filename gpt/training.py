@@ -180,7 +180,7 @@ def fit(
     `EarlyStopping`, the best checkpoint), a checkpoint's `model.safetensors` holds it (its
     `training_weights.safetensors` the raw weights, so that a resume restores both and trains exactly
     as one run), and the model ends `fit` holding it, or the best checkpoint's with
-    `ModelCheckpoint(restore_best=True)`. `ema_decay=None` trains and returns the raw weights.
+    `ModelCheckpoint(restore_best=True)`. With `ema_decay=None` (or 0) it ends with the last weights.
     """
     if train_loader is None:
         raise ValueError("train_loader is required")

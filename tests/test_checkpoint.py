@@ -215,6 +215,18 @@ def test_stopping_and_resuming_trains_exactly_like_one_run(tmp_path, dropout, st
     assert set(straight.history.evaluations) <= set(resumed.history.evaluations)  # + one where the first part stopped
 
 
+def test_resuming_an_averaged_run_without_the_average_goes_on_from_the_raw_weights(tmp_path):
+    def run(**options) -> GPT:
+        model = tiny_model()
+        train, valid = byte_loaders(TEXT)
+        model.fit(train, valid, max_steps=8, progress=False, **options)
+        return model
+
+    run(checkpoint_dir=tmp_path, callbacks=[StopAt(5)])  # averaged (the default)
+    resumed = run(checkpoint_dir=tmp_path, resume=True, ema_decay=None)
+    assert_same_weights(resumed, run(ema_decay=None))  # the average never changes the training itself
+
+
 def test_saved_files_get_ordinary_permissions(tmp_path):
     import os
 
