@@ -5,8 +5,9 @@ Rows per shape and precision (random weights, the byte-level tokenizer; a 32-tok
 - `onnxruntime (native), 1 thread`: `OnnxGPT.load(folder, threads=1).generate(ids, N)`, the reference;
 - `browser, 1 thread`: the page served without cross-origin isolation (as `python -m http.server`
   or a Space serves it): onnxruntime-web runs single-threaded;
-- `browser, all threads`: the page served with the COOP/COEP headers, so the page may start up to
-  4 WebAssembly threads (here: the machine's cores, at most 4).
+- `browser, all threads`: the page served with the COOP/COEP headers and opened with
+  `?threads=N` (the machine's cores, at most 4), so onnxruntime-web runs N WebAssembly threads
+  whatever the page's own choice (`threadsFor` in page.mjs: one thread below its size threshold).
 - with `--before REF`, `browser, 1 thread, page of REF`: the same export's fast graph
   (`model_fast.onnx`, which pages ran before the browser got its own graph) under the page files of
   git revision REF (index.html, page.mjs, simple_llm.mjs), for a before/after in one run; "÷ before"
@@ -35,6 +36,7 @@ import functools
 import http.server
 import json
 import logging
+import os
 import shutil
 import statistics
 import subprocess
@@ -52,6 +54,7 @@ from gpt import GPT, Tokenizer
 PROMPT = 32
 CHROMIUM = Path("/usr/bin/chromium")
 ROWS = ("native", "browser-1", "browser-all")
+ALL_THREADS = min(4, os.cpu_count() or 1)
 LABELS = {
     "native": "onnxruntime (native), 1 thread",
     "browser-1": "browser, 1 thread",
@@ -155,17 +158,21 @@ def measure(
             for precision in precisions:
                 name = f"{shape}-{precision}"
                 folder = export(shape, precision, tmp / name)
-                pages = {"browser-1": (plain_url, name), "browser-all": (isolated_url, name)}
+                pages = {
+                    "browser-1": (plain_url, name, ""),
+                    "browser-all": (isolated_url, name, f"?threads={ALL_THREADS}"),
+                }
                 if before:
-                    pages["before"] = (plain_url, page_of(folder, before, precision).name)
+                    pages["before"] = (plain_url, page_of(folder, before, precision).name, "")
                 ids = torch.randint(0, 256, (PROMPT,), generator=torch.Generator().manual_seed(1)).tolist()
                 rates = {row: [] for row in rows}
                 loads = {row: [] for row in rows[1:]}
                 threads = {}
                 for _ in range(repeats):
                     rates["native"].append(native_decode(folder, ids, new_tokens))
-                    for row, (base, page) in pages.items():
-                        rate, load, used = browser_decode(chromium, f"{base}/{page}/web/index.html", ids, new_tokens)
+                    for row, (base, page, query) in pages.items():
+                        url = f"{base}/{page}/web/index.html{query}"
+                        rate, load, used = browser_decode(chromium, url, ids, new_tokens)
                         rates[row].append(rate)
                         loads[row].append(load)
                         threads[row] = used

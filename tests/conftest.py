@@ -8,6 +8,10 @@ Tests marked `slow` (a server, a real browser, a benchmark, a side environment, 
 an ONNX export or a measured process of its own, an exhaustive sweep; every test that uses
 `chromium` is marked here) are left out of the fast tier, `pytest -m "not slow"`.
 
+The suite runs a worker per core (pytest-xdist, `pyproject.toml`'s addopts; `-n 0`: one process),
+each module's tests on one worker (`--dist loadfile`), so a module's fixtures are made once and a
+session fixture once per worker. Tests use one torch thread each.
+
 - `chromium`: a headless Chromium (Debian's, driven by Playwright) per module that uses it.
 - `settings` / `handlers`: the web app's settings and handlers per module, the module's caps in its
   `APP_SETTINGS`.

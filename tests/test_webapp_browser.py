@@ -6,9 +6,12 @@ then opens the page in Russian. Screenshots go to $SIMPLE_LLM_SCREENSHOTS (the R
 a temporary folder. Skips when /usr/bin/chromium or playwright is missing (fails under CI=true).
 """
 
+import contextlib
+import http.server
 import io
 import os
 import re
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -305,6 +308,8 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     page.click("#gen-browser")
     stats = wait_text(page, "#gen-stats", "in your browser|Error")
     assert "in your browser (onnxruntime-web, fp32" in stats and "tokens/s" in stats, stats
+    # the app's headers isolate the page; a model this small decodes fastest on one thread (page.mjs `threadsFor`)
+    assert "fp32, 1 thread(s), page cross-origin isolated)" in stats, stats
     assert page.locator("#gen-output textarea").input_value() == torch_text
     assert "generation on the server" in page.inner_text("#gen-token-details")  # why it wrote this: what it covers
     assert any(url.endswith("ort-wasm-simd-threaded.wasm") for url in files)  # served by the app
@@ -325,6 +330,54 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     stopped = wait_text(page, "#gen-stats", "stopped|1024 tokens")
     assert "stopped" in stopped and int(stopped.split(" tokens")[0]) < 1024, stopped
     page.locator("#gen-backend label", has_text="PyTorch").click()
+
+
+SPACE_FRAME = """<!doctype html><title>a Space</title>
+<iframe id="app" src="%s" style="width: 100%%; height: 90vh"
+  allow="clipboard-read; clipboard-write; fullscreen"
+  sandbox="allow-downloads allow-forms allow-modals allow-popups allow-same-origin allow-scripts"></iframe>"""
+
+
+@contextlib.contextmanager
+def serve_page(html: str):
+    """`html` at http://localhost:<port>/: another origin than the app's 127.0.0.1, both loopback
+    (Chromium's local-network checks block a public page from framing a local one)."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(html.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_page_is_cross_origin_isolated_alone_and_inside_another_sites_frame(browser, server):
+    """The browser backend's WebAssembly threads need a cross-origin isolated page. The app's own
+    page is isolated by its COOP/COEP headers; inside another site's iframe, as a Hugging Face Space
+    shows it (huggingface.co, not isolated, framing the app's own origin), COOP/COEP cannot isolate
+    it and Document-Isolation-Policy does (Chromium 137+). The framing page here is another origin,
+    its iframe sandboxed as a Space's is."""
+    url, _ = server
+    context, page, _ = open_page(browser, url + "/", "en-US")
+    assert page.evaluate("crossOriginIsolated")
+    with serve_page(SPACE_FRAME % (url + "/")) as space:
+        page.goto(space)
+        page.frame_locator("#app").locator("#train-start").wait_for()
+        app = next(frame for frame in page.frames if frame.url.startswith(url))
+        assert not page.evaluate("crossOriginIsolated")  # the framing page
+        assert app.evaluate("crossOriginIsolated") and app.evaluate("typeof SharedArrayBuffer") == "function"
+    context.close()
 
 
 def test_russian_interface_and_messages(browser, server, shots):

@@ -107,7 +107,8 @@ def launch_kwargs(settings: Settings, demo: gr.Blocks) -> dict:
         js=toast_js(),
         max_file_size=f"{settings.max_upload_mb}mb",
         footer_links=["api", "settings"],
-        app_kwargs={"routes": demo.simple_llm_routes},  # before Gradio's own routes
+        # the browser backend's files (before Gradio's own routes) and the headers that let it use threads
+        app_kwargs={"routes": demo.simple_llm_routes, "middleware": browser.middleware()},
     )
 
 

@@ -17,8 +17,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from export import BrowserRuntime, browser_runtime, runtime_tags
 from webapp.i18n import js_tables, page_language_js
@@ -28,6 +31,46 @@ ROUTE = "simple-llm-web"  # the app serves this backend's files under ./simple-l
 PRECISIONS = ("fp32", "int8")  # fp32 first, the default: it passes its parity gate on every model (int8 failed it
 # on the tiny preset: top-1 agreement 93.8% < 95%), and gives PyTorch's greedy tokens
 IMPORT_TIMEOUT_S = 20  # the runtime's modules must arrive within this, else the user is told why they may not
+
+
+ISOLATION_HEADERS = {
+    # The app's page is cross-origin isolated, so onnxruntime-web may start WebAssembly threads
+    # (`SharedArrayBuffer`). "credentialless", not "require-corp": the CDN's runtime (no `npm ci`)
+    # and a signed-in visitor's avatar still load, without cookies.
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "credentialless",
+    # COOP/COEP isolate a top-level page only: in a Space the app is an iframe of huggingface.co,
+    # which is not isolated. This header isolates the frame itself (Chromium 137+); other browsers
+    # ignore it and run one thread there.
+    "Document-Isolation-Policy": "isolate-and-credentialless",
+}
+
+
+class IsolationHeaders:
+    """ASGI middleware: `ISOLATION_HEADERS` on every HTTP response of the app (a header a route
+    sets itself is kept)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_isolated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in ISOLATION_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_isolated)
+
+
+def middleware() -> list[Middleware]:
+    """The app's middleware for this backend (for `launch`'s `app_kwargs`)."""
+    return [Middleware(IsolationHeaders)]
 
 
 def runtime() -> BrowserRuntime:
@@ -164,7 +207,7 @@ async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetit
   try {
     const page = await loadPage();
     const loaded = await page.loadFromFiles(files);
-    const { threads, precision } = loaded;
+    const { threads, precision, isolated } = loaded;
     if (mode === "sampling" && (seed === "" || seed === null)) seed = Math.floor(Math.random() * 2 ** 31);
     const sampling = page.samplingFrom({ maxNewTokens, mode, temperature, topK, topP, minP, repetitionPenalty, stopStrings, seed });
     window.simpleLLMStop = false;
@@ -172,7 +215,8 @@ async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetit
       loaded, prompt, sampling, (text) => (box.value = prompt + text), () => window.simpleLLMStop,
     );
     const rate = (tokens / Math.max(seconds, 1e-9)).toFixed(1);
-    const parts = [say("browser.tokens", { tokens }), say("browser.rate", { rate }), say("browser.where", { precision, threads })];
+    const isolation = say(isolated ? "browser.isolated" : "browser.not_isolated");
+    const parts = [say("browser.tokens", { tokens }), say("browser.rate", { rate }), say("browser.where", { precision, threads, isolation })];
     if (mode === "sampling") parts.push(say("browser.seed", { seed }));
     if (window.simpleLLMStop) parts.push(say("browser.stopped"));
     return [prompt + text, parts.join(" · ")];

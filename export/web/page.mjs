@@ -29,7 +29,6 @@ async function checkedFetch(url, integrity) {
  * hash; returns what a worker needs to load the same runtime (import maps do not reach workers, so
  * the CDN's modules go to it as blobs of their checked text). */
 async function setUpRuntime() {
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   ort.env.wasm.wasmPaths = new URL(RUNTIME.wasmPaths, document.baseURI).href; // relative to the page
   const runtime = { ort: new URL(import.meta.resolve("onnxruntime-web"), document.baseURI).href, glue: null, wasmPaths: ort.env.wasm.wasmPaths };
   if (RUNTIME.wasmIntegrity) {
@@ -44,6 +43,19 @@ async function setUpRuntime() {
     runtime.glue = await blob(new URL("ort-wasm-simd-threaded.mjs", ort.env.wasm.wasmPaths).href);
   }
   return runtime;
+}
+
+/** Parameters (about) from which WebAssembly threads decode faster than one: below it a second
+ * thread only waited on the first (docs/performance.md, "In the browser"). */
+export const THREADED_FROM_PARAMETERS = 50e6;
+
+/** WebAssembly threads for the model of `config` (its config.json): they need a cross-origin
+ * isolated page (the server's COOP/COEP or Document-Isolation-Policy headers), and pay only for
+ * models of `THREADED_FROM_PARAMETERS` or more; then up to 4 (onnxruntime-web's default cap). */
+export function threadsFor(config, isolated = Boolean(self.crossOriginIsolated), cores = navigator.hardwareConcurrency || 1) {
+  const d = config.emb_size;
+  const parameters = 12 * config.num_layers * d * d + config.vocab_size * d; // blocks + embedding table
+  return isolated && parameters >= THREADED_FROM_PARAMETERS ? Math.min(4, cores) : 1;
 }
 
 /** The model in a Web Worker (worker.mjs), with OnnxModel's `step`, `generateTokens` and `release`:
@@ -143,10 +155,13 @@ export async function loadModel(urls) {
     json(urls.tokenizerConfig),
   ]);
   const graph = new URL(String(urls.graph), document.baseURI).href;
-  const threads = ort.env.wasm.numThreads;
+  const threads = self.crossOriginIsolated && urls.threads ? urls.threads : threadsFor(config); // ?threads=N: a choice
   let model;
   if (typeof Worker === "function") model = await WorkerModel.create(runtime, graph, config, threads);
-  else model = new OnnxModel(ort, await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] }), config);
+  else {
+    ort.env.wasm.numThreads = threads;
+    model = new OnnxModel(ort, await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] }), config);
+  }
   const tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig);
   const eosId = tokenizerJson.added_tokens.find((t) => t.content === tokenizerConfig.eos_token).id;
   const isolated = Boolean(self.crossOriginIsolated); // threads need it: the server's COOP/COEP headers
@@ -257,7 +272,8 @@ export function mountPage(doc, base, explain = (error) => error.message) {
     status.textContent = text;
     status.classList.toggle("error", error);
   };
-  const ready = folderUrls(base).then(loadModel);
+  const threads = Math.min(Math.floor(Number(new URLSearchParams(doc.location.search).get("threads"))) || 0, 64);
+  const ready = folderUrls(base).then((urls) => loadModel({ ...urls, threads: threads > 0 ? threads : null }));
   ready.then(
     (loaded) => {
       const isolation = loaded.isolated ? "cross-origin isolated" : "not cross-origin isolated";
