@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
+from torch import nn
 
 from export import signature
 
@@ -42,6 +44,38 @@ def convert(source: Path, target: Path, precision: str) -> None:
         _to_int8(source, target)
     else:
         raise ValueError(f"cannot convert an fp32 graph to {precision!r}: choose fp16 or int8")
+
+
+def weight_bytes(model: nn.Module, precision: str) -> int:
+    """The bytes of `model`'s weights in an export in `precision` (each tensor once: a tied head
+    shares its table), as `convert` stores them: fp32 4 a value, fp16 2; int8 stores every matrix
+    as 8-bit blocks of `INT8_BLOCK` values along its input (padded to whole blocks) and each
+    embedding table as blocks along its width, with one float32 scale a block, and the rest
+    (biases, norms, a table too narrow for blocks) in float32. A graph's file is this and its ops
+    (a few percent above 1 MB). A model whose tied table has under about 8 K values gets its head
+    as a separate copy (the exporter folds the transpose of so small a table): not counted here."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "int8":
+        return sum(p.numel() for p in model.parameters()) * (2 if precision == "fp16" else 4)
+    blocked: dict[int, tuple[int, int, int | None]] = {}  # parameter id -> (rows, width, block)
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Embedding):
+            rows, width = weight.shape
+            blocked[id(weight)] = (rows, width, next((b for b in (INT8_BLOCK, 64, 32, 16) if width % b == 0), None))
+        elif isinstance(weight, torch.Tensor) and weight.dim() == 2 and id(weight) not in blocked:
+            rows, width = weight.shape if isinstance(module, nn.Linear) else weight.shape[::-1]  # Conv1D: [in, out]
+            blocked[id(weight)] = (rows, width, INT8_BLOCK)  # `MatMulNBits` pads a narrow input to one block
+    total = 0
+    for p in model.parameters():
+        rows, width, block = blocked.get(id(p), (0, 0, None))
+        if block is None:
+            total += 4 * p.numel()
+        else:
+            blocks = -(-width // block)
+            total += rows * blocks * (block + 4)
+    return total
 
 
 def remove(path: Path) -> None:

@@ -28,6 +28,7 @@ from export import (
     to_onnx,
     webpage,
 )
+from export import precision as precisions
 from export.runtime import PROVIDERS, CacheBuffers, session_options
 from gpt import GPT, CheckpointError, Tokenizer
 from gpt.model import KVBuffer
@@ -424,7 +425,7 @@ def test_reduced_precision_parity(trained_model, reduced_dir):
     assert report.top1_agreement >= 0.95
 
 
-def test_reduced_precision_graphs(reduced_dir, trained_dir):
+def test_reduced_precision_graphs(reduced_dir, trained_dir, trained_model):
     precision, folder = reduced_dir
     report = json.loads((folder / "export_report.json").read_text())
     assert report["precision"] == precision and report["parity"]["passed"]
@@ -450,6 +451,9 @@ def test_reduced_precision_graphs(reduced_dir, trained_dir):
         assert not ops & {"MatMulNBits", "GatherBlockQuantized"}
         assert (folder / web[0]).stat().st_size < (folder / "model_fast.onnx").stat().st_size * 1.1  # as MatMulNBits
         assert OnnxGPT.load(folder, graph=web[0]).cache_capacity is None
+        for graph, graph_precision in ((folder / web[0], "int8"), (trained_dir / "onnx/model.onnx", "fp32")):
+            weights = precisions.weight_bytes(trained_model, graph_precision)  # the app's download label
+            assert 0.85 < weights / graph.stat().st_size <= 1.0, (graph, weights)  # the rest: the graph's ops
     portable = OnnxGPT.load(folder, graph=variant)
     assert portable.cache_capacity is None and OnnxGPT.load(folder, graph="onnx/model.onnx").past_dtype == np.float32
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from webapp_common import TINY, Request, error_of, generate, plain, text, train
 
+from export.precision import weight_bytes
 from gpt import MODEL_FILES, count_parameters
 from webapp import archive, backends, browser, corpus, evaluation, generation, owners, training
 from webapp.app import toast_js
@@ -611,6 +612,14 @@ def test_the_browser_backend_gets_files_and_never_runs_on_the_server(trained, ha
         lambda: list(handlers.generate.browser_model("fp16", request=request))
     )
     assert "no model yet" in error_of(lambda: list(handlers.generate.browser_model("int8", request=Request("nobody"))))
+    # the precision control says what each download weighs: the int8 graph just made, within its ops' share
+    def labels(request: Request) -> dict[str, str]:
+        return {value: label for label, value in handlers.generate.browser_precisions(request)["choices"]}
+
+    model = handlers.services.session(request).model  # its weights' bytes: export.precision.weight_bytes (tested there)
+    assert labels(request) == {p: f"{p} · {weight_bytes(model, p) / 1e6:.2g} MB" for p in ("fp32", "int8")}
+    assert labels(Request("trained", "ru-RU"))["int8"].endswith(" МБ")
+    assert handlers.generate.browser_precisions(Request("nobody"))["choices"] == ["fp32", "int8"]  # no model yet
 
 
 def test_compare_on_the_browser_backend_hands_over_pytorchs_greedy_ids(trained, handlers):

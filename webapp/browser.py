@@ -215,7 +215,7 @@ async (files, prompt, maxNewTokens, mode, temperature, topK, topP, minP, repetit
       loaded, prompt, sampling, (text) => (box.value = prompt + text), () => window.simpleLLMStop,
     );
     const rate = (tokens / Math.max(seconds, 1e-9)).toFixed(1);
-    const isolation = say(isolated ? "browser.isolated" : "browser.not_isolated");
+    const isolation = isolated ? say("browser.isolated") : say("browser.not_isolated");
     const parts = [say("browser.tokens", { tokens }), say("browser.rate", { rate }), say("browser.where", { precision, threads, isolation })];
     if (mode === "sampling") parts.push(say("browser.seed", { seed }));
     if (window.simpleLLMStop) parts.push(say("browser.stopped"));

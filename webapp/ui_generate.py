@@ -19,6 +19,7 @@ import gradio as gr
 import torch
 
 from export import BrowserRuntime
+from export.precision import weight_bytes
 from gpt import PRESETS
 from webapp import backends, browser, exports, generation, insight, models, validation
 from webapp.i18n import I18N, UserError, t
@@ -290,6 +291,20 @@ class GenerateHandlers(TabHandlers):
             return [], t(lang_of(request), "look.browser")
         return self.token_view(request)
 
+    def browser_precisions(self, request: gr.Request) -> Any:
+        """The browser backend's precision choices, each with its download for the session's model
+        (`export.precision.weight_bytes`: within a few percent of the graph's file)."""
+        model = self.services.session(request).model
+        if model is None:
+            return gr.update(choices=list(browser.PRECISIONS))
+        lang = lang_of(request)
+        return gr.update(
+            choices=[
+                (t(lang, "gen.browser_precision_choice", precision=p, mb=_megabytes(weight_bytes(model, p))), p)
+                for p in browser.PRECISIONS
+            ]
+        )
+
     def suggested_prompt(self, prompt: Any, request: gr.Request) -> Any:
         """The start of the current model's training text as the prompt, when the model changed and the
         prompt is still a suggestion (the page's default, empty, or the one suggested before)."""
@@ -376,6 +391,8 @@ def wire(
     current.change(  # a new model (trained, loaded): its training text's start as the prompt
         h.suggested_prompt, tab.prompt, tab.prompt, api_visibility="private", queue=False
     )
+    for changed in (current, tab.backend):  # what the browser's model costs to download
+        changed.change(h.browser_precisions, None, tab.browser_precision, api_visibility="private", queue=False)
     tab.sampling_preset.input(
         h.sampling_preset,
         tab.sampling_preset,
@@ -452,3 +469,8 @@ def css() -> str:
         "#gen-output textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }\n"
         + disabled_choice_css("gen-backend", unavailable)
     )
+
+
+def _megabytes(size: int) -> str:
+    """`size` bytes in MB: one decimal, two significant digits below 1 MB (0.077)."""
+    return f"{size / 1e6:.1f}" if size >= 1e6 else f"{size / 1e6:.2g}"
