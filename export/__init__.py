@@ -7,7 +7,7 @@ print(model.generate_text("ROMEO:", 50))
 """
 
 from export.onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS, ExportError, to_onnx
-from export.precision import PRECISIONS
+from export.precision import PRECISIONS, weight_bytes
 from export.report import REPORT_FILE, ExportReport, read_report
 from export.runtime import DEFAULT_THREADS, OnnxGPT, ProviderError, provider_available
 from export.verify import TOLERANCES, ParityReport, Tolerance, compare
@@ -33,4 +33,5 @@ __all__ = [
     "read_report",
     "runtime_tags",
     "to_onnx",
+    "weight_bytes",
 ]

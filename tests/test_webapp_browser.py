@@ -367,7 +367,8 @@ def test_the_page_is_cross_origin_isolated_alone_and_inside_another_sites_frame(
     page is isolated by its COOP/COEP headers; inside another site's iframe, as a Hugging Face Space
     shows it (huggingface.co, not isolated, framing the app's own origin), COOP/COEP cannot isolate
     it and Document-Isolation-Policy does (Chromium 137+). The framing page here is another origin,
-    its iframe sandboxed as a Space's is."""
+    its iframe sandboxed as a Space's is. Headless Chromium denies such a frame its storage (as a
+    browser blocking third-party cookies does): the page still loads, its owner key in memory."""
     url, _ = server
     context, page, _ = open_page(browser, url + "/", "en-US")
     assert page.evaluate("crossOriginIsolated")
@@ -377,6 +378,7 @@ def test_the_page_is_cross_origin_isolated_alone_and_inside_another_sites_frame(
         app = next(frame for frame in page.frames if frame.url.startswith(url))
         assert not page.evaluate("crossOriginIsolated")  # the framing page
         assert app.evaluate("crossOriginIsolated") and app.evaluate("typeof SharedArrayBuffer") == "function"
+        assert app.evaluate("localStorage.constructor.name") == "MemoryStorage"  # owners.storage_fallback_head
     context.close()
 
 

@@ -60,7 +60,8 @@ def build_demo(settings: Settings | None = None) -> gr.Blocks:
     runtime = browser.runtime()
     with gr.Blocks(title="simple-llm", delete_cache=(3600, 24 * 3600), analytics_enabled=False) as demo:
         demo.simple_llm = app  # for tests and embedding apps
-        demo.simple_llm_head = browser.head(runtime)  # the browser backend's import map, for `launch`
+        # for `launch`: the owner key's storage where the browser denies it, the browser backend's import map
+        demo.simple_llm_head = owners.storage_fallback_head() + browser.head(runtime)
         demo.simple_llm_routes = browser.routes(runtime)  # and the files it names
         demo.simple_llm_css = ui_train.css() + ui_generate.css()
         gr.Markdown("# simple-llm")

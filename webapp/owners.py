@@ -3,7 +3,10 @@ user, or, for an API client that sends no key, its session.
 
 - A page gets a random owner key from the server on its first load and keeps it in the browser's
   localStorage (`gr.BrowserState`), so a reload (or a later visit) is the same owner. The key is a
-  bearer secret: the server keeps only its hash (the owner's folder name), never the key.
+  bearer secret: the server keeps only its hash (the owner's folder name), never the key. Where the
+  browser denies the page its storage (a third-party frame with third-party cookies blocked, as a
+  Space's iframe in a private window is), the key lives in the page's memory (`storage_fallback_head`):
+  the page works, and a reload is a new owner.
 - Where the Space enables OAuth (`hf_oauth: true` in the README's front matter, which sets
   `OAUTH_CLIENT_ID`), a signed-in visitor is their Hugging Face user, whatever key the browser holds;
   their saves never expire.
@@ -35,6 +38,36 @@ _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 STORAGE_KEY = "simple-llm-owner"  # the page's localStorage entry
 SECRET_FILE = ".browser-state-secret"
 OAUTH_MODULES = ("authlib", "itsdangerous")  # what gr.LoginButton needs (gradio[oauth])
+
+
+# Gradio's BrowserState reads localStorage unguarded: where reading it throws ("Access is denied
+# for this document"), the page would never finish loading. A Storage kept in the page's memory
+# stands in for a denied one (Object.keys of it lists nothing, as Gradio's clean-up expects).
+_STORAGE_FALLBACK_JS = """<script>
+(() => {
+  class MemoryStorage {
+    #items = new Map();
+    get length() { return this.#items.size; }
+    key(index) { return [...this.#items.keys()][index] ?? null; }
+    getItem(key) { return this.#items.get(String(key)) ?? null; }
+    setItem(key, value) { this.#items.set(String(key), String(value)); }
+    removeItem(key) { this.#items.delete(String(key)); }
+    clear() { this.#items.clear(); }
+  }
+  for (const name of ["localStorage", "sessionStorage"]) {
+    try { window[name].length; } catch (denied) {
+      Object.defineProperty(window, name, { value: new MemoryStorage(), configurable: true });
+    }
+  }
+})();
+</script>
+"""
+
+
+def storage_fallback_head() -> str:
+    """A page-head script: a page denied its storage keeps the owner key in memory instead of
+    failing to load."""
+    return _STORAGE_FALLBACK_JS
 
 
 @dataclass(frozen=True)

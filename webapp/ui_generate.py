@@ -18,8 +18,7 @@ from typing import Any
 import gradio as gr
 import torch
 
-from export import BrowserRuntime
-from export.precision import weight_bytes
+from export import BrowserRuntime, weight_bytes
 from gpt import PRESETS
 from webapp import backends, browser, exports, generation, insight, models, validation
 from webapp.i18n import I18N, UserError, t
