@@ -4,10 +4,10 @@ in headless Chromium, beside native onnxruntime on the same graph, at shapes S a
 Rows per shape and precision (random weights, the byte-level tokenizer; a 32-token prompt + N new tokens):
 - `onnxruntime (native), 1 thread`: `OnnxGPT.load(folder, threads=1).generate(ids, N)`, the reference;
 - `browser, 1 thread`: the page served without cross-origin isolation (as `python -m http.server`
-  or a Space serves it): onnxruntime-web runs single-threaded;
+  serves it): onnxruntime-web runs single-threaded;
 - `browser, all threads`: the page served with the COOP/COEP headers and opened with
   `?threads=N` (the machine's cores, at most 4), so onnxruntime-web runs N WebAssembly threads
-  whatever the page's own choice (`threadsFor` in page.mjs: one thread below its size threshold).
+  whatever the page's own choice (`DEFAULT_THREADS` in page.mjs: one).
 - with `--before REF`, `browser, 1 thread, page of REF`: the same export's fast graph
   (`model_fast.onnx`, which pages ran before the browser got its own graph) under the page files of
   git revision REF (index.html, page.mjs, simple_llm.mjs), for a before/after in one run; "÷ before"
@@ -20,7 +20,8 @@ ratio is the median of per-round ratios to native onnxruntime.
 Needs the JavaScript runtime (`ONNXRUNTIME_NODE_INSTALL=skip npm ci`), Playwright for Python and
 Debian's Chromium at /usr/bin/chromium.
 
-    python bench/browser_decode.py [--shapes S,M] [--repeats 3] [--new-tokens 200] [--quick] [--before REF]
+    python bench/browser_decode.py [--shapes S,M] [--repeats 3] [--new-tokens 200] [--prompt-tokens 32]
+                                   [--quick] [--before REF]
 """
 
 from __future__ import annotations
@@ -106,15 +107,15 @@ def native_decode(folder: Path, ids: list[int], new_tokens: int) -> float:
     return new_tokens / (time.perf_counter() - started)
 
 
-def browser_decode(chromium, url: str, ids: list[int], new_tokens: int) -> tuple[float, float, int]:
-    """(tokens/s, page load seconds, threads) of one fresh page."""
+def browser_decode(chromium, url: str, ids: list[int], new_tokens: int, warm: int = 4) -> tuple[float, float, int]:
+    """(tokens/s, page load seconds, threads) of one fresh page, after `warm` tokens it generates first."""
     page = chromium.new_page()
     page.set_default_timeout(600_000)
     started = time.perf_counter()
     page.goto(url)
     page.wait_for_function("document.querySelector('#status').textContent.includes('Ready')")
     load = time.perf_counter() - started
-    page.evaluate(_DECODE_JS, [ids, 4])  # warm-up
+    page.evaluate(_DECODE_JS, [ids, warm])  # warm-up
     result = page.evaluate(_DECODE_JS, [ids, new_tokens])
     page.close()
     return result["count"] / result["seconds"], load, result["threads"]
@@ -148,6 +149,8 @@ def measure(
     new_tokens: int,
     tmp: Path,
     before: str | None = None,
+    prompt: int = PROMPT,
+    warm: int = 4,
 ) -> list[list[str]]:
     plain, plain_url = serve(tmp, isolated=False)
     isolated, isolated_url = serve(tmp, isolated=True)
@@ -164,7 +167,7 @@ def measure(
                 }
                 if before:
                     pages["before"] = (plain_url, page_of(folder, before, precision).name, "")
-                ids = torch.randint(0, 256, (PROMPT,), generator=torch.Generator().manual_seed(1)).tolist()
+                ids = torch.randint(0, 256, (prompt,), generator=torch.Generator().manual_seed(1)).tolist()
                 rates = {row: [] for row in rows}
                 loads = {row: [] for row in rows[1:]}
                 threads = {}
@@ -172,7 +175,7 @@ def measure(
                     rates["native"].append(native_decode(folder, ids, new_tokens))
                     for row, (base, page, query) in pages.items():
                         url = f"{base}/{page}/web/index.html{query}"
-                        rate, load, used = browser_decode(chromium, url, ids, new_tokens)
+                        rate, load, used = browser_decode(chromium, url, ids, new_tokens, warm)
                         rates[row].append(rate)
                         loads[row].append(load)
                         threads[row] = used
@@ -198,10 +201,18 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="S,M", help="comma-separated shapes from S, M (default: %(default)s)")
+    parser.add_argument("--shapes", default="S,M", help="comma-separated shapes from S, M, L (default: %(default)s)")
     parser.add_argument("--precisions", default="fp32,int8", help="exports to run (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default: %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens generated per call (default: %(default)s)")
+    parser.add_argument("--prompt-tokens", type=int, default=PROMPT, help="the prompt's length (default: %(default)s)")
+    parser.add_argument(
+        "--warm-tokens",
+        type=int,
+        default=4,
+        help="tokens a page generates before it is timed (default: %(default)s; hundreds: V8 has tiered up "
+        "onnxruntime-web's WebAssembly to optimized code)",
+    )
     parser.add_argument("--quick", action="store_true", help="shape S, 1 round of 10 tokens (a smoke run)")
     parser.add_argument("--before", metavar="REF", help="add the page of git revision REF on the fast graph")
     args = parser.parse_args()
@@ -216,12 +227,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-browser-") as tmp, sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
         try:
-            table = measure(chromium, shapes, args.precisions.split(","), repeats, new_tokens, Path(tmp), args.before)
+            table = measure(
+                chromium,
+                shapes,
+                args.precisions.split(","),
+                repeats,
+                new_tokens,
+                Path(tmp),
+                args.before,
+                args.prompt_tokens,
+                args.warm_tokens,
+            )
         finally:
             chromium.close()
     print(
         f"Greedy decode in headless Chromium (onnxruntime-web {RUNTIME['packages']['onnxruntime-web']['version']}, "
-        f"WebAssembly) and native onnxruntime, {PROMPT}-token prompt + {new_tokens} new tokens, random weights, "
+        f"WebAssembly) and native onnxruntime, {args.prompt_tokens}-token prompt + {new_tokens} new tokens "
+        f"(a page's after its first {args.warm_tokens}), random weights, "
         f"{repeats} interleaved round(s)"
     )
     headers = ["shape", "precision", "run (threads)", "tokens/s median (min-max)", "÷ native", "page load s"]

@@ -308,7 +308,7 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     page.click("#gen-browser")
     stats = wait_text(page, "#gen-stats", "in your browser|Error")
     assert "in your browser (onnxruntime-web, fp32" in stats and "tokens/s" in stats, stats
-    # the app's headers isolate the page; a model this small decodes fastest on one thread (page.mjs `threadsFor`)
+    # the app's headers isolate the page; it decodes on one thread, the fastest (page.mjs `DEFAULT_THREADS`)
     assert "fp32, 1 thread(s), page cross-origin isolated)" in stats, stats
     assert page.locator("#gen-output textarea").input_value() == torch_text
     assert "generation on the server" in page.inner_text("#gen-token-details")  # why it wrote this: what it covers

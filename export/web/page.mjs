@@ -45,18 +45,12 @@ async function setUpRuntime() {
   return runtime;
 }
 
-/** Parameters (about) from which WebAssembly threads decode faster than one: below it a second
- * thread only waited on the first (docs/performance.md, "In the browser"). */
-export const THREADED_FROM_PARAMETERS = 50e6;
-
-/** WebAssembly threads for the model of `config` (its config.json): they need a cross-origin
- * isolated page (the server's COOP/COEP or Document-Isolation-Policy headers), and pay only for
- * models of `THREADED_FROM_PARAMETERS` or more; then up to 4 (onnxruntime-web's default cap). */
-export function threadsFor(config, isolated = Boolean(self.crossOriginIsolated), cores = navigator.hardwareConcurrency || 1) {
-  const d = config.emb_size;
-  const parameters = 12 * config.num_layers * d * d + config.vocab_size * d; // blocks + embedding table
-  return isolated && parameters >= THREADED_FROM_PARAMETERS ? Math.min(4, cores) : 1;
-}
+/** WebAssembly threads unless the page asks for others (`?threads=N`, in a cross-origin isolated
+ * page: the server's COOP/COEP or Document-Isolation-Policy headers). onnxruntime-web fixes the count
+ * when it loads, for prefill and decode alike; on 2 cores two threads prefilled 240 tokens 1.2-1.5x
+ * faster (M, L) and decoded 0.7-0.9x as fast (S, M, L), and decoding is most of a generation
+ * (docs/performance.md, "In the browser"). */
+export const DEFAULT_THREADS = 1;
 
 /** The model in a Web Worker (worker.mjs), with OnnxModel's `step`, `generateTokens` and `release`:
  * the cache stays in the worker, token ids cross. */
@@ -155,7 +149,7 @@ export async function loadModel(urls) {
     json(urls.tokenizerConfig),
   ]);
   const graph = new URL(String(urls.graph), document.baseURI).href;
-  const threads = self.crossOriginIsolated && urls.threads ? urls.threads : threadsFor(config); // ?threads=N: a choice
+  const threads = self.crossOriginIsolated && urls.threads ? urls.threads : DEFAULT_THREADS; // ?threads=N: a choice
   let model;
   if (typeof Worker === "function") model = await WorkerModel.create(runtime, graph, config, threads);
   else {
