@@ -39,10 +39,7 @@ def trained(handlers, text_file) -> Request:
 
 
 # every number, on the server ----------------------------------------------------------------------
-TRAIN_NUMBERS = ["num_layers", "num_heads", "emb_size", "context", "vocab_size", "learning_rate", "batch_size", "steps"]
-
-
-@pytest.mark.parametrize("name", [*TRAIN_NUMBERS, "dropout"])
+@pytest.mark.parametrize("name", training.SETTING_FIELDS)
 @pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
 def test_every_training_number_is_checked(handlers, name, value):
     message = error_of(lambda: train(handlers, Request("bad-train"), **{name: value}))
