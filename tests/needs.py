@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -61,3 +62,18 @@ def need_npm_package(name: str) -> Path:
     package = REPO / "node_modules" / name
     need(package.is_dir(), f"the npm package {name} is not installed: run `{NPM_CI}` in the repository")
     return package
+
+
+def need_gloo() -> None:
+    """torch.distributed with its gloo backend, for multi-process CPU runs."""
+    import torch.distributed as dist
+
+    need(
+        dist.is_available() and dist.is_gloo_available(),
+        "torch.distributed with the gloo backend is not available in this torch build",
+    )
+
+
+def need_linux(what: str) -> None:
+    """A Linux-only measurement; `what` says what it reads from the platform."""
+    need(sys.platform.startswith("linux"), f"{what} needs Linux (this is {sys.platform})")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch.distributed as dist
+from needs import need_gloo
 from tiny_training import assert_same_weights
 
 from gpt import GPT, checkpoint
@@ -25,10 +25,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo needed"
-)
 def test_two_process_ddp_run_keeps_ranks_in_step_and_checkpoints_once(tmp_path):
+    need_gloo()
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]

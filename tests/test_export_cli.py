@@ -46,6 +46,8 @@ def exported(checkpoint) -> Path:
         "20",
         "--threads",
         "1",
+        "--no-portable",  # no test here reads onnx/ or web/: the fast graph alone is under test
+        "--no-web",
     )
     assert result.returncode == 0, result.stderr
     assert f"wrote {out} (int8 for the cpu provider, opset 20, dynamo exporter)" in result.stdout
@@ -58,7 +60,16 @@ def test_help_documents_every_flag(capsys):
     assert top.returncode == 0 and all(command in top.stdout for command in ("export", "verify", "generate"))
     assert "Without a subcommand" in " ".join(top.stdout.split())
     flags = {
-        "export": ["--model", "--out", "--precision", "--provider", "--opset", "--threads"],
+        "export": [
+            "--model",
+            "--out",
+            "--precision",
+            "--provider",
+            "--opset",
+            "--no-portable",
+            "--no-web",
+            "--threads",
+        ],
         "verify": ["--model", "--onnx", "--steps", "--provider", "--threads"],
         "generate": [
             "--onnx",
@@ -91,6 +102,7 @@ def test_export_without_subcommand_writes_the_folder(exported):
     assert report["precision"] == "int8" and report["parity"]["passed"]
     assert report["provider"] == "cpu" and report["cache_buffers"]
     assert (exported / "model_fast.onnx").is_file() and (exported / "genai_config.json").is_file()
+    assert not (exported / "onnx").exists() and not (exported / "web").exists()  # --no-portable, --no-web
 
 
 def test_verify_prints_a_parity_report(checkpoint, exported):

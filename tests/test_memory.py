@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from needs import need_linux
 
 from gpt import GPT, GPTConfig, MemoryEstimate, count_parameters, estimate_training_memory
 from gpt.memory import LOWER_TO_SHRINK, format_bytes
@@ -158,7 +159,6 @@ print(json.dumps({"grown": status("VmHWM") - before, "estimate": estimate.total,
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self peak RSS, glibc's allocator: Linux")
 @pytest.mark.slow  # a process of its own, measured: not in the fast tier
 @pytest.mark.parametrize(
     "shape, largest",
@@ -183,6 +183,7 @@ def test_estimate_brackets_the_measured_peak_of_fit(shape, largest):
     (Measured: about 0.96x where the logits dominate, 1.1x-1.2x where the activations do; ignoring
     the activations or the logits would give under 0.25x.)
     """
+    need_linux("the peak RSS of /proc/self/status and glibc's allocator")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-c", MEASURE, json.dumps({**shape, "dropout": 0.0})]
     result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

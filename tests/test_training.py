@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from needs import need_gloo
 from tiny_training import SHAKESPEARE, StopAt, assert_same_weights, byte_loaders, made_text, tiny_model
 
 from gpt import GPT, checkpoint, training
@@ -557,8 +558,8 @@ print(json.dumps(decided))
 
 
 @pytest.mark.slow  # two processes
-@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch.distributed with gloo needed")
 def test_time_based_checkpoints_are_decided_by_rank_0_on_every_rank(tmp_path):
+    need_gloo()
     tests = Path(__file__).resolve().parent
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

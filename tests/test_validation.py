@@ -1,13 +1,16 @@
 """webapp/validation.py on its own: every bad number any endpoint may receive through the API is
-refused with a message naming the setting, the value and the range (the endpoints' own wiring:
-one call each in test_webapp_safety.py)."""
+refused with a message naming the setting, the value and the range; and the rules the endpoints
+apply with it (`training.make_config`, `generation.make_options`), each field without a handler
+(the endpoints' own wiring: one call each in test_webapp_safety.py)."""
 
 import math
+from pathlib import Path
 
 import pytest
 
-from webapp import validation
+from webapp import generation, training, validation
 from webapp.i18n import UserError
+from webapp.settings import Settings
 
 BAD_NUMBERS = [math.nan, math.inf, -math.inf, "nan", "inf", "-inf", "1e999", -1, 10**30, "abc", [1], {"a": 1}, True]
 
@@ -55,3 +58,82 @@ def test_text_fields():
     assert "prompt" in message(lambda: validation.text("prompt", "x" * 11, 10))
     assert "prompt" in message(lambda: validation.text("prompt", "\ud800", 10))  # a lone surrogate: not Unicode
     assert "prompt" in message(lambda: validation.text("prompt", "я" * 6, 10, max_bytes=10))
+
+
+# the rules each endpoint applies, field by field ---------------------------------------------------
+SETTINGS = Settings(artifacts=Path("/nonexistent/unused"))  # make_config reads only the caps
+VALID_TRAINING = dict(
+    num_layers=1,
+    num_heads=2,
+    emb_size=16,
+    context=16,
+    vocab_size=300,
+    learning_rate=1e-2,
+    batch_size=8,
+    steps=30,
+    dropout=0.0,
+    device="cpu",
+)
+GENERATION_FIELDS = ["max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"]
+VALID_GENERATION = dict(
+    max_new_tokens=20,
+    mode="sampling",
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    min_p=0.0,
+    repetition_penalty=1.0,
+    stop_strings="",
+    seed="",
+    max_allowed=64,
+)
+
+
+def test_the_valid_baselines_pass():
+    assert training.make_config(SETTINGS, **VALID_TRAINING).steps == 30
+    assert generation.make_options(**VALID_GENERATION).sampling.max_new_tokens == 20
+
+
+@pytest.mark.parametrize("name", training.SETTING_FIELDS)
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+def test_every_training_setting_refuses_a_bad_number_by_name(name, value):
+    text = message(lambda: training.make_config(SETTINGS, **{**VALID_TRAINING, name: value}))
+    assert name in text and "not valid" in text, text
+
+
+@pytest.mark.parametrize("name", training.LIMITS)
+@pytest.mark.parametrize("value", [0, -5, 0.5])
+def test_zero_negative_and_fractional_training_integers(name, value):
+    text = message(lambda: training.make_config(SETTINGS, **{**VALID_TRAINING, name: value}))
+    assert name in text and "not valid" in text, text
+
+
+@pytest.mark.parametrize("name", GENERATION_FIELDS)
+@pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
+def test_every_generation_number_refuses_a_bad_number_by_name(name, value):
+    text = message(lambda: generation.make_options(**{**VALID_GENERATION, name: value}))
+    assert name in text and "not valid" in text, text
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("max_new_tokens", 0),
+        ("max_new_tokens", 65),  # over the server's cap (max_allowed)
+        ("temperature", -0.1),
+        ("temperature", 11),
+        ("top_k", -1),
+        ("top_k", 2.5),
+        ("top_p", 0),
+        ("top_p", 1.01),
+        ("min_p", -0.01),
+        ("min_p", 1.01),
+        ("repetition_penalty", 0),
+        ("repetition_penalty", 11),
+        ("seed", -1),
+        ("seed", 2**63),
+    ],
+)
+def test_generation_numbers_out_of_range(name, value):
+    text = message(lambda: generation.make_options(**{**VALID_GENERATION, name: value}))
+    assert name in text and "not valid" in text, text

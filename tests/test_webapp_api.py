@@ -23,8 +23,6 @@ from gradio_client.utils import Status
 from webapp_common import WORDS, client, free_port, launch, start_server, train_args, wait_for
 from webapp_common import generate_args as common_generate_args
 
-from webapp.settings import Settings
-
 pytestmark = [
     pytest.mark.slow,  # servers and browsers: not in the fast tier
     pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(no_silent_downcasting|copy keyword).*"),
@@ -32,18 +30,13 @@ pytestmark = [
 
 
 
+APP_SETTINGS = dict(  # conftest's `settings`
+    max_upload_mb=1, max_text_mb=1, max_unzip_mb=8, max_steps=100_000, max_params=300_000, train_concurrency=1
+)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    settings = Settings(
-        artifacts=tmp_path_factory.mktemp("artifacts"),
-        max_upload_mb=1,
-        max_text_mb=1,
-        max_unzip_mb=8,
-        max_steps=100_000,
-        max_params=300_000,
-        train_threads=1,
-        train_concurrency=1,
-    )
+def server(settings):
     demo, url = launch(settings)
     yield demo, url
     demo.close()

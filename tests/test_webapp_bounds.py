@@ -19,15 +19,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def make_handlers(tmp_path, **overrides) -> SimpleLLM:
+    """Handlers of their own, for a test that fills or caps the server (conftest's `handlers` is the
+    module's shared one, for tests in sessions of their own)."""
     return SimpleLLM.create(app_settings(tmp_path / "artifacts", **overrides))
-
-
-@pytest.fixture
-def handlers(tmp_path):
-    h = make_handlers(tmp_path)
-    yield h
-    for session in list(h.services.sessions._sessions.values()):
-        session.close()
 
 
 def evaluate(handlers, request, pasted="", which="current", saved=None):

@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 from needs import REPO, need_chromium, need_npm_package
 from PIL import Image
-from webapp_common import launch
+from webapp_common import app_settings, launch
 
 from gpt import GPT, Tokenizer
 from webapp import training
-from webapp.settings import Settings
 
 SCREENSHOTS = os.environ.get("SIMPLE_LLM_SCREENSHOTS")
 PRESET_STEPS = 1500  # the tiny preset's step count, the field's default
@@ -44,8 +43,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1)
+def server(settings):
     demo, address = launch(settings)
     yield address.rstrip("/"), demo
     demo.close()
@@ -57,7 +55,7 @@ def cdn_server(tmp_path_factory):
     from export import browser_runtime
     from webapp import browser as browser_backend
 
-    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts-cdn"), train_threads=1)
+    settings = app_settings(tmp_path_factory.mktemp("artifacts-cdn"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(browser_backend, "runtime", lambda: browser_runtime(tmp_path_factory.mktemp("no-node-modules")))
         demo, address = launch(settings)

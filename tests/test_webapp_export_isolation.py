@@ -18,7 +18,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from webapp_common import TINY, Request, export_children, generate, wait_for
+from webapp_common import TINY, Request, app_settings, export_children, generate, wait_for
 
 import export
 import export.onnx_export
@@ -60,7 +60,8 @@ def trained(loaders) -> GPT:
 
 @pytest.fixture
 def handlers(tmp_path) -> SimpleLLM:
-    return SimpleLLM.create(Settings(artifacts=tmp_path / "artifacts", generate_threads=1, train_threads=1))
+    """Handlers of each test's own: its exports, children and leftovers are the test's alone."""
+    return SimpleLLM.create(app_settings(tmp_path / "artifacts", generate_threads=1))
 
 
 @pytest.fixture

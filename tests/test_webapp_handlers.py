@@ -705,7 +705,7 @@ def test_a_failed_training_says_why_in_the_status_line(handlers, tmp_path, lang,
     short = tmp_path / "short.txt"
     short.write_text("just a few words", encoding="utf-8")
     request = Request(f"short-status-{lang}", lang)
-    values = [*(TINY[k] for k in ("num_layers", "num_heads", "emb_size", "context", "vocab_size")), 1e-2, 8, 30, 0.0]
+    values = [{**TINY, "steps": 30}[name] for name in training.SETTING_FIELDS]
     stream = handlers.train.train("upload", [str(short)], "", *values, "cpu", "new", None, request=request)
     outputs, toast = _streamed_until_error(stream)
     assert outputs[0][0] == t(lang, "train.preparing")  # the status line said it was preparing the data...

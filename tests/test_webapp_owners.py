@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from needs import need_module
-from webapp_common import Request, error_of, text, train
+from webapp_common import Request, app_settings, error_of, text, train
 
 from gpt import GPT
 from webapp import library, owners
@@ -148,7 +148,8 @@ def test_the_page_gets_a_key_once_and_a_signed_in_user_owns_by_name(handlers, al
 
 
 def capped(tmp_path: Path, **caps) -> SimpleLLM:
-    return SimpleLLM.create(Settings(artifacts=tmp_path / "artifacts", min_free_disk_mb=1, **caps))
+    """A server of its own with `caps` (each test here caps it differently)."""
+    return SimpleLLM.create(app_settings(tmp_path / "artifacts", **caps))
 
 
 def test_caps_are_per_owner_and_server_wide(handlers, alice, tmp_path):

@@ -23,8 +23,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    settings = Settings(artifacts=tmp_path_factory.mktemp("artifacts"), train_threads=1)
+def server(settings):
     demo, address = launch(settings)
     yield address.rstrip("/"), settings
     demo.close()

@@ -16,10 +16,19 @@ from pathlib import Path
 import pytest
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
-from webapp_common import TINY, client, connect, free_port, launch, start_server, text, train_args, wait_for
+from webapp_common import (
+    TINY,
+    app_settings,
+    client,
+    connect,
+    free_port,
+    launch,
+    start_server,
+    text,
+    train_args,
+    wait_for,
+)
 from webapp_common import generate_args as common_generate_args
-
-from webapp.settings import Settings
 
 pytestmark = [
     pytest.mark.slow,  # servers and browsers: not in the fast tier
@@ -51,21 +60,20 @@ def texts(tmp_path_factory) -> list[Path]:
     return paths
 
 
+APP_SETTINGS = dict(  # conftest's `settings`
+    max_upload_mb=1,
+    max_text_mb=1,
+    max_steps=2000,
+    max_params=300_000,
+    generate_threads=1,
+    train_concurrency=2,
+    export_concurrency=2,  # two sessions' exports side by side, as two trainings are
+    max_train_memory_mb=512,
+)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    settings = Settings(
-        artifacts=tmp_path_factory.mktemp("artifacts"),
-        max_upload_mb=1,
-        max_text_mb=1,
-        max_steps=2000,
-        max_params=300_000,
-        train_threads=1,
-        generate_threads=1,
-        train_concurrency=2,
-        export_concurrency=2,  # two sessions' exports side by side, as two trainings are
-        max_train_memory_mb=512,
-        min_free_disk_mb=1,
-    )
+def server(settings):
     demo, url = launch(settings)
     yield demo, url
     demo.close()
@@ -142,7 +150,7 @@ def test_adversarial_values_get_a_message_and_the_server_keeps_answering(server,
 
 
 def test_a_full_queue_answers_try_again(tmp_path, texts):
-    settings = Settings(artifacts=tmp_path, max_queue=1, train_threads=1, max_params=300_000, min_free_disk_mb=1)
+    settings = app_settings(tmp_path, max_queue=1, max_params=300_000)  # a server of its own: a queue of one
     demo, url = launch(settings)
     try:
         running = client(url).submit(*train_args(texts[0], 2000), api_name="/train")
