@@ -48,8 +48,8 @@ async function setUpRuntime() {
 /** WebAssembly threads unless the page asks for others (`?threads=N`, in a cross-origin isolated
  * page: the server's COOP/COEP or Document-Isolation-Policy headers). onnxruntime-web fixes the count
  * when it loads, for prefill and decode alike; on 2 cores two threads prefilled 240 tokens 1.2-1.5x
- * faster (M, L) and decoded 0.7-0.9x as fast (S, M, L), and decoding is most of a generation
- * (docs/performance.md, "In the browser"). */
+ * faster (M, L) but decoded 0.6-0.9x as fast in a fresh page (S, M, L), and a first generation is
+ * mostly decoding (docs/performance.md, "In the browser"). */
 export const DEFAULT_THREADS = 1;
 
 /** The model in a Web Worker (worker.mjs), with OnnxModel's `step`, `generateTokens` and `release`:
