@@ -327,6 +327,10 @@ def generate_in_the_browser(page, demo, torch_text: str) -> None:
     page.click("#gen-stop")
     stopped = wait_text(page, "#gen-stats", "stopped|1024 tokens")
     assert "stopped" in stopped and int(stopped.split(" tokens")[0]) < 1024, stopped
+    page.locator("#gen-seed textarea, #gen-seed input").first.fill("abc")  # checked on the server first
+    page.click("#gen-browser")
+    page.get_by_test_id("toast-text").filter(has_text="seed = 'abc' is not valid").wait_for()
+    page.locator("#gen-seed textarea, #gen-seed input").first.fill("")
     page.locator("#gen-backend label", has_text="PyTorch").click()
 
 

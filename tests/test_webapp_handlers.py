@@ -622,6 +622,17 @@ def test_the_browser_backend_gets_files_and_never_runs_on_the_server(trained, ha
     assert handlers.generate.browser_precisions(Request("nobody"))["choices"] == ["fp32", "int8"]  # no model yet
 
 
+def test_the_browser_backends_settings_are_checked_on_the_server_in_the_visitors_language(handlers):
+    """The browser generates with settings the server never sees: they are checked first, with the
+    server backends' rules and messages (the page's own checks speak English)."""
+    good = ["the cat", 20, "sampling", 0.8, 40, 0.9, 0.0, 1.1, "", "7"]
+    assert handlers.generate.browser_settings(*good, request=Request("browser-settings", "en")) is None
+    for position, bad, name in ((9, "abc", "seed"), (9, str(2**63), "seed"), (3, -1, "temperature"), (1, 0, "max_new_tokens")):
+        values = [*good[:position], bad, *good[position + 1 :]]
+        with pytest.raises(gr.Error, match=f"{name} = .*недопустимое значение"):
+            handlers.generate.browser_settings(*values, request=Request("browser-settings", "ru"))
+
+
 def test_compare_on_the_browser_backend_hands_over_pytorchs_greedy_ids(trained, handlers):
     request, _ = trained
     assert list(handlers.generate.browser_reference("the cat", 8, "torch", "fp32", request=request)) == [

@@ -257,6 +257,38 @@ class GenerateHandlers(TabHandlers):
         session.pieces = insight.generated_pieces(scores, model.tokenizer, text)
         yield prompt + text, generation.stats_text(stats, label, provider, options, lang)
 
+    @friendly
+    def browser_settings(
+        self,
+        prompt: Any,
+        max_new_tokens: Any,
+        mode: Any,
+        temperature: Any,
+        top_k: Any,
+        top_p: Any,
+        min_p: Any,
+        repetition_penalty: Any,
+        stop_strings: Any,
+        seed: Any,
+        request: gr.Request,
+    ) -> None:
+        """The browser backend's settings, checked on the server before its files are fetched: the
+        server backends' rules and messages, in the visitor's language (the page's own checks, in
+        English, then never fire)."""
+        generation.make_options(
+            max_new_tokens,
+            mode,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            stop_strings,
+            seed,
+            self.settings.max_new_tokens,
+        )
+        generation.prompt_text(prompt)
+
     @friendly_stream
     def browser_model(self, precision: str, request: gr.Request) -> Iterator[Any]:
         """The current model's files for the in-browser backend (exported in `precision` on first use;
@@ -429,12 +461,13 @@ def wire(
     )
     tab.backend.change(None, [tab.backend, tab.stats], tab.stats, js=browser.probe_js(runtime))  # the runtime, at once
     settings_inputs = [tab.prompt, tab.max_new, tab.mode, tab.temperature, tab.top_k, tab.top_p, tab.min_p]
+    browser_settings = [*settings_inputs, tab.penalty, tab.stops, tab.seed]
     fetch_model = tab.browser_btn.click(
-        h.browser_model, tab.browser_precision, tab.browser_files, api_name="browser_model", show_progress="minimal"
-    )
+        h.browser_settings, browser_settings, None, api_visibility="private", preprocess=False, show_progress="hidden"
+    ).success(h.browser_model, tab.browser_precision, tab.browser_files, api_name="browser_model", show_progress="minimal")
     fetch_model.success(  # client-side only: no server function
         None,
-        [tab.browser_files, *settings_inputs, tab.penalty, tab.stops, tab.seed],
+        [tab.browser_files, *browser_settings],
         [tab.output, tab.stats],
         js=browser.run_js(runtime),
     )
