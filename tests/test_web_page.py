@@ -305,14 +305,19 @@ def test_a_failed_load_is_retried_and_a_replaced_model_released(browser, served,
         page.evaluate(load, files["fp32"])
     failing["on"] = False
     assert page.evaluate(load, files["fp32"]) == "fp32"  # tried again, not the cached failure
-    released = page.evaluate(
+    released, reused, text = page.evaluate(
         "async ([a, b]) => { const page = await import('./page.mjs'); const first = await page.loadFromFiles(a);"
         " let released = false; const release = first.model.release.bind(first.model);"
         " first.model.release = () => { released = true; return release(); };"
-        " await page.loadFromFiles(b); await new Promise((r) => setTimeout(r, 0)); return released; }",
+        " const second = await page.loadFromFiles(b); const loop = await import('./simple_llm.mjs'); let text = '';"
+        " for await (const piece of loop.streamText(second.model, second.tokenizer, second.eosId, 'ROMEO:',"
+        " { maxNewTokens: 8 })) text += piece;"
+        " return [released, second.model.worker === first.model.worker, text]; }",
         [files["fp32"], files["int8"]],
     )
-    assert released
+    assert released and reused  # the replaced model's session freed, its worker (compiled, warm) loads the next
+    graph = json.loads((exports["int8"] / "web" / "model.json").read_text(encoding="utf-8"))["graph"]
+    assert text == OnnxGPT.load(exports["int8"], threads=1, graph=graph).generate_text("ROMEO:", 8)  # the new model
     page.close()
 
 

@@ -52,11 +52,16 @@ async function setUpRuntime() {
  * mostly decoding (docs/performance.md, "In the browser"). */
 export const DEFAULT_THREADS = 1;
 
+let spare = null; // {worker, threads}: a released model's worker, kept for the next model
+
 /** The model in a Web Worker (worker.mjs), with OnnxModel's `step`, `generateTokens` and `release`:
- * the cache stays in the worker, token ids cross. */
+ * the cache stays in the worker, token ids cross. A released model's worker loads the next model
+ * (with the same thread count): its onnxruntime-web is compiled, and V8 has already optimized the
+ * functions the last model ran hot. */
 export class WorkerModel {
   constructor(worker, info, config) {
     this.worker = worker;
+    this.threads = info.threads;
     this.capacity = info.capacity;
     this.vocabSize = config.vocab_size;
     this.calls = new Map(); // message id -> handler of the worker's answers
@@ -64,14 +69,16 @@ export class WorkerModel {
     worker.onmessage = ({ data }) => this.calls.get(data.id)?.(data);
   }
 
-  /** Start the worker and load the graph at `graph` in it. */
+  /** Load the graph at `graph` in the spare worker, or in a new one. */
   static async create(runtime, graph, config, threads) {
-    const worker = new Worker(new URL("./worker.mjs", import.meta.url), { type: "module" });
+    const reused = spare?.threads === threads;
+    const worker = reused ? spare.worker : new Worker(new URL("./worker.mjs", import.meta.url), { type: "module" });
+    if (reused) spare = null;
     const loading = new Promise((resolve, reject) => {
       worker.onmessage = ({ data }) => (data.type === "result" ? resolve(data.value) : reject(Object.assign(new Error(data.message), { code: data.code })));
       worker.onerror = (event) => reject(new Error(event.message || "the model's worker could not start"));
     });
-    const wasmBinary = ort.env.wasm.wasmBinary ? ort.env.wasm.wasmBinary.slice(0) : null;
+    const wasmBinary = !reused && ort.env.wasm.wasmBinary ? ort.env.wasm.wasmBinary.slice(0) : null;
     worker.postMessage({ id: 0, type: "load", runtime, graph, config, threads, wasmBinary });
     try {
       return new WorkerModel(worker, await loading, config);
@@ -128,13 +135,16 @@ export class WorkerModel {
     }
   }
 
-  /** Free the session and end the worker. */
+  /** Free the session; the worker waits for the next model (or ends, when one already waits). */
   async release() {
     try {
       await this.call("release");
-    } finally {
+    } catch (error) {
       this.worker.terminate();
+      throw error;
     }
+    spare?.worker.terminate();
+    spare = { worker: this.worker, threads: this.threads };
   }
 }
 
@@ -174,12 +184,10 @@ export async function loadFromFiles(files) {
   const info = await json(urls["model.json"]);
   const graph = urls[info.graph.split("/").pop()];
   if (!loaded.has(graph)) {
-    for (const [other, previous] of loaded) {
-      loaded.delete(other);
-      previous.then((old) => old.model.release(), () => {});
-    }
+    const replaced = [...loaded.values()].map((previous) => previous.then((old) => old.model.release(), () => {}));
+    loaded.clear();
     const model = { graph, config: urls["config.json"], tokenizer: urls["tokenizer.json"], tokenizerConfig: urls["tokenizer_config.json"] };
-    const loading = loadModel({ ...model, precision: info.precision });
+    const loading = Promise.all(replaced).then(() => loadModel({ ...model, precision: info.precision }));
     loaded.set(graph, loading);
     loading.catch(() => loaded.get(graph) === loading && loaded.delete(graph));
   }

@@ -7,11 +7,15 @@ let model = null;
 const stopped = new Set(); // ids of the generations asked to stop
 let queue = Promise.resolve(); // one job at a time on the session; stop messages are handled at once
 
+let ort = null; // set up by the first load; later models (page.mjs reuses this worker) share it
+
 async function load({ runtime, graph, config, threads, wasmBinary }) {
-  const ort = await import(runtime.ort);
-  ort.env.wasm.numThreads = threads;
-  ort.env.wasm.wasmPaths = runtime.glue ? { mjs: runtime.glue, wasm: new URL("ort-wasm-simd-threaded.wasm", runtime.wasmPaths).href } : runtime.wasmPaths;
-  if (wasmBinary) ort.env.wasm.wasmBinary = wasmBinary;
+  if (ort === null) {
+    ort = await import(runtime.ort);
+    ort.env.wasm.numThreads = threads;
+    ort.env.wasm.wasmPaths = runtime.glue ? { mjs: runtime.glue, wasm: new URL("ort-wasm-simd-threaded.wasm", runtime.wasmPaths).href } : runtime.wasmPaths;
+    if (wasmBinary) ort.env.wasm.wasmBinary = wasmBinary;
+  }
   const session = await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] });
   model = new OnnxModel(ort, session, config);
   model.yieldEveryMs = 0; // a stop message is seen before the next token
