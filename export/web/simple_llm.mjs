@@ -108,14 +108,21 @@ export function chooseToken(logits, seen, s, random) {
 
 /** A new task: lets the page paint and handle clicks (Stop) between decode steps, which onnxruntime-web
  * otherwise runs back to back on the main thread. MessageChannel, unlike setTimeout, adds no 4 ms clamp. */
+let taskChannel = null; // one channel for every call: a new one per call cost S a tenth of its speed
+const waiting = [];
+
 function nextTask() {
-  return new Promise((resolve) => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = () => {
-      channel.port1.close();
-      resolve();
+  if (taskChannel === null) {
+    taskChannel = new MessageChannel();
+    taskChannel.port1.onmessage = () => {
+      waiting.shift()();
+      if (waiting.length === 0) taskChannel.port1.unref?.(); // Node: an idle channel lets the process end
     };
-    channel.port2.postMessage(null);
+  }
+  taskChannel.port1.ref?.();
+  return new Promise((resolve) => {
+    waiting.push(resolve);
+    taskChannel.port2.postMessage(null);
   });
 }
 
