@@ -182,7 +182,7 @@ EN: dict[str, str] = {
     "gen.browser_generate": "Generate in your browser",
     "gen.browser_precision": "Model downloaded to your browser",
     "gen.browser_precision_choice": "{precision} · {mb} MB",
-    "gen.browser_precision_info": "fp32 gives PyTorch's tokens exactly; int8 is about 4x smaller to download but may fail its check against PyTorch on small models.",
+    "gen.browser_precision_info": "fp32 gives PyTorch's tokens exactly; int8 is about 4x smaller to download, generates at 0.8-1x fp32's speed, and may fail its check against PyTorch on small models.",
     "error.browser_int8_failed": "{detail}\n\nThe int8 model did not pass its check against PyTorch: choose fp32 under \"Model downloaded to your browser\" (exact, a larger download).",
     # the browser backend's JavaScript (webapp/browser.py)
     "browser.error": "Error in your browser: {error}",
@@ -446,7 +446,7 @@ RU: dict[str, str] = {
     "gen.browser_generate": "Сгенерировать в браузере",
     "gen.browser_precision": "Модель, загружаемая в браузер",
     "gen.browser_precision_choice": "{precision} · {mb} МБ",
-    "gen.browser_precision_info": "fp32 даёт в точности токены PyTorch; int8 примерно в 4 раза меньше, но на маленьких моделях может не пройти сверку с PyTorch.",
+    "gen.browser_precision_info": "fp32 даёт в точности токены PyTorch; int8 примерно в 4 раза меньше, генерирует со скоростью 0,8–1x от fp32 и на маленьких моделях может не пройти сверку с PyTorch.",
     "error.browser_int8_failed": "{detail}\n\nМодель int8 не прошла сверку с PyTorch: выберите fp32 в поле «Модель, загружаемая в браузер» (точная, но больше по размеру).",
     "browser.error": "Ошибка в браузере: {error}",
     "browser.no_runtime_cdn": "Не удалось загрузить onnxruntime-web из CDN ({cdn}): у этого компьютера нет доступа в интернет, или CDN заблокирован. Своей копии у приложения нет: выполните `npm ci` в папке simple-llm и перезапустите приложение — тогда оно само отдаст среду выполнения, без интернета. При доступе в интернет используется CDN.",
