@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from webapp_common import GENERATE_DEFAULTS
 
 from webapp import generation, training, validation
 from webapp.i18n import UserError
@@ -75,18 +76,7 @@ VALID_TRAINING = dict(
     device="cpu",
 )
 GENERATION_FIELDS = ["max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"]
-VALID_GENERATION = dict(
-    max_new_tokens=20,
-    mode="sampling",
-    temperature=1.0,
-    top_k=0,
-    top_p=1.0,
-    min_p=0.0,
-    repetition_penalty=1.0,
-    stop_strings="",
-    seed="",
-    max_allowed=64,
-)
+VALID_GENERATION = {**GENERATE_DEFAULTS, "mode": "sampling", "max_allowed": 64}
 
 
 def test_the_valid_baselines_pass():

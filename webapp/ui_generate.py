@@ -219,19 +219,9 @@ class GenerateHandlers(TabHandlers):
         """Stream the continuation of `prompt` (the output shows prompt + continuation) and its speed."""
         lang = lang_of(request)
         session = self.services.session(request)
-        options = generation.make_options(
-            max_new_tokens,
-            mode,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            stop_strings,
-            seed,
-            self.settings.max_new_tokens,
+        prompt, options = self._checked(
+            prompt, max_new_tokens, mode, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings, seed
         )
-        prompt = generation.prompt_text(prompt)
         models.require_model(session)
         if backend != backends.TORCH and not session.exports:
             yield prompt, t(lang, "gen.exporting")
@@ -275,19 +265,15 @@ class GenerateHandlers(TabHandlers):
         """The browser backend's settings, checked on the server before its files are fetched: the
         server backends' rules and messages, in the visitor's language (the page's own checks, in
         English, then never fire)."""
-        generation.make_options(
-            max_new_tokens,
-            mode,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            stop_strings,
-            seed,
-            self.settings.max_new_tokens,
+        self._checked(
+            prompt, max_new_tokens, mode, temperature, top_k, top_p, min_p, repetition_penalty, stop_strings, seed
         )
-        generation.prompt_text(prompt)
+
+    def _checked(self, prompt: Any, *settings: Any) -> tuple[str, generation.GenerationOptions]:
+        """The prompt and the generation options from raw UI values (`generation.make_options`'s, in
+        its order, up to the seed), each checked."""
+        options = generation.make_options(*settings, self.settings.max_new_tokens)
+        return generation.prompt_text(prompt), options
 
     @friendly_stream
     def browser_model(self, precision: str, request: gr.Request) -> Iterator[Any]:
@@ -464,7 +450,9 @@ def wire(
     browser_settings = [*settings_inputs, tab.penalty, tab.stops, tab.seed]
     fetch_model = tab.browser_btn.click(
         h.browser_settings, browser_settings, None, api_visibility="private", preprocess=False, show_progress="hidden"
-    ).success(h.browser_model, tab.browser_precision, tab.browser_files, api_name="browser_model", show_progress="minimal")
+    ).success(
+        h.browser_model, tab.browser_precision, tab.browser_files, api_name="browser_model", show_progress="minimal"
+    )
     fetch_model.success(  # client-side only: no server function
         None,
         [tab.browser_files, *browser_settings],

@@ -106,11 +106,11 @@ export function chooseToken(logits, seen, s, random) {
   return argmax(probs); // rounding left a sliver: the most likely token
 }
 
+let taskChannel = null; // one channel for every call: a new one per call cost S a tenth of its speed
+const waiting = []; // the resolvers of the calls whose message is on its way
+
 /** A new task: lets the page paint and handle clicks (Stop) between decode steps, which onnxruntime-web
  * otherwise runs back to back on the main thread. MessageChannel, unlike setTimeout, adds no 4 ms clamp. */
-let taskChannel = null; // one channel for every call: a new one per call cost S a tenth of its speed
-const waiting = [];
-
 function nextTask() {
   if (taskChannel === null) {
     taskChannel = new MessageChannel();
