@@ -12,6 +12,8 @@ Rows per shape and precision (random weights, the byte-level tokenizer; a 32-tok
   (`model_fast.onnx`, which pages ran before the browser got its own graph) under the page files of
   git revision REF (index.html, page.mjs, simple_llm.mjs), for a before/after in one run; "÷ before"
   is the median of per-round ratios of each browser row to it.
+- "÷ fp32": a browser row of another precision against the same row at fp32, the median of
+  per-round ratios (every round runs every precision, so the pairs share the machine's load).
 tokens/s = new tokens / seconds of `generateTokens` (prefill included), timed inside the page;
 page load = from opening the page to the model being ready (runtime, graph and tokenizer, from
 localhost). Every round runs every row once (interleaved); medians (min-max) over rounds; the
@@ -152,51 +154,70 @@ def measure(
     prompt: int = PROMPT,
     warm: int = 4,
 ) -> list[list[str]]:
+    """The table's rows: per shape, every round runs every precision's every row once (interleaved), so
+    that "÷ fp32" (another precision's row against fp32's same row) pairs runs of the same rounds."""
     plain, plain_url = serve(tmp, isolated=False)
     isolated, isolated_url = serve(tmp, isolated=True)
     rows = (*ROWS, "before") if before else ROWS
     table = []
     try:
         for shape in shapes:
+            pages = {}  # precision -> row -> (server, page folder, query)
             for precision in precisions:
                 name = f"{shape}-{precision}"
                 folder = export(shape, precision, tmp / name)
-                pages = {
+                pages[precision] = {
+                    "native": folder,
                     "browser-1": (plain_url, name, ""),
                     "browser-all": (isolated_url, name, f"?threads={ALL_THREADS}"),
                 }
                 if before:
-                    pages["before"] = (plain_url, page_of(folder, before, precision).name, "")
-                ids = torch.randint(0, 256, (prompt,), generator=torch.Generator().manual_seed(1)).tolist()
-                rates = {row: [] for row in rows}
-                loads = {row: [] for row in rows[1:]}
-                threads = {}
-                for _ in range(repeats):
-                    rates["native"].append(native_decode(folder, ids, new_tokens))
-                    for row, (base, page, query) in pages.items():
-                        url = f"{base}/{page}/web/index.html{query}"
-                        rate, load, used = browser_decode(chromium, url, ids, new_tokens, warm)
-                        rates[row].append(rate)
-                        loads[row].append(load)
-                        threads[row] = used
+                    pages[precision]["before"] = (plain_url, page_of(folder, before, precision).name, "")
+            ids = torch.randint(0, 256, (prompt,), generator=torch.Generator().manual_seed(1)).tolist()
+            rates = {(p, row): [] for p in precisions for row in rows}
+            loads = {(p, row): [] for p in precisions for row in rows[1:]}
+            threads = {}
+            for _ in range(repeats):
+                for precision in precisions:
+                    for row in rows:
+                        if row == "native":
+                            rates[precision, row].append(native_decode(pages[precision][row], ids, new_tokens))
+                            continue
+                        base, page, query = pages[precision][row]
+                        rate, load, used = browser_decode(chromium, f"{base}/{page}/web/index.html{query}", ids, new_tokens, warm)
+                        rates[precision, row].append(rate)
+                        loads[precision, row].append(load)
+                        threads[precision, row] = used
+            for precision in precisions:
                 for row in rows:
-                    ratio = statistics.median(r / n for r, n in zip(rates[row], rates["native"]))
-                    label = LABELS.get(row, f"browser, 1 thread, page of {before}")
-                    label = label if row == "native" else f"{label} ({threads[row]})"
-                    load = median_span(loads[row], "{:.2f}") if row in loads else "-"
-                    line = [shape, precision, label, median_span(rates[row], "{:,.1f}"), f"{ratio:.2f}", load]
-                    if before:
-                        versus = (
-                            "-"
-                            if row == "native"
-                            else statistics.median(r / b for r, b in zip(rates[row], rates["before"]))
-                        )
-                        line.insert(5, versus if versus == "-" else f"{versus:.2f}")
-                    table.append(line)
+                    table.append(_row(shape, precision, row, rates, loads, threads, before))
     finally:
         plain.shutdown()
         isolated.shutdown()
     return table
+
+
+def _row(shape: str, precision: str, row: str, rates: dict, loads: dict, threads: dict, before: str | None) -> list[str]:
+    """One line of the table (see `main`'s headers) from every round's figures."""
+
+    def versus(other: tuple[str, str]) -> str:
+        if row == "native" or other == (precision, row) or other not in rates:
+            return "-"
+        return f"{statistics.median(r / o for r, o in zip(rates[precision, row], rates[other])):.2f}"
+
+    label = LABELS.get(row, f"browser, 1 thread, page of {before}")
+    label = label if row == "native" else f"{label} ({threads[precision, row]})"
+    line = [
+        shape,
+        precision,
+        label,
+        median_span(rates[precision, row], "{:,.1f}"),
+        f"{statistics.median(r / n for r, n in zip(rates[precision, row], rates[precision, 'native'])):.2f}",
+        *([versus((precision, "before"))] if before else []),
+        versus(("fp32", row)),
+        median_span(loads[precision, row], "{:.2f}") if row != "native" else "-",
+    ]
+    return line
 
 
 def main() -> None:
@@ -246,7 +267,7 @@ def main() -> None:
         f"(a page's after its first {args.warm_tokens}), random weights, "
         f"{repeats} interleaved round(s)"
     )
-    headers = ["shape", "precision", "run (threads)", "tokens/s median (min-max)", "÷ native", "page load s"]
+    headers = ["shape", "precision", "run (threads)", "tokens/s median (min-max)", "÷ native", "÷ fp32", "page load s"]
     if args.before:
         headers.insert(5, "÷ before")
     print_table(headers, table)

@@ -167,7 +167,11 @@ def test_browser_decode_bench() -> None:
     assert runs == {"onnxruntime (native), 1 thread", "browser, 1 thread", "browser, all threads"}
     for row in rows:
         assert figure(row[3]) > 0 and figure(row[4]) > 0  # tokens/s and the ratio to native
-        assert (row[5] == "-") == row[2].startswith("onnxruntime")  # page load: browser rows only
+        browser = not row[2].startswith("onnxruntime")
+        assert (row[5] != "-") == (browser and row[1] == "int8")  # ÷ fp32: int8's pages, paired with fp32's
+        if row[5] != "-":
+            assert figure(row[5]) > 0
+        assert (row[6] != "-") == browser  # page load: browser rows only
 
 
 def test_benches_read_the_shipped_full_text(capsys) -> None:
