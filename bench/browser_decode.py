@@ -184,7 +184,9 @@ def measure(
                             rates[precision, row].append(native_decode(pages[precision][row], ids, new_tokens))
                             continue
                         base, page, query = pages[precision][row]
-                        rate, load, used = browser_decode(chromium, f"{base}/{page}/web/index.html{query}", ids, new_tokens, warm)
+                        rate, load, used = browser_decode(
+                            chromium, f"{base}/{page}/web/index.html{query}", ids, new_tokens, warm
+                        )
                         rates[precision, row].append(rate)
                         loads[precision, row].append(load)
                         threads[precision, row] = used
@@ -197,7 +199,9 @@ def measure(
     return table
 
 
-def _row(shape: str, precision: str, row: str, rates: dict, loads: dict, threads: dict, before: str | None) -> list[str]:
+def _row(
+    shape: str, precision: str, row: str, rates: dict, loads: dict, threads: dict, before: str | None
+) -> list[str]:
     """One line of the table (see `main`'s headers) from every round's figures."""
 
     def versus(other: tuple[str, str]) -> str:
