@@ -109,14 +109,18 @@ def native_decode(folder: Path, ids: list[int], new_tokens: int) -> float:
     return new_tokens / (time.perf_counter() - started)
 
 
-def browser_decode(chromium, url: str, ids: list[int], new_tokens: int, warm: int = 4) -> tuple[float, float, int]:
-    """(tokens/s, page load seconds, threads) of one fresh page, after `warm` tokens it generates first."""
+def browser_decode(
+    chromium, url: str, ids: list[int], new_tokens: int, warm: int = 4, idle: float = 0.0
+) -> tuple[float, float, int]:
+    """(tokens/s, page load seconds, threads) of one fresh page, `idle` seconds after it is ready (a
+    visitor typing a prompt) and after `warm` tokens it generates first."""
     page = chromium.new_page()
     page.set_default_timeout(600_000)
     started = time.perf_counter()
     page.goto(url)
     page.wait_for_function("document.querySelector('#status').textContent.includes('Ready')")
     load = time.perf_counter() - started
+    page.wait_for_timeout(idle * 1000)
     page.evaluate(_DECODE_JS, [ids, warm])  # warm-up
     result = page.evaluate(_DECODE_JS, [ids, new_tokens])
     page.close()
@@ -153,6 +157,7 @@ def measure(
     before: str | None = None,
     prompt: int = PROMPT,
     warm: int = 4,
+    idle: float = 0.0,
 ) -> list[list[str]]:
     """The table's rows: per shape, every round runs every precision's every row once (interleaved), so
     that "÷ fp32" (another precision's row against fp32's same row) pairs runs of the same rounds."""
@@ -177,15 +182,16 @@ def measure(
             rates = {(p, row): [] for p in precisions for row in rows}
             loads = {(p, row): [] for p in precisions for row in rows[1:]}
             threads = {}
-            for _ in range(repeats):
-                for precision in precisions:
+            for round_ in range(repeats):
+                turn = round_ % len(precisions)  # each precision goes first in turn: no order bias
+                for precision in precisions[turn:] + precisions[:turn]:
                     for row in rows:
                         if row == "native":
                             rates[precision, row].append(native_decode(pages[precision][row], ids, new_tokens))
                             continue
                         base, page, query = pages[precision][row]
                         rate, load, used = browser_decode(
-                            chromium, f"{base}/{page}/web/index.html{query}", ids, new_tokens, warm
+                            chromium, f"{base}/{page}/web/index.html{query}", ids, new_tokens, warm, idle
                         )
                         rates[precision, row].append(rate)
                         loads[precision, row].append(load)
@@ -238,6 +244,13 @@ def main() -> None:
         help="tokens a page generates before it is timed (default: %(default)s; hundreds: V8 has tiered up "
         "onnxruntime-web's WebAssembly to optimized code)",
     )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=0.0,
+        help="seconds a page waits once ready, as a visitor typing a prompt (default: %(default)s; the worker "
+        "warms the model up meanwhile)",
+    )
     parser.add_argument("--quick", action="store_true", help="shape S, 1 round of 10 tokens (a smoke run)")
     parser.add_argument("--before", metavar="REF", help="add the page of git revision REF on the fast graph")
     args = parser.parse_args()
@@ -262,13 +275,14 @@ def main() -> None:
                 args.before,
                 args.prompt_tokens,
                 args.warm_tokens,
+                args.idle_seconds,
             )
         finally:
             chromium.close()
     print(
         f"Greedy decode in headless Chromium (onnxruntime-web {RUNTIME['packages']['onnxruntime-web']['version']}, "
         f"WebAssembly) and native onnxruntime, {args.prompt_tokens}-token prompt + {new_tokens} new tokens "
-        f"(a page's after its first {args.warm_tokens}), random weights, "
+        f"(a page's after its first {args.warm_tokens}, {args.idle_seconds:g} s after it is ready), random weights, "
         f"{repeats} interleaved round(s)"
     )
     headers = ["shape", "precision", "run (threads)", "tokens/s median (min-max)", "÷ native", "÷ fp32", "page load s"]

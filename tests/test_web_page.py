@@ -290,6 +290,18 @@ def test_the_page_decodes_in_a_worker_and_stays_responsive(browser, served):
     page.close()
 
 
+def test_a_loaded_model_warms_up_while_the_visitor_types_and_then_writes_pytorchs_text(browser, served, model):
+    page, _ = _open(browser, served, "/fp32/web/index.html")
+    page.wait_for_function("window.simpleLLM.ready.then((loaded) => (window.loaded = loaded)) && window.loaded")
+    page.wait_for_function("window.loaded.model.warmUpTokens > 0")  # decoded, then ended by itself (2 s)
+    page.fill("#prompt", "ROMEO:\n")
+    page.fill("#max-new-tokens", "40")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    assert page.eval_on_selector("#output", "e => e.textContent") == "ROMEO:\n" + model.generate_text("ROMEO:\n", 40)
+    page.close()
+
+
 def test_a_failed_load_is_retried_and_a_replaced_model_released(browser, served, exports):
     page, _ = _open(browser, served, "/fp32/web/index.html")
     files = {}

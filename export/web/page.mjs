@@ -66,7 +66,8 @@ export class WorkerModel {
     this.vocabSize = config.vocab_size;
     this.calls = new Map(); // message id -> handler of the worker's answers
     this.nextId = 0;
-    worker.onmessage = ({ data }) => this.calls.get(data.id)?.(data);
+    this.warmUpTokens = 0; // what the worker decoded to warm the model up after its load (worker.mjs)
+    worker.onmessage = ({ data }) => (data.type === "warmed-up" ? (this.warmUpTokens = data.tokens) : this.calls.get(data.id)?.(data));
   }
 
   /** Load the graph at `graph` in the spare worker, or in a new one. */

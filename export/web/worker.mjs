@@ -6,6 +6,15 @@ import { OnnxModel } from "./simple_llm.mjs";
 let model = null;
 const stopped = new Set(); // ids of the generations asked to stop
 let queue = Promise.resolve(); // one job at a time on the session; stop messages are handled at once
+let waiting = 0; // jobs sent and not started yet: a warm-up gives way to them
+
+// A fresh page runs onnxruntime-web's WebAssembly from V8's baseline compiler and moves hot functions
+// to its optimizing one as they run: S decodes about twice as fast after its first few hundred tokens
+// (docs/performance.md, "In the browser"). So a loaded model decodes a dummy text while the visitor
+// types, for at most WARM_UP_MS, from WARM_UP_DELAY_MS after the load (a job sent at once, as the web
+// app's first generation, comes first), giving way to any job within 4 ms and one step.
+const WARM_UP_MS = 2000;
+const WARM_UP_DELAY_MS = 100;
 
 let ort = null; // set up by the first load; later models (page.mjs reuses this worker) share it
 
@@ -18,7 +27,7 @@ async function load({ runtime, graph, config, threads, wasmBinary }) {
   }
   const session = await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] });
   model = new OnnxModel(ort, session, config);
-  model.yieldEveryMs = 0; // a stop message is seen before the next token
+  model.yieldEveryMs = 4; // messages (stop, jobs) are seen within 4 ms; a yield per token cost S 0.8x
   return { capacity: model.capacity, threads: ort.env.wasm.numThreads };
 }
 
@@ -44,13 +53,34 @@ async function run(message) {
   throw new Error(`unknown message ${type}`);
 }
 
+async function warmUp() {
+  await new Promise((resolve) => setTimeout(resolve, WARM_UP_DELAY_MS));
+  const until = performance.now() + WARM_UP_MS;
+  const busy = () => waiting > 0 || model === null || performance.now() >= until;
+  let tokens = 0;
+  while (!busy()) {
+    for await (const _ of model.generateTokens([0], { maxNewTokens: model.maxSeqLen }, [], busy)) tokens += 1;
+  }
+  postMessage({ type: "warmed-up", tokens });
+}
+
 self.onmessage = ({ data }) => {
   if (data.type === "stop") {
     stopped.add(data.target);
     return;
   }
-  queue = queue.then(() => run(data)).then(
-    (value) => postMessage({ id: data.id, type: "result", value }),
-    (error) => postMessage({ id: data.id, type: "error", message: String(error?.message ?? error), code: error?.code }),
-  );
+  waiting += 1;
+  queue = queue
+    .then(() => {
+      waiting -= 1;
+      return run(data);
+    })
+    .then(
+      (value) => {
+        postMessage({ id: data.id, type: "result", value });
+        if (data.type === "load") return warmUp();
+      },
+      (error) => postMessage({ id: data.id, type: "error", message: String(error?.message ?? error), code: error?.code }),
+    )
+    .catch(() => {}); // a failed warm-up leaves the model as it was
 };
