@@ -97,10 +97,18 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # (`ema_decay=0.99`, its decay warming up over the first steps): "ema 0.99" is "default".
     "ema 0.99": ({}, {"ema_decay": 0.99}),
     "ema 0.995": ({}, {"ema_decay": 0.995}),
+    # Fourth round: one thing changed from today's defaults (EMA 0.99); architecture changes as
+    # bench-local patches (bench/trial_patches.py), built into gpt/ only if they pay.
+    "disjoint windows": ({}, {}, {"stride": 64}),
+    "rmsnorm": ({}, {}, {"patch": "rmsnorm"}),
+    "rotary": ({}, {}, {"patch": "rotary"}),
+    "value embeddings": ({}, {}, {"patch": "value embeddings"}),
 }
 """The ablation's variants: (GPTConfig fields, fit options[, run options]), each on top of the
 defaults. Run options (`bench.quality.run`): `batch` (sequences a step; with `max_seq_len` in the
-GPTConfig fields it trades batch for context at the same tokens a step)."""
+GPTConfig fields it trades batch for context at the same tokens a step), `stride` (train windows
+start every `stride` tokens: the context's length reads each token once an epoch) and `patch` (an
+architecture change of `bench.trial_patches`)."""
 
 
 def variant(name: str) -> tuple[dict, dict, dict]:
@@ -150,7 +158,7 @@ def main() -> None:
                 model, fit, data = variant(name)
                 model, fit = {**model, **args.model}, {**fit, **args.fit}
                 batch, seq_len = data.get("batch", BATCH), {**SHAPE, **model}["max_seq_len"]
-                result = run("default", text, steps, seed, fit, model, batch=batch)
+                result = run("default", text, steps, seed, fit, model, batch, data.get("stride", 1), data.get("patch"))
                 if result["tokens"] != steps * batch * seq_len:  # stopped early (Ctrl-C, SIGTERM)
                     raise SystemExit(f"{name} seed {seed} stopped before step {steps}: not logged")
                 record = dict(
@@ -190,8 +198,17 @@ def print_summary(log: Path, baseline: str = "default") -> None:
         delta += f" ({statistics.mean(paired):+.3f})" if paired else ""
         speed = statistics.median(r["tokens"] / r["seconds"] for r in rs)
         rows.append(
-            [variant, str(steps), str(len(rs)), f"{mean:.3f}", f"{sd:.3f}", f"{min(losses):.3f}-{max(losses):.3f}",
-             delta, f"{speed:,.0f}", f"{rs[0]['parameters']:,}"]  # fmt: skip
+            [
+                variant,
+                str(steps),
+                str(len(rs)),
+                f"{mean:.3f}",
+                f"{sd:.3f}",
+                f"{min(losses):.3f}-{max(losses):.3f}",
+                delta,
+                f"{speed:,.0f}",
+                f"{rs[0]['parameters']:,}",
+            ]  # fmt: skip
         )
     header = ["variant", "steps", "seeds", "nats/byte mean", "sd", "min-max", f"vs {baseline} (same seeds)", "tokens/s"]
     header.append("parameters")

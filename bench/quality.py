@@ -31,6 +31,7 @@ import time
 import torch
 
 from bench.common import QUICK_TEXT_CHARS, environment_lines, print_table, set_threads, training_text
+from bench.trial_patches import PATCHES
 from gpt import GPT, Tokenizer, make_loaders
 from gpt.training import evaluate
 
@@ -71,9 +72,13 @@ def run(
     fit_overrides: dict | None = None,
     model_overrides: dict | None = None,
     batch: int = BATCH,
+    stride: int = 1,
+    patch: str | None = None,
 ) -> dict:
     """One training run and its validation. The context is `model_overrides`' `max_seq_len` (else
-    SHAPE's); the validation evaluates each held-out token once, in windows of that context."""
+    SHAPE's); the validation evaluates each held-out token once, in windows of that context. Train
+    windows start every `stride` tokens (`make_loaders`' `train_stride`); `patch` names a
+    `bench.trial_patches.PATCHES` change applied to the model before training."""
     tokenizer_kind, options = ROWS[row]
     seq_len = {**SHAPE, **(model_overrides or {})}["max_seq_len"]
     split = int(len(text) * 0.9)
@@ -83,9 +88,11 @@ def run(
     valid_ids = torch.tensor(tokenizer.encode(valid_text))
     ids = torch.cat([train_ids, valid_ids])
     valid_fraction = len(valid_ids) / len(ids)
-    train_loader, valid_loader = make_loaders(ids, seq_len, batch, valid_fraction, seed=seed)
+    train_loader, valid_loader = make_loaders(ids, seq_len, batch, valid_fraction, seed=seed, train_stride=stride)
     torch.manual_seed(seed)
     model = GPT(vocab_size=tokenizer.vocab_size, **{**SHAPE, **(model_overrides or {})})
+    if patch is not None:
+        PATCHES[patch](model)
     started = time.perf_counter()
     options = {**options, **(fit_overrides or {})}
     model.fit(train_loader, max_steps=steps, progress=False, log_every=None, **options)

@@ -122,17 +122,21 @@ def make_loaders(
     valid_fraction: float = 0.1,
     seed: int = 0,
     num_workers: int = 0,
+    train_stride: int = 1,
 ) -> tuple[DataLoader, DataLoader | None]:
     """Train and validation loaders of `(x, y)` int64 `[batch, seq_len]` batches.
 
-    Train windows (stride 1) are shuffled by a `torch.Generator` seeded with `seed` (the loader's
-    `generator`, so its state can be saved for an exact resume) and incomplete batches dropped.
+    Train windows (one every `train_stride` tokens: 1, every position, is the default; seq_len
+    gives windows that do not overlap, so an epoch reads each token once) are shuffled by a
+    `torch.Generator` seeded with `seed` (the loader's `generator`, so its state can be saved for an
+    exact resume) and incomplete batches dropped.
     Validation windows do not overlap (stride seq_len), are not shuffled and keep the last batch.
     """
     _check_positive("seq_len", seq_len)
     _check_positive("batch_size", batch_size)
+    _check_positive("train_stride", train_stride)
     train_ids, valid_ids = split_ids(ids, valid_fraction, min_tokens=seq_len + 1)
-    train_set = GetData(train_ids, seq_len)
+    train_set = GetData(train_ids, seq_len, stride=train_stride)
     if len(train_set) < batch_size:
         raise ValueError(
             f"train split has {len(train_set)} windows, fewer than batch_size = {batch_size}; "

@@ -246,6 +246,14 @@ def test_loader_generator_state_restores_epoch() -> None:
     assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch, list(train)))
 
 
+def test_train_windows_at_a_stride_cover_each_token_once_an_epoch() -> None:
+    train, _ = make_loaders(torch.arange(300), 10, 3, valid_fraction=0.0, train_stride=10)
+    starts = torch.cat([x[:, 0] for x, _ in train]).tolist()
+    assert len(set(starts)) == len(starts) == 27  # 29 disjoint windows (0, 10, ..., 280) less a partial batch
+    assert set(starts) <= set(range(0, 290, 10))
+    assert not torch.equal(next(iter(train))[0][:, 0], torch.tensor([0, 10, 20]))  # still shuffled
+
+
 def test_loaders_without_validation() -> None:
     _, valid = make_loaders(torch.arange(100), 4, 2, valid_fraction=0.0)
     assert valid is None
@@ -258,6 +266,7 @@ def test_loaders_without_validation() -> None:
         (dict(seq_len=4, batch_size=0), "batch_size must be >= 1"),
         (dict(seq_len=20, batch_size=2), "valid split has 10 tokens, need at least 21"),
         (dict(seq_len=4, batch_size=100), "fewer than batch_size = 100"),
+        (dict(seq_len=4, batch_size=2, train_stride=0), "train_stride must be >= 1"),
     ],
 )
 def test_loader_errors(kwargs: dict, match: str) -> None:
