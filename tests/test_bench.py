@@ -204,6 +204,39 @@ def test_ablate_bench(tmp_path: Path) -> None:
     assert records[2]["parameters"] == records[0]["parameters"] + 64 * 128
 
 
+@pytest.mark.parametrize("name", ["rmsnorm", "rotary", "value embeddings"])
+def test_a_trial_patch_changes_the_model_and_it_still_learns(name: str) -> None:
+    import torch
+
+    from bench.trial_patches import PATCHES
+    from gpt import GPT, make_loaders
+
+    shape = dict(vocab_size=64, max_seq_len=16, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
+    torch.manual_seed(0)
+    plain = GPT(**shape)
+    torch.manual_seed(0)
+    patched = GPT(**shape)
+    PATCHES[name](patched)
+    x = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(plain(x), patched(x))
+    if name == "rmsnorm":
+        assert not any(isinstance(m, torch.nn.LayerNorm) for m in patched.modules())
+    if name == "rotary":  # no position table: the order of the context counts through the rotation alone
+        assert not patched.transformer.wpe.weight.requires_grad and not patched.transformer.wpe.weight.any()
+        one_layer = GPT(**{**shape, "num_layers": 1})  # its last position sees the context as a bag of tokens
+        torch.nn.init.zeros_(one_layer.transformer.wpe.weight)
+        torch.nn.init.normal_(one_layer.transformer.h[0].attn.c_attn.weight, std=1.0)  # sharp attention
+        order, swapped = torch.tensor([[3, 7, 9, 5]]), torch.tensor([[7, 3, 9, 5]])
+        assert torch.allclose(one_layer(order)[0, -1], one_layer(swapped)[0, -1], atol=1e-5)
+        PATCHES[name](one_layer)
+        assert not torch.allclose(one_layer(order)[0, -1], one_layer(swapped)[0, -1], atol=1e-2)
+    if name == "value embeddings":
+        assert len(patched.value_embeds) == 2 and all(t.weight.requires_grad for t in patched.value_embeds)
+    train, _ = make_loaders(torch.randperm(64).repeat(40), 16, 8, valid_fraction=0.0)  # one text, repeated
+    patched.fit(train, max_steps=40, progress=False, log_every=None, ema_decay=None)
+    assert patched.history.loss[-1] < patched.history.loss[0] - 1.0
+
+
 def test_ablate_speed_bench() -> None:
     result = subprocess.run(
         [sys.executable, "bench/ablate.py", "--speed", "--quick", "--variants", "default,batch 6 x 128"],
