@@ -101,7 +101,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # bench-local patches (bench/trial_patches.py), built into gpt/ only if they pay.
     "disjoint windows": ({}, {}, {"stride": 64}),
     "rmsnorm": ({}, {}, {"patch": "rmsnorm"}),
-    "rotary": ({}, {}, {"patch": "rotary"}),
+    "rotary (trial patch)": ({}, {}, {"patch": "rotary"}),
+    "rotary": ({"rotary": True}, {}),
+    "rotary + qk-norm": ({"rotary": True, "qk_norm": True}, {}),
+    "rotary + lr 6e-3": ({"rotary": True}, {"learning_rate": 6e-3}),
     "value embeddings": ({}, {}, {"patch": "value embeddings"}),
 }
 """The ablation's variants: (GPTConfig fields, fit options[, run options]), each on top of the

@@ -6,7 +6,9 @@ ones that pay become `GPTConfig` options with export support; the others stay me
 
 - "rmsnorm": every LayerNorm becomes an RMSNorm (a learned scale, no mean, no bias).
 - "rotary": rotary position embeddings on each head's queries and keys (base 10,000, over the
-  whole head), instead of the learned position table (zeroed and frozen).
+  whole head), instead of the learned position table (zeroed and frozen). It paid, and is now
+  `GPTConfig(rotary=True)` (the same rotation; without the table, the initial weights' random draws
+  differ); the patch stays so that its logged runs can be repeated.
 - "value embeddings": each block adds a token embedding table of its own (vocab x attention width,
   std 0.02) to its attention values, as modded-nanogpt does; AdamW trains the tables.
 """
@@ -82,8 +84,10 @@ def _patch_block(
 ) -> None:
     attention = block.attn
 
-    def forward(x: Tensor, past: object, mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        if past is not None or mask is not None:
+    def forward(
+        x: Tensor, past: object, mask: Tensor | None, rotation: object = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if past is not None or mask is not None or rotation is not None:
             raise NotImplementedError("a trial patch trains and validates on whole windows only")
         B, T, _ = x.shape
         qkv = attention.c_attn(x).view(B, T, 3, attention.num_heads, attention.head_size)

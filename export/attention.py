@@ -40,7 +40,7 @@ from onnxscript import opset18 as op
 from torch import Tensor, nn
 
 from gpt.config import GPTConfig
-from gpt.model import GPT, CausalSelfAttention, KVBuffer, rms_heads
+from gpt.model import GPT, CausalSelfAttention, KVBuffer, rms_heads, rotate
 
 
 def uses_cache_buffers(config: GPTConfig, provider: str) -> bool:
@@ -211,31 +211,48 @@ class CachedAttention(nn.Module):
         self.buffers = buffers
 
     def forward(
-        self, x: Tensor, past: KVBuffer | tuple[Tensor, Tensor], mask: Tensor
+        self,
+        x: Tensor,
+        past: KVBuffer | tuple[Tensor, Tensor],
+        mask: Tensor,
+        rotation: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """`mask` is `gpt.model.attention_bias`'s additive `[batch, 1, seq, past + seq]`, the same in every layer."""
+        """`mask` is `gpt.model.attention_bias`'s additive `[batch, 1, seq, past + seq]`, the same in
+        every layer; `rotation` `gpt.model.rotary_angles`' (cos, sin) for a model with rotary positions."""
         attention, heads = self.attention, self.attention.num_heads
         if self.buffers:
             qkv = attention.c_attn(x)
-            if attention.qk_norm:
-                qkv = torch.cat(_normed(*qkv.split(heads * attention.head_size, dim=2), heads), dim=2)
+            if attention.qk_norm or rotation is not None:
+                qkv = torch.cat(
+                    _queries_keys(*qkv.split(heads * attention.head_size, dim=2), attention, rotation), dim=2
+                )
             y, present_key, present_value = buffered_attention(qkv, mask, past.keys, past.values, heads)
         else:
             bias = attention.c_attn.bias
             projection = x @ attention.c_attn.weight  # Conv1D weight [in, out]; the op adds the bias
-            if attention.qk_norm and bias is not None:  # the bias goes before the normalisation
+            changed = attention.qk_norm or rotation is not None
+            if changed and bias is not None:  # the bias goes before the normalisation and rotation
                 projection, bias = projection + bias, None
             query, key, value = projection.split(heads * attention.head_size, dim=2)
-            if attention.qk_norm:
-                query, key, value = _normed(query, key, value, heads)
+            if changed:
+                query, key, value = _queries_keys(query, key, value, attention, rotation)
             y, present_key, present_value = growing_attention(query, key, value, bias, mask, past[0], past[1], heads)
         return attention.c_proj(y), (present_key, present_value)
 
 
-def _normed(query: Tensor, key: Tensor, value: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """QK-norm (`gpt.model.rms_heads`) on `[batch, seq, heads * head_size]` queries and keys."""
+def _queries_keys(
+    query: Tensor, key: Tensor, value: Tensor, attention: CausalSelfAttention, rotation: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """QK-norm (`gpt.model.rms_heads`), then the rotary positions (`gpt.model.rotate`), as the model
+    applies them, on `[batch, seq, heads * head_size]` queries and keys."""
     batch, seq, width = query.shape
-    query, key = (rms_heads(t.view(batch, seq, heads, width // heads)).view(batch, seq, width) for t in (query, key))
+    heads = [t.view(batch, seq, attention.num_heads, attention.head_size) for t in (query, key)]
+    if attention.qk_norm:
+        heads = [rms_heads(t) for t in heads]
+    if rotation is not None:
+        cos, sin = (angles.transpose(1, 2) for angles in rotation)  # [batch, seq, 1, head_size / 2]
+        heads = [rotate(t, cos, sin) for t in heads]
+    query, key = (t.reshape(batch, seq, width) for t in heads)
     return query, key, value
 
 

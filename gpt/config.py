@@ -52,6 +52,7 @@ class GPTConfig:
     zero_init_proj: bool = False  # start the residual output projections (c_proj) at zero, not small noise
     qk_norm: bool = False  # RMS-normalise each head's queries and keys (not GPT-2: transformers cannot load it)
     logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap) (not GPT-2 either); None: off
+    rotary: bool = False  # rotary positions on queries and keys, no position table (not GPT-2 either)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_seq_len", "emb_size", "num_heads", "num_layers", "mlp_ratio"):
@@ -76,9 +77,13 @@ class GPTConfig:
             _check_number("logit_softcap", self.logit_softcap, "(0, 1000]")
             if not 0 < self.logit_softcap <= 1000:
                 raise ValueError(f"logit_softcap must be in (0, 1000] or None, got {self.logit_softcap}")
-        for name in ("bias", "tie_embeddings", "zero_init_proj", "qk_norm"):
+        for name in ("bias", "tie_embeddings", "zero_init_proj", "qk_norm", "rotary"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.rotary and self.head_size % 2:
+            raise ValueError(
+                f"rotary positions rotate pairs of a head's values: head_size must be even, got {self.head_size}"
+            )
 
     @property
     def attn_size(self) -> int:
@@ -123,7 +128,7 @@ def count_parameters(config: GPTConfig) -> int:
     attention = (E * 3 * A + 3 * A * bias) + (A * E + E * bias)  # fused QKV, output projection
     mlp = (E * H + H * bias) + (H * E + E * bias)  # c_fc, c_proj
     block = 2 * norm + attention + mlp
-    embeddings = V * E + config.max_seq_len * E
+    embeddings = V * E + (0 if config.rotary else config.max_seq_len * E)  # rotary: no position table
     head = 0 if config.tie_embeddings else V * E  # untied LM head, no bias
     return embeddings + config.num_layers * block + norm + head
 

@@ -47,6 +47,8 @@ def gpt2_incompatibility(config: GPTConfig) -> str | None:
         reasons.append("qk_norm=True (GPT-2 has no query/key normalisation)")
     if config.logit_softcap is not None:
         reasons.append(f"logit_softcap={config.logit_softcap} (GPT-2 has no logit soft-capping)")
+    if config.rotary:
+        reasons.append("rotary=True (GPT-2 learns a table of positions)")
     if config.attn_size != config.emb_size:
         reasons.append(
             f"num_heads * head_size = {config.num_heads} * {config.head_size} = {config.attn_size} "

@@ -90,14 +90,21 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, past: tuple[Tensor, Tensor] | None, mask: Tensor | None
+        self,
+        x: Tensor,
+        past: tuple[Tensor, Tensor] | None,
+        mask: Tensor | None,
+        rotation: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """`mask` as built by `attention_bias`; None means plain causal attention."""
+        """`mask` as built by `attention_bias`; None means plain causal attention. `rotation`:
+        `rotary_angles`' (cos, sin) when the model has rotary positions."""
         B, T, _ = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.num_heads, self.head_size)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs); 3 ops, not 7 (decode is op-bound)
         if self.qk_norm:
             q, k = rms_heads(q), rms_heads(k)  # the cache holds normalised keys
+        if rotation is not None:
+            q, k = rotate(q, *rotation), rotate(k, *rotation)  # the cache holds rotated keys
         if isinstance(past, KVBuffer):
             k, v = past.append(k, v)  # (B, nh, P+T, hs), written in place
         elif past is not None:
@@ -141,9 +148,13 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, past: tuple[Tensor, Tensor] | None, mask: Tensor | None
+        self,
+        x: Tensor,
+        past: tuple[Tensor, Tensor] | None,
+        mask: Tensor | None,
+        rotation: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        attn_out, present = self.attn(self.ln_1(x), past, mask)
+        attn_out, present = self.attn(self.ln_1(x), past, mask, rotation)
         x = x + attn_out
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -171,7 +182,7 @@ class GPT(GenerationMixin, nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.emb_size),
-                wpe=nn.Embedding(config.max_seq_len, config.emb_size),
+                **({} if config.rotary else {"wpe": nn.Embedding(config.max_seq_len, config.emb_size)}),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.num_layers)),
                 ln_f=nn.LayerNorm(config.emb_size, eps=config.layer_norm_eps, bias=config.bias),
@@ -264,14 +275,19 @@ class GPT(GenerationMixin, nn.Module):
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past_len, T, input_ids.device)
         mask = attention_bias(attention_mask, past_len, T, input_ids.device, self.transformer.wte.weight.dtype)
-        x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
+        x = self.transformer.wte(input_ids)
+        rotation = None
+        if self.config.rotary:
+            rotation = rotary_angles(position_ids, self.config.head_size, x.dtype)
+        else:
+            x = x + self.transformer.wpe(position_ids)
         # Dropout modules are skipped in eval, not called: a call costs about 2 us even when it does
         # nothing, and a decode step would make nine.
         if self.training:
             x = self.transformer.drop(x)
         presents = []
         for i, block in enumerate(self.transformer.h):
-            x, present = block(x, None if past is None else past[i], mask)
+            x, present = block(x, None if past is None else past[i], mask, rotation)
             presents.append(present)
         return self.transformer.ln_f(x), tuple(presents)
 
@@ -417,6 +433,25 @@ def _gpt2_parameters(state_dict: Mapping[str, Tensor]) -> Iterator[tuple[str, Te
         if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old versions
             continue
         yield name, tensor
+
+
+ROTARY_BASE = 10_000.0
+"""The rotary positions' base: pair i of a head turns by position * ROTARY_BASE ** (-2i / head_size)."""
+
+
+def rotary_angles(position_ids: Tensor, head_size: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(cos, sin) `[batch, 1, seq, head_size / 2]` of each position's angles, for `rotate` (computed
+    in float32, then cast to `dtype`)."""
+    pairs = torch.arange(0, head_size, 2, device=position_ids.device, dtype=torch.float32)
+    angles = position_ids[:, None, :, None].float() * ROTARY_BASE ** (-pairs / head_size)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary positions (RoFormer; GPT-NeoX's layout): `x` `[..., head_size]`, its first half paired
+    with its second, turned by `rotary_angles`' angles (`cos` and `sin` broadcast against `x`'s halves)."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
 
 
 def rms_heads(x: Tensor) -> Tensor:

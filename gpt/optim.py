@@ -50,8 +50,12 @@ def make_optimizer(
     params = [p for p in model.parameters() if p.requires_grad]
     embeddings = set()
     if embedding_lr_scale != 1.0:
-        tables = (model.transformer.wte.weight, model.transformer.wpe.weight, model.lm_head.weight)
-        embeddings = {id(p) for p in tables}
+        tables = [
+            model.transformer.wte,
+            model.lm_head,
+            *([model.transformer.wpe] if "wpe" in model.transformer else []),
+        ]
+        embeddings = {id(table.weight) for table in tables}
     if name == "adamw":
         return _adamw(params, learning_rate, weight_decay, betas, device, embeddings, embedding_lr_scale)
     in_blocks = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2}

@@ -292,6 +292,15 @@ def test_tokenizer_flag_trains_a_new_model_with_a_saved_tokenizer(corpus, new_te
     )
 
 
+def test_rotary_flag_trains_a_model_without_a_position_table(trained, new_text, tmp_path):
+    out = tmp_path / "rotary"
+    run_cli("train", "--tokenizer", str(trained), "--data", str(new_text), "--context", "16", "--emb", "16",
+            "--heads", "2", "--layers", "1", "--rotary", *_fit_args(out))  # fmt: skip
+    model = GPT.load(out)
+    assert model.config.rotary and "transformer.wpe.weight" not in model.state_dict()
+    assert "model_type" not in json.loads((out / "config.json").read_text())  # not GPT-2's: transformers says so
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

@@ -266,13 +266,15 @@ def test_growing_pasts_for_the_cuda_provider_and_odd_head_sizes(tokenizer, tmp_p
     assert report.passed and report.greedy_identical, report.format()
 
 
-# head size 16: cache buffers (GroupQueryAttention); 5: growing pasts (MultiHeadAttention)
+# head size 16: cache buffers (GroupQueryAttention); 6: growing pasts (MultiHeadAttention)
 @pytest.mark.slow  # an export of its own: not in the fast tier
-@pytest.mark.parametrize("head_size", [16, 5])
-@pytest.mark.parametrize("option", [dict(qk_norm=True), dict(logit_softcap=5.0)], ids=lambda o: ",".join(o))
+@pytest.mark.parametrize("head_size", [16, 6])
+@pytest.mark.parametrize(
+    "option", [dict(qk_norm=True), dict(logit_softcap=5.0), dict(rotary=True)], ids=lambda o: ",".join(o)
+)
 def test_options_that_are_not_gpt2_export_with_parity(tokenizer, tmp_path, option, head_size):
-    """QK-norm and logit soft-capping: no portable graph (transformers cannot load them), a note saying
-    so, and the fast graph's parity with torch through either attention op."""
+    """QK-norm, logit soft-capping and rotary positions: no portable graph (transformers cannot load
+    them), a note saying so, and the fast graph's parity with torch through either attention op."""
     model = _model(tokenizer, **{**TRAINED, "head_size": head_size, **option})
     with torch.no_grad():
         model.transformer.wte.weight.mul_(30)  # logits of std ~5, so the cap bends them without near ties
@@ -293,7 +295,11 @@ def test_export_checks_the_provider(random_model, tmp_path):
 
 
 @pytest.mark.parametrize("buffers", [True, False])
-@pytest.mark.parametrize("shape", [RANDOM, TRAINED, {**TRAINED, "qk_norm": True}, {**RANDOM, "qk_norm": True}])
+@pytest.mark.parametrize(
+    "shape",
+    [RANDOM, TRAINED, {**TRAINED, "qk_norm": True}, {**RANDOM, "qk_norm": True}, {**TRAINED, "rotary": True},
+     {**RANDOM, "qk_norm": True, "rotary": True}],
+)  # fmt: skip
 def test_cached_attention_is_the_models_attention(tokenizer, shape, buffers):
     """The export-time attention (the contrib op's torch twin) gives the model's logits and cache,
     for a left-padded prefill and a cached step; the model is restored afterwards."""

@@ -160,6 +160,7 @@ VARIANTS = [
     dict(tie_embeddings=False),
     dict(qk_norm=True),
     dict(logit_softcap=2.0),
+    dict(rotary=True),
 ]
 """The architecture options of the quality ablation (docs/decisions.md), each tested alone."""
 
@@ -211,12 +212,40 @@ def test_qk_norm_and_soft_cap():
         tiny(qk_norm="yes")
 
 
+def test_rotary_positions_turn_pairs_by_their_position_and_replace_the_position_table():
+    from gpt.model import ROTARY_BASE, rotary_angles, rotate
+
+    model = tiny(rotary=True)
+    assert "transformer.wpe.weight" not in model.state_dict()
+    assert model.num_parameters() == count_parameters(model.config) == tiny().num_parameters() - 64 * 32
+    x, positions = torch.randn(2, 3, 5, 8), torch.tensor([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]])
+    rotated = rotate(x, *rotary_angles(positions, 8, torch.float32))
+    # independently: each pair (x[i], x[i + 4]) as a complex number, times e^(i * position * base^(-2i/8))
+    angles = positions[:, None, :, None] * ROTARY_BASE ** (-torch.arange(0, 8, 2) / 8)
+    turned = torch.complex(x[..., :4], x[..., 4:]) * torch.polar(torch.ones_like(angles), angles.float())
+    torch.testing.assert_close(rotated, torch.cat((turned.real, turned.imag), dim=-1))
+    # attention sees relative positions: a query and a key moved by the same offset score the same
+    q, k = torch.randn(8), torch.randn(8)
+
+    def score(m, n):
+        at = lambda v, p: rotate(v, *rotary_angles(torch.tensor([[p]]), 8, torch.float32))  # noqa: E731
+        return (at(q, m) * at(k, n)).sum()
+
+    torch.testing.assert_close(score(5, 2), score(12, 9))
+    assert not torch.allclose(score(5, 2), score(5, 4))
+    with pytest.raises(ValueError, match="head_size must be even, got 5"):
+        tiny(rotary=True, head_size=5)
+    with pytest.raises(ValueError, match="rotary must be True or False"):
+        tiny(rotary=1)
+
+
 def test_options_that_break_gpt2_compatibility_say_so(tmp_path):
     from gpt.hub import gpt2_incompatibility
 
-    model = tiny(qk_norm=True, logit_softcap=30.0)
+    model = tiny(qk_norm=True, logit_softcap=30.0, rotary=True)
     assert gpt2_incompatibility(model.config) == (
-        "qk_norm=True (GPT-2 has no query/key normalisation); logit_softcap=30.0 (GPT-2 has no logit soft-capping)"
+        "qk_norm=True (GPT-2 has no query/key normalisation); logit_softcap=30.0 (GPT-2 has no logit soft-capping); "
+        "rotary=True (GPT-2 learns a table of positions)"
     )
     assert gpt2_incompatibility(tiny(activation="relu2", zero_init_proj=True, tie_embeddings=False).config) is None
     folder = model.save(tmp_path / "m")
@@ -273,9 +302,7 @@ def test_device_places_weights_on_cuda():
     assert model(torch.zeros(1, 3, dtype=torch.long, device="cuda")).device.type == "cuda"
 
 
-@pytest.mark.parametrize(
-    "activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu"), ("relu2", "relu2")]
-)
+@pytest.mark.parametrize("activation, hf_activation", [("gelu_tanh", "gelu_new"), ("gelu", "gelu"), ("relu2", "relu2")])
 def test_matches_hugging_face_gpt2(activation, hf_activation):
     transformers = need_module("transformers", "transformers is not installed (requirements-dev.txt)")
     hf_config = transformers.GPT2Config(

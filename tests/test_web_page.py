@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from needs import need, need_npm_package
 
 from export import OnnxGPT, to_onnx, webpage
@@ -31,14 +32,28 @@ def model(tiny_model) -> GPT:
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_export, tiny_model, tmp_path_factory) -> dict[str, Path]:
+def options_model(tiny_model) -> GPT:
+    """A model with every option that is not GPT-2 (random weights, the tiny model's tokenizer)."""
+    torch.manual_seed(0)
+    shape = dict(max_seq_len=48, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
+    model = GPT(vocab_size=tiny_model.config.vocab_size, **shape, qk_norm=True, logit_softcap=30.0, rotary=True)
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(30)  # logits far apart: greedy choices without near ties
+    model.tokenizer = tiny_model.tokenizer
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_export, tiny_model, options_model, tmp_path_factory) -> dict[str, Path]:
     """The session's fp32 and int8 exports of the tiny model, linked side by side into a folder of
-    this module's (the pages without the runtime are copies beside them), and a CPU fp16 export."""
+    this module's (the pages without the runtime are copies beside them), a CPU fp16 export and an
+    export of `options_model`."""
     root = tmp_path_factory.mktemp("web-exports")
     for precision in ("fp32", "int8"):
         (root / precision).symlink_to(tiny_export(precision), target_is_directory=True)
     found = {p: root / p for p in ("fp32", "int8")}
     found["fp16"] = to_onnx(tiny_model, root / "fp16", precision="fp16", provider="cpu", portable=False, threads=1)
+    found["options"] = to_onnx(options_model, root / "options", threads=1)
     return found
 
 
@@ -330,6 +345,20 @@ def test_a_failed_load_is_retried_and_a_replaced_model_released(browser, served,
     assert released and reused  # the replaced model's session freed, its worker (compiled, warm) loads the next
     graph = json.loads((exports["int8"] / "web" / "model.json").read_text(encoding="utf-8"))["graph"]
     assert text == OnnxGPT.load(exports["int8"], threads=1, graph=graph).generate_text("ROMEO:", 8)  # the new model
+    page.close()
+
+
+def test_a_model_with_the_options_that_are_not_gpt2_writes_pytorchs_greedy_text(
+    browser, served, exports, options_model
+):
+    assert json.loads((exports["options"] / "web" / "model.json").read_text())["graph"] == "web/model.onnx"
+    page, _ = _open(browser, served, "/options/web/index.html")
+    page.fill("#prompt", "ROMEO:\n")
+    page.fill("#max-new-tokens", "30")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+    expected = "ROMEO:\n" + options_model.generate_text("ROMEO:\n", 30)
+    assert page.eval_on_selector("#output", "e => e.textContent") == expected
     page.close()
 
 
