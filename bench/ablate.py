@@ -105,6 +105,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "rotary": ({"rotary": True}, {}),
     "rotary + qk-norm": ({"rotary": True, "qk_norm": True}, {}),
     "rotary + lr 6e-3": ({"rotary": True}, {"learning_rate": 6e-3}),
+    "rotary + disjoint windows": ({"rotary": True}, {"num_epoch": 2}, {"stride": 64}),
     "value embeddings": ({}, {}, {"patch": "value embeddings"}),
 }
 """The ablation's variants: (GPTConfig fields, fit options[, run options]), each on top of the
