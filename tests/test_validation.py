@@ -73,6 +73,7 @@ VALID_TRAINING = dict(
     batch_size=8,
     steps=30,
     dropout=0.0,
+    rotary=False,
     device="cpu",
 )
 GENERATION_FIELDS = ["max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed"]
@@ -84,11 +85,22 @@ def test_the_valid_baselines_pass():
     assert generation.make_options(**VALID_GENERATION).sampling.max_new_tokens == 20
 
 
-@pytest.mark.parametrize("name", training.SETTING_FIELDS)
+NUMBER_SETTINGS = [name for name in training.SETTING_FIELDS if name != "rotary"]
+
+
+@pytest.mark.parametrize("name", NUMBER_SETTINGS)
 @pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
 def test_every_training_setting_refuses_a_bad_number_by_name(name, value):
     text = message(lambda: training.make_config(SETTINGS, **{**VALID_TRAINING, name: value}))
     assert name in text and "not valid" in text, text
+
+
+@pytest.mark.parametrize("value", [0, 1, "true", None, math.nan, [True]], ids=repr)
+def test_rotary_takes_only_true_or_false(value):
+    text = message(lambda: training.make_config(SETTINGS, **{**VALID_TRAINING, "rotary": value}))
+    assert "rotary" in text and "not valid" in text, text
+    config = training.make_config(SETTINGS, **{**VALID_TRAINING, "rotary": True})
+    assert config.gpt_config(300).rotary and not training.make_config(SETTINGS, **VALID_TRAINING).gpt_config(300).rotary
 
 
 @pytest.mark.parametrize("name", training.LIMITS)

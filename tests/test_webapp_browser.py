@@ -148,6 +148,9 @@ def test_typed_settings_stay_whatever_else_the_page_updates(browser, server):
     sync_api.expect(steps).to_have_value(str(PRESET_STEPS))
     type_number(page, "#train-steps input", 300)
     type_number(page, "#train-dropout input", 0.2)
+    rotary = page.locator("#train-rotary input[type=checkbox]")
+    sync_api.expect(rotary).not_to_be_checked()
+    rotary.check()
     for start in ("saved", "new", "current", "new"):  # hides and shows the presets and the model picker
         page.locator(f'#train-start-from input[value="{start}"]').check()
         sync_api.expect(page.locator("#train-preset")).to_be_visible(visible=start == "new")
@@ -159,8 +162,10 @@ def test_typed_settings_stay_whatever_else_the_page_updates(browser, server):
     page.wait_for_timeout(1000)  # any late page-load update
     sync_api.expect(steps).to_have_value("300")
     sync_api.expect(dropout).to_have_value("0.2")
+    sync_api.expect(rotary).to_be_checked()
     page.locator('#train-preset input[value="small"]').check()  # the user's pick: the preset's values
     sync_api.expect(steps).not_to_have_value("300")
+    sync_api.expect(rotary).not_to_be_checked()  # the presets are GPT-2 models
     context.close()
 
 

@@ -281,7 +281,7 @@ def test_training_streams_progress_plot_samples_and_model(trained, handlers):
 def test_stop_keeps_the_last_checkpoint_and_resume_finishes_the_run(handlers, text_file):
     request = Request("stop-resume")
     run = handlers.train.train(
-        "upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, "cpu", "new", None, request=request
+        "upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, False, "cpu", "new", None, request=request
     )
     session = handlers.services.session(request)
     for _ in run:
@@ -317,7 +317,7 @@ def test_stop_without_a_run_and_resume_without_a_run(handlers):
 def test_a_second_training_in_the_same_session_is_refused(handlers, text_file):
     request = Request("twice")
     run = handlers.train.train(
-        "upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, "cpu", "new", None, request=request
+        "upload", [str(text_file)], "", 1, 2, 16, 16, 300, 1e-2, 8, 400, 0.0, False, "cpu", "new", None, request=request
     )
     next(run), next(run)
     try:
@@ -593,6 +593,22 @@ def test_webapp_uses_only_the_public_api_of_gpt_and_export() -> None:
 
 
 # the browser backend -------------------------------------------------------------------------------
+@pytest.mark.slow  # a training and an ONNX export of its own: not in the fast tier
+def test_a_model_with_rotary_positions_trains_and_generates_alike_on_torch_and_onnxruntime(handlers, text_file):
+    request = Request("rotary")
+    train(handlers, request, [text_file], rotary=True)
+    model = handlers.services.session(request).model
+    assert model.config.rotary and "transformer.wpe.weight" not in model.state_dict()
+    torch_text, _ = generate(handlers, request)
+    onnx_text, onnx_stats = generate(handlers, request, backend=backends.ORT_CPU)
+    assert torch_text == onnx_text and "`CPUExecutionProvider`" in onnx_stats
+    files = [Path(f) for f in list(handlers.generate.browser_model("fp32", request=request))[-1]]
+    assert json.loads(files[-1].read_text()) == {
+        "graph": "web/model.onnx",
+        "precision": "fp32",
+    }  # not GPT-2: no portable graph
+
+
 def test_the_browser_backend_gets_files_and_never_runs_on_the_server(trained, handlers):
     request, _ = trained
     files = [Path(f) for f in list(handlers.generate.browser_model("int8", request=request))[-1]]
@@ -612,6 +628,7 @@ def test_the_browser_backend_gets_files_and_never_runs_on_the_server(trained, ha
         lambda: list(handlers.generate.browser_model("fp16", request=request))
     )
     assert "no model yet" in error_of(lambda: list(handlers.generate.browser_model("int8", request=Request("nobody"))))
+
     # the precision control says what each download weighs: the int8 graph just made, within its ops' share
     def labels(request: Request) -> dict[str, str]:
         return {value: label for label, value in handlers.generate.browser_precisions(request)["choices"]}
@@ -627,7 +644,12 @@ def test_the_browser_backends_settings_are_checked_on_the_server_in_the_visitors
     server backends' rules and messages (the page's own checks speak English)."""
     good = ["the cat", 20, "sampling", 0.8, 40, 0.9, 0.0, 1.1, "", "7"]
     assert handlers.generate.browser_settings(*good, request=Request("browser-settings", "en")) is None
-    for position, bad, name in ((9, "abc", "seed"), (9, str(2**63), "seed"), (3, -1, "temperature"), (1, 0, "max_new_tokens")):
+    for position, bad, name in (
+        (9, "abc", "seed"),
+        (9, str(2**63), "seed"),
+        (3, -1, "temperature"),
+        (1, 0, "max_new_tokens"),
+    ):
         values = [*good[:position], bad, *good[position + 1 :]]
         with pytest.raises(gr.Error, match=f"{name} = .*недопустимое значение"):
             handlers.generate.browser_settings(*values, request=Request("browser-settings", "ru"))

@@ -28,6 +28,7 @@ from webapp.training import SETTING_FIELDS
 ROOT = Path(__file__).resolve().parents[1]
 DOWNLOADS = Path(tempfile.gettempdir()) / "simple-llm-test-downloads"
 
+
 def app_settings(artifacts: Path, **overrides) -> Settings:
     """The tests' server settings: artifacts in `artifacts`, one training thread, no free-disk floor
     to trip on a full test machine, then `overrides` (a module's caps)."""
@@ -43,6 +44,7 @@ TINY = dict(
     learning_rate=1e-2,
     batch_size=8,
     dropout=0.0,
+    rotary=False,
     device="cpu",
 )
 WORDS = "the cat sat on a mat and the dog ran to the sun while birds sang кот сидел на ковре".split()

@@ -53,6 +53,9 @@ EN: dict[str, str] = {
     "train.batch": "Batch size",
     "train.steps": "Steps",
     "train.dropout": "Dropout",
+    "train.rotary": "Rotary positions",
+    "train.rotary_info": "A lower loss in the same steps, but not GPT-2: transformers, optimum and transformers.js "
+    "cannot load the model; onnxruntime and the browser run it",
     "train.device": "Device",
     "train.start": "Train",
     "train.stop": "Stop",
@@ -183,7 +186,7 @@ EN: dict[str, str] = {
     "gen.browser_precision": "Model downloaded to your browser",
     "gen.browser_precision_choice": "{precision} · {mb} MB",
     "gen.browser_precision_info": "fp32 gives PyTorch's tokens exactly; int8 is about 4x smaller to download, generates at 0.8-1x fp32's speed, and may fail its check against PyTorch on small models.",
-    "error.browser_int8_failed": "{detail}\n\nThe int8 model did not pass its check against PyTorch: choose fp32 under \"Model downloaded to your browser\" (exact, a larger download).",
+    "error.browser_int8_failed": '{detail}\n\nThe int8 model did not pass its check against PyTorch: choose fp32 under "Model downloaded to your browser" (exact, a larger download).',
     # the browser backend's JavaScript (webapp/browser.py)
     "browser.error": "Error in your browser: {error}",
     "browser.no_runtime_cdn": "onnxruntime-web could not be loaded from the CDN ({cdn}): this computer has no internet access, or the CDN is blocked. This app has no copy of its own: run `npm ci` in simple-llm's folder and restart the app, and it serves the runtime itself, offline. With internet access the CDN is used.",
@@ -320,6 +323,9 @@ RU: dict[str, str] = {
     "train.batch": "Размер батча",
     "train.steps": "Шаги",
     "train.dropout": "Dropout",
+    "train.rotary": "Поворотные позиции (RoPE)",
+    "train.rotary_info": "Ниже потери за те же шаги, но это не GPT-2: transformers, optimum и transformers.js "
+    "не загрузят модель; onnxruntime и браузер запускают её",
     "train.device": "Устройство",
     "train.start": "Обучить",
     "train.stop": "Остановить",

@@ -75,6 +75,7 @@ class TrainConfig:
     batch_size: int = 16
     steps: int = 1500
     dropout: float = 0.0
+    rotary: bool = False  # rotary positions (`GPTConfig.rotary`): a lower loss, but not GPT-2
     device: str = "cpu"
     start: GPTConfig | None = None  # the shape of the model the run goes on from; None: a new model
 
@@ -89,6 +90,7 @@ class TrainConfig:
             num_heads=self.num_heads,
             num_layers=self.num_layers,
             dropout=self.dropout,
+            rotary=self.rotary,
         )
 
 
@@ -109,9 +111,10 @@ SETTING_FIELDS = (
     "batch_size",
     "steps",
     "dropout",
+    "rotary",
 )
 """The advanced training settings in the order of the /train API (after source, files and sample)
-and of `TrainHandlers.preset`'s values."""
+and of `TrainHandlers.preset`'s values: numbers, then `rotary` (true or false)."""
 
 # (minimum, maximum) of each integer setting; steps are capped by the server settings too.
 LIMITS = {
@@ -137,6 +140,7 @@ def make_config(settings: Settings, start: GPTConfig | None = None, **values: An
         raise UserError("error.heads_divide", emb=parsed["emb_size"], heads=parsed["num_heads"])
     learning_rate = validation.real("learning_rate", values["learning_rate"], 0.0, 1.0, open_low=True)
     dropout = validation.real("dropout", values["dropout"], 0.0, MAX_DROPOUT)
+    rotary = validation.boolean("rotary", values["rotary"])
     device = checked_device(values.get("device"))
     if start is not None:
         parsed.update(
@@ -146,8 +150,10 @@ def make_config(settings: Settings, start: GPTConfig | None = None, **values: An
             context=start.max_seq_len,
             vocab_size=start.vocab_size,
         )
-        dropout = start.dropout
-    config = TrainConfig(learning_rate=learning_rate, dropout=dropout, device=device, start=start, **parsed)
+        dropout, rotary = start.dropout, start.rotary
+    config = TrainConfig(
+        learning_rate=learning_rate, dropout=dropout, rotary=rotary, device=device, start=start, **parsed
+    )
     check_size(config, config.vocab_size, settings)  # an upper bound: the trained vocabulary may be smaller
     return config
 

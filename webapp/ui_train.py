@@ -48,15 +48,19 @@ SETTING_KEYS = {  # training field -> its UI key (label `train.<key>`, element i
     "batch_size": "batch",
     "steps": "steps",
     "dropout": "dropout",
+    "rotary": "rotary",
 }
-SETTING_ROWS = (("layers", "heads"), ("emb", "context"), ("vocab", "batch"), ("lr", "steps"), ("dropout",))
+SETTING_ROWS = (("layers", "heads"), ("emb", "context"), ("vocab", "batch"), ("lr", "steps"), ("dropout", "rotary"))
 
 
-def _setting(key: str, value: float) -> gr.Number:
-    """One advanced training setting: label `train.<key>`, element id `train-<key>`.
+def _setting(key: str, value: float | bool) -> gr.Number | gr.Checkbox:
+    """One advanced training setting: label `train.<key>`, element id `train-<key>`; a checkbox for
+    a true-or-false one (with its `train.<key>_info`).
 
     No `precision`: Gradio would round the value before the handler sees it (and fail on NaN or
-    inf with a traceback); the handler checks every number itself (`webapp.validation`)."""
+    inf with a traceback); the handler checks every value itself (`webapp.validation`)."""
+    if isinstance(value, bool):
+        return gr.Checkbox(value, label=I18N(f"train.{key}"), info=I18N(f"train.{key}_info"), elem_id=f"train-{key}")
     return gr.Number(value, label=I18N(f"train.{key}"), elem_id=f"train-{key}")
 
 
@@ -68,7 +72,7 @@ class TrainTab:
     start: gr.Radio
     start_model: gr.Dropdown
     preset: gr.Radio
-    settings: dict[str, gr.Number]  # by training field (`SETTING_KEYS`)
+    settings: dict[str, gr.Number | gr.Checkbox]  # by training field (`SETTING_KEYS`)
     device: gr.Radio
     train_btn: gr.Button
     stop_btn: gr.Button
@@ -77,7 +81,7 @@ class TrainTab:
     plot: gr.LinePlot
     sample_box: gr.Textbox
 
-    def setting_components(self) -> list[gr.Number]:
+    def setting_components(self) -> list[gr.Number | gr.Checkbox]:
         """The advanced settings in `training.SETTING_FIELDS` order (the /train API order)."""
         return [self.settings[name] for name in training.SETTING_FIELDS]
 
@@ -124,13 +128,13 @@ def _train_inputs() -> dict[str, Any]:
     }
 
 
-def _advanced_settings(settings: Settings) -> tuple[dict[str, gr.Number], gr.Radio]:
-    """The "advanced" accordion: one number per training field (the tiny preset's values), and the device."""
+def _advanced_settings(settings: Settings) -> tuple[dict[str, gr.Number | gr.Checkbox], gr.Radio]:
+    """The "advanced" accordion: one control per training field (the tiny preset's values), and the device."""
     tiny = training.MODEL_PRESETS["tiny"]
     values = {name: getattr(tiny, name) for name in SETTING_KEYS}
     values["steps"] = min(tiny.steps, settings.max_steps)
     by_key = {key: name for name, key in SETTING_KEYS.items()}
-    numbers: dict[str, gr.Number] = {}
+    numbers: dict[str, gr.Number | gr.Checkbox] = {}
     devices = backends.devices()
     unavailable = [d for d in devices.values() if not d.available]
     with gr.Accordion(I18N("train.advanced"), open=False, elem_id="train-advanced"):
@@ -205,6 +209,7 @@ class TrainHandlers(TabHandlers):
         batch_size: float,
         steps: float,
         dropout: float,
+        rotary: bool,
         device: str,
         start: str,
         start_model: str | None,
@@ -219,7 +224,18 @@ class TrainHandlers(TabHandlers):
         A failure is shown in the status line as well as in the error toast."""
         lang = lang_of(request)
         session = self.services.session(request)
-        values = (num_layers, num_heads, emb_size, context, vocab_size, learning_rate, batch_size, steps, dropout)
+        values = (
+            num_layers,
+            num_heads,
+            emb_size,
+            context,
+            vocab_size,
+            learning_rate,
+            batch_size,
+            steps,
+            dropout,
+            rotary,
+        )
         run = self._train(session, lang, source, files, sample, values, device, start, start_model,
                           self.services.owner(owner_key, profile, request), progress)  # fmt: skip
         yield from self._errors_in_status(run, session, lang)
@@ -228,7 +244,7 @@ class TrainHandlers(TabHandlers):
         self, session: Session, lang: str, source: str, files: Any, sample: str, values: tuple, device: str,
         start: str, start_model: Any, owner: owners.Owner, progress: gr.Progress,
     ) -> Iterator[tuple]:  # fmt: skip
-        num_layers, num_heads, emb_size, context, vocab_size, learning_rate, batch_size, steps, dropout = values
+        num_layers, num_heads, emb_size, context, vocab_size, learning_rate, batch_size, steps, dropout, rotary = values
         with session.lock:
             if session.training:
                 raise UserError("error.already_training")
@@ -249,6 +265,7 @@ class TrainHandlers(TabHandlers):
                 batch_size=batch_size,
                 steps=steps,
                 dropout=dropout,
+                rotary=rotary,
                 device=device,
             )
             if source not in ("upload", "sample"):

@@ -41,6 +41,13 @@ def real(name: str, value: Any, low: float, high: float, *, open_low: bool = Fal
     return float(number)
 
 
+def boolean(name: str, value: Any) -> bool:
+    """`value` as True or False: JSON's booleans only (not 0, 1 or text)."""
+    if not isinstance(value, bool):
+        raise _bad(name, value, "true or false")
+    return value
+
+
 def optional(value: Any) -> bool:
     """True when the user left the field empty (None or blank text)."""
     return value is None or (isinstance(value, str) and not value.strip())
@@ -60,7 +67,9 @@ def text(name: str, value: Any, max_chars: int, max_bytes: int | None = None) ->
     except UnicodeEncodeError as err:
         raise UserError("error.text_not_unicode", name=name, position=err.start) from None
     if max_bytes is not None and size > max_bytes:
-        raise UserError("error.text_field_too_big", name=name, size=f"{size / 2**20:.1f}", limit=f"{max_bytes / 2**20:g}")
+        raise UserError(
+            "error.text_field_too_big", name=name, size=f"{size / 2**20:.1f}", limit=f"{max_bytes / 2**20:g}"
+        )
     return value
 
 
