@@ -305,6 +305,17 @@ def test_the_page_decodes_in_a_worker_and_stays_responsive(browser, served):
     page.close()
 
 
+def test_the_model_downloads_while_onnxruntime_web_starts(browser, served):
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    requested = []
+    page.on("request", lambda r: requested.append(r.url.rsplit("/", 1)[-1]))
+    page.goto(served + "/fp32/web/index.html")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('Ready')")
+    assert requested.index("model.onnx") < requested.index("ort-wasm-simd-threaded.wasm")  # not one after the other
+    page.close()
+
+
 def test_a_loaded_model_warms_up_while_the_visitor_types_and_then_writes_pytorchs_text(browser, served, model):
     page, _ = _open(browser, served, "/fp32/web/index.html")
     page.wait_for_function("window.simpleLLM.ready.then((loaded) => (window.loaded = loaded)) && window.loaded")
