@@ -206,6 +206,7 @@ def train_args(preset: Any, steps: int) -> list:
         preset.batch_size,
         steps,
         preset.dropout,
+        preset.rotary,
         "cpu",
         "new",  # start from a new model
         None,

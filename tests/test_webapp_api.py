@@ -320,3 +320,23 @@ def test_the_app_script_serves_the_page_from_the_repository_root(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_readmes_api_calls_fit_the_endpoints(server):
+    """README's gradio_client example passes each endpoint the inputs it takes, in number."""
+    import ast
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in readme.split("```python")[1:] if "gradio_client" in b).split("```")[0]
+    endpoints = client(server[1]).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    calls = [
+        node
+        for node in ast.walk(ast.parse(block))
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "predict"
+    ]
+    assert len(calls) >= 5
+    for call in calls:
+        name = next(k.value.value for k in call.keywords if k.arg == "api_name")
+        parameters = [p["parameter_name"] for p in endpoints[name]["parameters"]]
+        given = parameters[: len(call.args)]  # positional: the first ones; only the owner key may be left out
+        assert len(call.args) <= len(parameters) and set(parameters) - set(given) <= {"owner_key"}, (name, given)
