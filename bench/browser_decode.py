@@ -16,14 +16,14 @@ Rows per shape and precision (random weights, the byte-level tokenizer; a 32-tok
   per-round ratios (every round runs every precision, so the pairs share the machine's load).
 tokens/s = new tokens / seconds of `generateTokens` (prefill included), timed inside the page;
 page load = from opening the page to the model being ready (runtime, graph and tokenizer, from
-localhost). Every round runs every row once (interleaved); medians (min-max) over rounds; the
+localhost, or with `--network-mbps` at that rate as a first visit). Every round runs every row once (interleaved); medians (min-max) over rounds; the
 ratio is the median of per-round ratios to native onnxruntime.
 
 Needs the JavaScript runtime (`ONNXRUNTIME_NODE_INSTALL=skip npm ci`), Playwright for Python and
 Debian's Chromium at /usr/bin/chromium.
 
     python bench/browser_decode.py [--shapes S,M] [--repeats 3] [--new-tokens 200] [--prompt-tokens 32]
-                                   [--quick] [--before REF]
+                                   [--idle-seconds 0] [--network-mbps N] [--quick] [--before REF]
 """
 
 from __future__ import annotations
@@ -110,12 +110,26 @@ def native_decode(folder: Path, ids: list[int], new_tokens: int) -> float:
 
 
 def browser_decode(
-    chromium, url: str, ids: list[int], new_tokens: int, warm: int = 4, idle: float = 0.0
+    chromium,
+    url: str,
+    ids: list[int],
+    new_tokens: int,
+    warm: int = 4,
+    idle: float = 0.0,
+    network_mbps: float | None = None,
 ) -> tuple[float, float, int]:
     """(tokens/s, page load seconds, threads) of one fresh page, `idle` seconds after it is ready (a
-    visitor typing a prompt) and after `warm` tokens it generates first."""
+    visitor typing a prompt) and after `warm` tokens it generates first. With `network_mbps`, the
+    page (a new browser context: nothing cached) downloads at that rate, 20 ms away (Chromium's
+    network emulation, which its worker's requests go through too)."""
     page = chromium.new_page()
     page.set_default_timeout(600_000)
+    if network_mbps:
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        rate = network_mbps * 1e6 / 8  # bytes a second
+        conditions = dict(offline=False, latency=20, downloadThroughput=rate, uploadThroughput=rate)
+        cdp.send("Network.emulateNetworkConditions", conditions)
     started = time.perf_counter()
     page.goto(url)
     page.wait_for_function("document.querySelector('#status').textContent.includes('Ready')")
@@ -158,6 +172,7 @@ def measure(
     prompt: int = PROMPT,
     warm: int = 4,
     idle: float = 0.0,
+    network_mbps: float | None = None,
 ) -> list[list[str]]:
     """The table's rows: per shape, every round runs every precision's every row once (interleaved), so
     that "÷ fp32" (another precision's row against fp32's same row) pairs runs of the same rounds."""
@@ -191,7 +206,7 @@ def measure(
                             continue
                         base, page, query = pages[precision][row]
                         rate, load, used = browser_decode(
-                            chromium, f"{base}/{page}/web/index.html{query}", ids, new_tokens, warm, idle
+                            chromium, f"{base}/{page}/web/index.html{query}", ids, new_tokens, warm, idle, network_mbps
                         )
                         rates[precision, row].append(rate)
                         loads[precision, row].append(load)
@@ -251,6 +266,12 @@ def main() -> None:
         help="seconds a page waits once ready, as a visitor typing a prompt (default: %(default)s; the worker "
         "warms the model up meanwhile)",
     )
+    parser.add_argument(
+        "--network-mbps",
+        type=float,
+        default=None,
+        help="pages download at this rate, 20 ms away, as a first visit over a network (default: localhost)",
+    )
     parser.add_argument("--quick", action="store_true", help="shape S, 1 round of 10 tokens (a smoke run)")
     parser.add_argument("--before", metavar="REF", help="add the page of git revision REF on the fast graph")
     args = parser.parse_args()
@@ -276,6 +297,7 @@ def main() -> None:
                 args.prompt_tokens,
                 args.warm_tokens,
                 args.idle_seconds,
+                args.network_mbps,
             )
         finally:
             chromium.close()
@@ -283,6 +305,7 @@ def main() -> None:
         f"Greedy decode in headless Chromium (onnxruntime-web {RUNTIME['packages']['onnxruntime-web']['version']}, "
         f"WebAssembly) and native onnxruntime, {args.prompt_tokens}-token prompt + {new_tokens} new tokens "
         f"(a page's after its first {args.warm_tokens}, {args.idle_seconds:g} s after it is ready), random weights, "
+        f"pages from {f'{args.network_mbps:g} Mbit/s, 20 ms away' if args.network_mbps else 'localhost'}, "
         f"{repeats} interleaved round(s)"
     )
     headers = ["shape", "precision", "run (threads)", "tokens/s median (min-max)", "÷ native", "÷ fp32", "page load s"]
