@@ -42,7 +42,8 @@ def rotary(model: GPT) -> None:
         first, second = x[..., : size // 2], x[..., size // 2 :]
         return torch.cat((first * cos[:T] - second * sin[:T], first * sin[:T] + second * cos[:T]), dim=-1)
 
-    _patch_attention(model, queries_keys=rotate)
+    for block in model.transformer.h:
+        _patch_block(block, queries_keys=rotate)
     nn.init.zeros_(model.transformer.wpe.weight)
     model.transformer.wpe.weight.requires_grad_(False)
 
@@ -70,11 +71,6 @@ def value_embeddings(model: GPT) -> None:
 def _heads(x: Tensor, heads: int) -> Tensor:
     B, T, C = x.shape
     return x.view(B, T, heads, C // heads).transpose(1, 2)
-
-
-def _patch_attention(model: GPT, queries_keys: Callable[[Tensor], Tensor]) -> None:
-    for block in model.transformer.h:
-        _patch_block(block, queries_keys=queries_keys)
 
 
 def _patch_block(

@@ -17,7 +17,6 @@ const WARM_UP_MS = 2000;
 const WARM_UP_DELAY_MS = 100;
 
 let ort = null; // set up by the first load; later models (page.mjs reuses this worker) share it
-let started = false; // whether onnxruntime-web's WebAssembly is compiled and running
 
 // A one-node ONNX graph (y = Identity(x)): its session starts onnxruntime-web, which otherwise fetches
 // and compiles its WebAssembly only once the model has arrived. Started while the model downloads,
@@ -31,18 +30,15 @@ async function graphBytes(graph) {
 }
 
 async function load({ runtime, graph, config, threads, wasmBinary }) {
+  const bytes = graphBytes(graph); // downloads while onnxruntime-web starts
+  bytes.catch(() => {}); // a failed download is reported below, once awaited
   if (ort === null) {
     ort = await import(runtime.ort);
     ort.env.wasm.numThreads = threads;
     ort.env.wasm.wasmPaths = runtime.glue ? { mjs: runtime.glue, wasm: new URL("ort-wasm-simd-threaded.wasm", runtime.wasmPaths).href } : runtime.wasmPaths;
     if (wasmBinary) ort.env.wasm.wasmBinary = wasmBinary;
-  }
-  const bytes = graphBytes(graph); // downloads while onnxruntime-web starts
-  bytes.catch(() => {}); // a failed download is reported below, once awaited
-  if (!started) {
     const starter = Uint8Array.from(atob(STARTER_GRAPH), (c) => c.charCodeAt(0));
     await (await ort.InferenceSession.create(starter)).release();
-    started = true;
   }
   const session = await ort.InferenceSession.create(await bytes, { executionProviders: ["wasm"] });
   model = new OnnxModel(ort, session, config);
