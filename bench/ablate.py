@@ -99,26 +99,40 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "ema 0.995": ({}, {"ema_decay": 0.995}),
     # Fourth round: one thing changed from today's defaults (EMA 0.99); architecture changes as
     # bench-local patches (bench/trial_patches.py), built into gpt/ only if they pay.
-    "disjoint windows": ({}, {"num_epoch": 2}, {"stride": 64}),  # 1,176 steps an epoch
+    "disjoint windows": ({}, {"num_epoch": 2}, {"stride": 64, "fixed_grid": True}),  # 1,176 steps an epoch
     "rmsnorm": ({}, {}, {"patch": "rmsnorm"}),
     "rotary (trial patch)": ({}, {}, {"patch": "rotary"}),
     "rotary": ({"rotary": True}, {}),
     "rotary + qk-norm": ({"rotary": True, "qk_norm": True}, {}),
     "rotary + lr 6e-3": ({"rotary": True}, {"learning_rate": 6e-3}),
-    "rotary + disjoint windows": ({"rotary": True}, {"num_epoch": 2}, {"stride": 64}),
+    "rotary + disjoint windows": ({"rotary": True}, {"num_epoch": 2}, {"stride": 64, "fixed_grid": True}),
     "value embeddings": ({}, {}, {"patch": "value embeddings"}),
 }
+"""The first four rounds' variants, measured with a window at every position (`make_loaders`' default
+then): `variant` runs them so, unless they name their own stride."""
+
+FIFTH_ROUND: dict[str, tuple] = {
+    # On today's defaults: windows that do not overlap, shifted each epoch (`make_loaders`' default).
+    "default": ({}, {}),
+    "window at every position": ({}, {}, {"stride": 1}),  # the fourth round's default
+    "disjoint windows, no clip": ({}, {"num_epoch": 2, "grad_clip": None}, {"stride": 64, "fixed_grid": True}),
+}
+VARIANTS.update(FIFTH_ROUND)
 """The ablation's variants: (GPTConfig fields, fit options[, run options]), each on top of the
 defaults. Run options (`bench.quality.run`): `batch` (sequences a step; with `max_seq_len` in the
 GPTConfig fields it trades batch for context at the same tokens a step), `stride` (train windows
-start every `stride` tokens: the context's length reads each token once an epoch) and `patch` (an
+start every `stride` tokens: the context's length reads each token once an epoch; `make_loaders`
+shifts them each epoch, `fixed_grid` does not) and `patch` (an
 architecture change of `bench.trial_patches`)."""
 
 
 def variant(name: str) -> tuple[dict, dict, dict]:
     """`VARIANTS[name]` as (GPTConfig fields, fit options, run options)."""
     model, fit, *rest = VARIANTS[name]
-    return model, fit, (rest[0] if rest else {})
+    run = rest[0] if rest else {}
+    if name not in FIFTH_ROUND:
+        run = {"stride": 1, **run}
+    return model, fit, run
 
 
 def main() -> None:
@@ -162,7 +176,10 @@ def main() -> None:
                 model, fit, data = variant(name)
                 model, fit = {**model, **args.model}, {**fit, **args.fit}
                 batch, seq_len = data.get("batch", BATCH), {**SHAPE, **model}["max_seq_len"]
-                result = run("default", text, steps, seed, fit, model, batch, data.get("stride", 1), data.get("patch"))
+                result = run(
+                    "default", text, steps, seed, fit, model, batch, data.get("stride"), data.get("patch"),
+                    data.get("fixed_grid", False),
+                )  # fmt: skip
                 if result["tokens"] != steps * batch * seq_len:  # stopped early (Ctrl-C, SIGTERM)
                     raise SystemExit(f"{name} seed {seed} stopped before step {steps}: not logged")
                 record = dict(

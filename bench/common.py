@@ -11,6 +11,9 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
+
+from gpt.data import GetData, collate_batch
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "shakespeare.txt"
@@ -38,6 +41,21 @@ def training_text(quick: bool = False) -> str:
         text = text[:QUICK_TEXT_CHARS]
         print(f"quick: its first {len(text):,} characters only")
     return text
+
+
+def fixed_grid_loader(loader: DataLoader, stride: int) -> DataLoader:
+    """`loader` (a train loader of `make_loaders`) with its windows every `stride` tokens from the
+    text's start in every epoch (`GetData`), as `make_loaders` built them before its windows
+    shifted each epoch: the same shuffle (its generator) and batches."""
+    data = loader.dataset
+    return DataLoader(
+        GetData(data.data, data.seq_len, stride),
+        batch_size=loader.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=loader.generator,
+        collate_fn=collate_batch,
+    )
 
 
 def set_threads(threads: int) -> None:

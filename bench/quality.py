@@ -3,10 +3,11 @@
 Budget: 4 layers, 4 heads, emb 128, context 64, batch 12, 2000 steps, dropout 0; first 90% of
 data/shakespeare.txt (the full text, shipped with the repository) trains, the last 10% validates. Rows:
 - `default`: byte-level tokenizer (no merges), `fit` with its default settings (Muon, and the
-  model validated is the average of its weights, `ema_decay=0.99`);
+  model validated is the average of its weights, `ema_decay=0.99`) on `make_loaders`' default
+  windows (they do not overlap and shift each epoch);
 - `adamw`: the default row with `optimizer="adamw"` (AdamW everywhere, the original design);
 - `nanoGPT config`: the same, with nanoGPT's own optimisation settings (the reference row; no
-  weight average);
+  weight average) and, as nanoGPT, windows at random positions (`train_stride=1`);
 - `default, BPE`: the project's default BPE tokenizer, same budget; its validation loss is also
   given per byte (total nats / bytes), so the tokenizers compare fairly;
 - `default, bf16`: the default row with bf16 autocast forced on (fp32 master weights), to show
@@ -30,7 +31,7 @@ import time
 
 import torch
 
-from bench.common import QUICK_TEXT_CHARS, environment_lines, print_table, set_threads, training_text
+from bench.common import QUICK_TEXT_CHARS, environment_lines, fixed_grid_loader, print_table, set_threads, training_text
 from bench.trial_patches import PATCHES
 from gpt import GPT, Tokenizer, make_loaders
 from gpt.training import evaluate
@@ -55,6 +56,9 @@ ROWS = {
     "bpe": ("bpe", {}),
     "bf16": ("bytes", {"precision": "bf16"}),
 }
+ROW_STRIDES = {"nanogpt": 1}
+"""Rows whose train windows are not `make_loaders`' default: nanoGPT samples windows at random
+positions, as a window at every position shuffled does."""
 LABELS = {
     "default": "default fit (Muon + AdamW), bytes",
     "adamw": "default fit with optimizer='adamw', bytes",
@@ -72,14 +76,18 @@ def run(
     fit_overrides: dict | None = None,
     model_overrides: dict | None = None,
     batch: int = BATCH,
-    stride: int = 1,
+    stride: int | None = None,
     patch: str | None = None,
+    fixed_grid: bool = False,
 ) -> dict:
     """One training run and its validation. The context is `model_overrides`' `max_seq_len` (else
     SHAPE's); the validation evaluates each held-out token once, in windows of that context. Train
-    windows start every `stride` tokens (`make_loaders`' `train_stride`); `patch` names a
-    `bench.trial_patches.PATCHES` change applied to the model before training."""
+    windows start every `stride` tokens (`make_loaders`' `train_stride`; None: its default), from an
+    offset that changes each epoch, or with `fixed_grid` from the text's start every epoch (the
+    fourth round's "disjoint windows"); `patch` names a `bench.trial_patches.PATCHES` change applied
+    to the model before training."""
     tokenizer_kind, options = ROWS[row]
+    stride = ROW_STRIDES.get(row) if stride is None else stride
     seq_len = {**SHAPE, **(model_overrides or {})}["max_seq_len"]
     split = int(len(text) * 0.9)
     train_text, valid_text = text[:split], text[split:]
@@ -89,12 +97,14 @@ def run(
     ids = torch.cat([train_ids, valid_ids])
     valid_fraction = len(valid_ids) / len(ids)
     train_loader, valid_loader = make_loaders(ids, seq_len, batch, valid_fraction, seed=seed, train_stride=stride)
+    if fixed_grid:
+        train_loader = fixed_grid_loader(train_loader, stride)
     torch.manual_seed(seed)
     model = GPT(vocab_size=tokenizer.vocab_size, **{**SHAPE, **(model_overrides or {})})
     if patch is not None:
         PATCHES[patch](model)
     started = time.perf_counter()
-    options = {**options, **(fit_overrides or {})}
+    options = {"num_epoch": None, **options, **(fit_overrides or {})}  # None: the epochs `steps` need
     model.fit(train_loader, max_steps=steps, progress=False, log_every=None, **options)
     seconds = time.perf_counter() - started
     valid_loss = evaluate(model, valid_loader)

@@ -11,7 +11,7 @@ from gpt.checkpoint import (
     read_weights,
 )
 from gpt.config import GPTConfig, count_parameters
-from gpt.data import GetData, check_vocabulary, encode_corpus, make_loaders, read_texts, split_ids
+from gpt.data import GetData, ShiftingWindows, check_vocabulary, encode_corpus, make_loaders, read_texts, split_ids
 from gpt.evaluation import DEFAULT_EVAL_BATCH, TextScore, evaluate_text, token_losses
 from gpt.files import atomic_folder
 from gpt.generation import DEFAULT_DECODE_THREADS, PRESETS, SamplingConfig, TokenScores
@@ -44,6 +44,7 @@ __all__ = [
     "EarlyStopping",
     "GPTConfig",
     "GetData",
+    "ShiftingWindows",
     "MemoryEstimate",
     "ModelCheckpoint",
     "ProgressBar",

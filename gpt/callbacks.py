@@ -163,7 +163,7 @@ class EarlyStopping(Callback):
 class ModelCheckpoint(Callback):
     """Resumable checkpoints in `fit(checkpoint_dir=...)`: a `step-00000123/` folder every
     `every_n_minutes` minutes of training (5 by default), every `every_n_steps` steps (if set), at
-    every epoch end and when training ends, keeping the newest `keep_last` (None keeps all). With
+    every epoch end (when `fit` counts epochs: not with num_epoch=None) and when training ends, keeping the newest `keep_last` (None keeps all). With
     `save_best`, `best/` holds the checkpoint of the lowest validation loss. With `fit`'s weight
     average (`WeightEMA`), that loss is the average's, and so are a checkpoint's model weights.
 
@@ -239,7 +239,8 @@ class ModelCheckpoint(Callback):
                 trainer.save_checkpoint(self.best_folder)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
-        self._save_step(trainer)
+        if trainer.by_epochs:
+            self._save_step(trainer)
 
     def on_train_end(self, trainer: Trainer) -> None:
         self._save_step(trainer)

@@ -139,7 +139,12 @@ def _add_model_arguments(model: argparse._ArgumentGroup) -> None:
 def _add_fit_arguments(fit: argparse._ArgumentGroup) -> None:
     """`train`'s flags for the training run itself."""
     fit.add_argument("--batch-size", type=int, default=16, help="windows per step (default: %(default)s)")
-    fit.add_argument("--epochs", type=int, default=1, help="passes over the training windows (default: %(default)s)")
+    fit.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes over the text (default: as many as --steps needs, else 1)",
+    )
     fit.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
     fit.add_argument("--max-time", type=float, default=None, help="stop after this many seconds")
     fit.add_argument("--lr", type=float, default=None, help="peak learning rate (default: fit's default)")
@@ -360,7 +365,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.lr is not None:
         fit_options["learning_rate"] = args.lr
     started = time.perf_counter()
-    history = model.fit(train_loader, valid_loader, num_epoch=args.epochs, **fit_options)
+    epochs = args.epochs if args.epochs is not None else (None if args.steps else 1)  # None: what --steps needs
+    history = model.fit(train_loader, valid_loader, num_epoch=epochs, **fit_options)
     seconds = time.perf_counter() - started
     model.save(out)
     valid = f"{model.validation_loss[-1]:.4f}" if model.validation_loss else "n/a"

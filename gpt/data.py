@@ -52,6 +52,45 @@ class GetData(Dataset):
         return self._inputs[index], self._targets[index]
 
 
+class ShiftingWindows(GetData):
+    """Training windows every `stride` tokens, from an offset that changes with the epoch.
+
+    `set_epoch(epoch)`, which `fit` calls before every epoch, moves the windows' grid to an offset in
+    [0, stride) drawn from `(seed, epoch)`. With stride = seq_len an epoch still reads each token
+    once, and the windows' boundaries differ from one epoch to the next, as with a window at every
+    position: fixed boundaries overfit a small text read for many epochs (docs/decisions.md). The
+    offset depends on the seed and epoch alone, so a resumed run and every DDP rank see the same
+    windows. There are `(len(data) - seq_len) // stride` windows at every offset.
+    """
+
+    def __init__(self, data: TokenIds, seq_len: int, stride: int, seed: int = 0) -> None:
+        super().__init__(data, seq_len)  # a window at every position; an epoch's are every stride-th
+        _check_positive("stride", stride)
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        positions = len(self._inputs)
+        if positions < stride:
+            raise ValueError(f"data has {len(self.data)} tokens, need at least seq_len + stride = {seq_len + stride}")
+        self.stride, self.seed = stride, seed
+        self._count = positions // stride
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move the windows to the offset of `epoch`."""
+        self.offset = int(np.random.default_rng((self.seed, epoch)).integers(self.stride))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self._count:
+            raise IndexError(f"window {index} of {self._count}")
+        return super().__getitem__(self.offset + index * self.stride)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().__getitems__(self.offset + torch.as_tensor(indices, dtype=torch.long) * self.stride)
+
+
 def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """DataLoader `collate_fn` for `GetData`: the batch from `__getitems__` is already collated."""
     return batch
@@ -122,21 +161,26 @@ def make_loaders(
     valid_fraction: float = 0.1,
     seed: int = 0,
     num_workers: int = 0,
-    train_stride: int = 1,
+    train_stride: int | None = None,
 ) -> tuple[DataLoader, DataLoader | None]:
     """Train and validation loaders of `(x, y)` int64 `[batch, seq_len]` batches.
 
-    Train windows (one every `train_stride` tokens: 1, every position, is the default; seq_len
-    gives windows that do not overlap, so an epoch reads each token once) are shuffled by a
-    `torch.Generator` seeded with `seed` (the loader's `generator`, so its state can be saved for an
-    exact resume) and incomplete batches dropped.
-    Validation windows do not overlap (stride seq_len), are not shuffled and keep the last batch.
+    Train windows (`ShiftingWindows`) start every `train_stride` tokens, from an offset that changes
+    each epoch. The default (None) is `seq_len`: windows that do not overlap, so an epoch reads each
+    token once (lower losses than a window at every position, docs/decisions.md); a text with fewer
+    such windows than `batch_size` gets the largest stride that still fills a batch
+    (`default_stride`). 1 is a window at every position. They are shuffled by a `torch.Generator`
+    seeded with `seed` (the loader's `generator`, so its state can be saved for an exact resume) and
+    incomplete batches dropped. Validation windows do not overlap (stride seq_len), are not shuffled
+    and keep the last batch.
     """
     _check_positive("seq_len", seq_len)
     _check_positive("batch_size", batch_size)
-    _check_positive("train_stride", train_stride)
+    if train_stride is not None:
+        _check_positive("train_stride", train_stride)
     train_ids, valid_ids = split_ids(ids, valid_fraction, min_tokens=seq_len + 1)
-    train_set = GetData(train_ids, seq_len, stride=train_stride)
+    stride = train_stride or default_stride(len(train_ids), seq_len, batch_size)
+    train_set = ShiftingWindows(train_ids, seq_len, stride, seed=seed)
     if len(train_set) < batch_size:
         raise ValueError(
             f"train split has {len(train_set)} windows, fewer than batch_size = {batch_size}; "
@@ -148,6 +192,13 @@ def make_loaders(
         return train, None
     valid = DataLoader(GetData(valid_ids, seq_len, stride=seq_len), shuffle=False, drop_last=False, **common)
     return train, valid
+
+
+def default_stride(tokens: int, seq_len: int, batch_size: int) -> int:
+    """`make_loaders`' train stride for `tokens` training tokens: `seq_len` (windows that do not
+    overlap), or less when that leaves fewer than `batch_size` windows: the largest stride that gives
+    `batch_size` of them (1 at least; below that no stride fills a batch)."""
+    return max(1, min(seq_len, (tokens - seq_len) // batch_size))
 
 
 def _check_positive(name: str, value: int) -> None:

@@ -346,7 +346,7 @@ class GPT(GenerationMixin, nn.Module):
             KVBuffer.empty(batch, c.num_heads, c.max_seq_len, c.head_size, weight) for _ in range(c.num_layers)
         )
 
-    def fit(self, train_loader: Any, valid_loader: Any = None, num_epoch: int = 1, **options: Any) -> TrainingHistory:
+    def fit(self, train_loader: Any, valid_loader: Any = None, num_epoch: int | None = 1, **options: Any) -> TrainingHistory:
         """Train the model and return its `TrainingHistory`; see `gpt.training.fit` for every option.
 
         Afterwards `history` holds that history, `train_loss` the mean train loss of each epoch and

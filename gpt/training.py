@@ -55,7 +55,7 @@ Batch = tuple[Tensor, Tensor]
 class TrainingOptions:
     """Every setting of `fit` besides the model, loaders, callbacks and checkpoint folder."""
 
-    num_epoch: int = 1  # passes over the training data
+    num_epoch: int | None = 1  # passes over the training data; None: as many as max_steps needs
     # Peak learning rate, reached at the end of the warmup: 3e-3 beat the first API's 1e-3 in nanoGPT's
     # Shakespeare budget (bench/quality.py; docs/decisions.md).
     learning_rate: float = 3e-3
@@ -88,7 +88,8 @@ class TrainingOptions:
     log_every: int | None = 100  # log loss, learning rate and tokens/s every N steps; None: never
 
     def __post_init__(self) -> None:
-        _check_int("num_epoch", self.num_epoch, minimum=1)
+        _check_int("num_epoch", self.num_epoch, minimum=1, optional=True)
+        _check(self.num_epoch is not None or self.max_steps is not None, "num_epoch=None needs max_steps")
         _check_int("grad_accum_steps", self.grad_accum_steps, minimum=1)
         _check_int("warmup_steps", self.warmup_steps, minimum=0, optional=True)
         for name in ("max_steps", "eval_interval", "eval_batches", "log_every"):
@@ -143,7 +144,8 @@ class TrainingHistory:
     tokens: list[int] = field(default_factory=list)  # tokens seen after each step, all ranks together
     evaluations: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
     train_loss: list[float] = field(default_factory=list)  # mean train loss of each epoch
-    validation_loss: list[float] = field(default_factory=list)  # validation loss at each epoch end
+    # validation loss at each epoch end: its evaluation (trained by steps: the latest one, once there is one)
+    validation_loss: list[float] = field(default_factory=list)
     stop_reason: str | None = None  # why training stopped early; None when it ran every epoch
 
     @property
@@ -162,13 +164,16 @@ def fit(
     model: GPT,
     train_loader: DataLoader,
     valid_loader: Iterable[Batch] | None = None,
-    num_epoch: int = 1,
+    num_epoch: int | None = 1,
     learning_rate: float = 3e-3,
     callbacks: Sequence[Callback] | None = None,
     checkpoint_dir: str | Path | None = None,
     **options: Any,
 ) -> TrainingHistory:
     """Train `model` on its own device; every keyword option is a field of `TrainingOptions`.
+
+    A train dataset with a `set_epoch(epoch)` method (`ShiftingWindows`, as `make_loaders` gives)
+    is told each epoch before the epoch's first batch.
 
     Returns the history (`GPT.fit` also keeps it on the model, with the per-epoch means in
     `model.train_loss` and `model.validation_loss`). With `checkpoint_dir`, a `ModelCheckpoint` is
@@ -215,7 +220,8 @@ class Trainer:
 
     Read: `model`, `options`, `step` (optimizer steps done), `epoch` (0-based), `loss` (of the last
     step), `lr`, `tokens_per_second`, `validation_loss` (of the last evaluation), `history`,
-    `total_steps`, `checkpoint_dir`, `valid_loader`, `is_main` (rank 0), `world_size`, `ema` (the
+    `total_steps`, `num_epoch`, `by_epochs` (`fit` was given num_epoch, not None: epoch ends are
+    milestones), `checkpoint_dir`, `valid_loader`, `is_main` (rank 0), `world_size`, `ema` (the
     `WeightEMA` it keeps, or None).
     Write: `stop_training = True` from any thread (checked before every optimizer step), or
     `request_stop(reason)`; `stop_reason` then says why.
@@ -244,7 +250,9 @@ class Trainer:
         self.valid_loader = valid_loader
         steps_per_epoch = _steps_per_epoch(self.train_loader, options.grad_accum_steps)
         self.batches_per_epoch = steps_per_epoch * options.grad_accum_steps  # a last incomplete step is skipped
-        self.total_steps = options.num_epoch * steps_per_epoch
+        self.by_epochs = options.num_epoch is not None  # else by steps: epochs end unmarked
+        self.num_epoch = options.num_epoch or math.ceil(options.max_steps / steps_per_epoch)
+        self.total_steps = self.num_epoch * steps_per_epoch
         if options.max_steps is not None:
             self.total_steps = min(self.total_steps, options.max_steps)
         warmup = min(100, self.total_steps // 20) if options.warmup_steps is None else options.warmup_steps
@@ -303,7 +311,7 @@ class Trainer:
                 self._started = time.monotonic()
                 self.model.train()
                 self._call("on_train_begin")
-                while self.epoch < self.options.num_epoch and not self._should_stop():
+                while self.epoch < self.num_epoch and not self._should_stop():
                     self._run_epoch()
                     self._end_epoch()
                     if self.batch >= self.batches_per_epoch:
@@ -361,6 +369,9 @@ class Trainer:
             self._epoch_rng = self._capture_rng()  # a resume has restored this epoch's start states instead
         if isinstance(self.train_loader.sampler, DistributedSampler):
             self.train_loader.sampler.set_epoch(self.epoch)
+        set_epoch = getattr(self.train_loader.dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.epoch)  # `ShiftingWindows`: this epoch's windows
         batches = iter(self.train_loader)
         for _ in range(self.batch):
             next(batches)
@@ -434,14 +445,18 @@ class Trainer:
         self._call("on_evaluate")
 
     def _end_epoch(self) -> None:
-        """Record the epoch's means (a stopped epoch too, if it made a step) and call `on_epoch_end`."""
+        """Record the epoch's means (a stopped epoch too, if it made a step) and call `on_epoch_end`.
+
+        Each epoch ends with an evaluation when `fit` counts epochs; trained by steps (num_epoch=None)
+        only the last one does: its epochs are the loader's passes, not milestones, and may be short."""
         total, count = self._epoch_loss
         if count == 0:
             return
-        if self.valid_loader is not None and self._last_eval_step != self.step:
+        ending = self.step >= self.total_steps or self.stop_training
+        if self.valid_loader is not None and self._last_eval_step != self.step and (self.by_epochs or ending):
             self._evaluate()
         self.history.train_loss.append(total / count)
-        if self.valid_loader is not None:
+        if self.valid_loader is not None and self.validation_loss is not None:
             self.history.validation_loss.append(self.validation_loss)
         if self.is_main:
             logger.info("epoch %d | train loss %.4f", self.epoch + 1, total / count)

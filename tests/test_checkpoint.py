@@ -186,22 +186,26 @@ def test_resume_without_a_checkpoint_starts_from_scratch_and_a_fresh_start_needs
 
 
 @pytest.mark.parametrize(
-    "dropout, stop_step, grad_accum_steps, ema_decay",
+    "dropout, stop_step, grad_accum_steps, ema_decay, train_stride",
     [
-        (0.0, 10, 1, 0.99),  # mid-epoch
-        (0.2, 24, 1, 0.99),  # at the end of the first epoch, with dropout
-        (0.2, 7, 2, 0.99),  # mid-epoch, accumulating gradients, with dropout
-        (0.0, 10, 1, 0.5),  # an average far from the start weights and from the raw ones
-        (0.0, 10, 1, None),  # no average
+        (0.0, 10, 1, 0.99, 1),  # mid-epoch
+        (0.2, 24, 1, 0.99, 1),  # at the end of the first epoch, with dropout
+        (0.2, 7, 2, 0.99, 1),  # mid-epoch, accumulating gradients, with dropout
+        (0.0, 10, 1, 0.5, 1),  # an average far from the start weights and from the raw ones
+        (0.0, 10, 1, None, 1),  # no average
+        (0.0, 20, 1, 0.99, None),  # make_loaders' windows, which shift each epoch: in the second of 16 steps
     ],
 )
-def test_stopping_and_resuming_trains_exactly_like_one_run(tmp_path, dropout, stop_step, grad_accum_steps, ema_decay):
+def test_stopping_and_resuming_trains_exactly_like_one_run(
+    tmp_path, dropout, stop_step, grad_accum_steps, ema_decay, train_stride
+):
     """The weights (the average, with one), the losses and the evaluations (of the average) of one run."""
     options = dict(num_epoch=2, eval_interval=5, grad_accum_steps=grad_accum_steps, ema_decay=ema_decay, progress=False)
+    text = TEXT if train_stride == 1 else made_text(600)
 
     def run(seed: int, **extra) -> GPT:
         model = tiny_model(dropout, seed=seed)
-        train, valid = byte_loaders(TEXT)
+        train, valid = byte_loaders(text, train_stride=train_stride)
         model.fit(train, valid, **options, **extra)
         return model
 

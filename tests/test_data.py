@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gpt.data import GetData, collate_batch, encode_corpus, make_loaders, read_texts, split_ids
+from gpt.data import (
+    GetData,
+    ShiftingWindows,
+    collate_batch,
+    default_stride,
+    encode_corpus,
+    make_loaders,
+    read_texts,
+    split_ids,
+)
 from gpt.texts import TextFileError, read_text_file
 from gpt.tokenizer import Tokenizer
 
@@ -218,7 +227,7 @@ def test_split_min_tokens() -> None:
 def test_loaders_shapes_and_drop_last() -> None:
     train, valid = make_loaders(torch.arange(1000), seq_len=16, batch_size=4, valid_fraction=0.1)
     train_batches = list(train)
-    assert len(train_batches) == (900 - 16) // 4
+    assert len(train_batches) == (900 - 16) // 16 // 4  # 55 disjoint windows, 13 full batches
     assert all(x.shape == y.shape == (4, 16) and x.dtype == torch.int64 for x, y in train_batches)
     assert all(torch.equal(x + 1, y) for x, y in train_batches)  # ids are arange: y is x shifted
     assert valid is not None
@@ -246,12 +255,51 @@ def test_loader_generator_state_restores_epoch() -> None:
     assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch, list(train)))
 
 
-def test_train_windows_at_a_stride_cover_each_token_once_an_epoch() -> None:
-    train, _ = make_loaders(torch.arange(300), 10, 3, valid_fraction=0.0, train_stride=10)
+def test_train_windows_by_default_cover_each_token_once_an_epoch_and_shift_between_epochs() -> None:
+    train, _ = make_loaders(torch.arange(300), 10, 3, valid_fraction=0.0)
+    offsets = set()
+    for epoch in range(6):
+        train.dataset.set_epoch(epoch)  # as fit does
+        offset = train.dataset.offset
+        starts = torch.cat([x[:, 0] for x, _ in train]).tolist()
+        assert len(set(starts)) == len(starts) == 27  # 29 disjoint windows, less a partial batch
+        assert set(starts) <= set(range(offset, 290, 10))
+        assert not torch.equal(next(iter(train))[0][:, 0], torch.arange(3) * 10 + offset)  # still shuffled
+        offsets.add(offset)
+    assert len(offsets) > 1
+
+
+def test_shifting_windows_depend_on_the_seed_and_epoch_alone() -> None:
+    def offsets(seed: int) -> list[int]:
+        windows = ShiftingWindows(torch.arange(1000), 16, 16, seed=seed)
+        return [windows.set_epoch(epoch) or windows.offset for epoch in range(8)]
+
+    assert offsets(0) == offsets(0) and offsets(0) != offsets(1)
+    windows = ShiftingWindows(torch.arange(1000), 16, 16, seed=3)
+    windows.set_epoch(5)
+    x, y = windows[2]
+    assert x[0] == windows.offset + 32 and torch.equal(x + 1, y)
+    assert len(windows) == (1000 - 16) // 16 and len(list(windows)) == len(windows)  # IndexError ends iteration
+    batch, _ = windows.__getitems__([0, 2])
+    assert batch[:, 0].tolist() == [windows.offset, windows.offset + 32]
+
+
+def test_train_windows_at_every_position_with_stride_1() -> None:
+    train, _ = make_loaders(torch.arange(300), 10, 3, valid_fraction=0.0, train_stride=1)
     starts = torch.cat([x[:, 0] for x, _ in train]).tolist()
-    assert len(set(starts)) == len(starts) == 27  # 29 disjoint windows (0, 10, ..., 280) less a partial batch
-    assert set(starts) <= set(range(0, 290, 10))
-    assert not torch.equal(next(iter(train))[0][:, 0], torch.tensor([0, 10, 20]))  # still shuffled
+    assert len(set(starts)) == len(starts) == 288  # 290 windows (0, 1, ..., 289) less a partial batch
+    assert set(starts) <= set(range(290))
+
+
+@pytest.mark.parametrize(
+    "tokens, seq_len, batch, stride", [(1000, 16, 4, 16), (100, 16, 8, 10), (30, 16, 8, 1), (40, 16, 1, 16)]
+)
+def test_a_short_text_gets_the_largest_stride_that_fills_a_batch(tokens, seq_len, batch, stride) -> None:
+    assert default_stride(tokens, seq_len, batch) == stride
+    if tokens >= seq_len + batch:  # enough windows at stride 1
+        train, _ = make_loaders(torch.arange(tokens), seq_len, batch, valid_fraction=0.0)
+        assert train.dataset.stride == stride and len(train) >= 1
+        assert stride == seq_len or len(ShiftingWindows(torch.arange(tokens), seq_len, stride + 1)) < batch
 
 
 def test_loaders_without_validation() -> None:

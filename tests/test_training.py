@@ -52,7 +52,7 @@ class Recorder(Callback):
     "args, options, error, message",
     [
         ((None,), {}, ValueError, "train_loader is required"),
-        ((), dict(num_epoch=0), ValueError, "num_epoch must be an integer >= 1"),
+        ((), dict(num_epoch=0), ValueError, "num_epoch must be None or an integer >= 1"),
         ((), dict(learning_rate=0), ValueError, "learning_rate must be > 0"),
         ((), dict(learning_rate=-1e-3), ValueError, "learning_rate must be > 0"),
         ((), dict(grad_accum_steps=0), ValueError, "grad_accum_steps must be an integer >= 1"),
@@ -360,6 +360,57 @@ def test_max_steps_and_max_time_are_honoured():
 
     history = tiny_model().fit(train, num_epoch=10_000, max_time=0.3, progress=False)
     assert history.stop_reason == "max_time" and 0 < len(history.loss) < 10_000 * len(train)
+
+
+def test_trained_by_steps_epoch_ends_are_not_milestones(tmp_path):
+    train, valid = byte_loaders(made_text(100), train_stride=None)  # 2 steps an epoch
+    assert len(train) == 2
+    saver = ModelCheckpoint(every_n_steps=4, every_n_minutes=None, keep_last=None, save_best=False)
+    history = tiny_model().fit(
+        train, valid, num_epoch=None, max_steps=9, eval_interval=3, checkpoint_dir=tmp_path, callbacks=[saver],
+        progress=False,
+    )  # fmt: skip
+    assert [step for step, _ in history.evaluations] == [3, 6, 9]
+    at_3, at_6, at_9 = (loss for _, loss in history.evaluations)
+    assert len(history.train_loss) == 5  # epochs end at steps 2, 4, 6, 8 and 9
+    assert history.validation_loss == [at_3, at_6, at_6, at_9]  # the latest evaluation, once there is one
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000004", "step-00000008", "step-00000009"]
+
+    by_epochs = ModelCheckpoint(every_n_minutes=None, keep_last=None, save_best=False)
+    history = tiny_model().fit(
+        train, valid, num_epoch=2, checkpoint_dir=tmp_path / "epochs", callbacks=[by_epochs], progress=False
+    )
+    assert [step for step, _ in history.evaluations] == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "epochs").glob("step-*")) == ["step-00000002", "step-00000004"]
+
+
+def test_each_epoch_trains_on_its_own_shifted_windows():
+    train, _ = byte_loaders(made_text(600), train_stride=None)  # make_loaders' default windows
+    seen: list[tuple[int, int]] = []
+
+    class FirstWindows(Callback):
+        def on_batch_end(self, trainer):
+            if trainer.step % len(train) == 1:
+                seen.append((trainer.epoch, trainer.train_loader.dataset.offset))
+
+    tiny_model().fit(train, num_epoch=4, callbacks=[FirstWindows()], progress=False)
+    expected = []
+    for epoch in range(4):
+        train.dataset.set_epoch(epoch)
+        expected.append((epoch, train.dataset.offset))
+    assert seen == expected and len({offset for _, offset in seen}) > 1
+
+
+def test_without_num_epoch_training_takes_the_epochs_max_steps_needs():
+    train, valid = byte_loaders(SMALL_TEXT, train_stride=None)  # windows that do not overlap: short epochs
+    assert len(train) == 1
+    model = tiny_model()
+    history = model.fit(train, valid, num_epoch=None, max_steps=3, progress=False)
+    assert history.steps == [1, 2, 3] and len(history.train_loss) == 3  # three epochs of one step
+    assert [step for step, _ in history.evaluations] == [3]  # trained by steps: no evaluation at each epoch end
+    assert history.validation_loss == [history.evaluations[-1][1]]
+    with pytest.raises(ValueError, match="num_epoch=None needs max_steps"):
+        model.fit(train, num_epoch=None, progress=False)
 
 
 def test_keyboard_interrupt_at_step_k_leaves_a_checkpoint_of_step_k(tmp_path):

@@ -52,10 +52,13 @@ def tiny_model(dropout: float = 0.0, seed: int = 0) -> GPT:
 
 
 def byte_loaders(
-    text: str | None = None, seq_len: int = 16, batch_size: int = 8, seed: int = 0
+    text: str | None = None, seq_len: int = 16, batch_size: int = 8, seed: int = 0, train_stride: int | None = 1
 ) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders over the UTF-8 bytes of `text` (vocabulary 256)."""
-    return make_loaders(list((text or made_text()).encode()), seq_len, batch_size, valid_fraction=0.1, seed=seed)
+    """Train and validation loaders over the UTF-8 bytes of `text` (vocabulary 256). Train windows
+    start at every position by default, so that an epoch is long: the training tests count steps
+    within one; `train_stride=None` is `make_loaders`' default (windows that do not overlap)."""
+    ids = list((text or made_text()).encode())
+    return make_loaders(ids, seq_len, batch_size, valid_fraction=0.1, seed=seed, train_stride=train_stride)
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:

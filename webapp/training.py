@@ -415,12 +415,11 @@ class TrainingJob:
         _lower_priority(TRAIN_NICE)
         torch.set_num_threads(self.threads)
         data = self.data
-        steps_per_epoch = max(1, len(data.train_loader))
         try:
             self.model.fit(
                 data.train_loader,
                 data.valid_loader,
-                num_epoch=math.ceil(self.config.steps / steps_per_epoch),
+                num_epoch=None,  # as many as the steps need
                 learning_rate=self.config.learning_rate,
                 callbacks=[_Reporter(self), self.checkpointer],
                 checkpoint_dir=self.checkpoint_dir,

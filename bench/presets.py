@@ -1,0 +1,140 @@
+"""The web app's model presets trained the way the app trains them, with today's training defaults
+against those before the ablation (docs/decisions.md), in the same steps.
+
+For each preset (`webapp.training.MODEL_PRESETS`) and sample corpus, the app's own data path
+(`prepare_data`: a BPE tokenizer trained on the text, its last 10% held out) and model
+(`build_model`) train for the preset's steps with the app's `fit` options (learning rate, evaluations
+every `eval_interval` steps on `EVAL_BATCHES` batches). Every round trains each variant once
+(interleaved, the order rotating; round r uses seed r), then measures the final model on the whole
+held-out split. Variants (`VARIANTS`):
+- `before`: `fit`'s defaults before the ablation: one learning rate for Muon and AdamW, no weight
+  average, a training window at every position (`train_stride=1`);
+- `now`: today's defaults (Muon at 3x, the weight average 0.99, windows that do not overlap and
+  shift each epoch);
+- `window at every position`, `fixed disjoint windows`: today's `fit` on the windows before, and
+  on windows that do not overlap but start from the text's start every epoch.
+
+The table gives the median held-out loss (nats per token of the preset's tokenizer, the same for
+every variant) and the median wall time of the training, and "vs before" the median of the
+per-round differences.
+
+    python bench/presets.py [--presets tiny,small] [--corpus shakespeare] [--rounds 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import dataclasses
+import math
+import statistics
+import time
+
+from bench.common import environment_lines, fixed_grid_loader, median_span, print_table, set_threads
+from gpt import make_loaders
+from gpt.training import evaluate
+from webapp.corpus import sample_corpus, samples
+from webapp.settings import Settings
+from webapp.training import (
+    EVAL_BATCHES,
+    MODEL_PRESETS,
+    VALID_FRACTION,
+    build_model,
+    eval_interval,
+    prepare_data,
+)
+
+BEFORE = {"muon_lr_scale": 1.0, "ema_decay": None}
+"""`fit`'s defaults before the ablation of docs/decisions.md (d997162)."""
+
+VARIANTS: dict[str, tuple[dict, int | None, bool]] = {
+    # name: (fit options, train_stride (None: make_loaders' default, 0: the context), fixed grid)
+    "before": (BEFORE, 1, False),
+    "now": ({}, None, False),
+    "window at every position": ({}, 1, False),  # today's fit, the windows before
+    "fixed disjoint windows": ({}, 0, True),  # today's fit, windows that do not overlap nor shift
+}
+
+
+def train_once(preset: str, corpus_name: str, variant: str, seed: int) -> tuple[float, float]:
+    """(held-out loss, training seconds) of one app-style training run."""
+    fit_options, stride, fixed_grid = VARIANTS[variant]
+    config = MODEL_PRESETS[preset]
+    data = prepare_data(sample_corpus(corpus_name), config)
+    ids = [*_ids(data.train_loader), *_ids(data.valid_loader)]
+    stride = config.context if stride == 0 else stride
+    train_loader, valid_loader = make_loaders(
+        ids, config.context, config.batch_size, VALID_FRACTION, seed=seed, train_stride=stride
+    )
+    if fixed_grid:
+        train_loader = fixed_grid_loader(train_loader, stride)
+    model = build_model(config, data.tokenizer, Settings(artifacts=Path("unused")), seed=seed)
+    started = time.perf_counter()
+    model.fit(
+        train_loader,
+        valid_loader,
+        num_epoch=math.ceil(config.steps / len(train_loader)),
+        learning_rate=config.learning_rate,
+        max_steps=config.steps,
+        eval_interval=eval_interval(config.steps),
+        eval_batches=EVAL_BATCHES,
+        progress=False,
+        log_every=None,
+        **fit_options,
+    )
+    seconds = time.perf_counter() - started
+    return evaluate(model, valid_loader), seconds
+
+
+def _ids(loader) -> list[int]:
+    """The token ids behind a loader `make_loaders` built (its dataset's whole split)."""
+    return loader.dataset.data.tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default="tiny,small", help="comma-separated: " + ", ".join(MODEL_PRESETS))
+    parser.add_argument("--corpus", default="shakespeare", help="a sample corpus: " + ", ".join(samples()))
+    parser.add_argument("--variants", default="before,now", help="comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds, one seed each (default: %(default)s)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of the preset's")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    variants = args.variants.split(",")
+    rows = []
+    for preset in args.presets.split(","):
+        if args.steps is not None:
+            MODEL_PRESETS[preset] = dataclasses.replace(MODEL_PRESETS[preset], steps=args.steps)
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+        for round_ in range(args.rounds):
+            for name in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
+                loss, seconds = train_once(preset, args.corpus, name, seed=round_)
+                results[name].append((loss, seconds))
+                print(f"{preset} {name} seed {round_}: {loss:.4f} nats/token in {seconds:.1f} s", flush=True)
+        base = [loss for loss, _ in results[variants[0]]]
+        for name in variants:
+            losses = [loss for loss, _ in results[name]]
+            rows.append(
+                [
+                    preset,
+                    name,
+                    median_span(losses, "{:.3f}"),
+                    f"{statistics.median(b - a for a, b in zip(base, losses)):+.3f}",
+                    median_span([s for _, s in results[name]], "{:.0f}"),
+                ]
+            )
+    print(f"\ncorpus: {args.corpus}, steps: the preset's, {args.rounds} rounds")
+    print_table(["preset", "variant", "held-out nats/token", f"vs {variants[0]}", "seconds"], rows)
+    print("\n".join(environment_lines(args.threads)))
+
+
+if __name__ == "__main__":
+    main()
