@@ -18,7 +18,7 @@ The table gives the median held-out loss (nats per token of the preset's tokeniz
 every variant) and the median wall time of the training, and "vs before" the median of the
 per-round differences.
 
-    python bench/presets.py [--presets tiny,small] [--corpus shakespeare] [--rounds 3] [--threads 1]
+    python bench/presets.py [--presets tiny,small] [--corpus shakespeare] [--rounds 3] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ if __package__ in (None, ""):
 
 import argparse
 import dataclasses
-import math
 import statistics
 import time
 
@@ -44,6 +43,7 @@ from webapp.training import (
     EVAL_BATCHES,
     MODEL_PRESETS,
     VALID_FRACTION,
+    TrainConfig,
     build_model,
     eval_interval,
     prepare_data,
@@ -61,10 +61,9 @@ VARIANTS: dict[str, tuple[dict, int | None, bool]] = {
 }
 
 
-def train_once(preset: str, corpus_name: str, variant: str, seed: int) -> tuple[float, float]:
-    """(held-out loss, training seconds) of one app-style training run."""
+def train_once(config: TrainConfig, corpus_name: str, variant: str, seed: int) -> tuple[float, float]:
+    """(held-out loss, training seconds) of one app-style training run of `config`."""
     fit_options, stride, fixed_grid = VARIANTS[variant]
-    config = MODEL_PRESETS[preset]
     data = prepare_data(sample_corpus(corpus_name), config)
     ids = [*_ids(data.train_loader), *_ids(data.valid_loader)]
     stride = config.context if stride == 0 else stride
@@ -78,7 +77,7 @@ def train_once(preset: str, corpus_name: str, variant: str, seed: int) -> tuple[
     model.fit(
         train_loader,
         valid_loader,
-        num_epoch=math.ceil(config.steps / len(train_loader)),
+        num_epoch=None,  # as the app: the epochs the steps need
         learning_rate=config.learning_rate,
         max_steps=config.steps,
         eval_interval=eval_interval(config.steps),
@@ -106,17 +105,21 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of the preset's")
+    parser.add_argument("--quick", action="store_true", help="the tiny preset, 5 steps, 1 round (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.presets, args.steps, args.rounds = "tiny", 5, 1
     set_threads(args.threads)
     variants = args.variants.split(",")
     rows = []
     for preset in args.presets.split(","):
+        config = MODEL_PRESETS[preset]
         if args.steps is not None:
-            MODEL_PRESETS[preset] = dataclasses.replace(MODEL_PRESETS[preset], steps=args.steps)
+            config = dataclasses.replace(config, steps=args.steps)
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
         for round_ in range(args.rounds):
             for name in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
-                loss, seconds = train_once(preset, args.corpus, name, seed=round_)
+                loss, seconds = train_once(config, args.corpus, name, seed=round_)
                 results[name].append((loss, seconds))
                 print(f"{preset} {name} seed {round_}: {loss:.4f} nats/token in {seconds:.1f} s", flush=True)
         base = [loss for loss, _ in results[variants[0]]]
@@ -131,7 +134,8 @@ def main() -> None:
                     median_span([s for _, s in results[name]], "{:.0f}"),
                 ]
             )
-    print(f"\ncorpus: {args.corpus}, steps: the preset's, {args.rounds} rounds")
+    steps = "the preset's" if args.steps is None else args.steps
+    print(f"\ncorpus: {args.corpus}, steps: {steps}, {args.rounds} rounds")
     print_table(["preset", "variant", "held-out nats/token", f"vs {variants[0]}", "seconds"], rows)
     print("\n".join(environment_lines(args.threads)))
 

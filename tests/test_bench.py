@@ -182,6 +182,14 @@ def test_benches_read_the_shipped_full_text(capsys) -> None:
     assert text_used(capsys.readouterr().out) == FULL_TEXT
 
 
+def test_presets_bench() -> None:
+    rows = table_rows(run_quick("presets"))
+    assert [row[:2] for row in rows] == [["tiny", "before"], ["tiny", "now"]]
+    for row in rows:
+        assert 0 < figure(row[2]) < math.log(512)  # nats per token of the tiny preset's tokenizer
+    assert rows[0][3] == "+0.000"
+
+
 def test_ablate_bench(tmp_path: Path) -> None:
     log = tmp_path / "ablate.jsonl"
     result = subprocess.run(
