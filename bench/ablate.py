@@ -39,6 +39,7 @@ from bench.common import (
     QUICK_TEXT_CHARS,
     REPO,
     environment_lines,
+    fixed_grid_loader,
     median_span,
     print_table,
     ratio_span,
@@ -115,7 +116,7 @@ FIFTH_ROUND: dict[str, tuple] = {
     # On today's defaults: windows that do not overlap, shifted each epoch (`make_loaders`' default).
     "default": ({}, {}),
     "window at every position": ({}, {}, {"stride": 1}),  # the fourth round's default
-    "disjoint windows, no clip": ({}, {"num_epoch": 2, "grad_clip": None}, {"stride": 64, "fixed_grid": True}),
+    "rotary (shifting windows)": ({"rotary": True}, {}),
 }
 VARIANTS.update(FIFTH_ROUND)
 """The ablation's variants: (GPTConfig fields, fit options[, run options]), each on top of the
@@ -245,10 +246,12 @@ def print_speed(names: list[str], rounds: int, steps: int, model_extra: dict, fi
             model_fields, fit_options, data = variant(name)
             model_fields = {**SHAPE, **model_fields, **model_extra}
             batch, seq_len = data.get("batch", BATCH), model_fields["max_seq_len"]
-            loader, _ = make_loaders(ids, seq_len, batch, 0.1, seed=0)
+            loader, _ = make_loaders(ids, seq_len, batch, 0.1, seed=0, train_stride=data.get("stride"))
+            if data.get("fixed_grid"):
+                loader = fixed_grid_loader(loader, data["stride"])
             torch.manual_seed(r)
             model = GPT(vocab_size=Tokenizer().vocab_size, **model_fields)
-            options = {"progress": False, "log_every": None, **fit_options, **fit_extra}
+            options = {"progress": False, "log_every": None, **fit_options, "num_epoch": None, **fit_extra}
             model.fit(loader, max_steps=2, **options)  # warm-up
             started = time.perf_counter()
             model.fit(loader, max_steps=steps, **options)
