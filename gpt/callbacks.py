@@ -163,9 +163,10 @@ class EarlyStopping(Callback):
 class ModelCheckpoint(Callback):
     """Resumable checkpoints in `fit(checkpoint_dir=...)`: a `step-00000123/` folder every
     `every_n_minutes` minutes of training (5 by default), every `every_n_steps` steps (if set), at
-    every epoch end (when `fit` counts epochs: not with num_epoch=None) and when training ends, keeping the newest `keep_last` (None keeps all). With
-    `save_best`, `best/` holds the checkpoint of the lowest validation loss. With `fit`'s weight
-    average (`WeightEMA`), that loss is the average's, and so are a checkpoint's model weights.
+    every epoch end (when `fit` counts epochs, not with num_epoch=None) and when training ends,
+    keeping the newest `keep_last` (None keeps all). With `save_best`, `best/` holds the checkpoint
+    of the lowest validation loss. With `fit`'s weight average (`WeightEMA`), that loss is the
+    average's, and so are a checkpoint's model weights.
 
     With `restore_best`, the model ends `fit` with `best/`'s weights when a later evaluation was
     worse (overfitting a small text); the last step's checkpoint is still written, so a resume goes on

@@ -177,8 +177,8 @@ def fit(
 
     Returns the history (`GPT.fit` also keeps it on the model, with the per-epoch means in
     `model.train_loss` and `model.validation_loss`). With `checkpoint_dir`, a `ModelCheckpoint` is
-    added unless one is given (a checkpoint every 5 minutes of training, at every epoch end and at the
-    end), and `resume=True` continues from its newest checkpoint. Under `torchrun` it trains with DDP.
+    added unless one is given (a checkpoint every 5 minutes of training, at every epoch end when
+    `num_epoch` is given, and at the end), and `resume=True` continues from its newest checkpoint. Under `torchrun` it trains with DDP.
 
     By default (`ema_decay=0.99`) training keeps an average of the weights (`WeightEMA`; a `WeightEMA`
     among `callbacks` takes its place): every evaluation measures the average (the validation history,
