@@ -4,7 +4,9 @@ against those before the ablation (docs/decisions.md), in the same steps.
 For each preset (`webapp.training.MODEL_PRESETS`) and sample corpus, the app's own data path
 (`prepare_data`: a BPE tokenizer trained on the text, its last 10% held out) and model
 (`build_model`) train for the preset's steps with the app's `fit` options (learning rate, evaluations
-every `eval_interval` steps on `EVAL_BATCHES` batches). Every round trains each variant once
+every `eval_interval` steps on `EVAL_BATCHES` batches) and its checkpoints: the model a run ends
+with is its best evaluation's (`ModelCheckpoint(restore_best=True)`), as in the app, where a long
+run on a small text overfits. Every round trains each variant once
 (interleaved, the order rotating; round r uses seed r), then measures the final model on the whole
 held-out split. Variants (`VARIANTS`):
 - `before`: `fit`'s defaults before the ablation: one learning rate for Muon and AdamW, no weight
@@ -32,10 +34,11 @@ if __package__ in (None, ""):
 import argparse
 import dataclasses
 import statistics
+import tempfile
 import time
 
 from bench.common import environment_lines, fixed_grid_loader, median_span, print_table, set_threads
-from gpt import make_loaders
+from gpt import ModelCheckpoint, make_loaders
 from gpt.training import evaluate
 from webapp.corpus import sample_corpus, samples
 from webapp.settings import Settings
@@ -45,6 +48,7 @@ from webapp.training import (
     VALID_FRACTION,
     TrainConfig,
     build_model,
+    checkpoint_interval,
     eval_interval,
     prepare_data,
 )
@@ -73,20 +77,26 @@ def train_once(config: TrainConfig, corpus_name: str, variant: str, seed: int) -
     if fixed_grid:
         train_loader = fixed_grid_loader(train_loader, stride)
     model = build_model(config, data.tokenizer, Settings(artifacts=Path("unused")), seed=seed)
+    # As the app: checkpoints every `checkpoint_interval` steps, and the model ends with the best one.
+    saver = ModelCheckpoint(every_n_steps=checkpoint_interval(config.steps), keep_last=2, restore_best=True)
     started = time.perf_counter()
-    model.fit(
-        train_loader,
-        valid_loader,
-        num_epoch=None,  # as the app: the epochs the steps need
-        learning_rate=config.learning_rate,
-        max_steps=config.steps,
-        eval_interval=eval_interval(config.steps),
-        eval_batches=EVAL_BATCHES,
-        progress=False,
-        log_every=None,
-        **fit_options,
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        model.fit(
+            train_loader,
+            valid_loader,
+            num_epoch=None,  # as the app: the epochs the steps need
+            learning_rate=config.learning_rate,
+            callbacks=[saver],
+            checkpoint_dir=folder,
+            max_steps=config.steps,
+            eval_interval=eval_interval(config.steps),
+            eval_batches=EVAL_BATCHES,
+            progress=False,
+            log_every=None,
+            **fit_options,
+        )
     seconds = time.perf_counter() - started
+    print(f"  kept step {saver.best_step} of {config.steps}", flush=True)
     return evaluate(model, valid_loader), seconds
 
 
