@@ -3,6 +3,7 @@
 import inspect
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -204,14 +205,15 @@ def test_ema_decay_0_trains_without_a_weight_average(trained, corpus, tmp_path):
 
 @pytest.mark.slow  # a training process killed and restarted: not in the fast tier
 def test_kill_9_during_training_loses_at_most_the_steps_since_the_last_timed_checkpoint(tmp_path):
-    """`kill -9` mid-epoch: the newest checkpoint (written on the clock, long before the epoch ends)
+    """`kill -9` mid-run: the newest checkpoint (written on the clock, long before the run ends)
     loads, no folder is half-written, and `--resume` continues from it."""
     corpus = tmp_path / "source.txt"
-    corpus.write_text(inspect.getsource(textwrap), encoding="utf-8")  # real text, about 20 KB: 4,000+ steps
+    corpus.write_text(inspect.getsource(textwrap), encoding="utf-8")  # real text, about 20 KB
     out = tmp_path / "model"
     shape = ("--vocab-size", "257", "--context", "16", "--emb", "16", "--heads", "2", "--layers", "1")
     command = [sys.executable, "-m", "gpt", "train", "--data", str(corpus), "--out", str(out), *shape]
-    command += ["--batch-size", "4", "--threads", "1", "--checkpoint-minutes", "0.01"]  # every 0.6 s
+    command += ["--batch-size", "4", "--steps", "100000", "--threads", "1"]  # far longer than the test
+    command += ["--checkpoint-minutes", "0.01"]  # every 0.6 s
     log = (tmp_path / "train.log").open("w")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     training = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -234,14 +236,14 @@ def test_kill_9_during_training_loses_at_most_the_steps_since_the_last_timed_che
         }
     latest = saved[-1]
     step = json.loads((latest / checkpoint.TRAINER_STATE_FILE).read_text())["step"]
-    assert latest.name == checkpoint.step_dir_name(step) and 0 < step < 4000
+    assert latest.name == checkpoint.step_dir_name(step) and 0 < step < 100_000
     assert GPT.load(latest).tokenizer is not None
 
     resumed = run_cli(
         "train", "--data", str(corpus), "--out", str(out), "--resume", "--steps", str(step + 3), "--batch-size", "4"
     )
     assert f"done: {step + 3} steps" in resumed.stdout
-    assert f"resumed from {latest} (epoch 1, step {step})" in resumed.stderr
+    assert re.search(rf"resumed from {re.escape(str(latest))} \(epoch \d+, step {step}\)", resumed.stderr)
     assert GPT.load(out).config == GPT.load(latest).config
 
 
