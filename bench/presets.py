@@ -11,8 +11,9 @@ run on a small text overfits. Every round trains each variant once
 held-out split. Variants (`VARIANTS`):
 - `before`: `fit`'s defaults before the ablation: one learning rate for Muon and AdamW, no weight
   average, a training window at every position (`train_stride=1`);
-- `now`: today's defaults (Muon at 3x, the weight average 0.99, windows that do not overlap and
-  shift each epoch);
+- `now`: today's app: today's defaults (Muon at 3x, the weight average 0.99, windows that do not
+  overlap and shift each epoch), and the run stops once `EARLY_STOP_EVALUATIONS` evaluations in a
+  row found no lower validation loss; `now (every step)` trains all the preset's steps;
 - `window at every position`, `fixed disjoint windows`: today's `fit` on the windows before, and
   on windows that do not overlap but start from the text's start every epoch.
 
@@ -36,13 +37,15 @@ import dataclasses
 import statistics
 import tempfile
 import time
+from typing import NamedTuple
 
 from bench.common import environment_lines, fixed_grid_loader, median_span, print_table, set_threads
-from gpt import ModelCheckpoint, make_loaders
+from gpt import EarlyStopping, ModelCheckpoint, make_loaders
 from gpt.training import evaluate
 from webapp.corpus import sample_corpus, samples
 from webapp.settings import Settings
 from webapp.training import (
+    EARLY_STOP_EVALUATIONS,
     EVAL_BATCHES,
     MODEL_PRESETS,
     VALID_FRACTION,
@@ -56,18 +59,26 @@ from webapp.training import (
 BEFORE = {"muon_lr_scale": 1.0, "ema_decay": None}
 """`fit`'s defaults before the ablation of docs/decisions.md (d997162)."""
 
-VARIANTS: dict[str, tuple[dict, int | None, bool]] = {
-    # name: (fit options, train_stride (None: make_loaders' default, 0: the context), fixed grid)
-    "before": (BEFORE, 1, False),
-    "now": ({}, None, False),
-    "window at every position": ({}, 1, False),  # today's fit, the windows before
-    "fixed disjoint windows": ({}, 0, True),  # today's fit, windows that do not overlap nor shift
+
+class Variant(NamedTuple):
+    fit_options: dict
+    train_stride: int | None  # None: make_loaders' default; 0: the context
+    fixed_grid: bool = False  # windows from the text's start every epoch
+    early_stop: bool = False  # stop as the app does (`EARLY_STOP_EVALUATIONS`)
+
+
+VARIANTS: dict[str, Variant] = {
+    "before": Variant(BEFORE, 1),
+    "now": Variant({}, None, early_stop=True),  # today's app
+    "now (every step)": Variant({}, None),  # today's defaults, without the app's early stop
+    "window at every position": Variant({}, 1),  # today's fit, the windows before
+    "fixed disjoint windows": Variant({}, 0, fixed_grid=True),  # today's fit, windows that do not overlap nor shift
 }
 
 
 def train_once(config: TrainConfig, corpus_name: str, variant: str, seed: int) -> tuple[float, float]:
     """(held-out loss, training seconds) of one app-style training run of `config`."""
-    fit_options, stride, fixed_grid = VARIANTS[variant]
+    fit_options, stride, fixed_grid, early_stop = VARIANTS[variant]
     data = prepare_data(sample_corpus(corpus_name), config)
     ids = [*_ids(data.train_loader), *_ids(data.valid_loader)]
     stride = config.context if stride == 0 else stride
@@ -86,7 +97,7 @@ def train_once(config: TrainConfig, corpus_name: str, variant: str, seed: int) -
             valid_loader,
             num_epoch=None,  # as the app: the epochs the steps need
             learning_rate=config.learning_rate,
-            callbacks=[saver],
+            callbacks=[saver, *([EarlyStopping(patience=EARLY_STOP_EVALUATIONS)] if early_stop else [])],
             checkpoint_dir=folder,
             max_steps=config.steps,
             eval_interval=eval_interval(config.steps),
@@ -96,7 +107,7 @@ def train_once(config: TrainConfig, corpus_name: str, variant: str, seed: int) -
             **fit_options,
         )
     seconds = time.perf_counter() - started
-    print(f"  kept step {saver.best_step} of {config.steps}", flush=True)
+    print(f"  kept step {saver.best_step}, stopped at step {model.history.steps[-1]} of {config.steps}", flush=True)
     return evaluate(model, valid_loader), seconds
 
 

@@ -315,7 +315,9 @@ def test_bad_evaluation_requests_say_why(handlers, base, which, name, pasted, me
 
 def test_evaluation_without_a_model_or_over_the_text_limit(tmp_path):
     handlers = SimpleLLM.create(Settings(artifacts=tmp_path, max_eval_mb=1))
-    assert "no model yet" in error_of(lambda: handlers.models.evaluate("current", None, "text", None, request=Request("a")))
+    assert "no model yet" in error_of(
+        lambda: handlers.models.evaluate("current", None, "text", None, request=Request("a"))
+    )
     too_long = "a" * (1024 * 1024 + 1)
     assert "over the limit" in error_of(
         lambda: handlers.models.evaluate("current", None, too_long, None, request=Request("a"))
@@ -378,3 +380,36 @@ def test_a_character_split_across_tokens_is_one_piece():
     pieces = insight.surprise_pieces(ids, losses, tokenizer)
     assert [p.text for p in pieces] == ["a", "é"]
     assert pieces[1].probability == pytest.approx(math.exp(-0.5))
+
+
+@pytest.mark.parametrize("lang, early", [("en", "Stopped early"), ("ru", "Остановлено досрочно")])
+def test_a_run_whose_validation_loss_stops_falling_stops_early_and_resume_goes_on(
+    handlers, files, monkeypatch, lang, early
+):
+    """The app keeps a run's best checkpoint, so once `EARLY_STOP_EVALUATIONS` evaluations in a row
+    found nothing lower, it stops instead of spending the rest of its steps learning the text by heart."""
+    request = Request(f"early-{lang}", lang)
+    _scripted_validation(monkeypatch, first=3.0, then=3.5)  # the first evaluation stays the best
+    *_, (status, *_) = train(handlers, request, [files["first"]], steps=300)
+    job = handlers.services.session(request).job
+    interval, patience = training.eval_interval(300), training.EARLY_STOP_EVALUATIONS
+    assert interval == 10 and job.stop_reason == "early_stopping"
+    assert job.steps_done == (1 + patience) * interval and job.kept_step == interval
+    assert [step for step, _ in job.trainer.history.evaluations] == [interval * (i + 1) for i in range(1 + patience)]
+    message = t(lang, "train.early_stop", step=job.steps_done, steps=300, evaluations=patience)
+    assert early in status and message in status and t(lang, "train.kept_best", **_kept(job)) in status
+    assert_same_weights(handlers.services.session(request).model, GPT.load(job.checkpoint_dir / "best"))
+
+    *_, (status, *_) = handlers.train.resume(300, request=request)  # on from step 70, the best still step 10
+    job = handlers.services.session(request).job
+    assert job.stop_reason == "early_stopping" and job.steps_done == 70 + patience * interval
+    assert job.kept_step == interval and early in status
+
+
+def _kept(job) -> dict:
+    return {
+        "best": "3.000",
+        "best_step": job.kept_step,
+        "last": f"{job.trainer.validation_loss:.3f}",
+        "step": job.steps_done,
+    }

@@ -31,6 +31,7 @@ import torch
 from gpt import (
     GPT,
     Callback,
+    EarlyStopping,
     GPTConfig,
     ModelCheckpoint,
     Tokenizer,
@@ -59,6 +60,11 @@ ABANDONED_S = 120.0  # nobody polled the job for this long (the page is gone): s
 PLOT_POINTS = 400
 STOPPED = "stopped"
 ABANDONED = "abandoned"
+EARLY_STOP_EVALUATIONS = 6
+"""A run stops once this many evaluations in a row (a fifth of a run's 30) found no lower validation
+loss than its best: the app keeps the best checkpoint, so further steps would only learn the text
+by heart (bench/presets.py; docs/performance.md). Resume goes on from the last step, under the
+same rule (`EarlyStopping` remembers the best of the run's history)."""
 TRAIN_NICE = 10  # training yields the CPU to generation requests (bench/webapp_latency.py; docs/decisions.md)
 
 
@@ -421,7 +427,7 @@ class TrainingJob:
                 data.valid_loader,
                 num_epoch=None,  # as many as the steps need
                 learning_rate=self.config.learning_rate,
-                callbacks=[_Reporter(self), self.checkpointer],
+                callbacks=[_Reporter(self), self.checkpointer, EarlyStopping(patience=EARLY_STOP_EVALUATIONS)],
                 checkpoint_dir=self.checkpoint_dir,
                 max_steps=self.config.steps,
                 max_time=self.max_minutes * 60,
@@ -678,6 +684,10 @@ def outcome_text(job: TrainingJob, lang: str) -> str:
     reason = job.stop_reason
     if reason in (None, "max_steps") or job.completed:
         text = t(lang, "train.finished", step=job.steps_done)
+    elif reason == "early_stopping":
+        text = t(
+            lang, "train.early_stop", step=job.steps_done, steps=job.config.steps, evaluations=EARLY_STOP_EVALUATIONS
+        )
     elif reason == "max_time":
         text = t(lang, "train.time_limit", step=job.steps_done, minutes=f"{job.max_minutes:g}")
     else:
