@@ -118,7 +118,21 @@ FIFTH_ROUND: dict[str, tuple] = {
     "window at every position": ({}, {}, {"stride": 1}),  # the fourth round's default
     "rotary (shifting windows)": ({"rotary": True}, {}),
 }
-VARIANTS.update(FIFTH_ROUND)
+SIXTH_ROUND: dict[str, tuple] = {
+    # On today's defaults, GPT-2's layout kept: a position table that starts (or stays) sinusoidal,
+    # and training settings not measured on top of Muon.
+    "sinusoidal positions": ({}, {}, {"patch": "sinusoidal positions"}),
+    "sinusoidal positions (frozen)": ({}, {}, {"patch": "sinusoidal positions (frozen)"}),
+    "no clipping": ({}, {"grad_clip": None}),
+    "adamw beta2 0.95": ({}, {"betas": (0.9, 0.95)}),
+    "muon lr x4": ({}, {"muon_lr_scale": 4.0}),
+    "ema 0.995 (shifting windows)": ({}, {"ema_decay": 0.995}),
+    "token table std 0.06": ({}, {}, {"patch": "token table std 0.06"}),
+    "cooldown 30%": ({}, {}, {"patch": "cooldown 30%"}),
+    "cooldown 50%": ({}, {}, {"patch": "cooldown 50%"}),
+}
+ON_SHIFTING_WINDOWS = {**FIFTH_ROUND, **SIXTH_ROUND}
+VARIANTS.update(ON_SHIFTING_WINDOWS)
 """The ablation's variants: (GPTConfig fields, fit options[, run options]), each on top of the
 defaults. Run options (`bench.quality.run`): `batch` (sequences a step; with `max_seq_len` in the
 GPTConfig fields it trades batch for context at the same tokens a step), `stride` (train windows
@@ -131,7 +145,7 @@ def variant(name: str) -> tuple[dict, dict, dict]:
     """`VARIANTS[name]` as (GPTConfig fields, fit options, run options)."""
     model, fit, *rest = VARIANTS[name]
     run = rest[0] if rest else {}
-    if name not in FIFTH_ROUND:
+    if name not in ON_SHIFTING_WINDOWS:
         run = {"stride": 1, **run}
     return model, fit, run
 

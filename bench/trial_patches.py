@@ -9,6 +9,15 @@ ones that pay become `GPTConfig` options with export support; the others stay me
   whole head), instead of the learned position table (zeroed and frozen). It paid, and is now
   `GPTConfig(rotary=True)` (the same rotation; without the table, the initial weights' random draws
   differ); the patch stays so that its logged runs can be repeated.
+- "sinusoidal positions": the learned position table starts as the Transformer's sine and cosine
+  table (base 10,000) at the token table's scale (RMS 0.02), and trains; "(frozen)" keeps it so.
+  The layout stays GPT-2's: a checkpoint so trained still loads in `GPT2LMHeadModel`.
+- "token table std 0.06": the (tied) token table starts at 3x GPT-2's 0.02, so that AdamW's
+  first steps of about the learning rate change it less in proportion, and the first logits are
+  3x larger. The layout stays GPT-2's.
+- "cooldown 30%" / "cooldown 50%": not the model but its schedule. The learning rate warms up as
+  `fit`'s does, stays at its peak, then falls linearly to 0 over the last 30% (50%) of the steps
+  (warmup-stable-decay, as modded-nanogpt trains) instead of the cosine to 0.1x.
 - "value embeddings": each block adds a token embedding table of its own (vocab x attention width,
   std 0.02) to its attention values, as modded-nanogpt does; AdamW trains the tables.
 """
@@ -21,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpt import GPT
+from gpt import GPT, Callback
 
 
 def rmsnorm(model: GPT) -> None:
@@ -46,6 +55,44 @@ def rotary(model: GPT) -> None:
         _patch_block(block, queries_keys=rotate)
     nn.init.zeros_(model.transformer.wpe.weight)
     model.transformer.wpe.weight.requires_grad_(False)
+
+
+def sinusoidal_positions(model: GPT, frozen: bool = False, rms: float = 0.02) -> None:
+    table = model.transformer.wpe.weight
+    positions, width = table.shape
+    inverse = 1.0 / 10000 ** (torch.arange(0, width, 2, dtype=torch.float32) / width)
+    angles = torch.outer(torch.arange(positions, dtype=torch.float32), inverse)
+    sines = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # RMS sqrt(1/2)
+    with torch.no_grad():
+        table.copy_(sines * (rms * 2**0.5))
+    table.requires_grad_(not frozen)
+
+
+def token_table_std(model: GPT, std: float) -> None:
+    nn.init.normal_(model.transformer.wte.weight, std=std)
+
+
+def cooldown(model: GPT, fraction: float) -> None:
+    """`model.fit` trains with a warmup-stable-decay schedule whose decay takes the last `fraction`."""
+    fit = model.fit
+
+    class StableThenLinear(Callback):
+        def on_train_begin(self, trainer) -> None:
+            cosine = trainer.schedule
+            decay_from = round(cosine.total_steps * (1 - fraction))
+
+            def schedule(step: int) -> float:
+                if step < cosine.warmup_steps:
+                    return cosine(step)
+                left = (cosine.total_steps - step) / (cosine.total_steps - decay_from)
+                return cosine.peak_lr * min(1.0, left)
+
+            trainer.schedule = schedule
+
+    def patched(*args, callbacks=(), **kwargs):
+        return fit(*args, callbacks=[*callbacks, StableThenLinear()], **kwargs)
+
+    model.fit = patched
 
 
 def value_embeddings(model: GPT) -> None:
@@ -102,4 +149,9 @@ PATCHES: dict[str, Callable[[GPT], None]] = {
     "rmsnorm": rmsnorm,
     "rotary": rotary,
     "value embeddings": value_embeddings,
+    "sinusoidal positions": sinusoidal_positions,
+    "sinusoidal positions (frozen)": lambda model: sinusoidal_positions(model, frozen=True),
+    "token table std 0.06": lambda model: token_table_std(model, 0.06),
+    "cooldown 30%": lambda model: cooldown(model, 0.3),
+    "cooldown 50%": lambda model: cooldown(model, 0.5),
 }

@@ -213,7 +213,11 @@ def test_ablate_bench(tmp_path: Path) -> None:
     assert records[2]["parameters"] == records[0]["parameters"] + 64 * 128
 
 
-@pytest.mark.parametrize("name", ["rmsnorm", "rotary", "value embeddings"])
+@pytest.mark.parametrize(
+    "name",
+    ["rmsnorm", "rotary", "value embeddings", "sinusoidal positions", "sinusoidal positions (frozen)",
+     "token table std 0.06"],
+)  # fmt: skip
 def test_a_trial_patch_changes_the_model_and_it_still_learns(name: str) -> None:
     import torch
 
@@ -239,11 +243,42 @@ def test_a_trial_patch_changes_the_model_and_it_still_learns(name: str) -> None:
         assert torch.allclose(one_layer(order)[0, -1], one_layer(swapped)[0, -1], atol=1e-5)
         PATCHES[name](one_layer)
         assert not torch.allclose(one_layer(order)[0, -1], one_layer(swapped)[0, -1], atol=1e-2)
+    if name.startswith("sinusoidal positions"):  # the Transformer's table at the token table's scale
+        table = patched.transformer.wpe.weight
+        assert table.requires_grad == (name == "sinusoidal positions")
+        assert torch.allclose(table[5, 2:4], 0.02 * 2**0.5 * torch.tensor([math.sin(5 / 10000 ** (2 / 32)),
+                                                                          math.cos(5 / 10000 ** (2 / 32))]))  # fmt: skip
+        assert torch.allclose(table.square().mean().sqrt(), torch.tensor(0.02), rtol=0.05)
+    if name == "token table std 0.06":
+        assert (
+            0.05 < patched.transformer.wte.weight.std() < 0.07
+            and patched.lm_head.weight is patched.transformer.wte.weight
+        )
     if name == "value embeddings":
         assert len(patched.value_embeds) == 2 and all(t.weight.requires_grad for t in patched.value_embeds)
     train, _ = make_loaders(torch.randperm(64).repeat(40), 16, 8, valid_fraction=0.0)  # one text, repeated
     patched.fit(train, num_epoch=None, max_steps=40, progress=False, log_every=None, ema_decay=None)
     assert patched.history.loss[-1] < patched.history.loss[0] - 1.0
+
+
+@pytest.mark.parametrize("name, fraction", [("cooldown 30%", 0.3), ("cooldown 50%", 0.5)])
+def test_the_cooldown_trial_holds_the_peak_then_falls_linearly_to_zero(name: str, fraction: float) -> None:
+    import torch
+
+    from bench.trial_patches import PATCHES
+    from gpt import GPT, make_loaders
+
+    model = GPT(vocab_size=64, max_seq_len=16, emb_size=32, num_heads=4, num_layers=1)
+    PATCHES[name](model)
+    train, _ = make_loaders(torch.randperm(64).repeat(40), 16, 8, valid_fraction=0.0)
+    model.fit(train, num_epoch=None, max_steps=100, learning_rate=1e-3, progress=False, log_every=None)
+    lr = model.history.learning_rate
+    stable_until = round(100 * (1 - fraction))
+    assert lr[:5] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3])  # fit's warmup: 5% of the steps
+    assert lr[5 : stable_until + 1] == pytest.approx([1e-3] * (stable_until - 4))
+    assert lr[stable_until:] == pytest.approx(
+        [1e-3 * (100 - s) / (100 - stable_until) for s in range(stable_until, 100)]
+    )
 
 
 def test_ablate_speed_bench() -> None:
