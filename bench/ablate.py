@@ -123,6 +123,8 @@ SIXTH_ROUND: dict[str, tuple] = {
     # and training settings not measured on top of Muon.
     "sinusoidal positions": ({}, {}, {"patch": "sinusoidal positions"}),
     "sinusoidal positions (frozen)": ({}, {}, {"patch": "sinusoidal positions (frozen)"}),
+    "sinusoidal positions x5": ({}, {}, {"patch": "sinusoidal positions x5"}),
+    "sinusoidal positions x5 (frozen)": ({}, {}, {"patch": "sinusoidal positions x5 (frozen)"}),
     "no clipping": ({}, {"grad_clip": None}),
     "adamw beta2 0.95": ({}, {"betas": (0.9, 0.95)}),
     "muon lr x4": ({}, {"muon_lr_scale": 4.0}),

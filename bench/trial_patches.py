@@ -10,7 +10,8 @@ ones that pay become `GPTConfig` options with export support; the others stay me
   `GPTConfig(rotary=True)` (the same rotation; without the table, the initial weights' random draws
   differ); the patch stays so that its logged runs can be repeated.
 - "sinusoidal positions": the learned position table starts as the Transformer's sine and cosine
-  table (base 10,000) at the token table's scale (RMS 0.02), and trains; "(frozen)" keeps it so.
+  table (base 10,000) at the token table's scale (RMS 0.02), and trains; "(frozen)" keeps it so;
+  "x5" starts it at RMS 0.1, so that it is not the small random start AdamW's first steps replace.
   The layout stays GPT-2's: a checkpoint so trained still loads in `GPT2LMHeadModel`.
 - "token table std 0.06": the (tied) token table starts at 3x GPT-2's 0.02, so that AdamW's
   first steps of about the learning rate change it less in proportion, and the first logits are
@@ -151,6 +152,8 @@ PATCHES: dict[str, Callable[[GPT], None]] = {
     "value embeddings": value_embeddings,
     "sinusoidal positions": sinusoidal_positions,
     "sinusoidal positions (frozen)": lambda model: sinusoidal_positions(model, frozen=True),
+    "sinusoidal positions x5": lambda model: sinusoidal_positions(model, rms=0.1),
+    "sinusoidal positions x5 (frozen)": lambda model: sinusoidal_positions(model, frozen=True, rms=0.1),
     "token table std 0.06": lambda model: token_table_std(model, 0.06),
     "cooldown 30%": lambda model: cooldown(model, 0.3),
     "cooldown 50%": lambda model: cooldown(model, 0.5),
