@@ -130,6 +130,7 @@ SIXTH_ROUND: dict[str, tuple] = {
     "muon lr x4": ({}, {"muon_lr_scale": 4.0}),
     "ema 0.995 (shifting windows)": ({}, {"ema_decay": 0.995}),
     "token table std 0.06": ({}, {}, {"patch": "token table std 0.06"}),
+    "muon on q k v apart": ({}, {}, {"patch": "muon on q, k, v apart"}),
     "cooldown 30%": ({}, {}, {"patch": "cooldown 30%"}),
     "cooldown 50%": ({}, {}, {"patch": "cooldown 50%"}),
 }

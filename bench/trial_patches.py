@@ -16,6 +16,10 @@ ones that pay become `GPTConfig` options with export support; the others stay me
 - "token table std 0.06": the (tied) token table starts at 3x GPT-2's 0.02, so that AdamW's
   first steps of about the learning rate change it less in proportion, and the first logits are
   3x larger. The layout stays GPT-2's.
+- "muon on q, k, v apart": each block's fused query-key-value matrix becomes three matrices (the
+  same initial values, split), so that Muon orthogonalises the queries', keys' and values' updates
+  each on its own, as modded-nanogpt does, instead of the three together. The layout, and so a
+  checkpoint, could stay GPT-2's: only the optimizer sees them apart.
 - "cooldown 30%" / "cooldown 50%": not the model but its schedule. The learning rate warms up as
   `fit`'s does, stays at its peak, then falls linearly to 0 over the last 30% (50%) of the steps
   (warmup-stable-decay, as modded-nanogpt trains) instead of the cosine to 0.1x.
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpt import GPT, Callback
+from gpt.model import Conv1D
 
 
 def rmsnorm(model: GPT) -> None:
@@ -71,6 +76,28 @@ def sinusoidal_positions(model: GPT, frozen: bool = False, rms: float = 0.02) ->
 
 def token_table_std(model: GPT, std: float) -> None:
     nn.init.normal_(model.transformer.wte.weight, std=std)
+
+
+class _ApartQKV(nn.Module):
+    def __init__(self, fused: nn.Module) -> None:
+        super().__init__()
+        parts = fused.weight.detach().chunk(3, dim=1)  # Conv1D: [in, 3 x out]
+        biases = fused.bias.detach().chunk(3) if fused.bias is not None else [None] * 3
+        self.q, self.k, self.v = (
+            Conv1D(part.shape[0], part.shape[1], bias=b is not None) for part, b in zip(parts, biases)
+        )
+        for layer, part, bias in zip((self.q, self.k, self.v), parts, biases):
+            layer.weight.data.copy_(part)
+            if bias is not None:
+                layer.bias.data.copy_(bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat((self.q(x), self.k(x), self.v(x)), dim=-1)
+
+
+def qkv_apart(model: GPT) -> None:
+    for block in model.transformer.h:
+        block.attn.c_attn = _ApartQKV(block.attn.c_attn)
 
 
 def cooldown(model: GPT, fraction: float) -> None:
@@ -155,6 +182,7 @@ PATCHES: dict[str, Callable[[GPT], None]] = {
     "sinusoidal positions x5": lambda model: sinusoidal_positions(model, rms=0.1),
     "sinusoidal positions x5 (frozen)": lambda model: sinusoidal_positions(model, frozen=True, rms=0.1),
     "token table std 0.06": lambda model: token_table_std(model, 0.06),
+    "muon on q, k, v apart": qkv_apart,
     "cooldown 30%": lambda model: cooldown(model, 0.3),
     "cooldown 50%": lambda model: cooldown(model, 0.5),
 }

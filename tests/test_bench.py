@@ -261,6 +261,29 @@ def test_a_trial_patch_changes_the_model_and_it_still_learns(name: str) -> None:
     assert patched.history.loss[-1] < patched.history.loss[0] - 1.0
 
 
+def test_the_qkv_apart_trial_keeps_the_function_and_gives_muon_three_matrices_a_block() -> None:
+    import torch
+
+    from bench.trial_patches import PATCHES
+    from gpt import GPT, make_loaders
+    from gpt.training import Trainer, TrainingOptions
+
+    shape = dict(vocab_size=64, max_seq_len=16, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
+    torch.manual_seed(0)
+    plain = GPT(**shape)
+    torch.manual_seed(0)
+    patched = GPT(**shape)
+    PATCHES["muon on q, k, v apart"](patched)
+    x = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(plain(x), patched(x), atol=1e-6)  # the same model
+    train, _ = make_loaders(torch.randperm(64).repeat(40), 16, 8, valid_fraction=0.0)
+    muon = Trainer(patched, train, None, TrainingOptions(max_steps=1)).optimizer.optimizers[0]
+    shapes = [tuple(p.shape) for p in muon.param_groups[0]["params"]]
+    assert shapes.count((32, 32)) == 3 * 2 + 2 and (32, 96) not in shapes  # q, k, v and c_proj per block
+    patched.fit(train, num_epoch=None, max_steps=40, progress=False, log_every=None, ema_decay=None)
+    assert patched.history.loss[-1] < patched.history.loss[0] - 1.0
+
+
 @pytest.mark.parametrize("name, fraction", [("cooldown 30%", 0.3), ("cooldown 50%", 0.5)])
 def test_the_cooldown_trial_holds_the_peak_then_falls_linearly_to_zero(name: str, fraction: float) -> None:
     import torch
