@@ -119,6 +119,7 @@ FIFTH_ROUND: dict[str, tuple] = {
     "rotary (shifting windows)": ({"rotary": True}, {}),
 }
 SIXTH_ROUND: dict[str, tuple] = {
+    "default (fused qkv)": ({}, {}),  # the default until Muon took the query, key and value weights apart
     # On today's defaults, GPT-2's layout kept: a position table that starts (or stays) sinusoidal,
     # and training settings not measured on top of Muon.
     "sinusoidal positions": ({}, {}, {"patch": "sinusoidal positions"}),
@@ -144,10 +145,17 @@ shifts them each epoch, `fixed_grid` does not) and `patch` (an
 architecture change of `bench.trial_patches`)."""
 
 
+FUSED_QKV = {"muon_qkv_apart": False}
+"""`fit`'s default until the sixth round: Muon orthogonalised each block's query-key-value matrix whole."""
+
+
 def variant(name: str) -> tuple[dict, dict, dict]:
-    """`VARIANTS[name]` as (GPTConfig fields, fit options, run options)."""
+    """`VARIANTS[name]` as (GPTConfig fields, fit options, run options). Every variant but "default"
+    was measured with Muon on the fused query-key-value matrices, and runs so (`FUSED_QKV`)."""
     model, fit, *rest = VARIANTS[name]
     run = rest[0] if rest else {}
+    if name != "default":
+        fit = {**FUSED_QKV, **fit}
     if name not in ON_SHIFTING_WINDOWS:
         run = {"stride": 1, **run}
     return model, fit, run

@@ -56,7 +56,7 @@ from webapp.training import (
     prepare_data,
 )
 
-BEFORE = {"muon_lr_scale": 1.0, "ema_decay": None}
+BEFORE = {"muon_lr_scale": 1.0, "ema_decay": None, "muon_qkv_apart": False}
 """`fit`'s defaults before the ablation of docs/decisions.md (d997162)."""
 
 

@@ -18,8 +18,10 @@ ones that pay become `GPTConfig` options with export support; the others stay me
   3x larger. The layout stays GPT-2's.
 - "muon on q, k, v apart": each block's fused query-key-value matrix becomes three matrices (the
   same initial values, split), so that Muon orthogonalises the queries', keys' and values' updates
-  each on its own, as modded-nanogpt does, instead of the three together. The layout, and so a
-  checkpoint, could stay GPT-2's: only the optimizer sees them apart.
+  each on its own, as modded-nanogpt does, instead of the three together. It paid, and is now
+  `fit`'s default (`muon_qkv_apart=True`: the model keeps its fused matrix, the optimizer sees the
+  three blocks); the patch stays so that its logged runs can be repeated (with
+  `muon_qkv_apart=False`, as `bench/ablate.py` runs it).
 - "cooldown 30%" / "cooldown 50%": not the model but its schedule. The learning rate warms up as
   `fit`'s does, stays at its peak, then falls linearly to 0 over the last 30% (50%) of the steps
   (warmup-stable-decay, as modded-nanogpt trains) instead of the cosine to 0.1x.

@@ -162,6 +162,12 @@ def _add_fit_arguments(fit: argparse._ArgumentGroup) -> None:
         help="muon: Muon for the block matrices, AdamW for the rest; adamw: AdamW everywhere (default: %(default)s)",
     )
     fit.add_argument(
+        "--muon-fused-qkv",
+        action="store_true",
+        help="Muon on each block's fused query-key-value matrix whole (muon_qkv_apart=False), as before "
+        "it took them apart: to resume a checkpoint written then",
+    )
+    fit.add_argument(
         "--ema-decay",
         type=_decay,
         default=TrainingOptions.ema_decay,
@@ -358,6 +364,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         max_time=args.max_time,
         eval_interval=args.eval_interval,
         optimizer=args.optimizer,
+        muon_qkv_apart=not args.muon_fused_qkv,
         ema_decay=args.ema_decay,
         precision=args.precision,
         resume=resume_from is not None,

@@ -70,6 +70,9 @@ class TrainingOptions:
     # Muon's learning rate is learning_rate * muon_lr_scale: 3x reached about 0.015 nats/byte lower in
     # nanoGPT's budget than one learning rate for all (bench/ablate.py; docs/decisions.md).
     muon_lr_scale: float = 3.0
+    # Muon orthogonalises each block's query, key and value weights apart, not as GPT-2's one fused
+    # matrix: 0.007 nats/byte lower in that budget (gpt/optim.py; docs/decisions.md, sixth round).
+    muon_qkv_apart: bool = True
     embedding_lr_scale: float = 1.0  # the embeddings' (and an untied head's) learning rate is learning_rate * this
     grad_clip: float | None = 1.0  # largest global gradient norm; None: no clipping
     # Decay per optimizer step of the weight average (`WeightEMA`) that evaluations measure, checkpoints
@@ -267,6 +270,7 @@ class Trainer:
             muon_momentum=options.muon_momentum,
             embedding_lr_scale=options.embedding_lr_scale,
             muon_lr_scale=options.muon_lr_scale,
+            qkv_apart=options.muon_qkv_apart,
         )
         self.module: torch.nn.Module = model  # what the forward pass runs: the model, or its DDP wrapper
         if self.dist is not None:
@@ -339,7 +343,7 @@ class Trainer:
             "batch": self.batch,
             "epoch_loss": self._epoch_loss,
             "world_size": self.world_size,
-            "optimizer": self.options.optimizer,
+            **_optimizer_layout(self.options.optimizer, self.options.muon_qkv_apart),
             "schedule": asdict(self.schedule),
             "history": self.history.to_dict(),
         }
@@ -498,10 +502,11 @@ class Trainer:
             return
         if checkpoint.read_config(folder) != self.model.config:
             raise CheckpointError(f"{folder / checkpoint.CONFIG_FILE}: does not match the model being trained")
-        saved = _saved_optimizer(folder)
-        if saved not in (None, self.options.optimizer):
+        saved = _saved_optimizer_layout(folder)
+        if saved not in (None, _optimizer_layout(self.options.optimizer, self.options.muon_qkv_apart)):
+            settings = ", ".join(f"{name}={value!r}" for name, value in saved.items())
             file = folder / checkpoint.TRAINER_STATE_FILE
-            raise CheckpointError(f"{file}: trained with optimizer={saved!r}; resume it with optimizer={saved!r}")
+            raise CheckpointError(f"{file}: trained with {settings}; resume it with {settings}")
         checkpoint.read_weights(self.model, folder)  # the average, if the run kept one
         if self.ema is not None:
             self.ema.start(self.model)
@@ -611,11 +616,17 @@ def _lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
 
 
-def _saved_optimizer(folder: Path) -> str | None:
-    """The optimizer a checkpoint was trained with ("adamw" before it was recorded); None if unreadable."""
+def _optimizer_layout(optimizer: str, muon_qkv_apart: bool) -> dict[str, Any]:
+    """The options that shape the optimizer state a checkpoint saves (and a resume must repeat)."""
+    return {"optimizer": optimizer, **({"muon_qkv_apart": muon_qkv_apart} if optimizer == "muon" else {})}
+
+
+def _saved_optimizer_layout(folder: Path) -> dict[str, Any] | None:
+    """`_optimizer_layout` of a checkpoint, as it was before each option was recorded ("adamw", then
+    Muon on fused query-key-value matrices); None if unreadable."""
     try:
         state = json.loads((folder / checkpoint.TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-        return state.get("optimizer", "adamw")
+        return _optimizer_layout(state.get("optimizer", "adamw"), state.get("muon_qkv_apart", False))
     except (OSError, ValueError, AttributeError):
         return None  # read_training_state reports what is wrong with the file
 

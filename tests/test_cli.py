@@ -158,6 +158,14 @@ def test_resume_continues_from_the_latest_checkpoint(trained, corpus):
     assert "done: 9 steps" in result.stdout
 
 
+def test_a_checkpoint_of_muon_on_fused_matrices_resumes_with_its_flag(tmp_path, corpus):
+    common = ("train", "--data", str(corpus), "--out", str(tmp_path / "m"), "--batch-size", "8", "--threads", "1")
+    run_cli(*common, "--steps", "3", "--muon-fused-qkv")
+    refused = run_cli(*common, "--steps", "5", "--resume", check=False)
+    assert refused.returncode == 2 and "muon_qkv_apart=False" in refused.stderr, refused.stderr
+    assert "done: 5 steps" in run_cli(*common, "--steps", "5", "--resume", "--muon-fused-qkv").stdout
+
+
 def test_bad_input_gives_a_clear_error(tmp_path, trained):
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"\x00\x01\x02\xff" * 10)

@@ -152,22 +152,70 @@ def test_resuming_with_another_optimizer_is_a_clear_error(tmp_path):
     assert history.steps == [1, 2, 3, 4]
 
 
+def test_a_checkpoint_of_muon_on_fused_matrices_resumes_only_so(tmp_path):
+    """Checkpoints before `muon_qkv_apart` hold one Muon buffer per fused query-key-value matrix
+    (their trainer state does not record the option); the default's state has three."""
+    train, _ = byte_loaders(SMALL_TEXT)
+    tiny_model().fit(train, max_steps=2, checkpoint_dir=tmp_path, muon_qkv_apart=False, progress=False)
+    state_file = checkpoint.latest_checkpoint(tmp_path) / checkpoint.TRAINER_STATE_FILE
+    state = json.loads(state_file.read_text())
+    assert state["optimizer"] == "muon" and state.pop("muon_qkv_apart") is False
+    state_file.write_text(json.dumps(state))  # as written before the option existed
+    with pytest.raises(checkpoint.CheckpointError, match="resume it with optimizer='muon', muon_qkv_apart=False"):
+        tiny_model().fit(train, max_steps=4, checkpoint_dir=tmp_path, resume=True, progress=False)
+    history = tiny_model().fit(
+        train, max_steps=4, checkpoint_dir=tmp_path, resume=True, muon_qkv_apart=False, progress=False
+    )
+    assert history.steps == [1, 2, 3, 4]
+
+
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     model = tiny_model()
     train, _ = byte_loaders(SMALL_TEXT)
     trainer = Trainer(model, train, None, TrainingOptions(weight_decay=0.1))  # optimizer="muon" by default
     muon, adamw = trainer.optimizer.optimizers
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    fused = {id(block.attn.c_attn.weight) for block in model.transformer.h}
     matrices = {id(p) for block in model.transformer.h for p in block.parameters() if p.dim() == 2}
-    assert {id(p) for group in muon.param_groups for p in group["params"]} == matrices
+    blocks = [b for matrix in trainer.optimizer.fused for b in matrix.blocks]  # each c_attn as q, k, v
+    assert {id(p) for group in muon.param_groups for p in group["params"]} == (matrices - fused) | set(map(id, blocks))
+    assert {id(matrix.fused) for matrix in trainer.optimizer.fused} == fused and len(blocks) == 3 * len(fused)
     assert muon.param_groups[0]["lr_scale"] == 3.0  # the default: Muon at 3x the schedule's learning rate
     decay, no_decay = adamw.param_groups
     assert {id(p) for p in decay["params"]} == {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
     assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
     params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
-    assert len({id(p) for p in params}) == len(params) == len(list(model.parameters()))
+    assert len({id(p) for p in params}) == len(params) == len(list(model.parameters())) + 2 * len(fused)
     history = model.fit(train, max_steps=5, progress=False)
     assert history.loss[-1] < history.loss[0]
+
+
+@pytest.mark.parametrize("apart", [True, False])
+def test_muon_orthogonalises_the_query_key_value_matrix_block_by_block(apart):
+    """Each block's fused `c_attn` ([emb, 3 x attn]) takes the update torch's Muon gives the query,
+    key and value matrices as three parameters (`muon_qkv_apart`, the default), or as one."""
+    model = tiny_model()
+    train, _ = byte_loaders(SMALL_TEXT)
+    trainer = Trainer(model, train, None, TrainingOptions(warmup_steps=0, muon_qkv_apart=apart, grad_clip=None))
+    weight = model.transformer.h[0].attn.c_attn.weight
+    start, grad = weight.detach().clone(), torch.randn_like(weight)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    weight.grad = grad.clone()
+    muon = trainer.optimizer.optimizers[0]
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 1e-2 * group.get("lr_scale", 1.0)
+    trainer.optimizer.step()
+
+    pieces = [torch.nn.Parameter(p.clone()) for p in (start.chunk(3, dim=1) if apart else [start])]
+    for piece, part in zip(pieces, grad.chunk(3, dim=1) if apart else [grad]):
+        piece.grad = part.clone()
+    settings = {k: muon.param_groups[0][k] for k in ("weight_decay", "momentum", "nesterov", "adjust_lr_fn")}
+    reference = torch.optim.Muon(pieces, lr=3e-2, **settings)  # Muon at 3x
+    reference.step()
+    assert torch.equal(weight.detach(), torch.cat([p.detach() for p in pieces], dim=1))
+    trainer.optimizer.zero_grad()
+    assert weight.grad is None and all(b.grad is None for m in trainer.optimizer.fused for b in m.blocks)
 
 
 def test_embedding_lr_scale_and_muon_momentum():
@@ -181,7 +229,7 @@ def test_embedding_lr_scale_and_muon_momentum():
     assert decay["params"] == [] and tables["lr_scale"] == 4.0 and tables["weight_decay"] == 0.1
     assert {id(p) for p in tables["params"]} == {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
     params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
-    assert len({id(p) for p in params}) == len(params) == len(list(model.parameters()))
+    assert len({id(p) for p in params}) == len(params) == len(list(model.parameters())) + 2 * model.config.num_layers
     with pytest.raises(ValueError, match="embedding_lr_scale must be > 0"):
         TrainingOptions(embedding_lr_scale=0.0)
     with pytest.raises(ValueError, match=r"muon_momentum must be in \[0, 1\)"):
