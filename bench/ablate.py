@@ -119,9 +119,10 @@ FIFTH_ROUND: dict[str, tuple] = {
     "rotary (shifting windows)": ({"rotary": True}, {}),
 }
 SIXTH_ROUND: dict[str, tuple] = {
+    # On the defaults then (Muon on the fused query-key-value matrices), GPT-2's layout kept: a
+    # position table that starts (or stays) sinusoidal, training settings not measured on top of
+    # Muon, and Muon on the query, key and value weights apart, today's default.
     "default (fused qkv)": ({}, {}),  # the default until Muon took the query, key and value weights apart
-    # On today's defaults, GPT-2's layout kept: a position table that starts (or stays) sinusoidal,
-    # and training settings not measured on top of Muon.
     "sinusoidal positions": ({}, {}, {"patch": "sinusoidal positions"}),
     "sinusoidal positions (frozen)": ({}, {}, {"patch": "sinusoidal positions (frozen)"}),
     "sinusoidal positions x5": ({}, {}, {"patch": "sinusoidal positions x5"}),
@@ -151,10 +152,11 @@ FUSED_QKV = {"muon_qkv_apart": False}
 
 def variant(name: str) -> tuple[dict, dict, dict]:
     """`VARIANTS[name]` as (GPTConfig fields, fit options, run options). Every variant but "default"
-    was measured with Muon on the fused query-key-value matrices, and runs so (`FUSED_QKV`)."""
+    (and "custom", today's defaults with --model / --fit) was measured with Muon on the fused
+    query-key-value matrices, and runs so (`FUSED_QKV`)."""
     model, fit, *rest = VARIANTS[name]
     run = rest[0] if rest else {}
-    if name != "default":
+    if name not in ("default", "custom"):
         fit = {**FUSED_QKV, **fit}
     if name not in ON_SHIFTING_WINDOWS:
         run = {"stride": 1, **run}

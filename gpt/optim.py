@@ -66,8 +66,9 @@ def make_optimizer(
     if name == "adamw":
         return _adamw(params, learning_rate, weight_decay, betas, device, embeddings, embedding_lr_scale)
     in_blocks = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2}
-    fused = [FusedBlocks(block.attn.c_attn.weight, 3) for block in model.transformer.h] if qkv_apart else []
-    apart = {id(f.fused): f.blocks for f in fused if f.fused.requires_grad}
+    qkv = [block.attn.c_attn.weight for block in model.transformer.h] if qkv_apart else []
+    fused = [FusedBlocks(weight, 3) for weight in qkv if weight.requires_grad]
+    apart = {id(f.fused): f.blocks for f in fused}
     muon = torch.optim.Muon(
         [q for p in params if id(p) in in_blocks for q in apart.get(id(p), [p])],
         lr=learning_rate,
@@ -79,7 +80,7 @@ def make_optimizer(
         muon.param_groups[0]["lr_scale"] = muon_lr_scale
     rest = [p for p in params if id(p) not in in_blocks]
     adamw = _adamw(rest, learning_rate, weight_decay, betas, device, embeddings, embedding_lr_scale)
-    return MultiOptimizer(muon, adamw, fused=[f for f in fused if f.fused.requires_grad])
+    return MultiOptimizer(muon, adamw, fused=fused)
 
 
 def _adamw(
