@@ -136,7 +136,21 @@ SIXTH_ROUND: dict[str, tuple] = {
     "cooldown 30%": ({}, {}, {"patch": "cooldown 30%"}),
     "cooldown 50%": ({}, {}, {"patch": "cooldown 50%"}),
 }
-ON_SHIFTING_WINDOWS = {**FIFTH_ROUND, **SIXTH_ROUND}
+SEVENTH_ROUND: dict[str, tuple] = {
+    # On today's defaults (Muon on q, k and v apart), GPT-2's layout kept: the optimizer's share of
+    # each matrix and each table.
+    "embeddings without decay": ({}, {}, {"patch": "embeddings without decay"}),
+    "muon wd 0": ({}, {}, {"patch": "muon wd 0"}),
+    "muon wd 0.2": ({}, {}, {"patch": "muon wd 0.2"}),
+    "position table lr x3": ({}, {}, {"patch": "position table lr x3"}),
+    "position table lr x10": ({}, {}, {"patch": "position table lr x10"}),
+    "muon momentum warmup": ({}, {}, {"patch": "muon momentum warmup"}),
+    "muon q k v per head": ({}, {}, {"patch": "muon q k v per head"}),
+    "muon per head": ({}, {}, {"patch": "muon per head"}),
+    "muon mlp in square blocks": ({}, {}, {"patch": "muon mlp in square blocks"}),
+}
+ON_SHIFTING_WINDOWS = {**FIFTH_ROUND, **SIXTH_ROUND, **SEVENTH_ROUND}
+ON_TODAYS_DEFAULTS = {"default", "custom", *SEVENTH_ROUND}
 VARIANTS.update(ON_SHIFTING_WINDOWS)
 """The ablation's variants: (GPTConfig fields, fit options[, run options]), each on top of the
 defaults. Run options (`bench.quality.run`): `batch` (sequences a step; with `max_seq_len` in the
@@ -151,12 +165,12 @@ FUSED_QKV = {"muon_qkv_apart": False}
 
 
 def variant(name: str) -> tuple[dict, dict, dict]:
-    """`VARIANTS[name]` as (GPTConfig fields, fit options, run options). Every variant but "default"
-    (and "custom", today's defaults with --model / --fit) was measured with Muon on the fused
-    query-key-value matrices, and runs so (`FUSED_QKV`)."""
+    """`VARIANTS[name]` as (GPTConfig fields, fit options, run options). Every variant before the
+    seventh round (but "default", and "custom": today's defaults with --model / --fit) was measured
+    with Muon on the fused query-key-value matrices, and runs so (`FUSED_QKV`)."""
     model, fit, *rest = VARIANTS[name]
     run = rest[0] if rest else {}
-    if name not in ("default", "custom"):
+    if name not in ON_TODAYS_DEFAULTS:
         fit = {**FUSED_QKV, **fit}
     if name not in ON_SHIFTING_WINDOWS:
         run = {"stride": 1, **run}

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from gpt import GPT, Callback
 from gpt.model import Conv1D
+from gpt.optim import FusedBlocks, MultiOptimizer
 
 
 def rmsnorm(model: GPT) -> None:
@@ -104,23 +105,124 @@ def qkv_apart(model: GPT) -> None:
 
 def cooldown(model: GPT, fraction: float) -> None:
     """`model.fit` trains with a warmup-stable-decay schedule whose decay takes the last `fraction`."""
+
+    def stable_then_linear(trainer) -> None:
+        cosine = trainer.schedule
+        decay_from = round(cosine.total_steps * (1 - fraction))
+
+        def schedule(step: int) -> float:
+            if step < cosine.warmup_steps:
+                return cosine(step)
+            left = (cosine.total_steps - step) / (cosine.total_steps - decay_from)
+            return cosine.peak_lr * min(1.0, left)
+
+        trainer.schedule = schedule
+
+    _at_train_begin(model, stable_then_linear)
+
+
+def adamw_weight_decay(model: GPT, decay: float) -> None:
+    """AdamW's 2-D parameters (the token and position tables; Muon has the blocks' matrices) decay
+    by `decay` instead of `fit`'s `weight_decay`."""
+
+    def change(trainer) -> None:
+        for group in _adamw(trainer).param_groups:
+            if group["weight_decay"]:
+                group["weight_decay"] = decay
+
+    _at_train_begin(model, change)
+
+
+def muon_weight_decay(model: GPT, decay: float) -> None:
+    """Muon's matrices decay by `decay` instead of `fit`'s `weight_decay` (AdamW's keep it)."""
+
+    def change(trainer) -> None:
+        for group in _muon(trainer).param_groups:
+            group["weight_decay"] = decay
+
+    _at_train_begin(model, change)
+
+
+def position_table_lr(model: GPT, scale: float) -> None:
+    """The position table learns at `scale` x the schedule's learning rate, in an AdamW group of its own."""
+    table = model.transformer.wpe.weight
+
+    def change(trainer) -> None:
+        adamw = _adamw(trainer)
+        for group in adamw.param_groups:
+            kept = [p for p in group["params"] if p is not table]
+            if len(kept) < len(group["params"]):
+                group["params"] = kept
+                adamw.add_param_group({**group, "params": [table], "lr_scale": scale * group.get("lr_scale", 1.0)})
+                return
+        raise AssertionError("the position table is not AdamW's")
+
+    _at_train_begin(model, change)
+
+
+def muon_momentum_warmup(model: GPT, start: float = 0.85, steps: int = 300) -> None:
+    """Muon's momentum rises linearly from `start` to `fit`'s over the first `steps` steps, as
+    modded-nanogpt's does."""
+
+    def change(trainer) -> None:
+        groups = _muon(trainer).param_groups
+        end = groups[0]["momentum"]
+        schedule = trainer.schedule
+
+        def with_momentum(step: int) -> float:
+            for group in groups:
+                group["momentum"] = start + (end - start) * min(1.0, step / steps)
+            return schedule(step)
+
+        trainer.schedule = with_momentum
+
+    _at_train_begin(model, change)
+
+
+def muon_blocks(model: GPT, qkv_per_head: bool, proj_per_head: bool, mlp_square: bool) -> None:
+    """Muon orthogonalises each block's matrices in parts (`gpt.optim.FusedBlocks`; the model is
+    unchanged): the query-key-value matrix in q, k and v (`fit`'s default), or each head's q, k and v
+    apart (`qkv_per_head`); the attention's output projection whole, or by the head its rows read
+    (`proj_per_head`); each MLP matrix whole, or in square parts (`mlp_square`: 4 of 128 x 128)."""
+    heads = model.config.num_heads
+
+    def change(trainer) -> None:
+        fused = []
+        for block in model.transformer.h:
+            mlp_parts = block.mlp.c_fc.weight.shape[1] // block.mlp.c_fc.weight.shape[0] if mlp_square else 1
+            for matrix, count, dim in (
+                (block.attn.c_attn.weight, 3 * heads if qkv_per_head else 3, 1),  # Conv1D weights: [in, out]
+                (block.attn.c_proj.weight, heads if proj_per_head else 1, 0),
+                (block.mlp.c_fc.weight, mlp_parts, 1),
+                (block.mlp.c_proj.weight, mlp_parts, 0),
+            ):
+                fused.append(FusedBlocks(matrix, count, dim))
+        settings = {k: v for k, v in _muon(trainer).param_groups[0].items() if k != "params"}
+        muon = torch.optim.Muon([b for f in fused for b in f.blocks])
+        muon.param_groups[0].update(settings)
+        trainer.optimizer = MultiOptimizer(muon, _adamw(trainer), fused=fused)
+
+    _at_train_begin(model, change)
+
+
+def _muon(trainer) -> torch.optim.Optimizer:
+    return trainer.optimizer.optimizers[0]
+
+
+def _adamw(trainer) -> torch.optim.Optimizer:
+    return trainer.optimizer.optimizers[1]
+
+
+def _at_train_begin(model: GPT, change: Callable[[object], None]) -> None:
+    """`model.fit` calls `change(trainer)` as training begins (a callback's `on_train_begin`)."""
     fit = model.fit
 
-    class StableThenLinear(Callback):
+    class Change(Callback):
         def on_train_begin(self, trainer) -> None:
-            cosine = trainer.schedule
-            decay_from = round(cosine.total_steps * (1 - fraction))
-
-            def schedule(step: int) -> float:
-                if step < cosine.warmup_steps:
-                    return cosine(step)
-                left = (cosine.total_steps - step) / (cosine.total_steps - decay_from)
-                return cosine.peak_lr * min(1.0, left)
-
-            trainer.schedule = schedule
+            change(trainer)
 
     def patched(*args, callbacks=(), **kwargs):
-        return fit(*args, callbacks=[*callbacks, StableThenLinear()], **kwargs)
+        return fit(*args, callbacks=[*callbacks, Change()], **kwargs)
 
     model.fit = patched
 
@@ -187,4 +289,13 @@ PATCHES: dict[str, Callable[[GPT], None]] = {
     "muon on q, k, v apart": qkv_apart,
     "cooldown 30%": lambda model: cooldown(model, 0.3),
     "cooldown 50%": lambda model: cooldown(model, 0.5),
+    "embeddings without decay": lambda model: adamw_weight_decay(model, 0.0),
+    "muon wd 0": lambda model: muon_weight_decay(model, 0.0),
+    "muon wd 0.2": lambda model: muon_weight_decay(model, 0.2),
+    "position table lr x3": lambda model: position_table_lr(model, 3.0),
+    "position table lr x10": lambda model: position_table_lr(model, 10.0),
+    "muon momentum warmup": muon_momentum_warmup,
+    "muon q k v per head": lambda model: muon_blocks(model, True, False, False),
+    "muon per head": lambda model: muon_blocks(model, True, True, False),
+    "muon mlp in square blocks": lambda model: muon_blocks(model, False, False, True),
 }

@@ -104,18 +104,19 @@ def _adamw(
 
 
 class FusedBlocks:
-    """A matrix that fuses `count` blocks side by side (`[in, count x out]`, as GPT-2's `c_attn`), seen
-    by an optimizer as one parameter a block: `blocks` share the matrix's memory, so the optimizer's
-    in-place updates are the matrix's, and `pass_grads` hands each block its part of the matrix's
-    gradient before a step."""
+    """A matrix that fuses `count` blocks side by side along `dim` (`[in, count x out]` by default, as
+    GPT-2's `c_attn`), seen by an optimizer as one parameter a block: `blocks` share the matrix's
+    memory, so the optimizer's in-place updates are the matrix's, and `pass_grads` hands each block
+    its part of the matrix's gradient before a step."""
 
-    def __init__(self, fused: nn.Parameter, count: int) -> None:
+    def __init__(self, fused: nn.Parameter, count: int, dim: int = 1) -> None:
         self.fused = fused
-        self.blocks = [nn.Parameter(part) for part in fused.detach().chunk(count, dim=1)]
+        self.dim = dim
+        self.blocks = [nn.Parameter(part) for part in fused.detach().chunk(count, dim=dim)]
 
     def pass_grads(self) -> None:
         grad = self.fused.grad
-        parts = grad.chunk(len(self.blocks), dim=1) if grad is not None else [None] * len(self.blocks)
+        parts = grad.chunk(len(self.blocks), dim=self.dim) if grad is not None else [None] * len(self.blocks)
         for block, part in zip(self.blocks, parts):
             block.grad = part
 
