@@ -306,6 +306,54 @@ def test_the_cooldown_trial_holds_the_peak_then_falls_linearly_to_zero(name: str
     )
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["embeddings without decay", "muon wd 0.2", "position table lr x3", "muon momentum warmup",
+     "muon q k v per head", "muon per head", "muon mlp in square blocks"],
+)  # fmt: skip
+def test_an_optimizer_trial_changes_what_it_names_and_the_model_still_learns(name: str) -> None:
+    import torch
+
+    from bench.trial_patches import PATCHES
+    from gpt import GPT, Callback, make_loaders
+
+    model = GPT(vocab_size=64, max_seq_len=16, emb_size=32, num_heads=4, num_layers=2, dropout=0.0)
+    PATCHES[name](model)
+    seen = []
+
+    class Watch(Callback):
+        def on_batch_end(self, trainer) -> None:
+            seen.append((trainer.optimizer, trainer.lr, [dict(g) for g in trainer.optimizer.param_groups]))
+
+    train, _ = make_loaders(torch.randperm(64).repeat(40), 16, 8, valid_fraction=0.0)
+    model.fit(train, num_epoch=None, max_steps=40, progress=False, log_every=None, ema_decay=None, callbacks=[Watch()])
+    assert model.history.loss[-1] < model.history.loss[0] - 1.0
+    optimizer, lr, groups = seen[10]
+    muon, adamw = optimizer.optimizers
+    tables = {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
+    decayed = [id(p) for g in adamw.param_groups if g["weight_decay"] for p in g["params"]]
+    assert sorted(decayed) == ([] if name == "embeddings without decay" else sorted(tables))
+    assert [g["weight_decay"] for g in muon.param_groups] == [0.2 if name == "muon wd 0.2" else 0.1]
+    if name == "position table lr x3":
+        table = model.transformer.wpe.weight
+        holding = [g for g in groups if any(p is table for p in g["params"])]  # as at step 11
+        assert len(holding) == 1 and len(holding[0]["params"]) == 1 and holding[0]["lr"] == pytest.approx(3 * lr)
+    momenta = [next(g["momentum"] for g in gs if "momentum" in g and "nesterov" in g) for _, _, gs in seen]
+    if name == "muon momentum warmup":  # 0.85 to fit's 0.95 over 300 steps: step s ran at 0.85 + 0.1 s / 300
+        assert momenta[:3] == pytest.approx([0.85, 0.85 + 0.1 / 300, 0.85 + 0.2 / 300])
+    else:
+        assert set(momenta) == {0.95}
+    shapes = sorted(tuple(p.shape) for p in muon.param_groups[0]["params"])
+    expected = {  # per layer: q, k, v; the attention's output projection; the MLP's two matrices
+        "muon q k v per head": [(32, 8)] * 12 + [(32, 32), (32, 128), (128, 32)],
+        "muon per head": [(8, 32)] * 4 + [(32, 8)] * 12 + [(32, 128), (128, 32)],
+        "muon mlp in square blocks": [(32, 32)] * 12,
+    }.get(name, [(32, 32)] * 4 + [(32, 128), (128, 32)])
+    assert shapes == sorted(expected * 2)
+    for fused in optimizer.fused:  # the optimizer's parts are the model's matrices
+        assert fused.fused.data_ptr() == fused.blocks[0].data_ptr()
+
+
 def test_ablate_speed_bench() -> None:
     result = subprocess.run(
         [sys.executable, "bench/ablate.py", "--speed", "--quick", "--variants", "default,batch 6 x 128"],
