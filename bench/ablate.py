@@ -143,11 +143,17 @@ SEVENTH_ROUND: dict[str, tuple] = {
     "muon wd 0": ({}, {}, {"patch": "muon wd 0"}),
     "muon wd 0.2": ({}, {}, {"patch": "muon wd 0.2"}),
     "position table lr x3": ({}, {}, {"patch": "position table lr x3"}),
-    "position table lr x10": ({}, {}, {"patch": "position table lr x10"}),
     "muon momentum warmup": ({}, {}, {"patch": "muon momentum warmup"}),
     "muon q k v per head": ({}, {}, {"patch": "muon q k v per head"}),
     "muon per head": ({}, {}, {"patch": "muon per head"}),
     "muon mlp in square blocks": ({}, {}, {"patch": "muon mlp in square blocks"}),
+    "position table lr x10": ({}, {}, {"patch": "position table lr x10"}),
+    "cosine to 0.3": ({}, {"min_lr_ratio": 0.3}),
+    "cosine to 0 (today)": ({}, {"min_lr_ratio": 0.0}),
+    "muon lr x2 (today)": ({}, {"muon_lr_scale": 2.0}),
+    "embedding lr x3 (today)": ({}, {"embedding_lr_scale": 3.0}),
+    "untied head (today)": ({"tie_embeddings": False}, {}),
+    "zero-init proj (today)": ({"zero_init_proj": True}, {}),
 }
 ON_SHIFTING_WINDOWS = {**FIFTH_ROUND, **SIXTH_ROUND, **SEVENTH_ROUND}
 ON_TODAYS_DEFAULTS = {"default", "custom", *SEVENTH_ROUND}
