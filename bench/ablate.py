@@ -148,6 +148,7 @@ SEVENTH_ROUND: dict[str, tuple] = {
     "muon per head": ({}, {}, {"patch": "muon per head"}),
     "muon mlp in square blocks": ({}, {}, {"patch": "muon mlp in square blocks"}),
     "position table lr x10": ({}, {}, {"patch": "position table lr x10"}),
+    "position table lr x30": ({}, {}, {"patch": "position table lr x30"}),
     "cosine to 0.3": ({}, {"min_lr_ratio": 0.3}),
     "cosine to 0 (today)": ({}, {"min_lr_ratio": 0.0}),
     "muon lr x2 (today)": ({}, {"muon_lr_scale": 2.0}),

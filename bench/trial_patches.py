@@ -294,6 +294,7 @@ PATCHES: dict[str, Callable[[GPT], None]] = {
     "muon wd 0.2": lambda model: muon_weight_decay(model, 0.2),
     "position table lr x3": lambda model: position_table_lr(model, 3.0),
     "position table lr x10": lambda model: position_table_lr(model, 10.0),
+    "position table lr x30": lambda model: position_table_lr(model, 30.0),
     "muon momentum warmup": muon_momentum_warmup,
     "muon q k v per head": lambda model: muon_blocks(model, True, False, False),
     "muon per head": lambda model: muon_blocks(model, True, True, False),
