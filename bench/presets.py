@@ -6,14 +6,15 @@ For each preset (`webapp.training.MODEL_PRESETS`) and sample corpus, the app's o
 (`build_model`) train for the preset's steps with the app's `fit` options (learning rate, evaluations
 every `eval_interval` steps on `EVAL_BATCHES` batches) and its checkpoints: the model a run ends
 with is its best evaluation's (`ModelCheckpoint(restore_best=True)`), as in the app, where a long
-run on a small text overfits. Every round trains each variant once
-(interleaved, the order rotating; round r uses seed r), then measures the final model on the whole
+run on a small text overfits. Every round trains each variant once (interleaved, the order
+rotating; round r uses seed `--first-seed` + r), then measures the final model on the whole
 held-out split. Variants (`VARIANTS`):
 - `before`: `fit`'s defaults before the ablation: one learning rate for Muon and AdamW, no weight
   average, a training window at every position (`train_stride=1`);
 - `now`: today's app: today's defaults (Muon at 3x, the weight average 0.99, windows that do not
   overlap and shift each epoch), and the run stops once `EARLY_STOP_EVALUATIONS` evaluations in a
-  row found no lower validation loss; `now (every step)` trains all the preset's steps;
+  row found no lower validation loss; `now (every step)` trains all the preset's steps; `now (fused
+  qkv)` is the app before Muon took the query, key and value weights apart (`muon_qkv_apart=False`);
 - `window at every position`, `fixed disjoint windows`: today's `fit` on the windows before, and
   on windows that do not overlap but start from the text's start every epoch.
 
@@ -21,7 +22,7 @@ The table gives the median held-out loss (nats per token of the preset's tokeniz
 every variant) and the median wall time of the training, and "vs before" the median of the
 per-round differences.
 
-    python bench/presets.py [--presets tiny,small] [--corpus shakespeare] [--rounds 3] [--threads 1] [--quick]
+    python bench/presets.py [--presets tiny,small] [--corpus shakespeare] [--rounds 3] [--first-seed 0] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ VARIANTS: dict[str, Variant] = {
     "before": Variant(BEFORE, 1),
     "now": Variant({}, None, early_stop=True),  # today's app
     "now (every step)": Variant({}, None),  # today's defaults, without the app's early stop
+    "now (fused qkv)": Variant({"muon_qkv_apart": False}, None, early_stop=True),  # the app before 24d49b5
     "window at every position": Variant({}, 1),  # today's fit, the windows before
     "fixed disjoint windows": Variant({}, 0, fixed_grid=True),  # today's fit, windows that do not overlap nor shift
 }
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds, one seed each (default: %(default)s)"
     )
+    parser.add_argument("--first-seed", type=int, default=0, help="round r uses seed first-seed + r (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of the preset's")
     parser.add_argument("--quick", action="store_true", help="the tiny preset, 5 steps, 1 round (a smoke run)")
@@ -139,10 +142,11 @@ def main() -> None:
             config = dataclasses.replace(config, steps=args.steps)
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
         for round_ in range(args.rounds):
+            seed = args.first_seed + round_
             for name in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
-                loss, seconds = train_once(config, args.corpus, name, seed=round_)
+                loss, seconds = train_once(config, args.corpus, name, seed=seed)
                 results[name].append((loss, seconds))
-                print(f"{preset} {name} seed {round_}: {loss:.4f} nats/token in {seconds:.1f} s", flush=True)
+                print(f"{preset} {name} seed {seed}: {loss:.4f} nats/token in {seconds:.1f} s", flush=True)
         base = [loss for loss, _ in results[variants[0]]]
         for name in variants:
             losses = [loss for loss, _ in results[name]]
