@@ -155,6 +155,9 @@ SEVENTH_ROUND: dict[str, tuple] = {
     "embedding lr x3 (today)": ({}, {"embedding_lr_scale": 3.0}),
     "untied head (today)": ({"tie_embeddings": False}, {}),
     "zero-init proj (today)": ({"zero_init_proj": True}, {}),
+    "orthogonal init": ({}, {}, {"patch": "orthogonal init"}),
+    "muon without nesterov": ({}, {}, {"patch": "muon without nesterov"}),
+    "adamw beta1 0.8": ({}, {"betas": (0.8, 0.99)}),
 }
 ON_SHIFTING_WINDOWS = {**FIFTH_ROUND, **SIXTH_ROUND, **SEVENTH_ROUND}
 ON_TODAYS_DEFAULTS = {"default", "custom", *SEVENTH_ROUND}

@@ -205,6 +205,27 @@ def muon_blocks(model: GPT, qkv_per_head: bool, proj_per_head: bool, mlp_square:
     _at_train_begin(model, change)
 
 
+def orthogonal_init(model: GPT) -> None:
+    """The blocks' matrices start orthogonal (semi-orthogonal when not square), at the RMS of GPT-2's
+    normal start (0.02, and 0.02 / sqrt(2 x layers) for the residual projections), as Muon's
+    updates are."""
+    with torch.no_grad():
+        for matrix in (p for p in model.transformer.h.parameters() if p.dim() == 2):
+            rms = matrix.square().mean().sqrt()
+            nn.init.orthogonal_(matrix)
+            matrix.mul_(rms / matrix.square().mean().sqrt())
+
+
+def muon_nesterov(model: GPT, nesterov: bool) -> None:
+    """Muon's momentum with (`fit`'s) or without Nesterov's look-ahead."""
+
+    def change(trainer) -> None:
+        for group in _muon(trainer).param_groups:
+            group["nesterov"] = nesterov
+
+    _at_train_begin(model, change)
+
+
 def _muon(trainer) -> torch.optim.Optimizer:
     return trainer.optimizer.optimizers[0]
 
@@ -299,4 +320,6 @@ PATCHES: dict[str, Callable[[GPT], None]] = {
     "muon q k v per head": lambda model: muon_blocks(model, True, False, False),
     "muon per head": lambda model: muon_blocks(model, True, True, False),
     "muon mlp in square blocks": lambda model: muon_blocks(model, False, False, True),
+    "orthogonal init": orthogonal_init,
+    "muon without nesterov": lambda model: muon_nesterov(model, False),
 }
