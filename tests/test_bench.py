@@ -216,7 +216,7 @@ def test_ablate_bench(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "name",
     ["rmsnorm", "rotary", "value embeddings", "sinusoidal positions", "sinusoidal positions (frozen)",
-     "token table std 0.06"],
+     "token table std 0.06", "orthogonal init"],
 )  # fmt: skip
 def test_a_trial_patch_changes_the_model_and_it_still_learns(name: str) -> None:
     import torch
@@ -254,6 +254,14 @@ def test_a_trial_patch_changes_the_model_and_it_still_learns(name: str) -> None:
             0.05 < patched.transformer.wte.weight.std() < 0.07
             and patched.lm_head.weight is patched.transformer.wte.weight
         )
+    if name == "orthogonal init":  # each block matrix: orthogonal rows or columns, at the normal start's RMS
+        for before, after in zip(plain.transformer.h.parameters(), patched.transformer.h.parameters()):
+            if after.dim() == 2:
+                rms = after.square().mean().sqrt()
+                assert torch.allclose(rms, before.square().mean().sqrt())
+                tall = after if after.shape[0] >= after.shape[1] else after.T
+                gram = tall.T @ tall / (rms**2 * tall.shape[0])
+                assert torch.allclose(gram, torch.eye(tall.shape[1]), atol=1e-4)
     if name == "value embeddings":
         assert len(patched.value_embeds) == 2 and all(t.weight.requires_grad for t in patched.value_embeds)
     train, _ = make_loaders(torch.randperm(64).repeat(40), 16, 8, valid_fraction=0.0)  # one text, repeated
@@ -309,7 +317,7 @@ def test_the_cooldown_trial_holds_the_peak_then_falls_linearly_to_zero(name: str
 @pytest.mark.parametrize(
     "name",
     ["embeddings without decay", "muon wd 0.2", "position table lr x3", "muon momentum warmup",
-     "muon q k v per head", "muon per head", "muon mlp in square blocks"],
+     "muon q k v per head", "muon per head", "muon mlp in square blocks", "muon without nesterov"],
 )  # fmt: skip
 def test_an_optimizer_trial_changes_what_it_names_and_the_model_still_learns(name: str) -> None:
     import torch
@@ -339,6 +347,7 @@ def test_an_optimizer_trial_changes_what_it_names_and_the_model_still_learns(nam
         holding = [g for g in groups if any(p is table for p in g["params"])]  # as at step 11
         assert len(holding) == 1 and len(holding[0]["params"]) == 1 and holding[0]["lr"] == pytest.approx(3 * lr)
     momenta = [next(g["momentum"] for g in gs if "momentum" in g and "nesterov" in g) for _, _, gs in seen]
+    assert [g["nesterov"] for g in muon.param_groups] == [name != "muon without nesterov"]
     if name == "muon momentum warmup":  # 0.85 to fit's 0.95 over 300 steps: step s ran at 0.85 + 0.1 s / 300
         assert momenta[:3] == pytest.approx([0.85, 0.85 + 0.1 / 300, 0.85 + 0.2 / 300])
     else:
