@@ -27,6 +27,14 @@ ones that pay become `GPTConfig` options with export support; the others stay me
   (warmup-stable-decay, as modded-nanogpt trains) instead of the cosine to 0.1x.
 - "value embeddings": each block adds a token embedding table of its own (vocab x attention width,
   std 0.02) to its attention values, as modded-nanogpt does; AdamW trains the tables.
+- "orthogonal init": the blocks' matrices start (semi-)orthogonal at GPT-2's RMS.
+
+The seventh round's optimizer trials change `fit`'s optimizer as training begins (a callback), on
+today's defaults: "embeddings without decay" (AdamW's only decayed weights are the token and position
+tables), "muon wd 0" / "muon wd 0.2", "position table lr x3" / "x10" / "x30" (a group of its own),
+"muon momentum warmup" (0.85 to 0.95 over 300 steps), "muon without nesterov", and the parts Muon
+orthogonalises (`muon_blocks`): "muon q k v per head", "muon per head" (the output projection by
+head too), "muon mlp in square blocks". None paid (docs/decisions.md, seventh round).
 """
 
 from __future__ import annotations
