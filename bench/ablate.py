@@ -158,6 +158,8 @@ SEVENTH_ROUND: dict[str, tuple] = {
     "orthogonal init": ({}, {}, {"patch": "orthogonal init"}),
     "muon without nesterov": ({}, {}, {"patch": "muon without nesterov"}),
     "adamw beta1 0.8": ({}, {"betas": (0.8, 0.99)}),
+    "adamw beta1 0.7": ({}, {"betas": (0.7, 0.99)}),
+    "adamw betas 0.8 0.95": ({}, {"betas": (0.8, 0.95)}),
 }
 ON_SHIFTING_WINDOWS = {**FIFTH_ROUND, **SIXTH_ROUND, **SEVENTH_ROUND}
 ON_TODAYS_DEFAULTS = {"default", "custom", *SEVENTH_ROUND}
