@@ -160,6 +160,7 @@ SEVENTH_ROUND: dict[str, tuple] = {
     "adamw beta1 0.8": ({}, {"betas": (0.8, 0.99)}),
     "adamw beta1 0.7": ({}, {"betas": (0.7, 0.99)}),
     "adamw betas 0.8 0.95": ({}, {"betas": (0.8, 0.95)}),
+    "default (beta1 0.9)": ({}, {}),  # the default until AdamW took beta1 0.8 beside Muon
 }
 ON_SHIFTING_WINDOWS = {**FIFTH_ROUND, **SIXTH_ROUND, **SEVENTH_ROUND}
 ON_TODAYS_DEFAULTS = {"default", "custom", *SEVENTH_ROUND}
@@ -174,14 +175,19 @@ architecture change of `bench.trial_patches`)."""
 
 FUSED_QKV = {"muon_qkv_apart": False}
 """`fit`'s default until the sixth round: Muon orthogonalised each block's query-key-value matrix whole."""
+BETA1_0_9 = {"betas": (0.9, 0.99)}
+"""`fit`'s default until the seventh round: AdamW's beta1 0.9 beside Muon too."""
 
 
 def variant(name: str) -> tuple[dict, dict, dict]:
-    """`VARIANTS[name]` as (GPTConfig fields, fit options, run options). Every variant before the
-    seventh round (but "default", and "custom": today's defaults with --model / --fit) was measured
-    with Muon on the fused query-key-value matrices, and runs so (`FUSED_QKV`)."""
+    """`VARIANTS[name]` as (GPTConfig fields, fit options, run options). Each variant but "default"
+    (and "custom": today's defaults with --model / --fit) runs on the defaults it was measured
+    against: AdamW's beta1 0.9 (`BETA1_0_9`) unless it sets its own, and before the seventh round
+    Muon on the fused query-key-value matrices (`FUSED_QKV`)."""
     model, fit, *rest = VARIANTS[name]
     run = rest[0] if rest else {}
+    if name not in ("default", "custom"):
+        fit = {**BETA1_0_9, **fit}
     if name not in ON_TODAYS_DEFAULTS:
         fit = {**FUSED_QKV, **fit}
     if name not in ON_SHIFTING_WINDOWS:

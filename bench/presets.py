@@ -14,7 +14,8 @@ held-out split. Variants (`VARIANTS`):
 - `now`: today's app: today's defaults (Muon at 3x, the weight average 0.99, windows that do not
   overlap and shift each epoch), and the run stops once `EARLY_STOP_EVALUATIONS` evaluations in a
   row found no lower validation loss; `now (every step)` trains all the preset's steps; `now (fused
-  qkv)` is the app before Muon took the query, key and value weights apart (`muon_qkv_apart=False`);
+  qkv)` is the app before Muon took the query, key and value weights apart (`muon_qkv_apart=False`),
+  and `now (beta1 0.9)` the app before AdamW's beta1 0.8 beside Muon;
 - `window at every position`, `fixed disjoint windows`: today's `fit` on the windows before, and
   on windows that do not overlap but start from the text's start every epoch.
 
@@ -57,7 +58,8 @@ from webapp.training import (
     prepare_data,
 )
 
-BEFORE = {"muon_lr_scale": 1.0, "ema_decay": None, "muon_qkv_apart": False}
+BETA1_0_9 = {"betas": (0.9, 0.99)}
+BEFORE = {"muon_lr_scale": 1.0, "ema_decay": None, "muon_qkv_apart": False, "betas": (0.9, 0.99)}
 """`fit`'s defaults before the ablation of docs/decisions.md (d997162)."""
 
 
@@ -72,7 +74,8 @@ VARIANTS: dict[str, Variant] = {
     "before": Variant(BEFORE, 1),
     "now": Variant({}, None, early_stop=True),  # today's app
     "now (every step)": Variant({}, None),  # today's defaults, without the app's early stop
-    "now (fused qkv)": Variant({"muon_qkv_apart": False}, None, early_stop=True),  # the app before 24d49b5
+    "now (fused qkv)": Variant({"muon_qkv_apart": False, **BETA1_0_9}, None, early_stop=True),  # before 24d49b5
+    "now (beta1 0.9)": Variant(BETA1_0_9, None, early_stop=True),  # the app before AdamW's beta1 0.8
     "window at every position": Variant({}, 1),  # today's fit, the windows before
     "fixed disjoint windows": Variant({}, 0, fixed_grid=True),  # today's fit, windows that do not overlap nor shift
 }

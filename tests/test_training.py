@@ -135,6 +135,7 @@ def test_adamw_decays_2d_weights_only_and_sees_the_tied_embedding_once():
     trainer = Trainer(model, train, None, TrainingOptions(weight_decay=0.1, optimizer="adamw"))
     assert trainer.bf16 is False  # precision "auto" is fp32 for a model this narrow
     decay, no_decay = trainer.optimizer.param_groups
+    assert decay["betas"] == no_decay["betas"] == (0.9, 0.99)  # AdamW everywhere: the usual beta1
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
     params = decay["params"] + no_decay["params"]
@@ -182,6 +183,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert {id(matrix.fused) for matrix in trainer.optimizer.fused} == fused and len(blocks) == 3 * len(fused)
     assert muon.param_groups[0]["lr_scale"] == 3.0  # the default: Muon at 3x the schedule's learning rate
     decay, no_decay = adamw.param_groups
+    assert decay["betas"] == no_decay["betas"] == (0.8, 0.99)  # beside Muon: beta1 0.8 (ADAMW_BETAS)
     assert {id(p) for p in decay["params"]} == {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
     assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
     params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
