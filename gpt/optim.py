@@ -31,7 +31,7 @@ from torch.optim import Optimizer
 OPTIMIZERS = ("muon", "adamw")
 ADAMW_BETAS = {"muon": (0.8, 0.99), "adamw": (0.9, 0.99)}
 """AdamW's moment decay rates by default, by optimizer: beside Muon, AdamW trains the embeddings,
-biases and norms, and beta1 0.8 (modded-nanogpt's) reached 0.007 nats/byte lower than 0.9 in
+biases and norms, and beta1 0.8 (modded-nanogpt's) reached 0.005 nats/byte lower than 0.9 in
 nanoGPT's budget on six seeds (docs/decisions.md, seventh round); AdamW everywhere keeps 0.9."""
 
 

@@ -63,7 +63,7 @@ class TrainingOptions:
     # Muon reaches a lower loss in that budget (gpt/optim.py; docs/decisions.md).
     optimizer: str = "muon"
     weight_decay: float = 0.1  # decoupled weight decay, on 2-D weights only
-    # AdamW's moment decay rates; None: (0.8, 0.99) beside Muon, 0.007 nats/byte lower than 0.9 in
+    # AdamW's moment decay rates; None: (0.8, 0.99) beside Muon, 0.005 nats/byte lower than 0.9 in
     # nanoGPT's budget, and (0.9, 0.99) with optimizer="adamw" (gpt.optim.ADAMW_BETAS; docs/decisions.md).
     betas: tuple[float, float] | None = None
     warmup_steps: int | None = None  # linear warmup; None -> min(100, 5% of the optimizer steps)
