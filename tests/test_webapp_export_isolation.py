@@ -433,6 +433,9 @@ def test_a_restarted_server_kills_the_export_children_a_dead_server_left(tmp_pat
         for work, process in ((orphan_work, orphan), (other_work, stranger)):
             work.mkdir(parents=True)
             (work / export_process.CHILD_RECORD).write_text(str(process.pid))
+            # Popen returns once the exec began; its arguments appear in /proc a moment later (empty
+            # before: a loaded machine stretched that moment past the new server's look)
+            wait_for(lambda: b"--model" in Path(f"/proc/{process.pid}/cmdline").read_bytes(), "the arguments", 10)
         SimpleLLM.create(settings)  # a new server: cleans what dead ones left
         assert orphan.wait(10) == -signal.SIGKILL
         assert stranger.poll() is None  # not ours: left alone
