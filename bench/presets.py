@@ -59,7 +59,7 @@ from webapp.training import (
 )
 
 BETA1_0_9 = {"betas": (0.9, 0.99)}
-BEFORE = {"muon_lr_scale": 1.0, "ema_decay": None, "muon_qkv_apart": False, "betas": (0.9, 0.99)}
+BEFORE = {"muon_lr_scale": 1.0, "ema_decay": None, "muon_qkv_apart": False, **BETA1_0_9}
 """`fit`'s defaults before the ablation of docs/decisions.md (d997162)."""
 
 
